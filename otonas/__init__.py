@@ -1,0 +1,11 @@
+"""otonas: train once, prune channels and erase operators, export a smaller network."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from ._errors import AnalysisError, BuildError, CaptureError, OtonasError, UsageError
+from .analysis import SearchSpace, analyze
+
+__all__ = ["__version__", "analyze", "SearchSpace", "OtonasError", "CaptureError", "AnalysisError", "BuildError",
+           "UsageError"]
