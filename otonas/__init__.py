@@ -6,6 +6,8 @@ __version__ = "0.1.0"
 
 from ._errors import AnalysisError, BuildError, CaptureError, OtonasError, UsageError
 from .analysis import SearchSpace, analyze
+from .build import build
+from ._verify import VerifyReport, verify
 
-__all__ = ["__version__", "analyze", "SearchSpace", "OtonasError", "CaptureError", "AnalysisError", "BuildError",
+__all__ = ["__version__", "analyze", "build", "verify", "VerifyReport", "SearchSpace", "OtonasError", "CaptureError", "AnalysisError", "BuildError",
            "UsageError"]

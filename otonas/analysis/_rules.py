@@ -481,7 +481,7 @@ def _map_chunk(ctx: FlowContext, X: Dims, ci: list[int], cj: list[int], in_shape
         k += n
 
 
-SMALL_OUTER_AXIS = 4  # an outer axis this small is a selector (q/k/v of a packed projection), not a group
+SMALL_OUTER_AXIS = 3  # an outer axis this small is a selector (q/k/v of a packed projection), not a group
 
 
 def split_ids(ctx: FlowContext, ids: np.ndarray, sizes: list[int]) -> list[np.ndarray]:

@@ -26,6 +26,15 @@ _ZERO_PRESERVING = {
     "aten._to_copy", "aten.to", "aten.selu", "aten.celu", "aten.softshrink", "aten.hardshrink", "aten.feature_dropout",
 }
 _MUL = {"aten.mul", "aten.mul_"}
+# ops that move positions around without changing values: follow the ids to the input
+_STRUCTURAL = {
+    "aten.view", "aten.reshape", "aten._unsafe_view", "aten.permute", "aten.transpose", "aten.t", "aten.select",
+    "aten.slice", "aten.unflatten", "aten.flatten", "aten.squeeze", "aten.unsqueeze", "aten.expand", "aten.cat",
+    "aten.narrow", "aten.split", "aten.split_with_sizes", "aten.chunk", "aten.unbind", "aten.max_pool1d",
+    "aten.max_pool2d", "aten.max_pool3d", "aten.avg_pool1d", "aten.avg_pool2d", "aten.avg_pool3d",
+    "aten.adaptive_avg_pool1d", "aten.adaptive_avg_pool2d", "aten.adaptive_avg_pool3d", "aten.upsample_nearest2d",
+    "aten.upsample_bilinear2d", "aten.pad", "aten.constant_pad_nd", "aten.repeat",
+}
 _ADD = {"aten.add", "aten.add_", "aten.sub", "aten.sub_"}
 _DIV = {"aten.div", "aten.div_"}
 
@@ -62,11 +71,18 @@ def _decide(ctx: FlowContext, node: fx.Node, dim: int, memo: dict[tuple[str, int
     if dim in ctx.zero_out.get(node, ()):
         return True
     shape = node_shape(node.meta.get("val"))
-    if shape is None:
-        if str(node.target) == "<built-in function getitem>" and node.args[1] == 0:
-            return _is_zero(ctx, node.args[0], dim, memo, depth + 1)
-        return False
     _, packet = op_key(node.target)
+    if str(node.target) == "<built-in function getitem>":
+        src = node.args[0]
+        if isinstance(src, fx.Node) and op_key(src.target)[1] in _STRUCTURAL:
+            return _follow_ids(ctx, node, dim, list(src.all_input_nodes), memo, depth)
+        if isinstance(src, fx.Node) and node.args[1] == 0:  # the value of (value, statistics...) ops
+            return _is_zero(ctx, src, dim, memo, depth + 1)
+        return False
+    if shape is None:
+        return False
+    if packet in _STRUCTURAL:
+        return _follow_ids(ctx, node, dim, [a for a in node.all_input_nodes], memo, depth)
     rel = dim - len(shape)  # right-aligned, for broadcasting
 
     def operand(a: Any) -> tuple[bool, bool]:
@@ -89,3 +105,23 @@ def _decide(ctx: FlowContext, node: fx.Node, dim: int, memo: dict[tuple[str, int
     if packet in _DIV:
         return operand(node.args[0])[1]
     return False
+
+
+def _follow_ids(ctx: FlowContext, node: fx.Node, dim: int, sources: list[fx.Node],
+                memo: dict[tuple[str, int], bool], depth: int) -> bool:
+    """Zero if every input dim that carries the same channels is zero."""
+    mine = ctx.dims(node)
+    if mine is None or dim >= len(mine):
+        return False
+    roots = set(ctx.ids.find(mine[dim]).tolist())
+    found = False
+    for src in sources:
+        d = ctx.result.dims.get(src.name)
+        if not (isinstance(d, list) and d and hasattr(d[0], "dtype")):
+            continue
+        for k, ids in enumerate(d):
+            if roots & set(ctx.ids.find(ids).tolist()):
+                found = True
+                if not _is_zero(ctx, src, k, memo, depth + 1):
+                    return False
+    return found

@@ -1,0 +1,122 @@
+"""Resolve a MODEL string (``torchvision:NAME``, ``search_spaces:NAME``,
+``package.module:callable``) to a module and example inputs."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._errors import UsageError
+
+__all__ = ["ResolvedModel", "resolve_model", "parse_shape", "example_inputs"]
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    spec: str
+    model: nn.Module
+    input_shapes: tuple[tuple[int, ...], ...]  # per input, batch included
+    input_dtypes: tuple[torch.dtype, ...]
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise UsageError(f"--input-shape {text!r} is not a comma-separated list of integers; "
+                         "write it like 2,3,224,224") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise UsageError(f"--input-shape {text!r} must list positive sizes, e.g. 2,3,224,224")
+    return shape
+
+
+def _torchvision_model(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, tuple[int, ...]]:
+    from ._torchvision import import_torchvision
+
+    tv = import_torchvision()
+    names = tv.models.list_models()
+    if name not in names:
+        close = [n for n in names if name.lower() in n.lower()][:5]
+        raise UsageError(f"torchvision has no model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else
+                                                                  "; see torchvision.models.list_models()"))
+    model = tv.models.get_model(name, weights=None, **kwargs)
+    size = 224
+    try:
+        weights = tv.models.get_model_weights(name)
+        crop = next(iter(weights)).transforms().crop_size  # reads metadata only, downloads nothing
+        size = int(crop[0] if isinstance(crop, (list, tuple)) else crop)
+    except Exception:  # models without weights metadata keep 224
+        pass
+    return model, (3, size, size)
+
+
+def resolve_model(spec: str, *, kwargs: dict[str, Any] | str | None = None) -> ResolvedModel:
+    """Build the model a MODEL string names; the default input shape where it is known."""
+    if isinstance(kwargs, str):
+        try:
+            kwargs = json.loads(kwargs) if kwargs.strip() else {}
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--model-kwargs is not valid JSON ({e.msg}); write it like '{{\"num_classes\": 10}}'") from None
+        if not isinstance(kwargs, dict):
+            raise UsageError("--model-kwargs must be a JSON object, e.g. '{\"num_classes\": 10}'")
+    kwargs = dict(kwargs or {})
+    if ":" not in spec:
+        raise UsageError(f"MODEL {spec!r} is not of the form torchvision:NAME, search_spaces:NAME or "
+                         "package.module:callable")
+    prefix, name = spec.split(":", 1)
+    dtype = torch.float32
+    shape: tuple[int, ...] | None
+    try:
+        if prefix == "torchvision":
+            model, shape = _torchvision_model(name, kwargs)
+        elif prefix == "search_spaces":
+            import search_spaces
+
+            if name not in search_spaces.list():
+                raise UsageError(f"search_spaces has no entry {name!r}; entries: {', '.join(search_spaces.list())}")
+            model = search_spaces.create(name, **kwargs)
+            info = search_spaces.info(name)
+            tiny = kwargs.get("size") == "tiny"
+            shape = tuple(info.tiny_input_shape if tiny else info.input_shape)
+            if "in_chans" in kwargs and len(shape) == 3:
+                shape = (int(kwargs["in_chans"]), *shape[1:])
+            dtype = info.input_dtype
+        else:
+            try:
+                module = importlib.import_module(prefix)
+            except ImportError as e:
+                raise UsageError(f"MODEL {spec!r}: cannot import module {prefix!r} ({e}); check the name and that "
+                                 "it is on PYTHONPATH") from None
+            fn = getattr(module, name, None)
+            if fn is None or not callable(fn):
+                raise UsageError(f"MODEL {spec!r}: module {prefix!r} has no callable {name!r}")
+            model = fn(**kwargs)
+            if not isinstance(model, nn.Module):
+                raise UsageError(f"MODEL {spec!r}: {name}() returned {type(model).__name__}, not an nn.Module")
+            shape = None
+    except TypeError as e:
+        raise UsageError(f"MODEL {spec!r} does not accept --model-kwargs {json.dumps(kwargs)}: {e}") from None
+    shapes = ((2, *shape),) if shape is not None else ()
+    return ResolvedModel(spec, model, shapes, (dtype,) * len(shapes))
+
+
+def example_inputs(model: nn.Module, shapes: tuple[tuple[int, ...], ...], dtypes: tuple[torch.dtype, ...],
+                   *, batch: int | None = None, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random inputs of the given shapes (token ids below the smallest embedding table for ints)."""
+    gen = torch.Generator().manual_seed(seed)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    out = []
+    for shape, dtype in zip(shapes, dtypes):
+        if batch is not None:
+            shape = (batch, *shape[1:])
+        if dtype.is_floating_point:
+            out.append(torch.randn(shape, generator=gen, dtype=dtype).to(device))
+        else:
+            vocab = min((m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)), default=2)
+            out.append(torch.randint(0, vocab, shape, generator=gen, dtype=dtype).to(device))
+    return tuple(out)

@@ -1,0 +1,182 @@
+"""``verify``: prove on a given model that analysis + build are exact."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from ._errors import UsageError
+from ._models import example_inputs, resolve_model
+from .analysis import SearchSpace, analyze
+from .build import build
+
+__all__ = ["VerifyReport", "verify", "zero_groups_", "prunable_param_share"]
+
+RTOL = 1e-4
+
+
+@dataclass
+class VerifyReport:
+    model: str
+    groups: int
+    prunable_groups: int
+    zeroed_groups: int
+    families: int
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    max_abs_diff: float
+    max_rel_diff: float
+    passed: bool
+    prunable_param_share: float
+    seconds_analyze: float
+    seconds_build: float
+    pinned: list[dict[str, str]] = field(default_factory=list)
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def zero_groups_(space: SearchSpace, mask: np.ndarray) -> None:
+    """Set every parameter slice of the groups in ``mask`` to zero, in place."""
+    params = dict(space.model.named_parameters(remove_duplicate=False))
+    sel_groups = torch.from_numpy(np.asarray(mask, dtype=bool))
+    with torch.no_grad():
+        for fqn, entries in space.group_layout().items():
+            p = params[fqn]
+            for dim, g in entries:
+                hit = (g >= 0) & sel_groups[g.clamp(min=0)]
+                if hit.any():
+                    p.index_fill_(dim, torch.nonzero(hit).flatten().to(p.device), 0.0)
+
+
+def prunable_param_share(space: SearchSpace) -> float:
+    """Share of the model's parameters that lie in at least one prunable group."""
+    params = dict(space.model.named_parameters(remove_duplicate=False))
+    total = sum(p.numel() for p in space.model.parameters())
+    covered = 0.0
+    for fqn, entries in space.group_layout().items():
+        p = params[fqn]
+        uncovered = 1.0
+        for _, g in entries:
+            uncovered *= float((g < 0).sum()) / len(g)
+        covered += p.numel() * (1.0 - uncovered)
+    return covered / total if total else 0.0
+
+
+def _compare(ref: Any, out: Any) -> tuple[float, float]:
+    a, _ = pytree.tree_flatten(ref)
+    b, _ = pytree.tree_flatten(out)
+    if len(a) != len(b):
+        return float("inf"), float("inf")
+    max_abs, max_rel = 0.0, 0.0
+    for x, y in zip(a, b):
+        if not isinstance(x, torch.Tensor):
+            continue
+        if not isinstance(y, torch.Tensor) or x.shape != y.shape:
+            return float("inf"), float("inf")
+        if not x.is_floating_point():
+            d = float((x != y).any())
+            max_abs, max_rel = max(max_abs, d), max(max_rel, d)
+            continue
+        diff = (x.double() - y.double()).abs().max().item() if x.numel() else 0.0
+        scale = x.double().abs().max().item() if x.numel() else 0.0
+        max_abs = max(max_abs, diff)
+        max_rel = max(max_rel, diff / scale if scale > 0 else diff)
+    return max_abs, max_rel
+
+
+def verify(
+    model: str | nn.Module,
+    *,
+    input_shapes: list[tuple[int, ...]] | None = None,
+    input_dtypes: list[torch.dtype] | None = None,
+    model_kwargs: dict[str, Any] | str | None = None,
+    fraction: float = 0.3,
+    seed: int = 0,
+    strict: bool | None = None,
+) -> VerifyReport:
+    """Capture, analyze, zero a random ``fraction`` of the prunable groups, build, compare.
+
+    Passes when the built network's outputs match the zeroed model's on fresh random
+    inputs of another batch size (relative tolerance 1e-4) and it has fewer parameters.
+    Parameters that are all zero at initialisation (a zero-initialised classifier) get
+    small random values first, so that the comparison can fail.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise UsageError(f"--fraction {fraction} must lie strictly between 0 and 1, e.g. 0.3")
+    if isinstance(model, str):
+        resolved = resolve_model(model, kwargs=model_kwargs)
+        name, module = model, resolved.model
+        shapes = tuple(tuple(s) for s in input_shapes) if input_shapes else resolved.input_shapes
+        dtypes = tuple(input_dtypes) if input_dtypes else (resolved.input_dtypes or (torch.float32,) * len(shapes))
+    else:
+        name, module = type(model).__name__, model
+        shapes = tuple(tuple(s) for s in input_shapes or ())
+        dtypes = tuple(input_dtypes or (torch.float32,) * len(shapes))
+    if not shapes:
+        raise UsageError(f"no input shape is known for {name}; pass --input-shape, e.g. --input-shape 2,3,224,224")
+    if len(dtypes) < len(shapes):
+        dtypes = dtypes + (torch.float32,) * (len(shapes) - len(dtypes))
+    module.eval()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.numel() and not p.any():
+                p.normal_(0.0, 0.02)
+    capture_batch = max(2, shapes[0][0]) if shapes[0] else 2
+    xs = example_inputs(module, shapes, dtypes, batch=capture_batch, seed=seed)
+    try:
+        with torch.no_grad():
+            module(*xs)
+    except Exception as e:
+        shown = ", ".join(",".join(map(str, x.shape)) for x in xs)
+        raise UsageError(f"input shape {shown} does not fit {name}: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}. Fix: pass --input-shape with the shape "
+                         "the model expects") from None
+    t0 = time.perf_counter()
+    space = analyze(module, xs, strict=strict)
+    t_analyze = time.perf_counter() - t0
+    pinned = [{"op": e.op, "node": e.node, "reason": e.reason, "module": e.module} for e in space.pins]
+    full = space.costs()
+    n = space.num_prunable_groups
+    if n == 0:
+        why = "; ".join(f"{p['reason']} at {p['node']}" for p in pinned[:5]) or "no layer with channels was found"
+        return VerifyReport(name, space.num_groups, 0, 0, len(space.families), full.params, full.params, full.flops,
+                            full.flops, 0.0, 0.0, False, 0.0, t_analyze, 0.0, pinned,
+                            f"nothing in {name} is prunable: {why}")
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(n, dtype=bool)
+    mask[rng.choice(n, size=max(1, int(round(fraction * n))), replace=False)] = True
+    mask = space.removable(mask)
+    zero_groups_(space, mask)
+    t1 = time.perf_counter()
+    subnet = build(space)
+    t_build = time.perf_counter() - t1
+    test_batch = 3 if capture_batch != 3 else 4
+    xt = example_inputs(module, shapes, dtypes, batch=test_batch if space.capture.dynamic_batch else capture_batch,
+                        seed=seed + 1)
+    with torch.no_grad():
+        ref = module(*xt)
+        out = subnet(*xt)
+    max_abs, max_rel = _compare(ref, out)
+    after = space.costs(mask)
+    params_before = sum(p.numel() for p in module.parameters())
+    params_after = sum(p.numel() for p in subnet.parameters()) + (params_before - full.params)
+    passed = max_rel <= RTOL and params_after < params_before
+    msg = "outputs match and the subnet is smaller" if passed else (
+        f"outputs differ (max relative difference {max_rel:.3g} > {RTOL})" if max_rel > RTOL else
+        "the subnet is not smaller")
+    return VerifyReport(name, space.num_groups, n, int(mask.sum()), len(space.families), params_before, params_after,
+                        full.flops, after.flops, max_abs, max_rel, passed, prunable_param_share(space), t_analyze,
+                        t_build, pinned, msg)
+
+

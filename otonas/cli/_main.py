@@ -1,0 +1,140 @@
+"""The ``otonas`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+
+import torch
+
+from .._errors import OtonasError, UsageError
+
+__all__ = ["main"]
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL",
+                   help="torchvision:NAME, search_spaces:NAME or package.module:callable")
+    p.add_argument("--model-kwargs", default="", metavar="JSON", help="keyword arguments for the model, as JSON")
+    p.add_argument("--input-shape", action="append", default=None, metavar="SHAPE",
+                   help="input shape with batch, e.g. 2,3,224,224 (repeat for several inputs)")
+    p.add_argument("--input-dtype", action="append", default=None, metavar="DTYPE",
+                   help="dtype of each input (float32, int64, ...); default float32 or the model's own")
+    p.add_argument("--strict", choices=["auto", "yes", "no"], default="auto",
+                   help="torch.export mode: auto tries non-strict first, then strict")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="otonas", description="Train once, prune and erase, export a smaller network.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("verify", help="analyze MODEL, zero random groups, build, and check the outputs match")
+    _model_args(v)
+    v.add_argument("--fraction", type=float, default=0.3, help="share of prunable groups to zero (default 0.3)")
+    v.add_argument("--seed", type=int, default=0)
+    a = sub.add_parser("analyze", help="print the pruning families of MODEL and what pins the rest")
+    _model_args(a)
+    return parser
+
+
+def _dtype(name: str) -> torch.dtype:
+    dt = getattr(torch, name, None)
+    if not isinstance(dt, torch.dtype):
+        raise UsageError(f"--input-dtype {name!r} is not a torch dtype; use e.g. float32 or int64")
+    return dt
+
+
+def _strict(value: str) -> bool | None:
+    return {"auto": None, "yes": True, "no": False}[value]
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .._models import parse_shape
+    from .._verify import verify
+
+    shapes = [parse_shape(s) for s in args.input_shape] if args.input_shape else None
+    dtypes = [_dtype(d) for d in args.input_dtype] if args.input_dtype else None
+    report = verify(args.model, input_shapes=shapes, input_dtypes=dtypes, model_kwargs=args.model_kwargs,
+                    fraction=args.fraction, seed=args.seed, strict=_strict(args.strict))
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        r = report
+        print(f"model           {r.model}")
+        print(f"families        {r.families}")
+        print(f"groups          {r.groups} channel groups, {r.prunable_groups} prunable "
+              f"({r.prunable_param_share:.0%} of parameters in prunable groups)")
+        print(f"zeroed          {r.zeroed_groups} groups")
+        print(f"params          {r.params_before:,} -> {r.params_after:,} "
+              f"({1 - r.params_after / max(r.params_before, 1):.1%} fewer)")
+        print(f"FLOPs (MACs)    {r.flops_before:,} -> {r.flops_after:,} "
+              f"({1 - r.flops_after / max(r.flops_before, 1):.1%} fewer)")
+        print(f"max abs diff    {r.max_abs_diff:.3g}")
+        print(f"max rel diff    {r.max_rel_diff:.3g}")
+        print(f"time            analyze {r.seconds_analyze:.2f}s, build {r.seconds_build:.2f}s")
+        if r.pinned:
+            print(f"pinned          {len(r.pinned)} op(s) keep channels from being pruned:")
+            for p in r.pinned[:12]:
+                where = f" in {p['module']}" if p.get("module") else ""
+                print(f"  {p['node']} ({p['op']}){where}: {p['reason']}")
+            if len(r.pinned) > 12:
+                print(f"  … and {len(r.pinned) - 12} more (--json lists all)")
+        print(f"{'PASSED' if r.passed else 'FAILED'}: {r.message}")
+    return 0 if report.passed else 1
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .._models import example_inputs, parse_shape, resolve_model
+    from ..analysis import analyze
+
+    resolved = resolve_model(args.model, kwargs=args.model_kwargs)
+    shapes = tuple(parse_shape(s) for s in args.input_shape) if args.input_shape else resolved.input_shapes
+    if not shapes:
+        raise UsageError(f"no input shape is known for {args.model}; pass --input-shape, e.g. --input-shape 2,3,224,224")
+    dtypes = tuple(_dtype(d) for d in args.input_dtype) if args.input_dtype else (
+        resolved.input_dtypes or (torch.float32,) * len(shapes))
+    xs = example_inputs(resolved.model, shapes, dtypes)
+    space = analyze(resolved.model, xs, strict=_strict(args.strict))
+    if args.json:
+        costs = space.costs()
+        print(json.dumps({
+            "model": args.model, "groups": space.num_groups, "prunable_groups": space.num_prunable_groups,
+            "params": costs.params, "flops": costs.flops,
+            "families": [{"index": f.index, "layers": list(f.layers), "channels": f.num_channels,
+                          "prunable_groups": len(f.groups),
+                          "pins": [{"op": e.op, "node": e.node, "reason": e.reason, "module": e.module}
+                                   for e in f.pins]} for f in space.families],
+        }))
+    else:
+        print(space.summary())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "verify":
+            return _cmd_verify(args)
+        if args.command == "analyze":
+            return _cmd_analyze(args)
+    except OtonasError as e:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"otonas: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("otonas: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug of ours: still one line unless --debug
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"otonas: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command}")
+    return 2

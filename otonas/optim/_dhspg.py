@@ -1,0 +1,507 @@
+"""DHSPG (OTOv2): a base optimizer plus a half-space projection that zeroes exactly K groups.
+
+Per step, with d the base optimizer's direction and α the learning rate:
+
+* warm-up (step < ``start_step``): the base step ``x ← x − α·d`` everywhere;
+* at ``start_step``, once: the K most redundant groups become G_r (``RedundancyScore``);
+* projection phase (``start_step`` ≤ step < ``end_step``): groups outside G_r take the base
+  step; on G_r, ``x̂ = x − α·d − α·λ_g·x_g/‖x_g‖`` with λ_g adapted per group
+  (:func:`group_lambdas`), then every G_r group with ``⟨x̂_g, x_g⟩ < ε‖x_g‖²`` is set to zero;
+  after the last step of the phase every G_r group is zero (forced if need be, with a warning);
+* afterwards: the base step, with the zero groups held at zero.
+
+A zero group stays zero: its gradient entries are masked before the base rule sees them,
+its momentum / Adam moments are zeroed with it, and only G_r groups are ever projected.
+
+Host-device synchronisation (matters on CUDA): none during steps, except at ``start_step``
+(the chosen set is read once to know which parameters it touches; under
+``torch.distributed`` it is broadcast from rank 0) and at the last projection step (to
+count the groups that had to be forced to zero). ``metrics()`` and ``group_sparsity()``
+read values back and so synchronise.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .._errors import OtonasError
+from ._base import make_rule
+from ._layout import GroupLayout, ParamPlan, SearchSpaceLike, slice_index
+from ._score import CosineMagnitudeScore, GroupStats, RedundancyScore
+
+__all__ = ["DHSPG", "ForcedProjectionWarning", "group_lambdas"]
+
+_VARIANTS = ("sgd", "adam", "adamw")
+
+
+class ForcedProjectionWarning(UserWarning):
+    """Some redundant groups had not reached zero by ``end_step`` and were set to zero at once."""
+
+
+def group_lambdas(dot: Tensor, x_norm: Tensor, d_sq: Tensor, *, lmbda: float, amplify: float,
+                  coeff: float) -> Tensor:
+    """OTOv2's per-group regularization strength λ_g.
+
+    The G_r step direction is ``d_g + λ_g·x_g/‖x_g‖``. It shrinks ‖x_g‖ when
+    ``λ_g > lo = −⟨x_g, d_g⟩/‖x_g‖`` and it is still a descent direction (positive inner
+    product with d_g) when ``λ_g < hi = −‖d_g‖²‖x_g‖/⟨x_g, d_g⟩``; ``lo ≤ ‖d_g‖ ≤ hi``. Where
+    d_g already shrinks the group (``⟨x_g, d_g⟩ ≥ 0``) λ_g is ``lmbda``; elsewhere it is
+    ``clip(amplify·lo, lmbda, coeff·lmbda)``, replaced by the midpoint ``(lo + hi)/2`` when it
+    reaches hi. Groups with ``x_norm == 0`` get ``lmbda`` (their value is never used).
+    """
+    opposed = (dot < 0) & (x_norm > 0)
+    safe_dot = torch.where(opposed, dot, -torch.ones_like(dot))
+    safe_norm = torch.where(opposed, x_norm, torch.ones_like(x_norm))
+    lo = -safe_dot / safe_norm
+    hi = -d_sq * safe_norm / safe_dot
+    lam = (amplify * lo).clamp(lmbda, coeff * lmbda)
+    lam = torch.where(lam >= hi, (lo + hi) / 2, lam)
+    return torch.where(opposed, lam, torch.full_like(lam, lmbda))
+
+
+def _count(n: int, target: float) -> int:
+    """K = round(N·target), halves rounding up (N·0.5 of an odd N rounds up)."""
+    return min(n, int(math.floor(n * target + 0.5 + 1e-9)))
+
+
+class DHSPG(torch.optim.Optimizer):
+    """Dual Half-Space Projected Gradient: trains and drives exactly K prunable groups to zero.
+
+    ``space`` is the ``SearchSpace`` from ``otonas.analyze``; the optimizer updates every
+    parameter of ``space.model`` that requires grad. Use it like any optimizer::
+
+        opt = DHSPG(space, lr=0.1, target_group_sparsity=0.5, start_step=1000, end_step=3000)
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+
+    After ``end_step`` steps exactly ``K = round(N · target_group_sparsity)`` of the N prunable
+    groups are zero and stay zero. See ``docs/optim.md`` for every option.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpaceLike,
+        *,
+        lr: float,
+        target_group_sparsity: float,
+        start_step: int,
+        end_step: int | None = None,
+        variant: str = "sgd",
+        momentum: float = 0.9,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        lmbda: float = 1e-3,
+        lmbda_amplify: float = 1.1,
+        hat_lmbda_coeff: float = 10.0,
+        epsilon: float = 0.0,
+        score: RedundancyScore | None = None,
+        keep_one_per_family: bool = True,
+        process_group: Any = None,
+    ) -> None:
+        start_step = int(start_step)
+        end_step = 2 * start_step + 1 if end_step is None else int(end_step)
+        _validate(lr=lr, target=target_group_sparsity, start=start_step, end=end_step, variant=variant,
+                  momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
+                  betas=betas, eps=eps, lmbda=lmbda, amplify=lmbda_amplify, coeff=hat_lmbda_coeff,
+                  epsilon=epsilon)
+        params = [p for p in space.model.parameters() if p.requires_grad]
+        if not params:
+            raise OtonasError("space.model has no parameter with requires_grad=True; there is nothing to optimize")
+        defaults = dict(lr=lr, variant=variant, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                        weight_decay=weight_decay, betas=tuple(betas), eps=eps, lmbda=lmbda,
+                        lmbda_amplify=lmbda_amplify, hat_lmbda_coeff=hat_lmbda_coeff, epsilon=epsilon,
+                        target_group_sparsity=float(target_group_sparsity), start_step=start_step,
+                        end_step=end_step)
+        super().__init__(params, defaults)
+        self._layout = GroupLayout(space, params)
+        self._rule = make_rule(variant)
+        self._score = score or CosineMagnitudeScore()
+        self._process_group = process_group
+        n = self._layout.num_groups
+        family = getattr(space, "group_family", None)
+        self._family = (torch.as_tensor(list(family), dtype=torch.int64, device=self._layout.device)
+                        if family is not None and keep_one_per_family and n else None)
+        self.num_groups = n
+        self.target_zero_groups = _count(n, float(target_group_sparsity))
+        if self._family is not None:
+            if self._family.numel() != n:
+                raise OtonasError(f"space.group_family has {self._family.numel()} entries for {n} prunable "
+                                  "groups; expected one family id per group")
+            spare = n - int(torch.unique(self._family).numel())
+            if self.target_zero_groups > spare:
+                raise OtonasError(
+                    f"target_group_sparsity={target_group_sparsity} asks for {self.target_zero_groups} zero groups, "
+                    f"but keeping one group in each family leaves only {spare} removable; lower the target "
+                    f"to at most {spare / n:.3f} or pass keep_one_per_family=False")
+        self._reset_run_state()
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _reset_run_state(self) -> None:
+        dev = self._layout.device
+        n = self.num_groups
+        self._step = 0
+        self._redundant: Tensor | None = None  # bool [N + 1]; the last bin (no group) is False
+        self._zero = torch.zeros(n + 1, dtype=torch.bool, device=dev)
+        self._lambdas = torch.zeros(n, device=dev)
+        self._redundant_norm = torch.full((), math.nan, device=dev)
+        self._forced: int | None = None
+        self._active: tuple[ParamPlan, ...] = ()
+        self._active_index = torch.zeros(0, dtype=torch.int64, device=dev)
+        self._alive_cache: dict[int, Tensor] | None = None
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if self.param_groups:
+            raise OtonasError("DHSPG keeps all parameters in one group (its group statistics span parameters); "
+                              "add_param_group is not supported: change options through param_groups[0]")
+        super().add_param_group(param_group)
+
+    @property
+    def step_count(self) -> int:
+        """Steps taken so far."""
+        return self._step
+
+    @property
+    def redundant_groups(self) -> Tensor | None:
+        """Bool mask ``[N]`` of G_r, the groups being projected to zero (None before start_step)."""
+        return None if self._redundant is None else self._redundant[:-1].clone()
+
+    # ------------------------------------------------------------------ the step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        hp = self.param_groups[0]
+        params: list[Tensor] = hp["params"]
+        t = self._step
+        start, end = hp["start_step"], hp["end_step"]
+        if self._redundant is not None:
+            self._mask_grads(params, static=t >= end)
+        with_grad = [i for i, p in enumerate(params) if p.grad is not None]
+        dirs = self._rule.directions([params[i] for i in with_grad], [params[i].grad for i in with_grad],
+                                     [self.state[params[i]] for i in with_grad], hp)
+        d: list[Tensor | None] = [None] * len(params)
+        for i, di in zip(with_grad, dirs):
+            d[i] = di
+        if t >= start and self._redundant is None:
+            self._partition(params, d, hp)
+        if start <= t < end:
+            self._hybrid_step(params, d, hp, last=t == end - 1)
+        else:
+            self._plain_step(params, d, hp["lr"], skip=frozenset())
+        self._step += 1
+        return loss
+
+    def _plain_step(self, params: Sequence[Tensor], d: Sequence[Tensor | None], lr: float,
+                    skip: frozenset[int]) -> None:
+        idx = [i for i, di in enumerate(d) if di is not None and i not in skip]
+        if idx:
+            torch._foreach_add_([params[i] for i in idx], [d[i] for i in idx], alpha=-lr)  # type: ignore[misc]
+
+    def _mask_grads(self, params: Sequence[Tensor], *, static: bool) -> None:
+        """Zero the gradient entries of zero groups, so that no base rule can move them."""
+        if static and self._alive_cache is None:
+            self._alive_cache = {q.position: self._alive_factor(q) for q in self._active}
+        for q in self._active:
+            g = params[q.position].grad
+            if g is not None:
+                g.mul_(self._alive_cache[q.position] if static else self._alive_factor(q))  # type: ignore[index]
+
+    def _alive_factor(self, q: ParamPlan) -> Tensor:
+        alive = (~self._zero).to(self.param_groups[0]["params"][q.position].dtype)
+        factor: Tensor | None = None
+        for e in q.entries:
+            a = alive[e.index].view(e.view)
+            factor = a if factor is None else factor * a
+        assert factor is not None
+        return factor
+
+    # ------------------------------------------------------------------ statistics
+    def _stats(self, plans: Sequence[ParamPlan], index: Tensor, params: Sequence[Tensor],
+               d: Sequence[Tensor | None], *, with_abs: bool) -> tuple[Tensor, list[Tensor]]:
+        """Per-group ⟨x,d⟩, ‖x‖², ‖d‖² (and Σ|x|) ``[N + 1, k]``, plus each plan's x² core."""
+        acc_dtype = torch.float64 if any(params[q.position].dtype == torch.float64 for q in plans) else torch.float32
+        rows: list[Tensor] = []
+        xx_cores: list[Tensor] = []
+        for q in plans:
+            x = params[q.position]
+            dq = d[q.position]
+            if dq is None:
+                dq = torch.zeros_like(x)
+            xd = q.core(x * dq)
+            xx = q.core(x * x)
+            dd = q.core(dq * dq)
+            cores = [xd, xx, dd] + ([q.core(x.abs())] if with_abs else [])
+            xx_cores.append(xx)
+            for e in q.entries:
+                rows.append(torch.stack([q.slice_sums(c, e) for c in cores], 1).to(acc_dtype))
+        values = torch.cat(rows) if rows else torch.zeros(0, 4 if with_abs else 3, dtype=acc_dtype,
+                                                          device=self._layout.device)
+        return self._layout.segment_sum(values, index), xx_cores
+
+    def _cross(self, plans: Sequence[ParamPlan], xx_cores: Sequence[Tensor], coef: Tensor) -> Tensor:
+        """Per group, Σ over its elements of (Σ of coef over the element's groups)·x²."""
+        rows: list[Tensor] = []
+        for q, xx in zip(plans, xx_cores):
+            c = coef.to(xx.dtype)
+            for e in q.entries:
+                total = torch.zeros(e.index.numel(), dtype=xx.dtype, device=xx.device)
+                own = q.slice_sums(xx, e)
+                for f in q.entries:
+                    if f.dim == e.dim:
+                        total += c[f.index] * own
+                    else:
+                        total += q.pair_matrix(xx, e, f) @ c[f.index]
+                rows.append(total.to(coef.dtype))
+        if not rows:
+            return torch.zeros(self.num_groups + 1, dtype=coef.dtype, device=coef.device)
+        return self._layout.segment_sum(torch.cat(rows)[:, None], self._active_index)[:, 0]
+
+    # ------------------------------------------------------------------ the three phases
+    def _partition(self, params: Sequence[Tensor], d: Sequence[Tensor | None], hp: dict[str, Any]) -> None:
+        """Choose G_r: the K most redundant groups (once, at start_step)."""
+        n, k = self.num_groups, self.target_zero_groups
+        stats, _ = self._stats(self._layout.plans, self._layout.slice_index, params, d, with_abs=True)
+        s = stats[:n]
+        score = self._score(GroupStats(dot=s[:, 0], x_sq=s[:, 1], d_sq=s[:, 2], x_abs=s[:, 3],
+                                       size=self._layout.group_size.to(s.dtype), family=self._family))
+        score = score.to(torch.float64)
+        if self._family is not None:
+            # The least redundant group of every family is never chosen: a family keeps a channel.
+            fam_min = torch.full((int(self._family.max()) + 1,), torch.inf, dtype=score.dtype,
+                                 device=score.device).scatter_reduce(0, self._family, score, "amin")
+            is_min = score == fam_min[self._family]
+            pos = torch.arange(n, device=score.device)
+            first = torch.full_like(fam_min, n, dtype=torch.int64).scatter_reduce(
+                0, self._family, torch.where(is_min, pos, n), "amin")
+            score = score.clone()
+            score[first[self._family] == pos] = -torch.inf
+        order = torch.sort(score, descending=True, stable=True).indices
+        redundant = torch.zeros(n + 1, dtype=torch.bool, device=score.device)
+        redundant[order[:k]] = True
+        self._set_redundant(self._broadcast(redundant))
+
+    def _broadcast(self, mask: Tensor) -> Tensor:
+        """Rank 0's mask on every rank, so that all ranks project the same groups."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return mask
+        pg = self._process_group
+        if dist.get_world_size(pg) == 1:
+            return mask
+        flat = mask.to(torch.uint8)
+        src = dist.get_global_rank(pg, 0) if pg is not None else 0
+        dist.broadcast(flat, src=src, group=pg)
+        return flat.bool()
+
+    def _set_redundant(self, redundant: Tensor) -> None:
+        """Record G_r and restrict the work of later steps to the slices it touches."""
+        self._redundant = redundant
+        plans = self._layout.plans
+        touched = [bool(v) for v in
+                   torch.stack([redundant[e.index].any() for q in plans for e in q.entries]).tolist()] if plans else []
+        active: list[ParamPlan] = []
+        i = 0
+        for q in plans:
+            keep = touched[i:i + len(q.entries)]
+            i += len(q.entries)
+            r = q.restricted(keep)
+            if r is not None:
+                active.append(r)
+        self._active = tuple(active)
+        self._active_index = (slice_index(self._active) if self._active
+                              else torch.zeros(0, dtype=torch.int64, device=redundant.device))
+        self._alive_cache = None
+
+    def _hybrid_step(self, params: Sequence[Tensor], d: Sequence[Tensor | None], hp: dict[str, Any], *,
+                     last: bool) -> None:
+        lr = hp["lr"]
+        assert self._redundant is not None
+        plans = self._active
+        stats, xx_cores = self._stats(plans, self._active_index, params, d, with_abs=False)
+        dot, x_sq, d_sq = stats.unbind(1)
+        pending = self._redundant & ~self._zero
+        live = pending & (x_sq > 0)
+        x_norm = x_sq.sqrt()
+        lam = torch.where(live, group_lambdas(dot, x_norm, d_sq, lmbda=hp["lmbda"], amplify=hp["lmbda_amplify"],
+                                              coeff=hp["hat_lmbda_coeff"]), 0.0)
+        coef = torch.where(live, lam / torch.where(live, x_norm, 1.0), 0.0)
+        # ⟨x̂_g, x_g⟩ from the sums already taken: x̂ = x − lr·d − lr·(Σ coef over the element's groups)·x.
+        inner = x_sq - lr * dot - lr * self._cross(plans, xx_cores, coef)
+        newly = pending & ((inner < hp["epsilon"] * x_sq) | (x_sq == 0))
+        self._lambdas = lam[:-1].to(self._lambdas.dtype)
+        self._redundant_norm = (x_sq * self._redundant).sum().sqrt().to(self._redundant_norm.dtype)
+        if last:
+            rest = pending & ~newly
+            self._forced = int(rest.sum())  # host sync, once, at the end of the projection phase
+            if self._forced:
+                warnings.warn(
+                    f"DHSPG: {self._forced} of the {self.target_zero_groups} redundant groups had not reached zero "
+                    f"by end_step={hp['end_step']} and were set to zero now; for a gentler finish raise lmbda, "
+                    "epsilon or end_step", ForcedProjectionWarning, stacklevel=_caller_level())
+            newly = newly | rest
+        self._zero = self._zero | newly
+        alive = (~self._zero)
+        done: set[int] = set()
+        for q in plans:
+            x = params[q.position]
+            a_vec = alive.to(x.dtype)
+            c_vec = coef.to(x.dtype)
+            keep: Tensor | None = None
+            shrink: Tensor | None = None
+            for e in q.entries:
+                a = a_vec[e.index].view(e.view)
+                c = c_vec[e.index].view(e.view)
+                keep = a if keep is None else keep * a
+                shrink = c if shrink is None else shrink + c
+            assert keep is not None and shrink is not None
+            x.mul_((1 - lr * shrink) * keep)
+            dq = d[q.position]
+            if dq is not None:
+                x.addcmul_(dq, keep, value=-lr)
+            state = self.state[x]
+            for key in self._rule.state_keys:
+                if key in state:
+                    state[key].mul_(keep)
+            done.add(q.position)
+        self._plain_step(params, d, lr, skip=frozenset(done))
+
+    # ------------------------------------------------------------------ reporting
+    @torch.no_grad()
+    def _group_abs(self) -> Tensor:
+        params = self.param_groups[0]["params"]
+        rows = []
+        for q in self._layout.plans:
+            core = q.core(params[q.position].abs())
+            rows.extend(q.slice_sums(core, e).to(torch.float64)[:, None] for e in q.entries)
+        if not rows:
+            return torch.zeros(self.num_groups, dtype=torch.float64)
+        return self._layout.segment_sum(torch.cat(rows))[: self.num_groups, 0]
+
+    def zero_groups(self) -> Tensor:
+        """Bool mask ``[N]``: the prunable groups whose every element is exactly zero now."""
+        return self._group_abs() == 0
+
+    def group_sparsity(self) -> float:
+        """The fraction of prunable groups whose every element is exactly zero."""
+        return float(self.zero_groups().sum()) / self.num_groups if self.num_groups else 0.0
+
+    def metrics(self) -> dict[str, Any]:
+        """Numbers to log: sparsity reached, target, and the state of the projection."""
+        hp = self.param_groups[0]
+        zero = int(self.zero_groups().sum())
+        live = self._lambdas[self._lambdas > 0]
+        # The phase of the steps taken so far: "warmup" until the partition, "done" once G_r is zero.
+        phase = "warmup" if self._step <= hp["start_step"] else (
+            "projection" if self._step < hp["end_step"] else "done")
+        return {
+            "step": self._step,
+            "phase": phase,
+            "num_groups": self.num_groups,
+            "target_zero_groups": self.target_zero_groups,
+            "num_zero_groups": zero,
+            "group_sparsity": zero / self.num_groups if self.num_groups else 0.0,
+            "target_group_sparsity": hp["target_group_sparsity"],
+            "num_redundant_groups": 0 if self._redundant is None else int(self._redundant.sum()),
+            "num_projected_groups": int(self._zero.sum()),
+            "redundant_norm": float(self._redundant_norm),
+            "lambda_mean": float(live.mean()) if live.numel() else math.nan,
+            "lambda_min": float(live.min()) if live.numel() else math.nan,
+            "lambda_max": float(live.max()) if live.numel() else math.nan,
+            "forced_projection": bool(self._forced),
+            "num_forced_groups": self._forced or 0,
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["dhspg"] = {
+            "step": self._step,
+            "redundant": None if self._redundant is None else self._redundant.clone(),
+            "zero": self._zero.clone(),
+            "lambdas": self._lambdas.clone(),
+            "redundant_norm": self._redundant_norm.clone(),
+            "forced": self._forced,
+            "num_groups": self.num_groups,
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("dhspg", None)
+        if extra is None:
+            raise OtonasError("this state dict has no 'dhspg' entry: it was not saved by DHSPG.state_dict()")
+        if extra["num_groups"] != self.num_groups:
+            raise OtonasError(f"the state dict is for {extra['num_groups']} prunable groups but this optimizer has "
+                              f"{self.num_groups}; load it into an optimizer built on the same search space")
+        super().load_state_dict(state_dict)
+        dev = self._layout.device
+        self._reset_run_state()
+        self._step = int(extra["step"])
+        self._zero = extra["zero"].to(dev)
+        self._lambdas = extra["lambdas"].to(dev)
+        self._redundant_norm = extra["redundant_norm"].to(dev)
+        self._forced = extra["forced"]
+        if extra["redundant"] is not None:
+            self._set_redundant(extra["redundant"].to(dev))
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the user's ``opt.step()`` line."""
+    import os
+    import sys
+
+    skip = (os.path.dirname(os.path.dirname(__file__)), os.path.dirname(torch.__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(skip):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _validate(*, lr: float, target: float, start: int, end: int, variant: str, momentum: float, dampening: float,
+              nesterov: bool, weight_decay: float, betas: tuple[float, float], eps: float, lmbda: float,
+              amplify: float, coeff: float, epsilon: float) -> None:
+    def bad(name: str, value: object, expected: str) -> OtonasError:
+        return OtonasError(f"DHSPG: {name}={value!r} is invalid; expected {expected}")
+
+    if variant not in _VARIANTS:
+        raise bad("variant", variant, "one of " + ", ".join(repr(v) for v in _VARIANTS))
+    if not (isinstance(lr, (int, float)) and lr >= 0):
+        raise bad("lr", lr, "a float >= 0")
+    if not 0.0 <= target <= 1.0:
+        raise bad("target_group_sparsity", target, "a fraction in [0, 1]")
+    if start < 0:
+        raise bad("start_step", start, "a step count >= 0")
+    if end <= start:
+        raise bad("end_step", end, f"a step after start_step={start} (the projection phase needs at least one step)")
+    if momentum < 0:
+        raise bad("momentum", momentum, "a float >= 0")
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise bad("nesterov", nesterov, "momentum > 0 and dampening == 0 (as torch.optim.SGD)")
+    if weight_decay < 0:
+        raise bad("weight_decay", weight_decay, "a float >= 0")
+    if not all(0.0 <= b < 1.0 for b in betas) or len(betas) != 2:
+        raise bad("betas", betas, "two floats in [0, 1)")
+    if eps <= 0:
+        raise bad("eps", eps, "a float > 0")
+    if lmbda <= 0:
+        raise bad("lmbda", lmbda, "a float > 0")
+    if amplify < 1:
+        raise bad("lmbda_amplify", amplify, "a float >= 1")
+    if coeff < 1:
+        raise bad("hat_lmbda_coeff", coeff, "a float >= 1 (the upper clip is hat_lmbda_coeff·lmbda)")
+    if not 0.0 <= epsilon < 1.0:
+        raise bad("epsilon", epsilon, "a float in [0, 1)")

@@ -1,0 +1,182 @@
+"""Where the prunable groups live in the parameters, and group sums over them.
+
+``SearchSpace.group_layout()`` says, for each parameter and some of its dims, which group
+each slice along that dim belongs to. Everything the optimizers compute per group is a sum
+over a group's elements of some elementwise quantity (x·d, x², d², |x|). Such a sum splits
+into two reductions:
+
+1. within a parameter: reduce the elementwise tensor over the dims that carry no group
+   (the *core*: for a conv weight ``[O, I, kh, kw]`` with groups on dims 0 and 1, the
+   ``[O, I, 1, 1]`` sums over the kernel window), then reduce the core to one value per
+   slice along each grouped dim;
+2. across parameters: one ``index_add_`` of all those per-slice values into per-group
+   accumulators, with an index vector built once at construction.
+
+So a step costs a few elementwise passes per parameter plus one segment sum, whatever the
+number of groups; nothing loops over groups in Python. Slices in no group carry the index
+``N`` (one past the last group), a bin that is never read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from .._errors import OtonasError
+
+__all__ = ["SearchSpaceLike", "GroupLayout", "Entry", "ParamPlan", "slice_index"]
+
+
+class SearchSpaceLike(Protocol):
+    """What the optimizers read from a search space (``otonas.SearchSpace`` has it)."""
+
+    @property
+    def model(self) -> nn.Module: ...
+
+    @property
+    def num_prunable_groups(self) -> int: ...
+
+    def group_layout(self) -> Mapping[str, Sequence[tuple[int, Tensor]]]: ...
+
+
+@dataclass(frozen=True, eq=False)
+class Entry:
+    """The slices of one parameter along one dim, and the group of each (``N`` = none)."""
+
+    dim: int
+    index: Tensor  # int64, one group id per position along ``dim``
+    view: tuple[int, ...]  # shape that broadcasts a per-slice vector against the parameter
+
+
+@dataclass(frozen=True, eq=False)
+class ParamPlan:
+    """One grouped parameter: its position in the optimizer's list and its entries."""
+
+    position: int
+    name: str
+    entries: tuple[Entry, ...]
+    core_dims: tuple[int, ...]  # the dims that carry groups, sorted
+    reduce_dims: tuple[int, ...]  # the others, summed away to get the core
+
+    def core(self, t: Tensor) -> Tensor:
+        """``t`` summed over the dims that carry no group (kept as size-1 dims)."""
+        return t.sum(self.reduce_dims, keepdim=True) if self.reduce_dims else t
+
+    def slice_sums(self, core: Tensor, entry: Entry) -> Tensor:
+        """One value per slice of ``entry``: the core summed over the other grouped dims."""
+        others = [d for d in self.core_dims if d != entry.dim]
+        return (core.sum(others) if others else core).reshape(-1)
+
+    def pair_matrix(self, core: Tensor, a: Entry, b: Entry) -> Tensor:
+        """The core as a ``[len(a), len(b)]`` matrix (summed over any third grouped dim)."""
+        others = [d for d in self.core_dims if d not in (a.dim, b.dim)]
+        m = core.sum(others, keepdim=True) if others else core
+        m = m.reshape(m.shape[a.dim], m.shape[b.dim]) if a.dim < b.dim else m.reshape(
+            m.shape[b.dim], m.shape[a.dim]).t()
+        return m
+
+    def restricted(self, keep: Sequence[bool]) -> ParamPlan | None:
+        """The same plan with only the entries where ``keep`` is true (None if none is)."""
+        entries = tuple(e for e, k in zip(self.entries, keep) if k)
+        return _make_plan(self.position, self.name, entries, ndim=len(entries[0].view)) if entries else None
+
+
+def slice_index(plans: Sequence[ParamPlan]) -> Tensor:
+    """The group id of every slice of ``plans``, in the order their per-slice values are concatenated."""
+    return torch.cat([e.index for q in plans for e in q.entries])
+
+
+def _make_plan(position: int, name: str, entries: tuple[Entry, ...], *, ndim: int) -> ParamPlan:
+    core_dims = tuple(sorted({e.dim for e in entries}))
+    reduce_dims = tuple(d for d in range(ndim) if d not in core_dims)
+    return ParamPlan(position, name, entries, core_dims, reduce_dims)
+
+
+class GroupLayout:
+    """The group layout of a search space, resolved against the optimizer's parameter list.
+
+    Built once, when the optimizer is constructed; validates the layout and raises
+    ``OtonasError`` naming the parameter and the fix when it does not fit the model.
+    """
+
+    def __init__(self, space: SearchSpaceLike, params: Sequence[Tensor]) -> None:
+        n = int(space.num_prunable_groups)
+        if n < 0:
+            raise OtonasError(f"space.num_prunable_groups is {n}; expected a count >= 0")
+        self.num_groups = n
+        named = dict(space.model.named_parameters(remove_duplicate=False))
+        position = {id(p): i for i, p in enumerate(params)}
+        raw = space.group_layout()
+        # Tied parameters appear under several names; their entries are merged onto one tensor.
+        by_param: dict[int, tuple[str, list[tuple[int, Tensor]]]] = {}
+        for name, entries in raw.items():
+            if name not in named:
+                raise OtonasError(
+                    f"group_layout() names the parameter {name!r}, which space.model does not have; "
+                    "the search space was analysed from a different model: run otonas.analyze on this model")
+            p = named[name]
+            if id(p) not in position:
+                raise OtonasError(
+                    f"the parameter {name!r} belongs to prunable groups but is not among the optimized "
+                    "parameters (requires_grad=False?); DHSPG must be able to zero it: set "
+                    f"{name}.requires_grad = True")
+            by_param.setdefault(id(p), (name, []))[1].extend(entries)
+
+        device = params[0].device if params else torch.device("cpu")
+        plans: list[ParamPlan] = []
+        sizes = torch.zeros(n + 1, dtype=torch.float64)
+        for pid, (name, entries) in by_param.items():
+            p = params[position[pid]]
+            if p.device != device:
+                raise OtonasError(
+                    f"the grouped parameter {name!r} is on {p.device} but others are on {device}; "
+                    "DHSPG needs every grouped parameter on one device: move the model with model.to(device)")
+            built: list[Entry] = []
+            for dim, index in entries:
+                index = self._check_entry(name, p, int(dim), index, n)
+                view = tuple(p.shape[dim] if k == dim else 1 for k in range(p.dim()))
+                idx = torch.where(index < 0, torch.full_like(index, n), index)
+                built.append(Entry(int(dim), idx.to(device), view))
+                # Elements per group: each slice holds numel / shape[dim] elements.
+                sizes.index_add_(0, idx, torch.full((idx.numel(),), p.numel() / max(p.shape[dim], 1),
+                                                    dtype=torch.float64))
+            plans.append(_make_plan(position[pid], name, tuple(built), ndim=p.dim()))
+        self.plans: tuple[ParamPlan, ...] = tuple(sorted(plans, key=lambda q: q.position))
+        self.device = device
+        self.slice_index = (slice_index(self.plans) if self.plans
+                            else torch.zeros(0, dtype=torch.int64, device=device))
+        empty = (sizes[:n] == 0).nonzero().flatten().tolist()
+        if empty:
+            raise OtonasError(
+                f"prunable groups {empty[:10]}{' …' if len(empty) > 10 else ''} have no slice in "
+                f"group_layout() although num_prunable_groups is {n}; the search space is inconsistent: "
+                "re-run otonas.analyze")
+        self.group_size = sizes[:n].to(device)
+        self.grouped_positions = frozenset(q.position for q in self.plans)
+
+    @staticmethod
+    def _check_entry(name: str, p: Tensor, dim: int, index: Tensor, n: int) -> Tensor:
+        if not 0 <= dim < p.dim():
+            raise OtonasError(f"group_layout() gives dim {dim} for {name!r} of shape {tuple(p.shape)}; "
+                              f"expected a dim in [0, {p.dim()})")
+        if not isinstance(index, Tensor) or index.dtype.is_floating_point or index.dtype == torch.bool:
+            raise OtonasError(f"group_layout() entry ({dim}, …) of {name!r} is not an integer tensor; "
+                              "expected int64 group ids (-1 for none)")
+        index = index.detach().to("cpu", torch.int64).reshape(-1)
+        if index.numel() != p.shape[dim]:
+            raise OtonasError(f"group_layout() gives {index.numel()} group ids for dim {dim} of {name!r}, "
+                              f"which has size {p.shape[dim]}; expected one id per position")
+        if index.numel() and (int(index.min()) < -1 or int(index.max()) >= n):
+            raise OtonasError(f"group_layout() entry for dim {dim} of {name!r} holds ids outside [-1, {n}); "
+                              f"num_prunable_groups is {n}")
+        return index
+
+    def segment_sum(self, values: Tensor, index: Tensor | None = None) -> Tensor:
+        """Per-group sums ``[N + 1, k]`` of per-slice values ``[L, k]`` (last row: no group)."""
+        index = self.slice_index if index is None else index
+        out = torch.zeros(self.num_groups + 1, values.shape[1], dtype=values.dtype, device=values.device)
+        return out.index_add_(0, index, values)

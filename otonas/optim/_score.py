@@ -1,0 +1,68 @@
+"""How redundant each prunable group is: the score that picks the groups to project to zero."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["GroupStats", "RedundancyScore", "CosineMagnitudeScore"]
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """Per-group sums at the step where the redundant set is chosen; every field is ``[N]``.
+
+    ``x`` is a group's parameter vector (all its slices), ``d`` the base optimizer's step
+    direction there (the step is ``x − lr·d``).
+    """
+
+    dot: Tensor  # ⟨x_g, d_g⟩
+    x_sq: Tensor  # ‖x_g‖²
+    d_sq: Tensor  # ‖d_g‖²
+    x_abs: Tensor  # Σ |x_g|
+    size: Tensor  # number of elements in the group
+    family: Tensor | None  # family id of each group, when the search space gives one
+
+
+class RedundancyScore(abc.ABC):
+    """Scores groups by redundancy; the optimizer projects the highest-scoring ones to zero.
+
+    DHSPG calls it once, at ``start_step``, with the statistics of every prunable group.
+    The scores must be computed from the statistics alone (they are identical on all
+    ranks of a distributed run), higher meaning more redundant; ``+inf`` is allowed.
+    """
+
+    @abc.abstractmethod
+    def __call__(self, stats: GroupStats) -> Tensor:
+        """Return one score per group, shape ``[N]``."""
+
+
+class CosineMagnitudeScore(RedundancyScore):
+    """OTOv2's saliency: ``cos(x_g, d_g)`` plus ``1 / mean|x_g|``, each normalized across groups.
+
+    A group whose step direction points along the group itself (``cos`` near 1: the base
+    step already shrinks it) and whose entries are small is the cheapest to remove. Each
+    term is divided by its largest absolute value over the groups so that both weigh alike;
+    an all-zero group scores ``+inf``.
+    """
+
+    def __init__(self, *, cosine_weight: float = 1.0, magnitude_weight: float = 1.0) -> None:
+        self.cosine_weight = float(cosine_weight)
+        self.magnitude_weight = float(magnitude_weight)
+
+    def __call__(self, stats: GroupStats) -> Tensor:
+        norms = stats.x_sq.sqrt() * stats.d_sq.sqrt()
+        cos = torch.where(norms > 0, stats.dot / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
+        zero = stats.x_abs == 0
+        inv_mean = torch.where(zero, 0.0, stats.size / stats.x_abs.clamp_min(torch.finfo(norms.dtype).tiny))
+        score = (self.cosine_weight * cos / _scale(cos)
+                 + self.magnitude_weight * inv_mean / _scale(inv_mean))
+        return torch.where(zero, torch.inf, score)
+
+
+def _scale(t: Tensor) -> Tensor:
+    m = t.abs().amax() if t.numel() else t.new_ones(())
+    return torch.where(m > 0, m, torch.ones_like(m))
