@@ -92,15 +92,13 @@ class SearchSpace:
         uf.union(o[1:][same], o[:-1][same])
         fam_root = uf.find(np.arange(len(spaces)))
         fam_ids, fam_of_space = np.unique(fam_root, return_inverse=True)
-        first_space_of_root: dict[int, int] = {}
         uniq_r, first = np.unique(r, return_index=True)
         fam_of_root = fam_of_space[o[first]]
-        self.group_family = [0] * self.num_prunable_groups
         gids = self._gid_of_root[uniq_r]
         has = gids >= 0
-        for g, f in zip(gids[has], fam_of_root[has]):
-            self.group_family[int(g)] = int(f)
-        del first_space_of_root
+        group_family = np.zeros(self.num_prunable_groups, dtype=np.int64)
+        group_family[gids[has]] = fam_of_root[has]
+        self.group_family = group_family.tolist()
         families = []
         pinned_set = set(self._pinned_roots.tolist())
         graph_nodes = {n.name: n for n in self.capture.graph.nodes}

@@ -264,7 +264,12 @@ def build(space: SearchSpace, *, removed: np.ndarray | None = None) -> fx.GraphM
                 fn = BUILD_RULES.lookup(target) if node.name in space._flow.dims else None
                 if fn is not None:
                     target, args, kwargs = fn(ctx, node, args, kwargs)
-                env[node] = g.call_function(target, tuple(args), kwargs)
+                new = g.call_function(target, tuple(args), kwargs)
+                for key in ("nn_module_stack", "stack_trace", "source_fn_stack"):
+                    if key in node.meta:
+                        new.meta[key] = node.meta[key]
+                new.meta["otonas_source_node"] = node.name
+                env[node] = new
             elif node.op == "output":
                 outs = node.args[0]
                 user = [fx.map_arg(a, lambda x: env[x]) for a, s in zip(outs, sig.output_specs)

@@ -154,13 +154,14 @@ class DHSPG(torch.optim.Optimizer):
         n = self.num_groups
         self._step = 0
         self._redundant: Tensor | None = None  # bool [N + 1]; the last bin (no group) is False
-        self._zero = torch.zeros(n + 1, dtype=torch.bool, device=dev)
+        self._zero = torch.zeros(n + 1, dtype=torch.bool, device=dev)  # G_r groups projected so far
         self._lambdas = torch.zeros(n, device=dev)
         self._redundant_norm = torch.full((), math.nan, device=dev)
         self._forced: int | None = None
-        self._active: tuple[ParamPlan, ...] = ()
+        self._active: tuple[ParamPlan, ...] = ()  # the grouped parameters, restricted to slices of G_r
         self._active_index = torch.zeros(0, dtype=torch.int64, device=dev)
         self._alive_cache: dict[int, Tensor] | None = None
+        self._buffers: dict[Any, Tensor] = {}  # scratch and x² buffers of the projection phase
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self.param_groups:
@@ -198,7 +199,7 @@ class DHSPG(torch.optim.Optimizer):
         for i, di in zip(with_grad, dirs):
             d[i] = di
         if t >= start and self._redundant is None:
-            self._partition(params, d, hp)
+            self._partition(params, d)
         if start <= t < end:
             self._hybrid_step(params, d, hp, last=t == end - 1)
         else:
@@ -214,70 +215,116 @@ class DHSPG(torch.optim.Optimizer):
 
     def _mask_grads(self, params: Sequence[Tensor], *, static: bool) -> None:
         """Zero the gradient entries of zero groups, so that no base rule can move them."""
-        if static and self._alive_cache is None:
-            self._alive_cache = {q.position: self._alive_factor(q) for q in self._active}
+        if static:
+            if self._alive_cache is None:
+                alive = (~self._zero).to(self._acc_dtype)
+                self._alive_cache = {q.position: self._factors(q, alive.to(params[q.position].dtype))[0]
+                                     for q in self._active}
+            keep = self._alive_cache
+        else:
+            alive = (~self._zero).to(self._acc_dtype)
+            keep = {q.position: self._factors(q, alive.to(params[q.position].dtype))[0] for q in self._active}
         for q in self._active:
             g = params[q.position].grad
             if g is not None:
-                g.mul_(self._alive_cache[q.position] if static else self._alive_factor(q))  # type: ignore[index]
+                g.mul_(keep[q.position])
 
-    def _alive_factor(self, q: ParamPlan) -> Tensor:
-        alive = (~self._zero).to(self.param_groups[0]["params"][q.position].dtype)
-        factor: Tensor | None = None
+    @staticmethod
+    def _factors(q: ParamPlan, alive: Tensor, coef: Tensor | None = None,
+                 lr: float = 0.0) -> tuple[Tensor, Tensor | None]:
+        """Per-element factors of ``q``, broadcastable against the parameter: ``keep`` (1 for
+        elements whose groups are all alive, else 0) and, with ``coef``, the G_r step's
+        ``keep · (1 − lr · Σ coef over the element's groups)``."""
+        keep: Tensor | None = None
+        total: Tensor | None = None
         for e in q.entries:
             a = alive[e.index].view(e.view)
-            factor = a if factor is None else factor * a
-        assert factor is not None
-        return factor
+            keep = a if keep is None else keep * a
+            if coef is not None:
+                c = coef[e.index].view(e.view)
+                total = c if total is None else total + c
+        assert keep is not None
+        return keep, None if total is None else (1 - lr * total) * keep
 
     # ------------------------------------------------------------------ statistics
+    @property
+    def _acc_dtype(self) -> torch.dtype:
+        params = self.param_groups[0]["params"]
+        return torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
+
+    def _buffer(self, key: Any, like: Tensor) -> Tensor:
+        """A contiguous tensor shaped like ``like``: ``key`` ("scratch", dtype) is shared, a
+        parameter position is that parameter's own; kept for the projection phase."""
+        if key[0] == "scratch":
+            flat = self._buffers.get(key)
+            if flat is None or flat.numel() < like.numel():
+                size = max(self.param_groups[0]["params"][q.position].numel() for q in self._layout.plans)
+                flat = self._buffers[key] = torch.empty(size, dtype=like.dtype, device=like.device)
+            return flat[: like.numel()].view(like.shape)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+        return buf
+
     def _stats(self, plans: Sequence[ParamPlan], index: Tensor, params: Sequence[Tensor],
-               d: Sequence[Tensor | None], *, with_abs: bool) -> tuple[Tensor, list[Tensor]]:
-        """Per-group ⟨x,d⟩, ‖x‖², ‖d‖² (and Σ|x|) ``[N + 1, k]``, plus each plan's x² core."""
-        acc_dtype = torch.float64 if any(params[q.position].dtype == torch.float64 for q in plans) else torch.float32
-        rows: list[Tensor] = []
-        xx_cores: list[Tensor] = []
+               d: Sequence[Tensor | None], *, with_abs: bool) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
+        """Per-group sums ``[k, N + 1]`` of x·d, x², d² (and |x|) over the slices of ``plans``.
+
+        Also returns the per-slice sums of x² and, for parameters whose groups run along two
+        dims, x² itself (kept for the cross terms of :meth:`_cross`).
+        """
+        acc = self._acc_dtype
+        parts: list[list[Tensor]] = [[] for _ in range(4 if with_abs else 3)]
+        xx_full: dict[int, Tensor] = {}
         for q in plans:
             x = params[q.position]
             dq = d[q.position]
-            if dq is None:
+            if dq is None:  # no gradient this step: d is zero there
                 dq = torch.zeros_like(x)
-            xd = q.core(x * dq)
-            xx = q.core(x * x)
-            dd = q.core(dq * dq)
-            cores = [xd, xx, dd] + ([q.core(x.abs())] if with_abs else [])
-            xx_cores.append(xx)
-            for e in q.entries:
-                rows.append(torch.stack([q.slice_sums(c, e) for c in cores], 1).to(acc_dtype))
-        values = torch.cat(rows) if rows else torch.zeros(0, 4 if with_abs else 3, dtype=acc_dtype,
-                                                          device=self._layout.device)
-        return self._layout.segment_sum(values, index), xx_cores
+            tmp = self._buffer(("scratch", x.dtype), x)
+            xx = self._buffer(("xx", q.position), x) if q.multi_dim else tmp
+            for k, (out, a, b) in enumerate(((tmp, x, dq), (xx, x, x), (tmp, dq, dq))):
+                torch.mul(a, b, out=out)
+                parts[k].extend(e.slice_sums(out) for e in q.entries)
+            if q.multi_dim:
+                xx_full[q.position] = xx
+            if with_abs:
+                torch.abs(x, out=tmp)
+                parts[3].extend(e.slice_sums(tmp) for e in q.entries)
+        dev = self._layout.device
+        values = (torch.stack([torch.cat(p).to(acc) for p in parts]) if plans
+                  else torch.zeros(len(parts), 0, dtype=acc, device=dev))
+        stats = torch.zeros(len(parts), self.num_groups + 1, dtype=acc, device=dev).index_add_(1, index, values)
+        return stats, values[1], xx_full
 
-    def _cross(self, plans: Sequence[ParamPlan], xx_cores: Sequence[Tensor], coef: Tensor) -> Tensor:
-        """Per group, Σ over its elements of (Σ of coef over the element's groups)·x²."""
-        rows: list[Tensor] = []
-        for q, xx in zip(plans, xx_cores):
-            c = coef.to(xx.dtype)
+    def _cross(self, plans: Sequence[ParamPlan], xx_slices: Tensor, xx_full: dict[int, Tensor],
+               coef: Tensor) -> Tensor:
+        """Per group g, Σ over g's slices of Σ_e (Σ of coef over e's groups)·x_e²: the shrink
+        term's share in ⟨x̂_g, x_g⟩, where an element in two G_r groups is shrunk by both."""
+        per_slice = xx_slices * coef[self._active_index]  # each slice's own group
+        offset = 0
+        for q in plans:
             for e in q.entries:
-                total = torch.zeros(e.index.numel(), dtype=xx.dtype, device=xx.device)
-                own = q.slice_sums(xx, e)
+                n = e.size
                 for f in q.entries:
+                    if f is e:
+                        continue
                     if f.dim == e.dim:
-                        total += c[f.index] * own
+                        extra = coef[f.index] * xx_slices[offset:offset + n]
                     else:
-                        total += q.pair_matrix(xx, e, f) @ c[f.index]
-                rows.append(total.to(coef.dtype))
-        if not rows:
-            return torch.zeros(self.num_groups + 1, dtype=coef.dtype, device=coef.device)
-        return self._layout.segment_sum(torch.cat(rows)[:, None], self._active_index)[:, 0]
+                        xx = xx_full[q.position]
+                        extra = e.weighted_sums(xx, f, coef[f.index].to(xx.dtype)).to(coef.dtype)
+                    per_slice[offset:offset + n] += extra
+                offset += n
+        return torch.zeros_like(coef).index_add_(0, self._active_index, per_slice)
 
     # ------------------------------------------------------------------ the three phases
-    def _partition(self, params: Sequence[Tensor], d: Sequence[Tensor | None], hp: dict[str, Any]) -> None:
+    def _partition(self, params: Sequence[Tensor], d: Sequence[Tensor | None]) -> None:
         """Choose G_r: the K most redundant groups (once, at start_step)."""
         n, k = self.num_groups, self.target_zero_groups
-        stats, _ = self._stats(self._layout.plans, self._layout.slice_index, params, d, with_abs=True)
-        s = stats[:n]
-        score = self._score(GroupStats(dot=s[:, 0], x_sq=s[:, 1], d_sq=s[:, 2], x_abs=s[:, 3],
+        stats, _, _ = self._stats(self._layout.plans, self._layout.slice_index, params, d, with_abs=True)
+        s = stats[:, :n]
+        score = self._score(GroupStats(dot=s[0], x_sq=s[1], d_sq=s[2], x_abs=s[3],
                                        size=self._layout.group_size.to(s.dtype), family=self._family))
         score = score.to(torch.float64)
         if self._family is not None:
@@ -288,12 +335,12 @@ class DHSPG(torch.optim.Optimizer):
             pos = torch.arange(n, device=score.device)
             first = torch.full_like(fam_min, n, dtype=torch.int64).scatter_reduce(
                 0, self._family, torch.where(is_min, pos, n), "amin")
-            score = score.clone()
-            score[first[self._family] == pos] = -torch.inf
+            score = torch.where(first[self._family] == pos, -torch.inf, score)
         order = torch.sort(score, descending=True, stable=True).indices
         redundant = torch.zeros(n + 1, dtype=torch.bool, device=score.device)
         redundant[order[:k]] = True
         self._set_redundant(self._broadcast(redundant))
+        self._buffers.clear()  # the partition used scratch for every plan; G_r needs less
 
     def _broadcast(self, mask: Tensor) -> Tensor:
         """Rank 0's mask on every rank, so that all ranks project the same groups."""
@@ -311,14 +358,14 @@ class DHSPG(torch.optim.Optimizer):
         """Record G_r and restrict the work of later steps to the slices it touches."""
         self._redundant = redundant
         plans = self._layout.plans
-        touched = [bool(v) for v in
-                   torch.stack([redundant[e.index].any() for q in plans for e in q.entries]).tolist()] if plans else []
+        # One host read, here only: which parameter slices G_r touches decides what later steps visit.
+        touched = (torch.stack([redundant[e.index].any() for q in plans for e in q.entries]).tolist()
+                   if plans else [])
         active: list[ParamPlan] = []
         i = 0
         for q in plans:
-            keep = touched[i:i + len(q.entries)]
+            r = q.restricted(touched[i:i + len(q.entries)])
             i += len(q.entries)
-            r = q.restricted(keep)
             if r is not None:
                 active.append(r)
         self._active = tuple(active)
@@ -331,22 +378,22 @@ class DHSPG(torch.optim.Optimizer):
         lr = hp["lr"]
         assert self._redundant is not None
         plans = self._active
-        stats, xx_cores = self._stats(plans, self._active_index, params, d, with_abs=False)
-        dot, x_sq, d_sq = stats.unbind(1)
+        stats, xx_slices, xx_full = self._stats(plans, self._active_index, params, d, with_abs=False)
+        dot, x_sq, d_sq = stats
         pending = self._redundant & ~self._zero
         live = pending & (x_sq > 0)
         x_norm = x_sq.sqrt()
         lam = torch.where(live, group_lambdas(dot, x_norm, d_sq, lmbda=hp["lmbda"], amplify=hp["lmbda_amplify"],
                                               coeff=hp["hat_lmbda_coeff"]), 0.0)
         coef = torch.where(live, lam / torch.where(live, x_norm, 1.0), 0.0)
-        # ⟨x̂_g, x_g⟩ from the sums already taken: x̂ = x − lr·d − lr·(Σ coef over the element's groups)·x.
-        inner = x_sq - lr * dot - lr * self._cross(plans, xx_cores, coef)
+        # ⟨x̂_g, x_g⟩ from sums already taken: x̂ = x − lr·d − lr·(Σ coef over the element's groups)·x.
+        inner = x_sq - lr * dot - lr * self._cross(plans, xx_slices, xx_full, coef)
         newly = pending & ((inner < hp["epsilon"] * x_sq) | (x_sq == 0))
         self._lambdas = lam[:-1].to(self._lambdas.dtype)
         self._redundant_norm = (x_sq * self._redundant).sum().sqrt().to(self._redundant_norm.dtype)
         if last:
             rest = pending & ~newly
-            self._forced = int(rest.sum())  # host sync, once, at the end of the projection phase
+            self._forced = int(rest.sum())  # host read, once, at the end of the projection phase
             if self._forced:
                 warnings.warn(
                     f"DHSPG: {self._forced} of the {self.target_zero_groups} redundant groups had not reached zero "
@@ -354,42 +401,37 @@ class DHSPG(torch.optim.Optimizer):
                     "epsilon or end_step", ForcedProjectionWarning, stacklevel=_caller_level())
             newly = newly | rest
         self._zero = self._zero | newly
-        alive = (~self._zero)
-        done: set[int] = set()
+        alive = (~self._zero).to(coef.dtype)
         for q in plans:
             x = params[q.position]
-            a_vec = alive.to(x.dtype)
-            c_vec = coef.to(x.dtype)
-            keep: Tensor | None = None
-            shrink: Tensor | None = None
-            for e in q.entries:
-                a = a_vec[e.index].view(e.view)
-                c = c_vec[e.index].view(e.view)
-                keep = a if keep is None else keep * a
-                shrink = c if shrink is None else shrink + c
-            assert keep is not None and shrink is not None
-            x.mul_((1 - lr * shrink) * keep)
-            dq = d[q.position]
-            if dq is not None:
-                x.addcmul_(dq, keep, value=-lr)
+            keep, factor = self._factors(q, alive.to(x.dtype), coef.to(x.dtype), lr)
+            assert factor is not None
+            x.mul_(factor)
             state = self.state[x]
+            masked = set()
             for key in self._rule.state_keys:
                 if key in state:
                     state[key].mul_(keep)
-            done.add(q.position)
-        self._plain_step(params, d, lr, skip=frozenset(done))
+                    masked.add(id(state[key]))
+            dq = d[q.position]
+            if dq is not None:
+                if id(dq) in masked:
+                    x.add_(dq, alpha=-lr)
+                else:
+                    x.addcmul_(dq, keep, value=-lr)
+        self._plain_step(params, d, lr, skip=frozenset(q.position for q in plans))
+        if last:
+            self._buffers.clear()
 
     # ------------------------------------------------------------------ reporting
     @torch.no_grad()
     def _group_abs(self) -> Tensor:
         params = self.param_groups[0]["params"]
-        rows = []
-        for q in self._layout.plans:
-            core = q.core(params[q.position].abs())
-            rows.extend(q.slice_sums(core, e).to(torch.float64)[:, None] for e in q.entries)
+        rows = [e.slice_sums(params[q.position].abs()).to(torch.float64)
+                for q in self._layout.plans for e in q.entries]
         if not rows:
             return torch.zeros(self.num_groups, dtype=torch.float64)
-        return self._layout.segment_sum(torch.cat(rows))[: self.num_groups, 0]
+        return self._layout.segment_sum(torch.cat(rows)[:, None])[: self.num_groups, 0]
 
     def zero_groups(self) -> Tensor:
         """Bool mask ``[N]``: the prunable groups whose every element is exactly zero now."""

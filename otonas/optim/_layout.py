@@ -1,24 +1,23 @@
-"""Where the prunable groups live in the parameters, and group sums over them.
+"""Where the prunable groups live in the parameters, and per-group sums over them.
 
 ``SearchSpace.group_layout()`` says, for each parameter and some of its dims, which group
-each slice along that dim belongs to. Everything the optimizers compute per group is a sum
-over a group's elements of some elementwise quantity (x·d, x², d², |x|). Such a sum splits
-into two reductions:
+each slice along that dim belongs to. Everything the optimizers compute per group is a sum,
+over the group's elements, of some elementwise quantity (x·d, x², d², |x|). Such a sum
+splits into two reductions:
 
-1. within a parameter: reduce the elementwise tensor over the dims that carry no group
-   (the *core*: for a conv weight ``[O, I, kh, kw]`` with groups on dims 0 and 1, the
-   ``[O, I, 1, 1]`` sums over the kernel window), then reduce the core to one value per
-   slice along each grouped dim;
+1. within a parameter: sum the elementwise tensor over everything but the grouped dim,
+   giving one value per slice (a row or column sum of a 2-D view: fast, vectorized);
 2. across parameters: one ``index_add_`` of all those per-slice values into per-group
-   accumulators, with an index vector built once at construction.
+   accumulators, with the slices' group ids concatenated once at construction.
 
 So a step costs a few elementwise passes per parameter plus one segment sum, whatever the
-number of groups; nothing loops over groups in Python. Slices in no group carry the index
-``N`` (one past the last group), a bin that is never read.
+number of groups; nothing loops over groups in Python. Slices in no group carry the id
+``N`` (one past the last group): a bin that is never read.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -48,52 +47,60 @@ class Entry:
     """The slices of one parameter along one dim, and the group of each (``N`` = none)."""
 
     dim: int
-    index: Tensor  # int64, one group id per position along ``dim``
+    index: Tensor  # int64 on the parameter's device, one group id per position along ``dim``
     view: tuple[int, ...]  # shape that broadcasts a per-slice vector against the parameter
+    pre: int  # number of elements before ``dim`` (product of the leading sizes)
+    post: int  # and after it
+
+    @property
+    def size(self) -> int:
+        return self.index.numel()
+
+    def slice_sums(self, t: Tensor) -> Tensor:
+        """One sum per slice of ``t`` (shaped like the parameter) along ``dim``."""
+        n = self.size
+        if self.pre == 1:
+            return t.reshape(n, self.post).sum(1) if self.post > 1 else t.reshape(n)
+        if self.post == 1:
+            return t.reshape(self.pre, n).sum(0)
+        # The outer dims first (a vectorized column sum), then the short rows that are left.
+        return t.reshape(self.pre, n * self.post).sum(0).view(n, self.post).sum(1)
+
+    def weighted_sums(self, t: Tensor, other: Entry, w: Tensor) -> Tensor:
+        """One sum per slice of ``t · w[position along other.dim]``, for ``other`` on another dim.
+
+        Dims 0 and 1 (a conv or linear weight's output and input channels) take one
+        matrix-vector product over ``t``; other pairs multiply out first.
+        """
+        if (self.dim, other.dim) == (0, 1):
+            return t.reshape(self.size, -1) @ w.repeat_interleave(other.post)
+        if (self.dim, other.dim) == (1, 0):
+            return (w @ t.reshape(other.size, -1)).view(self.size, self.post).sum(1)
+        return self.slice_sums(t * w.view(other.view))
 
 
 @dataclass(frozen=True, eq=False)
 class ParamPlan:
-    """One grouped parameter: its position in the optimizer's list and its entries."""
+    """One grouped parameter: its position in the optimizer's parameter list and its entries."""
 
     position: int
     name: str
     entries: tuple[Entry, ...]
-    core_dims: tuple[int, ...]  # the dims that carry groups, sorted
-    reduce_dims: tuple[int, ...]  # the others, summed away to get the core
 
-    def core(self, t: Tensor) -> Tensor:
-        """``t`` summed over the dims that carry no group (kept as size-1 dims)."""
-        return t.sum(self.reduce_dims, keepdim=True) if self.reduce_dims else t
-
-    def slice_sums(self, core: Tensor, entry: Entry) -> Tensor:
-        """One value per slice of ``entry``: the core summed over the other grouped dims."""
-        others = [d for d in self.core_dims if d != entry.dim]
-        return (core.sum(others) if others else core).reshape(-1)
-
-    def pair_matrix(self, core: Tensor, a: Entry, b: Entry) -> Tensor:
-        """The core as a ``[len(a), len(b)]`` matrix (summed over any third grouped dim)."""
-        others = [d for d in self.core_dims if d not in (a.dim, b.dim)]
-        m = core.sum(others, keepdim=True) if others else core
-        m = m.reshape(m.shape[a.dim], m.shape[b.dim]) if a.dim < b.dim else m.reshape(
-            m.shape[b.dim], m.shape[a.dim]).t()
-        return m
+    @property
+    def multi_dim(self) -> bool:
+        """Whether its groups run along more than one dim (an element can be in two groups)."""
+        return len({e.dim for e in self.entries}) > 1
 
     def restricted(self, keep: Sequence[bool]) -> ParamPlan | None:
         """The same plan with only the entries where ``keep`` is true (None if none is)."""
         entries = tuple(e for e, k in zip(self.entries, keep) if k)
-        return _make_plan(self.position, self.name, entries, ndim=len(entries[0].view)) if entries else None
+        return ParamPlan(self.position, self.name, entries) if entries else None
 
 
 def slice_index(plans: Sequence[ParamPlan]) -> Tensor:
     """The group id of every slice of ``plans``, in the order their per-slice values are concatenated."""
     return torch.cat([e.index for q in plans for e in q.entries])
-
-
-def _make_plan(position: int, name: str, entries: tuple[Entry, ...], *, ndim: int) -> ParamPlan:
-    core_dims = tuple(sorted({e.dim for e in entries}))
-    reduce_dims = tuple(d for d in range(ndim) if d not in core_dims)
-    return ParamPlan(position, name, entries, core_dims, reduce_dims)
 
 
 class GroupLayout:
@@ -140,11 +147,12 @@ class GroupLayout:
                 index = self._check_entry(name, p, int(dim), index, n)
                 view = tuple(p.shape[dim] if k == dim else 1 for k in range(p.dim()))
                 idx = torch.where(index < 0, torch.full_like(index, n), index)
-                built.append(Entry(int(dim), idx.to(device), view))
+                built.append(Entry(int(dim), idx.to(device), view, pre=math.prod(p.shape[:dim]),
+                                   post=math.prod(p.shape[dim + 1:])))
                 # Elements per group: each slice holds numel / shape[dim] elements.
                 sizes.index_add_(0, idx, torch.full((idx.numel(),), p.numel() / max(p.shape[dim], 1),
                                                     dtype=torch.float64))
-            plans.append(_make_plan(position[pid], name, tuple(built), ndim=p.dim()))
+            plans.append(ParamPlan(position[pid], name, tuple(built)))
         self.plans: tuple[ParamPlan, ...] = tuple(sorted(plans, key=lambda q: q.position))
         self.device = device
         self.slice_index = (slice_index(self.plans) if self.plans
