@@ -18,10 +18,11 @@ from ..graph import build_opgraph
 from ._flow import FlowResult, PinEvent, module_path, run_flow
 from ._ids import IdTable
 from ._registry import FLOP_RULES
+from ._segments import ErasingGroup, Segments
 from . import _rules  # noqa: F401  (registers the channel-flow rules)
 from . import _costs  # noqa: F401  (registers the FLOP rules)
 
-__all__ = ["Family", "Costs", "SearchSpace", "analyze"]
+__all__ = ["Family", "Costs", "SearchSpace", "ErasingGroup", "analyze"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Family:
     num_channels: int
     groups: tuple[int, ...]
     pins: tuple[PinEvent, ...]
+    minting_nodes: tuple[str, ...] = ()
 
     @property
     def prunable(self) -> bool:
@@ -71,6 +73,68 @@ class SearchSpace:
         self._root_reason = reason
         self._families()
         self._layout: dict[str, list[tuple[int, torch.Tensor]]] | None = None
+        self._prunable_roots = prunable_roots
+        pinned_root = np.zeros(n, dtype=bool)
+        pinned_root[roots] = pinned
+        self.segments = Segments(cap.program, flow, roots, pinned_root)
+        self._hierarchy: nx.DiGraph | None = None
+
+    # --- erasure ------------------------------------------------------------------------
+    @property
+    def erasing_groups(self) -> list[ErasingGroup]:
+        """Operators (or nests of them) that can be erased whole; see ``hierarchy``."""
+        return self.segments.groups
+
+    @property
+    def num_erasing_groups(self) -> int:
+        return len(self.segments.groups)
+
+    @property
+    def hierarchy(self) -> nx.DiGraph:
+        """Tree of erasing groups and the pruning families that live inside them."""
+        if self._hierarchy is None:
+            self._hierarchy = self.segments.hierarchy(self.families)
+        return self._hierarchy
+
+    def check_erasure(self, erased: Any) -> str | None:
+        """None when erasing these groups (indices or a boolean mask) leaves a valid,
+        connected network; otherwise the reason it does not."""
+        return self.segments.check(erased)
+
+    def is_valid(self, erased: Any) -> bool:
+        return self.segments.check(erased) is None
+
+    def zero_erasing_groups(self) -> np.ndarray:
+        """Boolean mask over erasing groups: True where every parameter is exactly zero."""
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        zero_param = {fqn: not bool(params[fqn].detach().ne(0).any()) for g in self.erasing_groups for fqn in g.params}
+        return np.array([all(zero_param[f] for f in g.params) for g in self.erasing_groups], dtype=bool)
+
+    def erasable(self, zero: np.ndarray) -> np.ndarray:
+        """The largest valid subset of the zero erasing groups, outer groups first."""
+        chosen = np.zeros(self.num_erasing_groups, dtype=bool)
+        order = sorted(np.nonzero(zero)[0].tolist(), key=lambda i: (-len(self.erasing_groups[i].nodes), i))
+        for i in order:
+            g = self.erasing_groups[i]
+            p = g.parent
+            while p is not None and not chosen[p]:
+                p = self.erasing_groups[p].parent
+            if p is not None:
+                continue  # already inside an erased group
+            chosen[i] = True
+            if not self.is_valid(chosen):
+                chosen[i] = False
+        return chosen
+
+    def _removed_root(self, removed: np.ndarray | None, dead: set[str] | None = None) -> np.ndarray | None:
+        if removed is None and not dead:
+            return None
+        out = np.zeros(len(self._roots), dtype=bool)
+        if removed is not None:
+            out[self._prunable_roots[np.asarray(removed, dtype=bool)]] = True
+        if dead:
+            out[self.segments.removed_roots(dead)] = True
+        return out
 
     # --- structure ----------------------------------------------------------------------
     def _gid(self, ids: np.ndarray) -> np.ndarray:
@@ -117,7 +181,8 @@ class SearchSpace:
                         ev = self._events_by_key.get(self._flow.ids.reasons[code])
                         if ev is not None:
                             pins.append(ev)
-            families.append(Family(f, layers, len(froots), groups, tuple(pins)))
+            minting = tuple(dict.fromkeys(spaces[k][0] for k in members))
+            families.append(Family(f, layers, len(froots), groups, tuple(pins), minting))
         self.families = tuple(families)
 
     @property
@@ -177,40 +242,55 @@ class SearchSpace:
                 removed[fam.groups[0]] = False
         return removed
 
-    def kept_sizes(self, name: str, removed: np.ndarray | None) -> Any:
-        groups = self.node_groups(name)
+    def keep_masks(self, name: str, removed_root: np.ndarray | None) -> Any:
+        """Keep-mask of every position of every dim of a node's output(s)."""
+        d = self._flow.dims[name]
 
-        def count(g: np.ndarray) -> int:
-            if removed is None:
-                return len(g)
-            sel = g >= 0
-            return int(len(g) - removed[g[sel]].sum())
+        def keep(ids: np.ndarray) -> np.ndarray:
+            if removed_root is None:
+                return np.ones(len(ids), dtype=bool)
+            return ~removed_root[self._roots[ids]]
 
-        if isinstance(groups, list) and (not groups or isinstance(groups[0], np.ndarray)):
-            return [count(g) for g in groups]
-        return type(groups)(None if x is None else [count(g) for g in x] for x in groups)
+        if isinstance(d, list) and (not d or isinstance(d[0], np.ndarray)):
+            return [keep(ids) for ids in d]
+        return type(d)(None if x is None else [keep(ids) for ids in x] for x in d)
 
-    def costs(self, removed: np.ndarray | None = None) -> Costs:
-        """Parameters and per-sample FLOPs of the network with ``removed`` groups taken out."""
+    def kept_sizes(self, name: str, removed_root: np.ndarray | None) -> Any:
+        m = self.keep_masks(name, removed_root)
+        if isinstance(m, list) and (not m or isinstance(m[0], np.ndarray)):
+            return [int(k.sum()) for k in m]
+        return type(m)(None if x is None else [int(k.sum()) for k in x] for x in m)
+
+    def costs(self, removed: np.ndarray | None = None, erased: np.ndarray | None = None) -> Costs:
+        """Parameters and per-sample FLOPs of the network with ``removed`` pruning groups and
+        ``erased`` erasing groups (boolean masks) taken out."""
+        dead: set[str] = set()
+        if erased is not None and np.asarray(erased).any():
+            dead, why = self.segments.dead_nodes(np.asarray(erased, dtype=bool))
+            if why:
+                raise OtonasError(f"invalid erasure: {why}")
+        removed_root = self._removed_root(removed, dead)
+        graph_nodes = {n.name: n for n in self.capture.graph.nodes}
         params = 0
         for node_name in self._flow.param_nodes:
-            if node_name in self._flow.dims:
-                params += math.prod(self.kept_sizes(node_name, removed))
+            users = graph_nodes[node_name].users
+            if node_name in self._flow.dims and not (users and all(u.name in dead for u in users)):
+                params += math.prod(self.kept_sizes(node_name, removed_root))
         flops = 0
         batch = self._batch_size()
         for node in self.capture.graph.nodes:
-            if node.op != "call_function":
+            if node.op != "call_function" or node.name in dead:
                 continue
             fn = FLOP_RULES.lookup(node.target)
             if fn is None or node.name not in self._flow.dims:
                 continue
-            out = self.kept_sizes(node.name, removed)
+            out = self.kept_sizes(node.name, removed_root)
             if not isinstance(out, list) or (out and not isinstance(out[0], int)):
                 out = out[0]
-            ins = [self.kept_sizes(a.name, removed) if isinstance(a, fx.Node) and a.name in self._flow.dims
+            ins = [self.kept_sizes(a.name, removed_root) if isinstance(a, fx.Node) and a.name in self._flow.dims
                    and isinstance(self._flow.dims[a.name], list) else None for a in node.args]
             if str(node.target).startswith("aten.einsum"):
-                ins = [None, [self.kept_sizes(a.name, removed) for a in node.args[1]]]
+                ins = [None, [self.kept_sizes(a.name, removed_root) for a in node.args[1]]]
             flops += int(fn(node, out, ins))
         return Costs(params, flops // max(batch, 1))
 
@@ -236,11 +316,40 @@ class SearchSpace:
         lines.append("")
         lines.append(f"{len(self.families)} families, {self.num_groups} channel groups, "
                      f"{self.num_prunable_groups} prunable; {full.params:,} parameters, {full.flops:,} FLOPs (MACs) per sample")
+        if self.erasing_groups or self.segments.skipped:
+            lines.append("")
+            lines.append(f"{self.num_erasing_groups} erasing groups (operators that can be removed whole):")
+            lines.extend(self._tree_lines("model", 1, limit=60))
+            free = [s for s in self.segments.skipped]
+            if free:
+                lines.append(f"{len(free)} join inputs are not erasable on their own:")
+                for sk in free[:10]:
+                    lines.append(f"  {sk.module or sk.output} -> {sk.join}: {sk.reason}")
+                if len(free) > 10:
+                    lines.append(f"  … and {len(free) - 10} more")
         return "\n".join(lines)
+
+    def _tree_lines(self, node: str, depth: int, limit: int) -> list[str]:
+        out: list[str] = []
+        tree = self.hierarchy
+        for child in tree.successors(node):
+            if len(out) >= limit:
+                out.append("  " * depth + "…")
+                break
+            data = tree.nodes[child]
+            if data["kind"] == "erasing":
+                g = self.erasing_groups[int(child[1:])]
+                out.append("  " * depth + f"{child} {g.module or g.output} ({len(g.params)} params -> {g.join_kind} "
+                           f"{g.join})")
+                out.extend(self._tree_lines(child, depth + 1, limit - len(out)))
+            elif depth > 1:
+                out.append("  " * depth + f"{child} family {', '.join(data['layers'][:2])} "
+                           f"({data['prunable']} prunable channels)")
+        return out
 
     def __repr__(self) -> str:
         return (f"SearchSpace({type(self.model).__name__}: {len(self.families)} families, "
-                f"{self.num_prunable_groups}/{self.num_groups} prunable groups)")
+                f"{self.num_prunable_groups}/{self.num_groups} prunable groups, {self.num_erasing_groups} erasing groups)")
 
 
 def analyze(

@@ -25,27 +25,16 @@ rule = BUILD_RULES.register
 class BuildContext:
     """What a rewrite rule sees: original and reduced sizes, and the graph being written."""
 
-    def __init__(self, space: SearchSpace, removed: np.ndarray, graph: fx.Graph) -> None:
+    def __init__(self, space: SearchSpace, removed_root: np.ndarray | None, graph: fx.Graph) -> None:
         self.space = space
-        self.removed = removed
+        self.removed_root = removed_root
         self.graph = graph
         self._masks: dict[str, Any] = {}
 
     def masks(self, node: fx.Node) -> Any:
         """Keep-mask of every position of every dim of ``node``'s output(s)."""
         if node.name not in self._masks:
-            groups = self.space.node_groups(node.name)
-
-            def keep(g: np.ndarray) -> np.ndarray:
-                out = np.ones(len(g), dtype=bool)
-                sel = g >= 0
-                out[sel] = ~self.removed[g[sel]]
-                return out
-
-            if isinstance(groups, list) and (not groups or isinstance(groups[0], np.ndarray)):
-                self._masks[node.name] = [keep(g) for g in groups]
-            else:
-                self._masks[node.name] = type(groups)(None if x is None else [keep(g) for g in x] for x in groups)
+            self._masks[node.name] = self.space.keep_masks(node.name, self.removed_root)
         return self._masks[node.name]
 
     def sizes(self, node: fx.Node) -> Any:
@@ -215,24 +204,33 @@ def _slice_tensor(t: torch.Tensor, masks: list[np.ndarray]) -> torch.Tensor:
     return t.detach().clone()
 
 
-def build(space: SearchSpace, *, removed: np.ndarray | None = None) -> fx.GraphModule:
+def build(space: SearchSpace, *, removed: np.ndarray | None = None, erased: np.ndarray | None = None
+          ) -> fx.GraphModule:
     """Return the network without the groups whose parameters are all exactly zero.
 
-    ``removed`` (a boolean mask over prunable groups) overrides what is read from the
-    model's current parameters. A family never loses its last channel (see
-    :meth:`SearchSpace.removable`). Outputs equal the model's outputs in eval mode.
+    Erasing groups whose parameters are all zero are removed whole (the largest valid
+    set of them, outer groups first: see :meth:`SearchSpace.erasable`), with the joins
+    they fed: an ``add`` left with one input becomes that input, a ``cat`` drops the
+    input and its consumers' columns. Pruning groups whose parameters are all zero are
+    sliced away; a family never loses its last channel (:meth:`SearchSpace.removable`).
+    ``removed`` / ``erased`` (boolean masks) override what is read from the model.
+    Outputs equal the model's outputs in eval mode.
     """
-    if removed is None:
-        removed = space.removable(space.zero_groups())
+    removed = space.removable(space.zero_groups() if removed is None else np.asarray(removed, dtype=bool))
+    if space.num_erasing_groups:
+        erased = space.erasable(space.zero_erasing_groups()) if erased is None else np.asarray(erased, dtype=bool)
+        dead, why = space.segments.dead_nodes(erased)
+        if why:
+            raise BuildError(f"the erasure set is not valid: {why}")
     else:
-        removed = space.removable(np.asarray(removed, dtype=bool))
+        dead = set()
     program = space.capture.program
     sig = program.graph_signature
     specs = {s.arg.name: s for s in sig.input_specs if hasattr(s.arg, "name")}
     params = dict(space.model.named_parameters(remove_duplicate=False))
     buffers = dict(space.model.named_buffers(remove_duplicate=False))
     g = fx.Graph()
-    ctx = BuildContext(space, removed, g)
+    ctx = BuildContext(space, space._removed_root(removed, dead), g)
     root = nn.Module()
     env: dict[fx.Node, Any] = {}
     done_attrs: set[str] = set()
@@ -244,6 +242,8 @@ def build(space: SearchSpace, *, removed: np.ndarray | None = None) -> fx.GraphM
                     env[node] = g.placeholder(node.name)
                 else:
                     fqn = spec.target
+                    if node.users and all(u.name in dead for u in node.users):
+                        continue  # only erased operators read it
                     if fqn not in done_attrs:
                         if spec.kind == InputKind.PARAMETER:
                             value, is_param = params[fqn], True
@@ -258,6 +258,19 @@ def build(space: SearchSpace, *, removed: np.ndarray | None = None) -> fx.GraphM
                         done_attrs.add(fqn)
                     env[node] = g.get_attr(fqn)
             elif node.op == "call_function":
+                if node.name in dead:
+                    continue
+                live = [a for a in node.all_input_nodes if a.name not in dead]
+                if len(live) < len(node.all_input_nodes):  # a join that lost inputs to erasure
+                    if str(node.target).startswith("aten.add"):
+                        env[node] = env[live[0]]
+                        continue
+                    # a concatenation: drop the erased inputs (their channels are gone downstream too)
+                    node_args = list(node.args)
+                    node_args[0] = [a for a in node_args[0] if not (isinstance(a, fx.Node) and a.name in dead)]
+                    args = list(fx.map_arg(tuple(node_args), lambda a: env[a]))
+                    env[node] = g.call_function(node.target, tuple(args), dict(node.kwargs))
+                    continue
                 args = list(fx.map_arg(node.args, lambda a: env[a]))
                 kwargs = dict(fx.map_arg(node.kwargs, lambda a: env[a]))
                 target = node.target

@@ -1,0 +1,352 @@
+"""Operator erasure: erasing groups, their hierarchy, and the validity of an erasure set.
+
+An *erasing group* is the exclusive cone of one input of a join: every op whose only
+path to the rest of the network goes through that input of an ``add`` (the term
+disappears) or a ``cat`` (its channels disappear, and with them the consumers' input
+columns). It is erasable when its output is exactly zero once all its parameters are
+zero. Groups nest (a block of branches of candidate ops); pruning families minted
+entirely inside a group are its children.
+
+Validity is decided on the graph, never assumed: after removing a set of groups, a join
+that lost every input dies, a ``mul`` or zero-preserving activation of a dead value
+dies, and any other live op that reads a dead value makes the set invalid; every model
+output must stay live; and a ``cat`` that drops a dead input may only drop channels that
+nothing outside the dead part produces and that no pin guards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+import numpy as np
+from torch import fx
+from torch.export.graph_signature import OutputKind
+
+from ._flow import FlowResult, module_path, node_shape
+from ._registry import op_key
+
+__all__ = ["ErasingGroup", "Segments", "find_segments"]
+
+_ADD = {"aten.add", "aten.add_"}
+_CAT = {"aten.cat", "aten.concat", "aten.concatenate"}
+_MUL = {"aten.mul", "aten.mul_"}
+_ZERO_UNARY = {
+    "aten.relu", "aten.relu_", "aten.gelu", "aten.silu", "aten.silu_", "aten.hardswish", "aten.hardswish_",
+    "aten.leaky_relu", "aten.leaky_relu_", "aten.tanh", "aten.neg", "aten.clone", "aten.contiguous", "aten.dropout",
+    "aten.dropout_", "aten.hardtanh", "aten.hardtanh_", "aten.relu6", "aten.mish", "aten.elu", "aten.alias",
+    "aten.max_pool1d", "aten.max_pool2d", "aten.max_pool3d", "aten.avg_pool1d", "aten.avg_pool2d", "aten.avg_pool3d",
+    "aten.adaptive_avg_pool1d", "aten.adaptive_avg_pool2d", "aten.adaptive_avg_pool3d", "aten.upsample_nearest2d",
+    "aten.upsample_bilinear2d", "aten.view", "aten.reshape", "aten.permute", "aten.transpose", "aten.flatten",
+    "aten.unsqueeze", "aten.squeeze", "aten.slice", "aten.pad", "aten.constant_pad_nd", "aten._to_copy",
+}
+_LAYERS = {"aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.linear", "aten.conv_transpose1d",
+           "aten.conv_transpose2d", "aten.conv_transpose3d"}
+_NORMS = {"aten.batch_norm", "aten.instance_norm", "aten._native_batch_norm_legit_no_training"}
+
+
+@dataclass(frozen=True)
+class ErasingGroup:
+    """One removable operator (or nest of operators), found from the graph."""
+
+    index: int
+    module: str  # the deepest module path that holds all of it
+    join: str  # the graph node of the add/cat it feeds
+    join_kind: str  # "add" or "cat"
+    output: str  # the graph node whose value it contributes
+    nodes: frozenset[str]
+    params: tuple[str, ...]  # parameter FQNs (whole tensors)
+    parent: int | None  # the smallest erasing group that contains it
+    depth: int
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A join input that is not erasable, and why (reported by ``summary``)."""
+
+    module: str
+    join: str
+    output: str
+    reason: str
+
+
+def _packet(node: fx.Node) -> str:
+    return op_key(node.target)[1]
+
+
+def _is_tensor(a: Any) -> bool:
+    return isinstance(a, fx.Node) and node_shape(a.meta.get("val")) is not None
+
+
+def _common_prefix(paths: list[str]) -> str:
+    parts = [p.split(".") for p in paths if p]
+    if not parts:
+        return ""
+    out = []
+    for level in zip(*parts):
+        if all(x == level[0] for x in level):
+            out.append(level[0])
+        else:
+            break
+    return ".".join(out)
+
+
+class Segments:
+    """The erasing groups of a graph and the machinery to check erasure sets."""
+
+    def __init__(self, program: Any, flow: FlowResult, roots: np.ndarray, pinned_root: np.ndarray) -> None:
+        self.graph: fx.Graph = program.graph
+        self.flow = flow
+        self.nodes = [n for n in self.graph.nodes]
+        self.by_name = {n.name: n for n in self.nodes}
+        self.param_nodes = flow.param_nodes
+        self._roots = roots
+        self._pinned_root = pinned_root
+        sig = program.graph_signature
+        out_node = next(n for n in self.nodes if n.op == "output")
+        self.output_values = [a.name for a, s in zip(out_node.args[0], sig.output_specs)
+                              if s.kind == OutputKind.USER_OUTPUT and isinstance(a, fx.Node)]
+        self._minters: dict[int, set[str]] = {}
+        for name, ids in flow.spaces:
+            for r in np.unique(roots[ids]).tolist():
+                self._minters.setdefault(r, set()).add(name)
+        self.groups: list[ErasingGroup] = []
+        self.skipped: list[Skipped] = []
+        self._find()
+        self._order = [n for n in self.nodes if n.op == "call_function"]
+        self._inputs = {n.name: [a.name for a in n.all_input_nodes] for n in self._order}
+        self._users = {n.name: [u.name for u in n.users] for n in self._order}
+
+    # --- discovery ------------------------------------------------------------------
+    def _leaves(self, join: fx.Node) -> list[fx.Node]:
+        """Inputs of an add tree built inside one module (a mixed op's sum of candidates)."""
+        path = module_path(join)
+        out: list[fx.Node] = []
+        for a in join.args[:2]:
+            if not _is_tensor(a):
+                continue
+            if (a.op == "call_function" and _packet(a) in _ADD and len(a.users) == 1
+                    and module_path(a) == path and all(_is_tensor(x) for x in a.args[:2])):
+                out.extend(self._leaves(a))
+            else:
+                out.append(a)
+        return out
+
+    def _cone(self, start: fx.Node) -> set[str] | None:
+        if len(start.users) != 1 or start.op != "call_function":
+            return None
+        cone = {start.name}
+        work = [start]
+        while work:
+            n = work.pop()
+            for p in n.all_input_nodes:
+                if p.name in cone:
+                    continue
+                if p.op == "placeholder" and p.name not in self.param_nodes:
+                    continue
+                if p.op not in ("call_function", "placeholder"):
+                    continue
+                if all(u.name in cone for u in p.users):
+                    cone.add(p.name)
+                    work.append(p)
+        return cone
+
+    def _zero_when(self, node: Any, zero: set[str], memo: dict[str, bool]) -> bool:
+        """Is ``node``'s value exactly zero when the placeholders in ``zero`` are?"""
+        if not isinstance(node, fx.Node):
+            return False
+        if node.name in memo:
+            return memo[node.name]
+        memo[node.name] = False
+        res = False
+        if node.op == "placeholder":
+            res = node.name in zero
+        elif node.op == "call_function":
+            p = _packet(node)
+            tensors = [a for a in node.all_input_nodes if _is_tensor(a)]
+            if p in _LAYERS:
+                w, b = node.args[1], (node.args[2] if len(node.args) > 2 else node.kwargs.get("bias"))
+                res = isinstance(w, fx.Node) and w.name in zero and (b is None or (isinstance(b, fx.Node)
+                                                                                  and b.name in zero))
+            elif p in _NORMS or p == "aten.group_norm" or p == "aten.layer_norm":
+                wi, bi = (2, 3) if p == "aten.group_norm" else (1, 2)
+                w = node.args[wi] if len(node.args) > wi else None
+                b = node.args[bi] if len(node.args) > bi else None
+                res = (isinstance(w, fx.Node) and w.name in zero and isinstance(b, fx.Node) and b.name in zero)
+            elif str(node.target) == "<built-in function getitem>":
+                res = node.args[1] == 0 and self._zero_when(node.args[0], zero, memo)
+            elif p in _MUL:
+                res = any(self._zero_when(a, zero, memo) for a in tensors)
+            elif p in _ADD or p in _CAT:
+                scalars_ok = all(not isinstance(a, (int, float)) or a == 0 for a in node.args[1:2])
+                res = bool(tensors) and scalars_ok and all(self._zero_when(a, zero, memo) for a in tensors)
+            elif p in _ZERO_UNARY:
+                res = bool(tensors) and self._zero_when(node.args[0], zero, memo)
+        memo[node.name] = res
+        return res
+
+    def _find(self) -> None:
+        found: list[tuple[fx.Node, str, fx.Node, set[str]]] = []
+        for join in self.nodes:
+            if join.op != "call_function":
+                continue
+            p = _packet(join)
+            if p in _ADD and all(_is_tensor(a) for a in join.args[:2]):
+                # the top of an add tree: not itself a leaf folded into a bigger sum
+                users = list(join.users)
+                if (len(users) == 1 and users[0].op == "call_function" and _packet(users[0]) in _ADD
+                        and module_path(users[0]) == module_path(join)):
+                    continue
+                kind, inputs = "add", self._leaves(join)
+            elif p in _CAT:
+                kind, inputs = "cat", [a for a in join.args[0] if _is_tensor(a)]
+            else:
+                continue
+            for u in inputs:
+                module = module_path(u)
+                cone = self._cone(u)
+                if cone is None:
+                    continue
+                params = [n for n in cone if n in self.param_nodes]
+                if not params:
+                    self.skipped.append(Skipped(module, join.name, u.name,
+                                                "parameter-free (identity, pooling): not erasable on its own"))
+                    continue
+                if not self._zero_when(u, set(params), {}):
+                    self.skipped.append(Skipped(module, join.name, u.name,
+                                                "its output is not zero when its parameters are"))
+                    continue
+                found.append((join, kind, u, cone))
+        # nesting: parent = the smallest other group whose cone holds this group's output
+        found.sort(key=lambda f: len(f[3]))
+        containing: dict[str, list[int]] = {}
+        for i, (_, _, _, cone) in enumerate(found):
+            for n in cone:
+                containing.setdefault(n, []).append(i)
+        parents: list[int | None] = []
+        for i, (_, _, u, cone) in enumerate(found):
+            cands = [j for j in containing.get(u.name, []) if j != i and len(found[j][3]) >= len(cone)]
+            parents.append(min(cands, key=lambda j: (len(found[j][3]), j)) if cands else None)
+        depth = [0] * len(found)
+        for i in range(len(found) - 1, -1, -1):  # larger first: parents are later in the list
+            p = parents[i]
+            depth[i] = 0 if p is None else depth[p] + 1
+        for i, (join, kind, u, cone) in enumerate(found):
+            paths = [module_path(self.by_name[n]) for n in cone if self.by_name[n].op == "call_function"]
+            self.groups.append(ErasingGroup(
+                i, _common_prefix(paths), join.name, kind, u.name, frozenset(cone),
+                tuple(sorted(self.param_nodes[n] for n in cone if n in self.param_nodes)), parents[i], depth[i]))
+        # a parent is listed before its children when read by depth
+        for i, g in enumerate(self.groups):
+            if g.parent is not None:
+                d = 0
+                p: int | None = g.parent
+                while p is not None:
+                    d += 1
+                    p = self.groups[p].parent
+                self.groups[i] = ErasingGroup(g.index, g.module, g.join, g.join_kind, g.output, g.nodes, g.params,
+                                              g.parent, d)
+
+    # --- validity -------------------------------------------------------------------
+    def dead_nodes(self, erased: list[int] | set[int] | np.ndarray) -> tuple[set[str], str | None]:
+        """Nodes that are gone (or exactly zero) after erasing these groups, and why the
+        set is invalid (None when it is valid)."""
+        idx = np.nonzero(erased)[0].tolist() if isinstance(erased, np.ndarray) and erased.dtype == bool \
+            else list(erased)
+        dead: set[str] = set()
+        for i in idx:
+            dead |= self.groups[int(i)].nodes
+        for n in self._order:
+            name = n.name
+            if name in dead:
+                continue
+            ins = self._inputs[name]
+            dead_in = [a for a in ins if a in dead]
+            if not dead_in:
+                continue
+            p = _packet(n)
+            tensors = [a.name for a in n.all_input_nodes if _is_tensor(a)]
+            if p in _ADD and len(tensors) == 2 or p in _CAT:
+                if all(a in dead for a in tensors):
+                    dead.add(name)
+                elif p in _CAT:
+                    why = self._cat_drop_ok(n, dead)
+                    if why:
+                        return dead, why
+            elif p in _MUL or (p in _ZERO_UNARY and ins and ins[0] in dead and len(tensors) == 1):
+                dead.add(name)
+            elif str(n.target) == "<built-in function getitem>":
+                dead.add(name)
+            else:
+                return dead, f"{name} ({n.target}) would read the erased value of {dead_in[0]}"
+        for o in self.output_values:
+            if o in dead:
+                return dead, f"model output {o} would be erased"
+        # whatever only erased operators read is unreachable now
+        for n in reversed(self._order):
+            users = self._users[n.name]
+            if n.name not in dead and users and all(u in dead for u in users):
+                dead.add(n.name)
+        return dead, None
+
+    def _cat_drop_ok(self, cat: fx.Node, dead: set[str]) -> str | None:
+        tensors = [a for a in cat.args[0] if _is_tensor(a)]
+        d = int(cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0))
+        for a in tensors:
+            if a.name not in dead:
+                continue
+            ids = self.flow.dims[a.name][d % len(self.flow.dims[a.name])]
+            roots = np.unique(self._roots[ids])
+            if self._pinned_root[roots].any():
+                return f"{cat.name} cannot drop the channels of {a.name}: they are pinned"
+            for r in roots.tolist():
+                live = self._minters.get(r, set()) - dead
+                if live:
+                    return f"{cat.name} cannot drop the channels of {a.name}: {sorted(live)[0]} also produces them"
+        return None
+
+    def check(self, erased: Any) -> str | None:
+        """None if erasing these groups leaves a valid, connected network, else why not."""
+        return self.dead_nodes(erased)[1]
+
+    def removed_roots(self, dead: set[str]) -> np.ndarray:
+        """Id roots of the channels that dead inputs of concatenations take away."""
+        out: list[np.ndarray] = []
+        for n in self._order:
+            if _packet(n) in _CAT and n.name not in dead:
+                d = int(n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0))
+                for a in n.args[0]:
+                    if _is_tensor(a) and a.name in dead:
+                        dims = self.flow.dims[a.name]
+                        out.append(np.unique(self._roots[dims[d % len(dims)]]))
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    def hierarchy(self, families: Any) -> nx.DiGraph:
+        """Tree: 'model' → erasing groups → nested groups; families minted inside a group hang under it."""
+        tree = nx.DiGraph()
+        tree.add_node("model", kind="model")
+        for g in self.groups:
+            tree.add_node(f"E{g.index}", kind="erasing", module=g.module, params=len(g.params))
+        for g in self.groups:
+            tree.add_edge("model" if g.parent is None else f"E{g.parent}", f"E{g.index}")
+        containing: dict[str, list[int]] = {}
+        for g in self.groups:
+            for n in g.nodes:
+                containing.setdefault(n, []).append(g.index)
+        for fam in families:
+            tree.add_node(f"F{fam.index}", kind="family", layers=fam.layers, prunable=len(fam.groups))
+            owners = None
+            for name in fam.minting_nodes:
+                gs = set(containing.get(name, []))
+                owners = gs if owners is None else owners & gs
+            if owners:
+                best = min(owners, key=lambda i: len(self.groups[i].nodes))
+                tree.add_edge(f"E{best}", f"F{fam.index}")
+            else:
+                tree.add_edge("model", f"F{fam.index}")
+        return tree
+
+
+def find_segments(program: Any, flow: FlowResult, roots: np.ndarray, pinned_root: np.ndarray) -> Segments:
+    return Segments(program, flow, roots, pinned_root)
