@@ -40,6 +40,9 @@ class VerifyReport:
     seconds_build: float
     pinned: list[dict[str, str]] = field(default_factory=list)
     message: str = ""
+    mode: str = "prune"
+    erasing_groups: int = 0
+    erased_operators: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,14 +106,21 @@ def verify(
     fraction: float = 0.3,
     seed: int = 0,
     strict: bool | None = None,
+    mode: str = "prune",
 ) -> VerifyReport:
     """Capture, analyze, zero a random ``fraction`` of the prunable groups, build, compare.
+
+    ``mode="erase"`` erases a random valid set of erasing groups instead (about
+    ``fraction`` of them, taken in random order and kept only while the network stays
+    valid); ``mode="both"`` does both.
 
     Passes when the built network's outputs match the zeroed model's on fresh random
     inputs of another batch size (relative tolerance 1e-4) and it has fewer parameters.
     Parameters that are all zero at initialisation (a zero-initialised classifier) get
     small random values first, so that the comparison can fail.
     """
+    if mode not in ("prune", "erase", "both"):
+        raise UsageError(f"--mode {mode!r} is not one of prune, erase, both")
     if not 0.0 < fraction < 1.0:
         raise UsageError(f"--fraction {fraction} must lie strictly between 0 and 1, e.g. 0.3")
     if isinstance(model, str):
@@ -147,17 +157,28 @@ def verify(
     t_analyze = time.perf_counter() - t0
     pinned = [{"op": e.op, "node": e.node, "reason": e.reason, "module": e.module} for e in space.pins]
     full = space.costs()
-    n = space.num_prunable_groups
-    if n == 0:
-        why = "; ".join(f"{p['reason']} at {p['node']}" for p in pinned[:5]) or "no layer with channels was found"
-        return VerifyReport(name, space.num_groups, 0, 0, len(space.families), full.params, full.params, full.flops,
-                            full.flops, 0.0, 0.0, False, 0.0, t_analyze, 0.0, pinned,
-                            f"nothing in {name} is prunable: {why}")
+    n, e = space.num_prunable_groups, space.num_erasing_groups
     rng = np.random.default_rng(seed)
+    erased = np.zeros(e, dtype=bool)
+    if mode in ("erase", "both"):
+        if e == 0:
+            return _nothing(name, space, full, pinned, t_analyze, mode,
+                            f"{name} has no erasing groups: no add or cat join has an input that is a "
+                            "parametrised operator whose output is zero when its parameters are")
+        erased = random_valid_erasure(space, fraction, rng)
+        params = dict(module.named_parameters(remove_duplicate=False))
+        with torch.no_grad():
+            for i in np.nonzero(erased)[0]:
+                for fqn in space.erasing_groups[i].params:
+                    params[fqn].zero_()
     mask = np.zeros(n, dtype=bool)
-    mask[rng.choice(n, size=max(1, int(round(fraction * n))), replace=False)] = True
-    mask = space.removable(mask)
-    zero_groups_(space, mask)
+    if mode in ("prune", "both"):
+        if n == 0:
+            why = "; ".join(f"{p['reason']} at {p['node']}" for p in pinned[:5]) or "no layer with channels was found"
+            return _nothing(name, space, full, pinned, t_analyze, mode, f"nothing in {name} is prunable: {why}")
+        mask[rng.choice(n, size=max(1, int(round(fraction * n))), replace=False)] = True
+        mask = space.removable(mask)
+        zero_groups_(space, mask)
     t1 = time.perf_counter()
     subnet = build(space)
     t_build = time.perf_counter() - t1
@@ -168,7 +189,8 @@ def verify(
         ref = module(*xt)
         out = subnet(*xt)
     max_abs, max_rel = _compare(ref, out)
-    after = space.costs(mask)
+    erased_now = space.erasable(space.zero_erasing_groups()) if e else erased
+    after = space.costs(space.removable(space.zero_groups()), erased_now if e else None)
     params_before = sum(p.numel() for p in module.parameters())
     params_after = sum(p.numel() for p in subnet.parameters()) + (params_before - full.params)
     passed = max_rel <= RTOL and params_after < params_before
@@ -177,6 +199,35 @@ def verify(
         "the subnet is not smaller")
     return VerifyReport(name, space.num_groups, n, int(mask.sum()), len(space.families), params_before, params_after,
                         full.flops, after.flops, max_abs, max_rel, passed, prunable_param_share(space), t_analyze,
-                        t_build, pinned, msg)
+                        t_build, pinned, msg, mode, e,
+                        [space.erasing_groups[i].module or space.erasing_groups[i].output
+                         for i in np.nonzero(erased_now)[0]])
+
+
+def random_valid_erasure(space: SearchSpace, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """About ``fraction`` of the erasing groups, drawn in random order, each kept only if the
+    set stays valid (and not already inside an erased group)."""
+    e = space.num_erasing_groups
+    target = max(1, int(round(fraction * e)))
+    chosen = np.zeros(e, dtype=bool)
+    for i in rng.permutation(e):
+        if chosen.sum() >= target:
+            break
+        p = space.erasing_groups[i].parent
+        while p is not None and not chosen[p]:
+            p = space.erasing_groups[p].parent
+        if p is not None:
+            continue
+        chosen[i] = True
+        if not space.is_valid(chosen):
+            chosen[i] = False
+    return chosen
+
+
+def _nothing(name: str, space: SearchSpace, full: Any, pinned: list[dict[str, str]], t_analyze: float, mode: str,
+             message: str) -> VerifyReport:
+    return VerifyReport(name, space.num_groups, space.num_prunable_groups, 0, len(space.families), full.params,
+                        full.params, full.flops, full.flops, 0.0, 0.0, False, 0.0, t_analyze, 0.0, pinned, message,
+                        mode, space.num_erasing_groups, [])
 
 

@@ -233,9 +233,8 @@ class Segments:
             p = parents[i]
             depth[i] = 0 if p is None else depth[p] + 1
         for i, (join, kind, u, cone) in enumerate(found):
-            paths = [module_path(self.by_name[n]) for n in cone if self.by_name[n].op == "call_function"]
             self.groups.append(ErasingGroup(
-                i, _common_prefix(paths), join.name, kind, u.name, frozenset(cone),
+                i, self._module_of(join, u, cone), join.name, kind, u.name, frozenset(cone),
                 tuple(sorted(self.param_nodes[n] for n in cone if n in self.param_nodes)), parents[i], depth[i]))
         # a parent is listed before its children when read by depth
         for i, g in enumerate(self.groups):
@@ -247,6 +246,18 @@ class Segments:
                     p = self.groups[p].parent
                 self.groups[i] = ErasingGroup(g.index, g.module, g.join, g.join_kind, g.output, g.nodes, g.params,
                                               g.parent, d)
+
+    def _module_of(self, join: fx.Node, u: fx.Node, cone: set[str]) -> str:
+        """The module the user wrote for this operator: the shallowest module below the
+        join's own module that holds the whole cone (a candidate op, a mixed op)."""
+        paths = [module_path(self.by_name[n]) for n in cone if self.by_name[n].op == "call_function"]
+        common = _common_prefix(paths)
+        outer = module_path(join)
+        for path, _ in (u.meta.get("nn_module_stack") or {}).values():
+            deeper = path != outer and (not outer or path.startswith(outer + "."))
+            if deeper and (common == path or common.startswith(path + ".")):
+                return path
+        return common
 
     # --- validity -------------------------------------------------------------------
     def dead_nodes(self, erased: list[int] | set[int] | np.ndarray) -> tuple[set[str], str | None]:
@@ -270,6 +281,10 @@ class Segments:
             if p in _ADD and len(tensors) == 2 or p in _CAT:
                 if all(a in dead for a in tensors):
                     dead.add(name)
+                elif p in _ADD:
+                    live = next(a for a in n.all_input_nodes if a.name not in dead)
+                    if node_shape(live.meta.get("val")) != node_shape(n.meta.get("val")):
+                        return dead, f"{name}: the term left after erasure ({live.name}) is broadcast to the sum"
                 elif p in _CAT:
                     why = self._cat_drop_ok(n, dead)
                     if why:

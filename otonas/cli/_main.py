@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(v)
     v.add_argument("--fraction", type=float, default=0.3, help="share of prunable groups to zero (default 0.3)")
     v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--mode", choices=["prune", "erase", "both"], default="prune",
+                   help="zero random channel groups (prune), erase random valid operators (erase), or both")
     a = sub.add_parser("analyze", help="print the pruning families of MODEL and what pins the rest")
     _model_args(a)
     return parser
@@ -59,7 +61,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     shapes = [parse_shape(s) for s in args.input_shape] if args.input_shape else None
     dtypes = [_dtype(d) for d in args.input_dtype] if args.input_dtype else None
     report = verify(args.model, input_shapes=shapes, input_dtypes=dtypes, model_kwargs=args.model_kwargs,
-                    fraction=args.fraction, seed=args.seed, strict=_strict(args.strict))
+                    fraction=args.fraction, seed=args.seed, strict=_strict(args.strict), mode=args.mode)
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
@@ -69,6 +71,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(f"groups          {r.groups} channel groups, {r.prunable_groups} prunable "
               f"({r.prunable_param_share:.0%} of parameters in prunable groups)")
         print(f"zeroed          {r.zeroed_groups} groups")
+        if r.mode != "prune":
+            print(f"erased          {len(r.erased_operators)} of {r.erasing_groups} erasing groups"
+                  + (f": {', '.join(r.erased_operators[:6])}" + (" …" if len(r.erased_operators) > 6 else "")
+                     if r.erased_operators else ""))
         print(f"params          {r.params_before:,} -> {r.params_after:,} "
               f"({1 - r.params_after / max(r.params_before, 1):.1%} fewer)")
         print(f"FLOPs (MACs)    {r.flops_before:,} -> {r.flops_after:,} "

@@ -215,36 +215,63 @@ class DHSPG(torch.optim.Optimizer):
 
     def _mask_grads(self, params: Sequence[Tensor], *, static: bool) -> None:
         """Zero the gradient entries of zero groups, so that no base rule can move them."""
-        if static:
-            if self._alive_cache is None:
-                alive = (~self._zero).to(self._acc_dtype)
-                self._alive_cache = {q.position: self._factors(q, alive.to(params[q.position].dtype))[0]
-                                     for q in self._active}
-            keep = self._alive_cache
-        else:
-            alive = (~self._zero).to(self._acc_dtype)
-            keep = {q.position: self._factors(q, alive.to(params[q.position].dtype))[0] for q in self._active}
+        keep = self._alive_cache if static else None
+        if keep is None:
+            alive = self._per_slice((~self._zero).to(self._acc_dtype))
+            keep = {q.position: self._factors(q, a)[0] for q, a in zip(self._active, alive)}
+            if static:
+                self._alive_cache = keep
         for q in self._active:
             g = params[q.position].grad
             if g is not None:
                 g.mul_(keep[q.position])
 
+    def _per_slice(self, per_group: Tensor) -> list[list[Tensor]]:
+        """``per_group[N + 1]`` read at every slice of the active plans: one vector per entry."""
+        flat = per_group[self._active_index]
+        sizes = [e.size for q in self._active for e in q.entries]
+        parts = iter(flat.split(sizes))
+        dtypes = [self.param_groups[0]["params"][q.position].dtype for q in self._active]
+        return [[next(parts).to(dt) for _ in q.entries] for q, dt in zip(self._active, dtypes)]
+
     @staticmethod
-    def _factors(q: ParamPlan, alive: Tensor, coef: Tensor | None = None,
+    def _factors(q: ParamPlan, alive: Sequence[Tensor], coef: Sequence[Tensor] | None = None,
                  lr: float = 0.0) -> tuple[Tensor, Tensor | None]:
-        """Per-element factors of ``q``, broadcastable against the parameter: ``keep`` (1 for
-        elements whose groups are all alive, else 0) and, with ``coef``, the G_r step's
-        ``keep · (1 − lr · Σ coef over the element's groups)``."""
-        keep: Tensor | None = None
+        """Per-element factors of ``q``, broadcastable against the parameter, from per-entry
+        vectors of alive flags and coefficients: ``keep`` (1 for elements whose groups are all
+        alive, else 0) and, with ``coef``, the G_r step's ``keep · (1 − lr · Σ coef over the
+        element's groups)``."""
+        # Per dim first: the product of the alive flags and the sum of the coefficients.
+        per_dim: dict[int, tuple[Tensor, Tensor | None, tuple[int, ...]]] = {}
+        for i, e in enumerate(q.entries):
+            a = alive[i]
+            c = None if coef is None else coef[i]
+            if e.dim in per_dim:
+                a0, c0, _ = per_dim[e.dim]
+                a = a0 * a
+                c = None if c is None or c0 is None else c0 + c
+            per_dim[e.dim] = (a, c, e.view)
+        if len(per_dim) == 1:
+            ((a, c, view),) = per_dim.values()
+            return a.view(view), None if c is None else ((1 - lr * c) * a).view(view)
+        if set(per_dim) == {0, 1}:
+            # An output × input channel grid (conv / linear weight): outer products, no full-size temporaries
+            # beyond the result. keep·(1 − lr(c0 + c1)) = (a0(1 − lr·c0)) ⊗ a1 − lr · a0 ⊗ (a1·c1).
+            (a0, c0, v0), (a1, c1, v1) = per_dim[0], per_dim[1]
+            shape = (v0[0], v1[1]) + v0[2:]
+            keep = torch.outer(a0, a1).view(shape)
+            if c0 is None or c1 is None:
+                return keep, None
+            factor = torch.outer((1 - lr * c0) * a0, a1).addr_(a0, a1 * c1, alpha=-lr)
+            return keep, factor.view(shape)
+        keep_t: Tensor | None = None
         total: Tensor | None = None
-        for e in q.entries:
-            a = alive[e.index].view(e.view)
-            keep = a if keep is None else keep * a
-            if coef is not None:
-                c = coef[e.index].view(e.view)
-                total = c if total is None else total + c
-        assert keep is not None
-        return keep, None if total is None else (1 - lr * total) * keep
+        for a, c, view in per_dim.values():
+            keep_t = a.view(view) if keep_t is None else keep_t * a.view(view)
+            if c is not None:
+                total = c.view(view) if total is None else total + c.view(view)
+        assert keep_t is not None
+        return keep_t, None if total is None else (1 - lr * total) * keep_t
 
     # ------------------------------------------------------------------ statistics
     @property
@@ -401,10 +428,11 @@ class DHSPG(torch.optim.Optimizer):
                     "epsilon or end_step", ForcedProjectionWarning, stacklevel=_caller_level())
             newly = newly | rest
         self._zero = self._zero | newly
-        alive = (~self._zero).to(coef.dtype)
-        for q in plans:
+        alive = self._per_slice((~self._zero).to(coef.dtype))
+        coefs = self._per_slice(coef)
+        for q, a, c in zip(plans, alive, coefs):
             x = params[q.position]
-            keep, factor = self._factors(q, alive.to(x.dtype), coef.to(x.dtype), lr)
+            keep, factor = self._factors(q, a, c, lr)
             assert factor is not None
             x.mul_(factor)
             state = self.state[x]

@@ -57,10 +57,10 @@ class Entry:
         return self.index.numel()
 
     def slice_sums(self, t: Tensor) -> Tensor:
-        """One sum per slice of ``t`` (shaped like the parameter) along ``dim``."""
+        """One sum per slice of ``t`` (shaped like the parameter) along ``dim``; a new tensor."""
         n = self.size
         if self.pre == 1:
-            return t.reshape(n, self.post).sum(1) if self.post > 1 else t.reshape(n)
+            return t.reshape(n, self.post).sum(1) if self.post > 1 else t.reshape(n).clone()
         if self.post == 1:
             return t.reshape(self.pre, n).sum(0)
         # The outer dims first (a vectorized column sum), then the short rows that are left.
