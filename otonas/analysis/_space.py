@@ -234,12 +234,14 @@ class SearchSpace:
         return ~nonzero
 
     def removable(self, zero: np.ndarray) -> np.ndarray:
-        """The groups the builder removes for a zero pattern: all zero groups, except that a
-        family never loses its last channel (one zero channel is kept, which is exact)."""
+        """The groups the builder removes for a zero pattern: all zero groups, except that no
+        layer loses its last output channel (one zero channel is kept, which is exact)."""
         removed = np.asarray(zero, dtype=bool).copy()
-        for fam in self.families:
-            if fam.groups and removed[list(fam.groups)].all():
-                removed[fam.groups[0]] = False
+        for _, ids in self._flow.spaces:
+            g = self._gid(ids)
+            g = g[g >= 0]
+            if g.size and removed[g].all():
+                removed[g[0]] = False
         return removed
 
     def keep_masks(self, name: str, removed_root: np.ndarray | None) -> Any:

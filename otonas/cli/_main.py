@@ -7,6 +7,7 @@ import json
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -40,6 +41,29 @@ def _parser() -> argparse.ArgumentParser:
                    help="zero random channel groups (prune), erase random valid operators (erase), or both")
     a = sub.add_parser("analyze", help="print the pruning families of MODEL and what pins the rest")
     _model_args(a)
+    s = sub.add_parser("search", help="train MODEL once on DATA, prune/erase, build, export and report")
+    s.add_argument("--config", metavar="TOML", help="options from a TOML file (keys as the flags, '-' or '_'); "
+                   "flags given on the command line override it")
+    s.add_argument("--model", help="torchvision:NAME, search_spaces:NAME or package.module:callable "
+                   "(default search_spaces:darts)")
+    s.add_argument("--data", help="digits (built in, default), synthetic, imagefolder:PATH, cifar10:ROOT, "
+                   "fashionmnist:ROOT")
+    s.add_argument("--mode", choices=["prune", "erase", "both"], help="default: erase for supernets, else prune")
+    s.add_argument("--target-sparsity", type=float, help="share of prunable channel groups to remove (default 0.5)")
+    s.add_argument("--erase-budget", type=float, help="share of erasing groups to erase (default 0.5)")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--optimizer", choices=["dhspg", "h2spg"], help="default: dhspg to prune, h2spg to erase")
+    s.add_argument("--device", help="auto (default), cpu or cuda")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--model-kwargs", metavar="JSON", help="keyword arguments for the model, as JSON")
+    s.add_argument("--download", action="store_true", default=None, help="let torchvision download cifar10/fashionmnist")
+    s.add_argument("--resume", action="store_true", default=None, help="continue the run in --out from its checkpoint")
+    s.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    s.add_argument("--out", help="output folder (default otonas-out)")
+    s.add_argument("--json", action="store_true", help="print report.json at the end")
+    s.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
 
@@ -120,6 +144,67 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_config(args: argparse.Namespace) -> Any:
+    import dataclasses
+    import tomllib
+
+    from ..search import SearchConfig
+
+    fields = {f.name for f in dataclasses.fields(SearchConfig)}
+    values: dict[str, Any] = {}
+    if args.config:
+        try:
+            with open(args.config, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise UsageError(f"--config {args.config!r} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise UsageError(f"--config {args.config!r} is not valid TOML: {e}") from None
+        for key, value in raw.items():
+            name = key.replace("-", "_")
+            if name not in fields:
+                raise UsageError(f"--config {args.config!r}: unknown key {key!r}; known: "
+                                 f"{', '.join(sorted(f.replace('_', '-') for f in fields))}")
+            values[name] = value
+    for name in fields:
+        v = getattr(args, name, None)
+        if v is not None:
+            values[name] = v
+    if isinstance(values.get("model_kwargs"), str):
+        try:
+            values["model_kwargs"] = json.loads(values["model_kwargs"]) if values["model_kwargs"].strip() else {}
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--model-kwargs is not valid JSON ({e.msg})") from None
+    try:
+        return SearchConfig(**values)
+    except TypeError as e:
+        raise UsageError(f"bad search options: {e}") from None
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from ..search import search
+
+    cfg = _search_config(args)
+    try:
+        report = search(cfg)
+    except KeyboardInterrupt:
+        print(f"otonas: interrupted; the last finished epoch is saved: rerun with --resume --out {cfg.out}",
+              file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "config"}))
+    else:
+        r = report
+        print(f"accuracy        full {r['accuracy_full']:.4f}, subnet {r['accuracy_subnet']:.4f} "
+              f"(max abs diff {r['max_abs_diff']:.2g})")
+        print(f"params          {r['params_before']:,} -> {r['params_after']:,}")
+        print(f"FLOPs (MACs)    {r['flops_before']:,} -> {r['flops_after']:,}")
+        print(f"group sparsity  {r['group_sparsity']:.3f}; erased {len(r['erased_operators'])} of "
+              f"{r['erasing_groups']} erasing groups")
+        print(f"written to      {cfg.out}/ (report.html, report.json, model.py, model.safetensors, architecture.json)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -128,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_verify(args)
         if args.command == "analyze":
             return _cmd_analyze(args)
+        if args.command == "search":
+            return _cmd_search(args)
     except OtonasError as e:
         if getattr(args, "debug", False):
             traceback.print_exc()

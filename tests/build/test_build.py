@@ -58,13 +58,13 @@ def test_build_reads_zeros_from_the_model_and_keeps_nonzero_groups():
     assert dict(sub.named_buffers())["b1.running_mean"].shape == (7,)
 
 
-def test_family_never_loses_its_last_channel():
+def test_a_layer_never_loses_its_last_channel():
     model = __import__("tiny_models").ConvChain().eval()
     space = otonas.analyze(model, inputs([(2, 3, 8, 8)], torch.float32))
     everything = np.ones(space.num_prunable_groups, dtype=bool)
     removed = space.removable(everything)
     for fam in space.families:
-        if fam.groups:
+        if fam.groups:  # ConvChain: one layer per family
             assert (~removed[list(fam.groups)]).sum() == 1
     zero_groups_(space, everything)
     sub = otonas.build(space)

@@ -1,0 +1,326 @@
+"""``otonas search``: train once with DHSPG/H2SPG, build, export, report; resumable."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .._errors import OtonasError, UsageError
+from ._data import DataSpec, load_data
+from ._state import atomic_write_text, load_state, save_state
+
+__all__ = ["SearchConfig", "search"]
+
+
+@dataclass
+class SearchConfig:
+    """Every option of a search; ``otonas search`` flags and ``--config`` TOML keys use these names."""
+
+    out: str = "otonas-out"
+    model: str = "search_spaces:darts"
+    data: str = "digits"
+    mode: str | None = None  # prune | erase | both; default: erase for supernets, prune otherwise
+    optimizer: str | None = None  # dhspg | h2spg; default from the mode
+    target_sparsity: float = 0.5
+    erase_budget: float = 0.5  # share of the erasing groups to erase
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: float | None = None  # default: 25% of the epochs
+    projection_epochs: float | None = None  # default: 50% of the epochs
+    device: str = "auto"
+    seed: int = 0
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    download: bool = False
+    val_fraction: float = 0.2
+    resume: bool = False
+    export: bool = True
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.mode not in (None, "prune", "erase", "both"):
+            raise UsageError(f"--mode {self.mode!r} is not one of prune, erase, both")
+        if self.optimizer not in (None, "dhspg", "h2spg"):
+            raise UsageError(f"--optimizer {self.optimizer!r} is not one of dhspg, h2spg")
+        if not 0.0 <= self.target_sparsity < 1.0:
+            raise UsageError(f"--target-sparsity {self.target_sparsity} must be in [0, 1), e.g. 0.5")
+        if not 0.0 <= self.erase_budget < 1.0:
+            raise UsageError(f"--erase-budget {self.erase_budget} must be in [0, 1), e.g. 0.5")
+        if self.epochs < 1:
+            raise UsageError(f"--epochs {self.epochs} must be at least 1")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size {self.batch_size} must be at least 1")
+        if not self.lr > 0:
+            raise UsageError(f"--lr {self.lr} must be positive")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise UsageError(f"--device {self.device!r} is not one of auto, cpu, cuda")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+
+
+# --- model ----------------------------------------------------------------------------
+
+def _make_model(cfg: SearchConfig, data: DataSpec) -> nn.Module:
+    from .._models import resolve_model
+
+    kwargs = dict(cfg.model_kwargs)
+    if cfg.model.startswith("search_spaces:"):
+        import search_spaces
+
+        name = cfg.model.split(":", 1)[1]
+        if name in search_spaces.list() and search_spaces.info(name).input_dtype.is_floating_point:
+            kwargs.setdefault("num_classes", data.num_classes)
+            kwargs.setdefault("in_chans", data.input_shape[0])
+            if data.input_shape[-1] <= 16:
+                kwargs.setdefault("size", "tiny")
+    elif cfg.model.startswith("torchvision:"):
+        kwargs.setdefault("num_classes", data.num_classes)
+    return resolve_model(cfg.model, kwargs=kwargs).model
+
+
+def _is_supernet(cfg: SearchConfig) -> bool:
+    if cfg.model.startswith("search_spaces:"):
+        import search_spaces
+
+        name = cfg.model.split(":", 1)[1]
+        return name in search_spaces.list() and search_spaces.info(name).kind == "supernet"
+    return False
+
+
+# --- loop -----------------------------------------------------------------------------
+
+def _loader(ds: Any, cfg: SearchConfig, epoch: int, train: bool) -> DataLoader:
+    gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=train, generator=gen if train else None,
+                      drop_last=False, num_workers=0)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ds: Any, cfg: SearchConfig, device: torch.device) -> tuple[float, float]:
+    model.eval()
+    correct, total, loss = 0, 0, 0.0
+    for x, y in _loader(ds, cfg, 0, False):
+        x, y = x.to(device), y.to(device)
+        out = model(x)
+        loss += float(nn.functional.cross_entropy(out, y, reduction="sum"))
+        correct += int((out.argmax(1) == y).sum())
+        total += len(y)
+    return correct / max(total, 1), loss / max(total, 1)
+
+
+def _make_optimizer(cfg: SearchConfig, space: Any, steps_per_epoch: int) -> Any:
+    from .. import optim
+
+    warm = cfg.warmup_epochs if cfg.warmup_epochs is not None else max(1.0, 0.25 * cfg.epochs)
+    proj = cfg.projection_epochs if cfg.projection_epochs is not None else max(1.0, 0.5 * cfg.epochs)
+    start = int(round(warm * steps_per_epoch))
+    end = min(int(round((warm + proj) * steps_per_epoch)), cfg.epochs * steps_per_epoch)
+    common = dict(lr=cfg.lr, variant="sgd", momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "dhspg":
+        return optim.DHSPG(space, target_group_sparsity=cfg.target_sparsity, start_step=start, end_step=end,
+                           **common)
+    H2SPG = getattr(optim, "H2SPG", None)
+    if H2SPG is None:
+        raise OtonasError("the H2SPG optimizer (operator erasure) is not available in this version of otonas; "
+                          "use --mode prune --optimizer dhspg")
+    sparsity = cfg.target_sparsity if cfg.mode in ("prune", "both") else 0.0
+    budget = cfg.erase_budget if cfg.mode in ("erase", "both") else 0.0
+    return H2SPG(space, target_group_sparsity=sparsity, erase_budget=budget, warmup_steps=start, end_step=end,
+                 **common)
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm comes with optuna; without it, no bar
+        return None
+    return tqdm(total=total, desc=desc, leave=True, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def _metric(opt: Any, name: str, default: Any = 0) -> Any:
+    try:
+        return opt.metrics().get(name, default)
+    except Exception:
+        return default
+
+
+def search(cfg: SearchConfig) -> dict[str, Any]:
+    """Run a search to the end (or resume one) and write DIR: checkpoint/, the export,
+    report.json and report.html. Returns the report."""
+    cfg.validate()
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    os.makedirs(cfg.out, exist_ok=True)
+    ckpt = os.path.join(cfg.out, "checkpoint")
+    data = load_data(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, download=cfg.download)
+    model = _make_model(cfg, data)
+    if cfg.mode is None:
+        cfg.mode = "erase" if _is_supernet(cfg) else "prune"
+    if cfg.optimizer is None:
+        cfg.optimizer = "dhspg" if cfg.mode == "prune" else "h2spg"
+    if cfg.optimizer == "dhspg" and cfg.mode != "prune":
+        raise UsageError(f"--optimizer dhspg prunes channels only; --mode {cfg.mode} needs --optimizer h2spg")
+    from ..analysis import analyze
+
+    example = torch.stack([data.train[i][0] for i in range(2)])
+    space = analyze(model, (example,))
+    if cfg.mode in ("prune", "both") and space.num_prunable_groups == 0:
+        raise UsageError(f"{cfg.model} has no prunable channels ({'; '.join(p.reason for p in space.pins[:3])}); "
+                         "run `otonas analyze` to see why")
+    if cfg.mode in ("erase", "both") and space.num_erasing_groups == 0:
+        raise UsageError(f"{cfg.model} has no erasable operators; use --mode prune, or a supernet whose "
+                         "candidate operators are summed or concatenated")
+    model.to(device)
+    steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+    opt = _make_optimizer(cfg, space, steps_per_epoch)
+    history: list[dict[str, Any]] = []
+    start_epoch, elapsed = 0, 0.0
+    if cfg.resume and os.path.exists(os.path.join(ckpt, "run.json")):
+        start_epoch, history, elapsed = _load_checkpoint(ckpt, model, opt, cfg)
+    elif cfg.resume:
+        print(f"otonas: no checkpoint in {ckpt}; starting from scratch", file=sys.stderr)
+    full_costs = space.costs()
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        model.train()
+        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
+        aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for x, y in _loader(data.train, cfg, epoch, True):
+            if data.augment is not None:
+                x = data.augment(x, aug_gen)
+            x, y = x.to(device), y.to(device)
+            out = model(x)
+            loss = nn.functional.cross_entropy(out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((out.argmax(1) == y).sum())
+            seen += len(y)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                                sparsity=f"{_metric(opt, 'group_sparsity', 0.0):.2f}",
+                                erased=_metric(opt, "erased_groups", 0), refresh=False)
+        val_acc, val_loss = evaluate(model, data.val, cfg, device)
+        removed = space.removable(space.zero_groups()) if space.num_prunable_groups else None
+        erased = space.erasable(space.zero_erasing_groups()) if space.num_erasing_groups else None
+        costs = space.costs(removed, erased)
+        row = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+               "val_accuracy": val_acc, "val_loss": val_loss,
+               "group_sparsity": float(removed.mean()) if removed is not None else 0.0,
+               "erased_ops": int(erased.sum()) if erased is not None else 0,
+               "flops": costs.flops, "params": costs.params, "seconds": time.time() - t0}
+        history.append(row)
+        if bar is not None:
+            bar.set_postfix(loss=f"{row['loss']:.3f}", val_acc=f"{val_acc:.3f}",
+                            sparsity=f"{row['group_sparsity']:.2f}", erased=row["erased_ops"],
+                            flops=f"{costs.flops / max(full_costs.flops, 1):.0%}")
+            bar.close()
+        elapsed += time.time() - t0
+        _save_checkpoint(ckpt, model, opt, cfg, epoch + 1, history, elapsed)
+    return _finish(cfg, model, space, data, device, history, elapsed, opt)
+
+
+def _save_checkpoint(ckpt: str, model: nn.Module, opt: Any, cfg: SearchConfig, epoch: int,
+                     history: list[dict[str, Any]], elapsed: float) -> None:
+    os.makedirs(ckpt, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    tmp = os.path.join(ckpt, ".model.tmp.safetensors")
+    save_file(state, tmp)
+    os.replace(tmp, os.path.join(ckpt, "model.safetensors"))
+    save_state(opt.state_dict(), os.path.join(ckpt, "optimizer"))
+    save_state({"torch_rng": torch.get_rng_state()}, os.path.join(ckpt, "rng"))
+    # run.json last: a checkpoint counts only once it is written, so an interruption
+    # before it leaves the previous epoch's run.json pointing at a consistent set
+    atomic_write_text(os.path.join(ckpt, "run.json"), json.dumps(
+        {"epoch": epoch, "history": history, "elapsed": elapsed, "config": asdict(cfg)}, indent=1))
+
+
+def _load_checkpoint(ckpt: str, model: nn.Module, opt: Any, cfg: SearchConfig) -> tuple[int, list[Any], float]:
+    try:
+        with open(os.path.join(ckpt, "run.json")) as f:
+            run = json.load(f)
+        saved = run["config"]
+        for key in ("model", "data", "mode", "optimizer", "seed", "epochs", "batch_size"):
+            if saved.get(key) != getattr(cfg, key):
+                raise UsageError(f"cannot resume: the checkpoint in {ckpt} was made with {key}={saved.get(key)!r}, "
+                                 f"this run has {key}={getattr(cfg, key)!r}; use the same options or another --out")
+        state = load_file(os.path.join(ckpt, "model.safetensors"))
+        missing = set(model.state_dict()) - set(state)
+        if missing:
+            raise OtonasError(f"checkpoint {ckpt}/model.safetensors lacks {sorted(missing)[0]}")
+        model.load_state_dict(state)
+        opt.load_state_dict(load_state(os.path.join(ckpt, "optimizer")))
+        torch.set_rng_state(load_state(os.path.join(ckpt, "rng"))["torch_rng"])
+        return int(run["epoch"]), list(run["history"]), float(run.get("elapsed", 0.0))
+    except (UsageError, OtonasError):
+        raise
+    except Exception as e:
+        raise OtonasError(f"the checkpoint in {ckpt} is corrupt ({type(e).__name__}: {e}); "
+                          "delete the folder to start again") from None
+
+
+def _finish(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, device: torch.device,
+            history: list[dict[str, Any]], elapsed: float, opt: Any) -> dict[str, Any]:
+    from ..build import build
+
+    t0 = time.time()
+    acc_full, _ = evaluate(model, data.val, cfg, device)
+    model.cpu()
+    subnet = build(space)
+    acc_sub, _ = evaluate(subnet, data.val, cfg, torch.device("cpu"))
+    max_diff = 0.0
+    with torch.no_grad():
+        model.eval()
+        for x, _ in _loader(data.val, cfg, 0, False):
+            max_diff = max(max_diff, float((model(x) - subnet(x)).abs().max()))
+    removed = space.removable(space.zero_groups()) if space.num_prunable_groups else None
+    erased = space.erasable(space.zero_erasing_groups()) if space.num_erasing_groups else None
+    before, after = space.costs(), space.costs(removed, erased)
+    report = {
+        "model": cfg.model, "data": cfg.data, "mode": cfg.mode, "optimizer": cfg.optimizer,
+        "accuracy_full": acc_full, "accuracy_subnet": acc_sub,
+        "params_before": before.params, "params_after": after.params,
+        "flops_before": before.flops, "flops_after": after.flops,
+        "group_sparsity": float(removed.mean()) if removed is not None else 0.0,
+        "erased_operators": [space.erasing_groups[i].module or space.erasing_groups[i].output
+                             for i in np.nonzero(erased)[0]] if erased is not None else [],
+        "erasing_groups": space.num_erasing_groups, "prunable_groups": space.num_prunable_groups,
+        "max_abs_diff": max_diff, "epochs": cfg.epochs, "seed": cfg.seed,
+        "seconds": elapsed + (time.time() - t0),
+        "config": asdict(cfg),
+    }
+    model.to(device)
+    if cfg.export:
+        try:
+            from ..export import export
+        except ImportError:
+            export = None
+        if export is not None:
+            export(space, cfg.out, architecture={"command": " ".join(sys.argv), "config": asdict(cfg)})
+    atomic_write_text(os.path.join(cfg.out, "report.json"), json.dumps(report, indent=1))
+    try:
+        from ..report import write_report_html
+    except ImportError:
+        write_report_html = None
+    if write_report_html is not None:
+        write_report_html(os.path.join(cfg.out, "report.html"), report=report, history=history, space=space,
+                          removed=removed, erased=erased)
+    return report
