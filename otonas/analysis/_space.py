@@ -235,14 +235,29 @@ class SearchSpace:
 
     def removable(self, zero: np.ndarray) -> np.ndarray:
         """The groups the builder removes for a zero pattern: all zero groups, except that no
-        layer loses its last output channel (one zero channel is kept, which is exact)."""
+        tensor dimension loses its last channel (one zero channel is kept, which is exact;
+        PyTorch layers do not all accept empty dimensions)."""
         removed = np.asarray(zero, dtype=bool).copy()
-        for _, ids in self._flow.spaces:
+        if not removed.any():
+            return removed
+        for ids in self._all_dims():
             g = self._gid(ids)
-            g = g[g >= 0]
-            if g.size and removed[g].all():
+            if g.size and (g >= 0).all() and removed[g].all():
                 removed[g[0]] = False
         return removed
+
+    def _all_dims(self) -> list[np.ndarray]:
+        """Every id array of the graph, once."""
+        if not hasattr(self, "_dims_cache"):
+            seen: dict[int, np.ndarray] = {}
+            for d in self._flow.dims.values():
+                lists = [d] if isinstance(d, list) and (not d or isinstance(d[0], np.ndarray)) else \
+                    [x for x in d if x is not None]
+                for lst in lists:
+                    for ids in lst:
+                        seen.setdefault(id(ids), ids)
+            self._dims_cache = list(seen.values())
+        return self._dims_cache
 
     def keep_masks(self, name: str, removed_root: np.ndarray | None) -> Any:
         """Keep-mask of every position of every dim of a node's output(s)."""

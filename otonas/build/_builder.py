@@ -212,7 +212,7 @@ def build(space: SearchSpace, *, removed: np.ndarray | None = None, erased: np.n
     set of them, outer groups first: see :meth:`SearchSpace.erasable`), with the joins
     they fed: an ``add`` left with one input becomes that input, a ``cat`` drops the
     input and its consumers' columns. Pruning groups whose parameters are all zero are
-    sliced away; no layer loses its last channel (:meth:`SearchSpace.removable`).
+    sliced away; no tensor dimension loses its last channel (:meth:`SearchSpace.removable`).
     ``removed`` / ``erased`` (boolean masks) override what is read from the model.
     Outputs equal the model's outputs in eval mode.
     """

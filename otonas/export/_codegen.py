@@ -91,23 +91,25 @@ _LHS = re.compile(r"^\s*([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*)\s*,?\s*(?::[^=]+)
 _TORCH_DIR = torch.__file__.rsplit("/", 1)[0] + "/"
 
 
-def _source_names(node: fx.Node, cache: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
-    """Variable names the user's own code assigned this value to, from the captured stack."""
+def _source_names(node: fx.Node, cache: dict[tuple[str, bool], tuple[str, ...]], *, inside_torch: bool = False
+                  ) -> tuple[str, ...]:
+    """Variable names the user's own code assigned this value to, from the captured stack
+    (``inside_torch``: the names in torch's own code, for the insides of torch's blocks)."""
     trace = node.meta.get("stack_trace")
     if not trace:
         return ()
-    if trace not in cache:
+    if (trace, inside_torch) not in cache:
         names: tuple[str, ...] = ()
         frames = _FRAME.findall(trace)
         for file, _, _, code in reversed(frames):
-            if file.startswith(_TORCH_DIR):
+            if file.startswith(_TORCH_DIR) and not inside_torch:
                 continue
             m = _LHS.match(code)
             if m:
                 names = tuple(n.strip() for n in m.group(1).split(","))
             break
-        cache[trace] = names
-    return cache[trace]
+        cache[(trace, inside_torch)] = names
+    return cache[(trace, inside_torch)]
 
 
 # --- the module tree --------------------------------------------------------------------------
@@ -293,7 +295,8 @@ class _Generator:
         return expr
 
     # --- __init__ -------------------------------------------------------------------------------
-    def _ctor(self, m: _Mod, indent: int) -> list[str]:
+    def _ctor(self, m: _Mod, indent: int, lead: int = 0) -> list[str]:
+        """Constructor source of module ``m`` whose first line starts at column ``indent + lead``."""
         if m.kind == "layer":
             assert m.spec is not None
             return [m.spec.ctor]
@@ -306,7 +309,7 @@ class _Generator:
         if m.kind == "list":
             items = [self._ctor(k, indent + 4) for k in kids]
             one = "nn.ModuleList([" + ", ".join(i[0] for i in items) + "])"
-            if all(len(i) == 1 for i in items) and len(one) + indent + 20 <= LINE and not comment:
+            if all(len(i) == 1 for i in items) and indent + lead + len(one) + 1 <= LINE + 10 and not comment:
                 return [one]
             lines = ["nn.ModuleList([" + comment]
             for i in items:
@@ -319,8 +322,8 @@ class _Generator:
         keyword = all(is_identifier(k.name) for k in kids)
         lines = ["nn.ModuleDict(dict(" + comment if keyword else "nn.ModuleDict({" + comment]
         for k in kids:
-            body = self._ctor(k, indent + 4)
             key = f"{k.name}=" if keyword else f'"{k.name}": '
+            body = self._ctor(k, indent + 4, len(key))
             lines.append(pad + key + body[0])
             lines += body[1:]
             lines[-1] += ","
@@ -357,8 +360,9 @@ class _Generator:
             if kind == 1:
                 lines += self._tensor_lines(_Mod("", "", "root", tensors={item.rsplit(".", 1)[-1]: item}))
                 continue
-            body = self._ctor(item, 8)
-            lines.append(f"{self.access(item.path)} = {body[0]}")
+            target = f"{self.access(item.path)} = "
+            body = self._ctor(item, 8, len(target))
+            lines.append(f"{target}{body[0]}")
             lines += [b[8:] for b in body[1:]]
             lines += self._tensor_lines(item)
         return lines
@@ -429,12 +433,18 @@ class _Forward:
         self.holder: dict[str, fx.Node] = {}  # variable name -> node it holds now
         self.done: set[fx.Node] = set()
         self.lines: list[str] = []
-        self.hint_cache: dict[str, tuple[str, ...]] = {}
+        self.hint_cache: dict[tuple[str, bool], tuple[str, ...]] = {}
         self.current_block = ""
         self.block = {n: self._block(n) for n in self.nodes}
+        self.type_count: dict[str, int] = {}
+        for typ in gen.types.values():
+            self.type_count[typ] = self.type_count.get(typ, 0) + 1
         self.key = {n: self._statement_key(n) for n in self.nodes}
         self.building: list[list[Any]] = []  # [node, deepest inlined argument] of expressions being written
         self.depth: dict[fx.Node, int] = {}
+        self.block_inputs: dict[str, list[str]] = {}  # names a block read from outside, first first
+        self.alias: tuple[str, str] | None = None  # (block path, local name) while inside a long-named block
+        self._alias_holder = fx.Graph().placeholder("block")  # keeps the alias name from being reused
         self.kind = {n: self._kind(n) for n in self.nodes}
         self.impure_pos = [self.pos[n] for n in self.nodes if self._impure(n)]
         self.inline = {n for n in self.nodes if self._inlinable(n)}
@@ -465,9 +475,13 @@ class _Forward:
         user = [i for i, f in enumerate(files) if not f.startswith(_TORCH_DIR)]
         if not user:
             return tuple(frames)
-        if self.block.get(n) and torch_module_class(self.gen.types.get(self.block[n] or "", "")) in _BLOCK_TYPES:
+        if self._in_torch_block(n):
             return tuple(frames)
         return tuple(frames[:user[-1] + 1])
+
+    def _in_torch_block(self, n: fx.Node) -> bool:
+        b = self.block.get(n)
+        return bool(b) and torch_module_class(self.gen.types.get(b or "", "")) in _BLOCK_TYPES
 
     def _kind(self, n: fx.Node) -> str:
         if n.op in ("placeholder", "get_attr", "output"):
@@ -531,7 +545,7 @@ class _Forward:
             k = self.kind[v]
             if k == "get_attr":
                 parent, name = v.target.rsplit(".", 1) if "." in v.target else ("", v.target)
-                owner = self.gen.access(parent)
+                owner = self.access(parent)
                 return Expr(f"{owner}.{name}" if is_identifier(name) else f'getattr({owner}, "{name}")')
             if k == "sym":
                 return self._sym(v, inlined)
@@ -544,7 +558,7 @@ class _Forward:
                     inlined.append((v, e.text))
                     consumer[1] = max(consumer[1], self.depth[v])
                     return e
-                self._write(v, e, sub)
+                self.statement(v)  # written now, before the statement that uses it
                 return Expr(self.names[v])
             raise ExportError(f"internal: value {v.name} ({v.target}) used before it was written")
         if isinstance(v, (list, tuple)):
@@ -562,8 +576,8 @@ class _Forward:
         statement), or for a short chain of one-input calls: ``F.relu(self.bn(self.conv(x)))``."""
         depth = self.depth[v] + 1
         kv, ku = self.key.get(v), self.key.get(u)
-        if kv is not None and kv == ku:
-            return depth <= 4
+        if u.op == "output" or (kv is not None and kv == ku):
+            return depth <= 6  # and the line-width limit
         if kv is None or ku is None:
             return depth <= 3
         return depth <= 3 and self._tensor_inputs(u) == 1
@@ -587,7 +601,7 @@ class _Forward:
         spec = self.gen.layer_nodes.get(n)
         if spec is not None:
             values, _ = _values(n, n.target)
-            return Expr(f"{self.gen.access(spec.path)}({render(values[spec.input]).text})")
+            return Expr(f"{self.access(spec.path)}({render(values[spec.input]).text})")
         values, defaults = _values(n, n.target)
         call = Call(n, n.target, values, defaults, render, self.gen)
         fn_ = None if self.gen.aten_fallback else CODE_RULES.lookup(_code_key(n.target))
@@ -680,22 +694,36 @@ class _Forward:
 
     def live(self, name: str, now: set[fx.Node]) -> bool:
         held = self.holder.get(name)
+        if held is self._alias_holder:
+            return self.alias is not None and self.alias[1] == name
         return held is not None and not all(self.consumed(u, now) for u in held.users)
 
     def statement(self, n: fx.Node) -> None:
+        self._comment(n)
         while True:
             inlined: list[tuple[fx.Node, str]] = []
             e = self.expr(n, inlined)
             width = 8 + len(e.text) + 12
             if width <= LINE or not inlined:
                 break
-            widest = max(inlined, key=lambda t: len(t[1]))[0]
-            self.statement(widest)
+            # cut the longest inner expression that fits a line of its own (bottom-up packing)
+            fits = [t for t in inlined if 8 + len(t[1]) + 12 <= LINE]
+            cut = max(fits, key=lambda t: len(t[1])) if fits else min(inlined, key=lambda t: len(t[1]))
+            self.statement(cut[0])
         self._write(n, e, inlined)
 
     def _write(self, n: fx.Node, e: Expr, inlined: list[tuple[fx.Node, str]]) -> None:
         now = {n} | {m for m, _ in inlined}
-        self._comment(n)
+        block = self.block[n]
+        if block:
+            parts = block.split(".")
+            scopes = [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+            for a in sorted({a for m in now for a in m.all_input_nodes if a in self.names}, key=self.pos.get):
+                for scope in scopes:
+                    if a.op == "placeholder" or not _within(self.block.get(a), scope):
+                        known = self.block_inputs.setdefault(scope, [])
+                        if self.names[a] not in known:
+                            known.append(self.names[a])
         if self.kind[n] == "size" or n.users:
             targets = self._targets(n, now, e)
             self.lines.append(f"{targets} = {e.text}")
@@ -712,7 +740,7 @@ class _Forward:
         items = {u.args[1]: u for u in n.users}
         count = self._count(n)
         assert count is not None
-        hints = _source_names(n, self.hint_cache)
+        hints = _source_names(n, self.hint_cache, inside_torch=self._in_torch_block(n))
         names = []
         for i in range(count):
             u = items.get(i)
@@ -727,7 +755,7 @@ class _Forward:
         return ", ".join(names)
 
     def _first_hint(self, n: fx.Node) -> str | None:
-        hints = _source_names(n, self.hint_cache)
+        hints = _source_names(n, self.hint_cache, inside_torch=self._in_torch_block(n))
         return hints[0] if len(hints) == 1 else None
 
     def _bind(self, n: fx.Node, name: str) -> None:
@@ -754,9 +782,10 @@ class _Forward:
         if block:
             escapes = any(not _within(self.block.get(u), block) for u in n.users)
             if escapes:
-                outside = [a for a in dying if not _within(self.block.get(a), block) or a.op == "placeholder"]
-                if outside:
-                    return self.names[outside[0]]
+                # the block's output takes the name its input had: x = block(x)
+                for name in self.block_inputs.get(block, []):
+                    if not self.live(name, now):
+                        return name
         if hint:
             return self._fresh(hint, now)
         if dying:
@@ -764,7 +793,7 @@ class _Forward:
         return self._fresh("h", now)
 
     def _hint(self, n: fx.Node) -> str | None:
-        hints = _source_names(n, self.hint_cache)
+        hints = _source_names(n, self.hint_cache, inside_torch=self._in_torch_block(n))
         if self.kind[n] == "size" and hints:
             d = n.args[1] if len(n.args) > 1 else 0
             return hints[d] if isinstance(d, int) and 0 <= d < len(hints) and len(hints) > 1 else None
@@ -774,16 +803,47 @@ class _Forward:
         d = n.args[1] if len(n.args) > 1 else None
         return "batch" if d == 0 and packet(n.target) == "aten.sym_size" else "size"
 
+    def _comment_block(self, n: fx.Node) -> str | None:
+        """The outermost module around ``n`` of a class the network uses more than once
+        (a ResNet BasicBlock, a ViT EncoderBlock): the unit a reader looks for."""
+        for path, typ in _stack(n):
+            short = typ.rsplit(".", 1)[-1]
+            leaf = torch_module_class(typ) is not None and short not in _BLOCK_TYPES
+            if path and not leaf and not self._plain(path, short) and self.type_count.get(typ, 0) > 1:
+                return path
+        return None
+
+    def _plain(self, path: str, short: str) -> bool:
+        """A container without a forward of its own (nn.Sequential and its subclasses)."""
+        if short in _PLAIN:
+            return True
+        mod = self.gen.facts.module(path)
+        return mod is not None and type(mod).forward in (nn.Sequential.forward, nn.Module.forward)
+
     def _comment(self, n: fx.Node) -> None:
-        b = self.block[n]
+        """``# layer1.0 (BasicBlock)`` where a block starts; a short local name for a block
+        whose path is long (``block = self.trunk_output.block1["block1-0"]``)."""
+        b = self._comment_block(n)
         if b is None or b == self.current_block:
             return
-        entering = not self.current_block.startswith(b + ".") and b != ""
         self.current_block = b
-        if entering:
-            typ = self.gen.types.get(b, "")
-            short = typ.rsplit(".", 1)[-1]
-            self.lines.append(f"# {b}" + (f" ({short})" if short and short not in _PLAIN else ""))
+        short = self.gen.types.get(b, "").rsplit(".", 1)[-1]
+        self.lines.append(f"# {b}" + (f" ({short})" if short else ""))
+        self.alias = None
+        full = self.gen.access(b)
+        if len(full) > 24:
+            name = self._fresh("block", set())
+            self.lines.append(f"{name} = {full}")
+            self._bind(self._alias_holder, name)
+            self.alias = (b, name)
+
+    def access(self, path: str) -> str:
+        full = self.gen.access(path)
+        if self.alias is not None:
+            b, name = self.alias
+            if path == b or path.startswith(b + "."):
+                return name + full[len(self.gen.access(b)):]
+        return full
 
     # --- the whole forward -----------------------------------------------------------------------
     def run(self, signature: list[str], unpack: list[str], out: Callable[[Callable[[Any], Expr]], str]) -> list[str]:

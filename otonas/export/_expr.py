@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import keyword
 import math
 from collections.abc import Callable, Sequence
@@ -56,7 +57,9 @@ def _number(v: float) -> Expr:
 
 def literal(v: Any) -> Expr:
     """A Python constant as source: numbers, strings, dtypes, memory formats, tuples of those."""
-    if v is None or isinstance(v, (bool, str)):
+    if isinstance(v, str):
+        return Expr(json.dumps(v))  # double quotes, as written by hand
+    if v is None or isinstance(v, bool):
         return Expr(repr(v))
     if isinstance(v, int):
         return Expr(repr(v), UNARY if v < 0 else ATOM)

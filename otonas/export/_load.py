@@ -21,25 +21,25 @@ _counter = itertools.count()
 # Written at the end of model.py, with __CLASS__ replaced by the class name. It reads the
 # safetensors header itself first so that every problem names the tensor it concerns.
 LOADER = '''
-_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "U16": 2,
-             "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "C64": 8}
+_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "C64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+          "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 def load(path=None, *, device="cpu", check=True):
-    """Build __CLASS__ and load its weights from a safetensors file (default: model.safetensors
-    next to this file). Raises ValueError naming the tensor when the file is truncated,
-    damaged (``check`` compares the CRC-32 of every tensor) or does not fit this network."""
+    """Build __CLASS__ with the weights of a safetensors file (default: model.safetensors next
+    to this file). A truncated or damaged file, or one that does not fit this network, raises
+    ValueError naming the tensor; ``check`` also compares each tensor with its CRC-32."""
     from safetensors.torch import load_file
 
     path = path or os.path.join(os.path.dirname(os.path.abspath(__file__)), "model.safetensors")
     with torch.device("meta"):
         model = __CLASS__()
-    expected = model.state_dict()
+    shapes = {k: tuple(t.shape) for k, t in model.state_dict().items()}
     header, crc = _read_header(path)
-    problems = [f"missing tensor '{k}'" for k in expected if k not in header]
-    problems += [f"unexpected tensor '{k}'" for k in header if k not in expected]
-    problems += [f"tensor '{k}' has shape {tuple(h['shape'])} but model.py expects {tuple(expected[k].shape)}"
-                 for k, h in header.items() if k in expected and tuple(h["shape"]) != tuple(expected[k].shape)]
+    problems = [f"missing tensor '{k}'" for k in shapes if k not in header]
+    problems += [f"unexpected tensor '{k}'" for k in header if k not in shapes]
+    problems += [f"tensor '{k}' has shape {tuple(h['shape'])}, model.py expects {shapes[k]}"
+                 for k, h in header.items() if k in shapes and tuple(h["shape"]) != shapes[k]]
     if problems:
         raise ValueError(f"{path} does not fit model.py: " + "; ".join(problems))
     if check and crc:
@@ -48,8 +48,7 @@ def load(path=None, *, device="cpu", check=True):
             for k, h in header.items():
                 a, b = h["data_offsets"]
                 if k in crc and zlib.crc32(data[start + a:start + b]) != crc[k]:
-                    raise ValueError(f"tensor '{k}' in {path} is damaged: its bytes do not match the checksum "
-                                     "written at export")
+                    raise ValueError(f"{path} is damaged: tensor '{k}' does not match its checksum")
     try:
         state = load_file(path, device=str(device))
     except Exception as e:
@@ -59,28 +58,28 @@ def load(path=None, *, device="cpu", check=True):
 
 
 def _read_header(path):
-    """The tensors a safetensors file lists, checked against its size; and the export's checksums."""
+    """The tensors a safetensors file lists, checked against the file's size, and their CRC-32s."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         if size < 8 or 8 + n > size:
-            raise ValueError(f"{path} is truncated or not a safetensors file: its header is incomplete")
+            raise ValueError(f"{path} is truncated or not safetensors: its header is incomplete")
         try:
             header = json.loads(f.read(n))
         except ValueError:
-            raise ValueError(f"{path} is damaged: its safetensors header is not valid JSON") from None
+            raise ValueError(f"{path} is damaged: its header is not valid JSON") from None
     meta = header.pop("__metadata__", None) or {}
     for k, h in header.items():
         try:
             a, b = h["data_offsets"]
-            nbytes = _ITEMSIZE[h["dtype"]] * math.prod(h["shape"])
+            nbytes = _BYTES[h["dtype"]] * math.prod(h["shape"])
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path} is damaged: the header entry of tensor '{k}' is malformed") from None
+            raise ValueError(f"{path} is damaged: the header of tensor '{k}' is malformed") from None
         if b - a != nbytes:
-            raise ValueError(f"{path} is damaged: tensor '{k}' ({h['dtype']} {h['shape']}) should take {nbytes} "
-                             f"bytes, the header gives {b - a}")
+            raise ValueError(f"{path} is damaged: tensor '{k}' ({h['dtype']} {h['shape']}) "
+                             f"should take {nbytes} bytes, the header gives {b - a}")
         if 8 + n + b > size:
-            raise ValueError(f"{path} is truncated: tensor '{k}' ends at byte {8 + n + b}, the file has {size}")
+            raise ValueError(f"{path} is truncated: tensor '{k}' needs {8 + n + b} bytes, it has {size}")
     return header, json.loads(meta.get("crc32", "{}"))
 '''
 

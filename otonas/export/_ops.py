@@ -196,7 +196,7 @@ def _view(c: Call) -> Expr:
 
 @rule("aten.reshape", "aten._unsafe_view")
 def _reshape(c: Call) -> Expr:
-    return method(c.e("self"), "reshape", *_sizes(c, "size"))
+    return method(c.e("self"), "reshape", *_sizes(c, "shape" if "shape" in c.values else "size"))
 
 
 @rule("aten.expand")
