@@ -124,10 +124,14 @@ def evaluate(model: nn.Module, ds: Any, cfg: SearchConfig, device: torch.device)
 def _make_optimizer(cfg: SearchConfig, space: Any, steps_per_epoch: int) -> Any:
     from .. import optim
 
-    warm = cfg.warmup_epochs if cfg.warmup_epochs is not None else max(1.0, 0.25 * cfg.epochs)
-    proj = cfg.projection_epochs if cfg.projection_epochs is not None else max(1.0, 0.5 * cfg.epochs)
-    start = int(round(warm * steps_per_epoch))
-    end = min(int(round((warm + proj) * steps_per_epoch)), cfg.epochs * steps_per_epoch)
+    total = cfg.epochs * steps_per_epoch
+    warm = cfg.warmup_epochs if cfg.warmup_epochs is not None else 0.25 * cfg.epochs
+    proj = cfg.projection_epochs if cfg.projection_epochs is not None else 0.5 * cfg.epochs
+    if total < 2:
+        raise UsageError(f"{total} training step(s) is too short to train and project; raise --epochs")
+    # warm-up, then projection, then the rest trains the survivors; each phase at least a step
+    start = min(max(1, int(round(warm * steps_per_epoch))), total - 1)
+    end = min(max(start + 1, int(round((warm + proj) * steps_per_epoch))), total)
     common = dict(lr=cfg.lr, variant="sgd", momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "dhspg":
         return optim.DHSPG(space, target_group_sparsity=cfg.target_sparsity, start_step=start, end_step=end,
@@ -240,17 +244,22 @@ def search(cfg: SearchConfig) -> dict[str, Any]:
 
 def _save_checkpoint(ckpt: str, model: nn.Module, opt: Any, cfg: SearchConfig, epoch: int,
                      history: list[dict[str, Any]], elapsed: float) -> None:
-    os.makedirs(ckpt, exist_ok=True)
+    """Each epoch writes its own folder; ``run.json`` (replaced atomically, last) points at
+    it, so an interruption at any moment leaves a consistent checkpoint behind."""
+    folder = f"epoch-{epoch:04d}"
+    d = os.path.join(ckpt, folder)
+    os.makedirs(d, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = os.path.join(ckpt, ".model.tmp.safetensors")
-    save_file(state, tmp)
-    os.replace(tmp, os.path.join(ckpt, "model.safetensors"))
-    save_state(opt.state_dict(), os.path.join(ckpt, "optimizer"))
-    save_state({"torch_rng": torch.get_rng_state()}, os.path.join(ckpt, "rng"))
-    # run.json last: a checkpoint counts only once it is written, so an interruption
-    # before it leaves the previous epoch's run.json pointing at a consistent set
+    save_file(state, os.path.join(d, "model.safetensors"))
+    save_state(opt.state_dict(), os.path.join(d, "optimizer"))
+    save_state({"torch_rng": torch.get_rng_state()}, os.path.join(d, "rng"))
     atomic_write_text(os.path.join(ckpt, "run.json"), json.dumps(
-        {"epoch": epoch, "history": history, "elapsed": elapsed, "config": asdict(cfg)}, indent=1))
+        {"epoch": epoch, "folder": folder, "history": history, "elapsed": elapsed, "config": asdict(cfg)}, indent=1))
+    for old in os.listdir(ckpt):
+        if old.startswith("epoch-") and old != folder:
+            import shutil
+
+            shutil.rmtree(os.path.join(ckpt, old), ignore_errors=True)
 
 
 def _load_checkpoint(ckpt: str, model: nn.Module, opt: Any, cfg: SearchConfig) -> tuple[int, list[Any], float]:
@@ -262,16 +271,19 @@ def _load_checkpoint(ckpt: str, model: nn.Module, opt: Any, cfg: SearchConfig) -
             if saved.get(key) != getattr(cfg, key):
                 raise UsageError(f"cannot resume: the checkpoint in {ckpt} was made with {key}={saved.get(key)!r}, "
                                  f"this run has {key}={getattr(cfg, key)!r}; use the same options or another --out")
-        state = load_file(os.path.join(ckpt, "model.safetensors"))
+        d = os.path.join(ckpt, run["folder"])
+        state = load_file(os.path.join(d, "model.safetensors"))
         missing = set(model.state_dict()) - set(state)
         if missing:
-            raise OtonasError(f"checkpoint {ckpt}/model.safetensors lacks {sorted(missing)[0]}")
+            raise OtonasError(f"checkpoint {d}/model.safetensors lacks {sorted(missing)[0]}")
         model.load_state_dict(state)
-        opt.load_state_dict(load_state(os.path.join(ckpt, "optimizer")))
-        torch.set_rng_state(load_state(os.path.join(ckpt, "rng"))["torch_rng"])
+        opt.load_state_dict(load_state(os.path.join(d, "optimizer")))
+        torch.set_rng_state(load_state(os.path.join(d, "rng"))["torch_rng"])
         return int(run["epoch"]), list(run["history"]), float(run.get("elapsed", 0.0))
-    except (UsageError, OtonasError):
+    except UsageError:
         raise
+    except OtonasError as e:
+        raise OtonasError(f"the checkpoint in {ckpt} is corrupt: {e}; delete the folder to start again") from None
     except Exception as e:
         raise OtonasError(f"the checkpoint in {ckpt} is corrupt ({type(e).__name__}: {e}); "
                           "delete the folder to start again") from None

@@ -1,0 +1,114 @@
+"""`otonas search`: the run, its outputs, resume after an interruption, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from otonas.search import SearchConfig, load_state, save_state, search
+
+FIGURES = ["accuracy_full", "accuracy_subnet", "params_before", "params_after", "flops_before", "flops_after",
+           "group_sparsity", "erased_operators", "max_abs_diff", "epochs"]
+
+
+def test_state_round_trip_without_pickle(tmp_path):
+    state = {"state": {0: {"momentum_buffer": torch.randn(3, 2)}, 1: {"step": torch.tensor(4.0)}},
+             "param_groups": [{"lr": 0.1, "params": [0, 1], "betas": (0.9, 0.99), "name": None}],
+             "flags": [True, 3, "x"]}
+    save_state(state, str(tmp_path / "opt"))
+    back = load_state(str(tmp_path / "opt"))
+    assert torch.equal(back["state"][0]["momentum_buffer"], state["state"][0]["momentum_buffer"])
+    assert back["param_groups"][0]["betas"] == (0.9, 0.99)
+    assert back["flags"] == [True, 3, "x"]
+    assert set(os.listdir(tmp_path)) == {"opt.json", "opt.safetensors"}
+
+
+def _cfg(out, **kw):
+    base = dict(out=str(out), model="search_spaces:resnet20", data="digits", mode="prune", target_sparsity=0.5,
+                epochs=3, batch_size=128, lr=0.1, progress=False, seed=3)
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def test_prune_search_is_exact_and_writes_its_outputs(tmp_path):
+    report = search(_cfg(tmp_path))
+    assert report["accuracy_subnet"] == report["accuracy_full"]
+    assert report["max_abs_diff"] < 1e-4
+    assert report["group_sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert report["params_after"] < report["params_before"] and report["flops_after"] < report["flops_before"]
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    for key in FIGURES + ["seconds"]:
+        assert key in on_disk
+    run = json.loads((tmp_path / "checkpoint" / "run.json").read_text())
+    assert run["epoch"] == 3
+    assert (tmp_path / "checkpoint" / run["folder"] / "model.safetensors").exists()
+
+
+def _cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "otonas", "search", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+ARGS = ["--model", "search_spaces:resnet20", "--mode", "prune", "--target-sparsity", "0.5", "--epochs", "4",
+        "--batch-size", "128", "--lr", "0.1", "--seed", "5", "--no-progress", "--json"]
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path):
+    whole = _cli(*ARGS, "--out", str(tmp_path / "whole"))
+    out, err = whole.communicate(timeout=900)
+    assert whole.returncode == 0, err
+    expected = json.loads(out)
+
+    run = tmp_path / "cut"
+    p = _cli(*ARGS, "--out", str(run))
+    run_json = run / "checkpoint" / "run.json"
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        if run_json.exists() and json.loads(run_json.read_text())["epoch"] >= 2:
+            break
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 130, err
+    assert "--resume" in err
+    epoch = json.loads(run_json.read_text())["epoch"]
+    assert 2 <= epoch < 4 or p.returncode == 130
+
+    resumed = _cli(*ARGS, "--out", str(run), "--resume")
+    out, err = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, err
+    got = json.loads(out)
+    for key in FIGURES:
+        assert got[key] == expected[key], key
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):
+    search(_cfg(tmp_path, epochs=1))
+    run = json.loads((tmp_path / "checkpoint" / "run.json").read_text())
+    (tmp_path / "checkpoint" / run["folder"] / "optimizer.safetensors").write_bytes(b"\x00garbage")
+    p = _cli("--model", "search_spaces:resnet20", "--mode", "prune", "--epochs", "2", "--batch-size", "128",
+             "--lr", "0.1", "--seed", "3", "--no-progress", "--out", str(tmp_path), "--resume")
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 2
+    assert "corrupt" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--data", "imagefolder:/does/not/exist"], "does not exist"),
+    (["--model", "search_spaces:nope"], "no entry 'nope'"),
+    (["--target-sparsity", "1.5"], "--target-sparsity 1.5"),
+    (["--erase-budget", "-1"], "--erase-budget -1"),
+    (["--data", "mnist"], "unknown --data 'mnist'"),
+])
+def test_bad_input_exit_2(tmp_path, args, needle):
+    p = _cli(*args, "--out", str(tmp_path), "--epochs", "1")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 2, err
+    assert needle in err and "Traceback" not in err
