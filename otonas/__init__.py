@@ -8,6 +8,7 @@ from ._errors import AnalysisError, BuildError, CaptureError, OtonasError, Usage
 from .analysis import SearchSpace, analyze
 from .build import build
 from ._verify import VerifyReport, verify
+from .optim import DHSPG
 
-__all__ = ["__version__", "analyze", "build", "verify", "VerifyReport", "SearchSpace", "OtonasError", "CaptureError", "AnalysisError", "BuildError",
+__all__ = ["__version__", "analyze", "build", "verify", "DHSPG", "VerifyReport", "SearchSpace", "OtonasError", "CaptureError", "AnalysisError", "BuildError",
            "UsageError"]

@@ -9,7 +9,8 @@ import torch
 from torch import fx
 
 from ..analysis import FLOP_RULES
-from ._codegen import Generated, _stack
+from ._codegen import Generated
+from ._graph import stack as module_stack
 from ._layers import LAYER_RULES, LayerCall, LayerSpec, run_rule
 
 __all__ = ["architecture", "node_flops", "original_layers", "record_shapes"]
@@ -30,11 +31,11 @@ class _ShapeRecorder(fx.Interpreter):
 
 
 def record_shapes(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
-    """Run the subnet once (eval, no grad) and keep its outputs and every node's output shape."""
+    """Run the subnet once (no grad): its outputs, and every node's output shape."""
     rec = _ShapeRecorder(gm)
     with torch.no_grad():
-        flat = rec.run(*inputs)
-    return flat, rec.shapes
+        out = rec.run(*inputs)
+    return out, rec.shapes
 
 
 def node_flops(graph: fx.Graph, shape_of: Callable[[fx.Node], Any], batch: int) -> dict[str, int]:
@@ -58,7 +59,7 @@ def node_flops(graph: fx.Graph, shape_of: Callable[[fx.Node], Any], batch: int) 
             flops = int(rule(node, shape, ins))
         except (TypeError, IndexError, ValueError):
             continue
-        stack = _stack(node)
+        stack = module_stack(node)
         path = stack[-1][0] if stack else ""
         out[path] = out.get(path, 0) + flops // max(batch, 1)
     return out
@@ -81,9 +82,8 @@ def _val_shape(node: fx.Node) -> Any:
     return one(val)
 
 
-def original_layers(program: torch.export.ExportedProgram, tensors: dict[str, torch.Tensor],
-                    wanted: dict[str, LayerSpec]) -> dict[str, LayerSpec]:
-    """The layers of the original network at the paths the export declares, read by the same rules."""
+def original_layers(program: torch.export.ExportedProgram, tensors: dict[str, torch.Tensor]) -> dict[str, LayerSpec]:
+    """The layers of the original network, read by the same rules as the subnet's."""
     sig = {s.arg.name: s.target for s in program.graph_signature.input_specs if hasattr(s.arg, "name")}
     found: dict[str, LayerSpec] = {}
     for node in program.graph.nodes:
@@ -96,7 +96,7 @@ def original_layers(program: torch.export.ExportedProgram, tensors: dict[str, to
         values = {a.name: (node.args[i] if i < len(node.args) else node.kwargs[a.name])
                   for i, a in enumerate(schema.arguments) if i < len(node.args) or a.name in node.kwargs}
         defaults = {a.name: a.default_value for a in schema.arguments if a.has_default_value()}
-        stack = _stack(node)
+        stack = module_stack(node)
         first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
         rank = len(first.meta["val"].shape) if first is not None and isinstance(first.meta.get("val"),
                                                                                  torch.Tensor) else None
@@ -105,7 +105,7 @@ def original_layers(program: torch.export.ExportedProgram, tensors: dict[str, to
                          tensor=lambda v: tensors.get(sig.get(v.name, "")) if v.op == "placeholder" else None,
                          module=lambda p: None, module_type=stack[-1][1] if stack else None, rank=rank)
         spec = run_rule(rule, call)
-        if spec is not None and spec.path in wanted and spec.path not in found:
+        if spec is not None and spec.path not in found:
             found[spec.path] = spec
     return found
 
@@ -113,13 +113,15 @@ def original_layers(program: torch.export.ExportedProgram, tensors: dict[str, to
 def architecture(gen: Generated, tensors: dict[str, torch.Tensor], *, types: dict[str, str],
                  before_tensors: dict[str, torch.Tensor] | None, before_layers: dict[str, LayerSpec],
                  flops_before: dict[str, int] | None, flops_after: dict[str, int] | None,
-                 totals: dict[str, Any], header: dict[str, Any]) -> dict[str, Any]:
-    """The JSON document: header facts, totals, then one entry per layer of ``model.py``."""
+                 totals: dict[str, Any], header: dict[str, Any], params: set[str],
+                 params_before: set[str], erased_ops: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON document: header facts, totals, then one entry per layer of ``model.py``.
+    ``params`` / ``params_before``: names of the parameters (not buffers) after and before."""
     def numel(source: dict[str, torch.Tensor] | None, keys: list[str]) -> int | None:
         if source is None:
             return None
-        found = [source[k] for k in keys if k in source]
-        return sum(t.numel() for t in found if t.is_floating_point()) if found else None
+        names = params if source is tensors else params_before
+        return sum(source[k].numel() for k in keys if k in source and k in names)
 
     entries: dict[str, dict[str, Any]] = {}
     for path, spec in gen.layers.items():
@@ -146,14 +148,25 @@ def architecture(gen: Generated, tensors: dict[str, torch.Tensor], *, types: dic
         entry["tensors"] = tensors_entry
         if entry["type"] is None:
             entry["params"] = {"before": numel(before_tensors, keys), "after": numel(tensors, keys)}
+    # layers of the original network that the subnet no longer has: erased with their operators
+    for path, spec in before_layers.items():
+        keys = [f"{path}.{s}" for s in spec.state]
+        if path in entries or any(k in tensors for k in keys):
+            continue
+        entries[path] = {"name": path, "type": spec.cls, "source_type": types.get(path), "declaration": None,
+                         "channels": {k: {"before": v, "after": 0} for k, v in spec.channels},
+                         "params": {"before": numel(before_tensors, keys), "after": 0}, "erased": True}
+    order = {p: i for i, p in enumerate(before_layers)}
     layers = []
-    for path in sorted(entries, key=lambda p: _order(gen.state, p)):
+    for path in sorted(entries, key=lambda p: (order.get(p, len(order)), _order(gen.state, p))):
         e = entries[path]
         e["flops"] = {"before": flops_before.get(path, 0) if flops_before is not None else None,
-                      "after": flops_after.get(path, 0) if flops_after is not None else None}
-        e["erased_operators"] = []
+                      "after": 0 if e.get("erased") else flops_after.get(path, 0) if flops_after is not None else None}
+        e["erased_operators"] = [op["operators"] for op in erased_ops
+                                 if path == op["module"] or path.startswith(op["module"] + ".")]
         layers.append(e)
-    return {**header, **totals, "layers": layers, "erased_operators": [], "known_gaps": list(gen.gaps)}
+    gaps = list(gen.gaps) + [g for g in header.get("known_gaps", []) if g not in gen.gaps]
+    return {**header, **totals, "layers": layers, "erased_operators": erased_ops, "known_gaps": gaps}
 
 
 def _order(state: list[str], path: str) -> int:

@@ -21,7 +21,8 @@ from ..analysis import SearchSpace, analyze
 from ..build import build
 from ._arch import architecture as architecture_doc
 from ._arch import node_flops, original_layers, record_shapes
-from ._codegen import ExportError, Generated, ModelFacts, _stack, generate
+from ._codegen import ExportError, Generated, ModelFacts, generate
+from ._graph import stack as module_stack
 from ._load import LOADER, load
 
 __all__ = ["ExportResult", "export"]
@@ -104,20 +105,23 @@ def _class_name(gm: fx.GraphModule, space: SearchSpace | None) -> tuple[str, str
         t = type(space.model)
         return t.__name__, f"{t.__module__}.{t.__qualname__}"
     for n in gm.graph.nodes:
-        for path, typ in _stack(n):
+        for path, typ in module_stack(n):
             if path == "":
                 return typ.rsplit(".", 1)[-1], typ
     name = type(gm).__name__
     return (name[5:] if name.startswith("Built") and len(name) > 5 else name), ""
 
 
-def _docstring(name: str, source_type: str, version: str, totals: dict[str, Any], weights_name: str) -> str:
+def _docstring(name: str, source_type: str, version: str, totals: dict[str, Any], weights_name: str,
+               command: str | None) -> str:
     p, f = totals.get("params", {}), totals.get("flops", {})
     lines = [f"{name} after otonas {version} removed its zero channels: plain PyTorch, no otonas needed."]
     if p.get("before") is not None:
         lines.append("")
         lines.append(f"Parameters {p['before']:,} -> {p['after']:,}; FLOPs (MACs per sample) "
                      f"{f.get('before', 0):,} -> {f.get('after', 0):,}.")
+    if command:
+        lines += ["", f"Made by: {command}"]
     lines += ["", f"Layers keep the module paths of {source_type or 'the original network'}, so the names in",
               f"{weights_name} are the original ones. To use it (torch and safetensors only)::", "",
               "    import model", "    net = model.load()  # reads model.safetensors next to this file"]
@@ -132,6 +136,7 @@ def export(
     architecture: Mapping[str, Any] | None = None,
     command: str | None = None,
     check: bool = True,
+    subnet: fx.GraphModule | None = None,
 ) -> ExportResult:
     """Write ``model.py``, ``model.safetensors`` and ``architecture.json`` to ``out_dir``.
 
@@ -141,7 +146,8 @@ def export(
     as it is). ``architecture`` adds entries to ``architecture.json`` (e.g. the options the
     network was built with); ``command`` records how (default: this process's command line).
     With ``check`` the written ``model.py`` is loaded back and run on the example inputs
-    (``example_inputs`` or those the space was captured with) against the subnet.
+    (``example_inputs`` or those the space was captured with) against the subnet. With a
+    space, ``subnet`` (what ``otonas.build(space)`` returned) saves building it again.
     """
     from .. import __version__
 
@@ -159,10 +165,20 @@ def export(
     else:
         raise ExportError(f"export takes a SearchSpace, a GraphModule from otonas.build or an nn.Module, "
                           f"not {type(subnet_or_space).__name__}")
-    removed = None
+    removed = erased = None
+    erased_ops: list[dict[str, Any]] = []
     if space is not None:
         removed = space.removable(space.zero_groups())
-        gm = build(space, removed=removed)
+        if space.num_erasing_groups:
+            erased = space.erasable(space.zero_erasing_groups())
+            graph_nodes = {n.name: n for n in space.capture.program.graph.nodes}
+            erased_ops = [{"module": g.module, "join": g.join, "join_kind": g.join_kind,
+                           "operators": [{"node": k, "op": str(graph_nodes[k].target)} for k in sorted(g.nodes)
+                                         if k in graph_nodes and graph_nodes[k].op == "call_function"],
+                           "params": list(g.params)} for g, e in zip(space.erasing_groups, erased) if e]
+        gm = subnet if subnet is not None else build(space, removed=removed, erased=erased)
+    elif subnet is not None:
+        raise ExportError("subnet= goes with a SearchSpace: export(space, out_dir, subnet=otonas.build(space))")
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     inputs = tuple(example_inputs) if example_inputs is not None else (
@@ -184,16 +200,20 @@ def export(
         return val.dim() if isinstance(val, torch.Tensor) else None
 
     modules = dict(space.model.named_modules()) if space is not None else {}
+    own_params = {k: p.numel() for k, p in gm.named_parameters(remove_duplicate=False)}
+    before_params = {k for k, _ in space.model.named_parameters(remove_duplicate=False)} if space is not None else set()
 
     # totals and per-layer costs
     totals: dict[str, Any] = {}
     if space is not None:
-        full, after = space.costs(), space.costs(removed)
+        full, after = space.costs(), space.costs(removed, erased)
         totals = {"params": {"before": full.params, "after": after.params},
                   "flops": {"before": full.flops, "after": after.flops}}
-    shapes: dict[str, Any] | None = None
-    reference = None
+    reference, shapes = None, None
     if inputs is not None:
+        if any(n.target is torch.ops.aten.sym_size.int for n in gm.graph.nodes):
+            # the batch size is free: one sample is enough, and half the time on CPU
+            inputs = tuple(x[:1] if isinstance(x, torch.Tensor) and x.dim() else x for x in inputs)
         reference, shapes = record_shapes(gm, inputs)
     batch = next((int(x.shape[0]) for x in inputs or () if isinstance(x, torch.Tensor) and x.dim()), 1)
     flops_after = node_flops(gm.graph, lambda n: shapes.get(n.name), batch) if shapes is not None else None
@@ -214,17 +234,19 @@ def export(
     result: ExportResult | None = None
     for aten_fallback in (False, True):
         facts = ModelFacts(class_name=class_name, source_type=source_type,
-                           docstring=_docstring(class_name, source_type, __version__, totals, "model.safetensors"),
+                           docstring=_docstring(class_name, source_type, __version__, totals, "model.safetensors",
+                                                command),
                            module=modules.get, rank=rank, original_node=original_node)
         gen = generate(gm, facts, loader=LOADER, aten_fallback=aten_fallback)
         tensors = _state(gen, gm, modules)
         before_tensors = _tensor_map(space.model, program) if space is not None else None
-        before_layers = original_layers(program, before_tensors or {}, gen.layers) if program is not None else {}
-        types = {p: t for n in gm.graph.nodes for p, t in _stack(n)}
+        before_layers = original_layers(program, before_tensors or {}) if program is not None else {}
+        types = {p: t for n in gm.graph.nodes for p, t in module_stack(n)}
         arch = architecture_doc(gen, tensors, types=types, before_tensors=before_tensors, before_layers=before_layers,
                             flops_before=flops_before, flops_after=flops_after, totals=totals,
-                            header={**header, "known_gaps": gaps_note})
-        arch["params_in_file"] = int(sum(t.numel() for k, t in tensors.items() if t.is_floating_point()))
+                            header={**header, "known_gaps": gaps_note}, params=set(own_params),
+                            params_before=set(before_params), erased_ops=erased_ops)
+        arch["params_in_file"] = int(sum(own_params.values()))
         arch_text = json.dumps(arch, indent=1)
         _replace(out / "model.py", gen.source)
         _replace(out / "architecture.json", arch_text + "\n")
@@ -235,14 +257,14 @@ def export(
         os.replace(tmp, weights)
         diff = None
         if check and inputs is not None:
-            diff = _check(out, reference, inputs)
+            diff, why = _check(out, reference, inputs)
             if diff > RTOL and not aten_fallback:
-                gaps_note.append(f"the readable forward differed from the subnet (max relative difference {diff:.3g}); "
+                gaps_note.append(f"the readable forward did not reproduce the subnet ({why}); "
                                  "written with torch.ops.aten calls instead")
                 continue
             if diff > RTOL:
-                raise ExportError(f"model.py written to {out} does not reproduce the subnet: max relative difference "
-                                  f"{diff:.3g} > {RTOL}. This is a bug in otonas' exporter; please report it")
+                raise ExportError(f"model.py written to {out} does not reproduce the subnet ({why}). "
+                                  "This is a bug in otonas' exporter; please report it with the model")
         result = ExportResult(out, out / "model.py", weights, out / "architecture.json", class_name,
                               arch["params_in_file"], tuple(gen.gaps) + tuple(gaps_note), diff,
                               time.perf_counter() - t0)
@@ -269,11 +291,15 @@ def _state(gen: Generated, gm: fx.GraphModule, modules: dict[str, nn.Module]) ->
     return out
 
 
-def _check(out: Path, reference: Any, inputs: tuple[Any, ...]) -> float:
-    model = load(out)
-    model.eval()
-    with torch.no_grad():
-        got = model(*inputs)
-    return _compare(reference, got)
+def _check(out: Path, reference: Any, inputs: tuple[Any, ...]) -> tuple[float, str]:
+    """Largest relative difference of the written model.py against the subnet, and what failed."""
+    try:
+        model = load(out)
+        with torch.no_grad():
+            got = model(*inputs)
+    except Exception as e:  # the generated code failed to run: a bug of the exporter
+        return float("inf"), f"{type(e).__name__}: {e}"
+    diff = _compare(reference, got)
+    return diff, f"max relative difference {diff:.3g} > {RTOL}"
 
 

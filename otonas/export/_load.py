@@ -12,7 +12,7 @@ from types import ModuleType
 
 from torch import nn
 
-from ._codegen import ExportError
+from ._graph import ExportError
 
 __all__ = ["load", "LOADER"]
 
@@ -27,8 +27,8 @@ _BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "C64": 8, "I64": 8, "I32": 4,
 
 def load(path=None, *, device="cpu", check=True):
     """Build __CLASS__ with the weights of a safetensors file (default: model.safetensors next
-    to this file). A truncated or damaged file, or one that does not fit this network, raises
-    ValueError naming the tensor; ``check`` also compares each tensor with its CRC-32."""
+    to this file), in eval mode. A truncated or damaged file, or one that does not fit this
+    network, raises ValueError naming the tensor; ``check`` also compares each tensor's CRC-32."""
     from safetensors.torch import load_file
 
     path = path or os.path.join(os.path.dirname(os.path.abspath(__file__)), "model.safetensors")
@@ -54,7 +54,7 @@ def load(path=None, *, device="cpu", check=True):
     except Exception as e:
         raise ValueError(f"{path} could not be read: {e}") from e
     model.load_state_dict(state, strict=True, assign=True)
-    return model
+    return model.eval()
 
 
 def _read_header(path):
@@ -100,7 +100,7 @@ def _import(model_py: Path) -> ModuleType:
 
 
 def load(path: str | Path, *, device: str = "cpu", check: bool = True) -> nn.Module:
-    """Build the network an export describes and load its weights.
+    """Build the network an export describes and load its weights (in eval mode).
 
     ``path`` is the export directory (with ``model.py`` and ``model.safetensors``) or the
     ``model.safetensors`` file itself. ``model.py`` is imported under a unique module name and

@@ -543,6 +543,21 @@ def _interpolate(c: Call) -> Expr:
     return fn("F.interpolate", *args)
 
 
+@rule(*[f"aten.{k}{n}d.default" for k in ("upsample_nearest", "_upsample_nearest_exact") for n in (1, 2, 3)],
+      "aten.upsample_linear1d.default", "aten.upsample_bilinear2d.default", "aten.upsample_trilinear3d.default",
+      "aten.upsample_bicubic2d.default")
+def _interpolate_size(c: Call) -> Expr | None:
+    if any(c[k] is not None for k in ("scales", "scales_d", "scales_h", "scales_w")):
+        return None  # output size and scales both given: F.interpolate takes only one
+    op = str(c.target).split(".")[1]
+    mode = next(m for k, m in _MODES.items() if op.startswith(k))
+    args = [c.e("input" if "input" in c.values else "self"), f"size={c.render(squash(c['output_size'])).text}",
+            f'mode="{mode}"']
+    if "align_corners" in c.values:
+        args.append(f"align_corners={c.t('align_corners')}")
+    return fn("F.interpolate", *args)
+
+
 @rule("aten.pixel_shuffle", "aten.pixel_unshuffle")
 def _pixel_shuffle(c: Call) -> Expr:
     name = str(c.target).split(".")[1]

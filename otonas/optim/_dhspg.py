@@ -13,16 +13,19 @@ Per step, with d the base optimizer's direction and α the learning rate:
 A zero group stays zero: its gradient entries are masked before the base rule sees them,
 its momentum / Adam moments are zeroed with it, and only G_r groups are ever projected.
 
-Host-device synchronisation (matters on CUDA): none during steps, except at ``start_step``
-(the chosen set is read once to know which parameters it touches; under
-``torch.distributed`` it is broadcast from rank 0) and at the last projection step (to
-count the groups that had to be forced to zero). ``metrics()`` and ``group_sparsity()``
-read values back and so synchronise.
+Host-device synchronisation (matters on CUDA): none during steps, except three times in a
+run: at ``start_step`` (which parameter slices G_r touches is read back, to visit only those
+later; under ``torch.distributed`` G_r is broadcast from rank 0), at the last projection
+step (the number of groups that had to be forced to zero) and at the first step after it
+(the positions of the zero slices, fixed from then on). ``metrics()`` and
+``group_sparsity()`` read values back and so synchronise.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,7 +36,7 @@ from torch import Tensor
 
 from .._errors import OtonasError
 from ._base import make_rule
-from ._layout import GroupLayout, ParamPlan, SearchSpaceLike, slice_index
+from ._layout import Entry, GroupLayout, ParamPlan, SearchSpaceLike, slice_index
 from ._score import CosineMagnitudeScore, GroupStats, RedundancyScore
 
 __all__ = ["DHSPG", "ForcedProjectionWarning", "group_lambdas"]
@@ -160,7 +163,7 @@ class DHSPG(torch.optim.Optimizer):
         self._forced: int | None = None
         self._active: tuple[ParamPlan, ...] = ()  # the grouped parameters, restricted to slices of G_r
         self._active_index = torch.zeros(0, dtype=torch.int64, device=dev)
-        self._alive_cache: dict[int, Tensor] | None = None
+        self._zero_slices: list[tuple[int, Entry, Tensor]] | None = None
         self._buffers: dict[Any, Tensor] = {}  # scratch and x² buffers of the projection phase
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -215,16 +218,38 @@ class DHSPG(torch.optim.Optimizer):
 
     def _mask_grads(self, params: Sequence[Tensor], *, static: bool) -> None:
         """Zero the gradient entries of zero groups, so that no base rule can move them."""
-        keep = self._alive_cache if static else None
-        if keep is None:
-            alive = self._per_slice((~self._zero).to(self._acc_dtype))
-            keep = {q.position: self._factors(q, a)[0] for q, a in zip(self._active, alive)}
-            if static:
-                self._alive_cache = keep
-        for q in self._active:
+        if static:
+            # After the projection phase the zero slices are fixed: work out once how to clear each.
+            if self._zero_slices is None:
+                self._zero_slices = self._static_masks()
+            for position, e, mask in self._zero_slices:
+                g = params[position].grad
+                if g is None:
+                    continue
+                if e.pre == 1:  # leading dim: the zero slices are contiguous blocks
+                    g.index_fill_(e.dim, mask, 0)
+                elif g.is_contiguous():  # inner dim: one pass, the 0/1 vector spread over each slice's block
+                    g.view(e.pre, -1).mul_(mask)
+                else:
+                    g.mul_(mask[:: e.post].view(e.view))
+            return
+        alive = self._per_slice((~self._zero).to(self._acc_dtype))
+        for q, a in zip(self._active, alive):
             g = params[q.position].grad
             if g is not None:
-                g.mul_(keep[q.position])
+                g.mul_(self._factors(q, a)[0])
+
+    def _static_masks(self) -> list[tuple[int, Entry, Tensor]]:
+        """For every entry holding zero slices: their positions (leading dim) or a 0/1 mask
+        repeated over each slice's contiguous block (inner dims). One host read, once."""
+        alive = self._per_slice((~self._zero).to(self._acc_dtype))
+        out: list[tuple[int, Entry, Tensor]] = []
+        for q, vecs in zip(self._active, alive):
+            for e, a in zip(q.entries, vecs):
+                zero = (a == 0).nonzero().flatten()
+                if zero.numel():
+                    out.append((q.position, e, zero if e.pre == 1 else a.repeat_interleave(e.post)))
+        return out
 
     def _per_slice(self, per_group: Tensor) -> list[list[Tensor]]:
         """``per_group[N + 1]`` read at every slice of the active plans: one vector per entry."""
@@ -234,8 +259,7 @@ class DHSPG(torch.optim.Optimizer):
         dtypes = [self.param_groups[0]["params"][q.position].dtype for q in self._active]
         return [[next(parts).to(dt) for _ in q.entries] for q, dt in zip(self._active, dtypes)]
 
-    @staticmethod
-    def _factors(q: ParamPlan, alive: Sequence[Tensor], coef: Sequence[Tensor] | None = None,
+    def _factors(self, q: ParamPlan, alive: Sequence[Tensor], coef: Sequence[Tensor] | None = None,
                  lr: float = 0.0) -> tuple[Tensor, Tensor | None]:
         """Per-element factors of ``q``, broadcastable against the parameter, from per-entry
         vectors of alive flags and coefficients: ``keep`` (1 for elements whose groups are all
@@ -259,11 +283,12 @@ class DHSPG(torch.optim.Optimizer):
             # beyond the result. keep·(1 − lr(c0 + c1)) = (a0(1 − lr·c0)) ⊗ a1 − lr · a0 ⊗ (a1·c1).
             (a0, c0, v0), (a1, c1, v1) = per_dim[0], per_dim[1]
             shape = (v0[0], v1[1]) + v0[2:]
-            keep = torch.outer(a0, a1).view(shape)
+            grid = (a0.numel(), a1.numel())
+            keep = torch.outer(a0, a1, out=self._scratch("keep", a0.dtype, grid)).view(shape)
             if c0 is None or c1 is None:
                 return keep, None
-            factor = torch.outer((1 - lr * c0) * a0, a1).addr_(a0, a1 * c1, alpha=-lr)
-            return keep, factor.view(shape)
+            factor = torch.outer((1 - lr * c0) * a0, a1, out=self._scratch("factor", a0.dtype, grid))
+            return keep, factor.addr_(a0, a1 * c1, alpha=-lr).view(shape)
         keep_t: Tensor | None = None
         total: Tensor | None = None
         for a, c, view in per_dim.values():
@@ -279,18 +304,23 @@ class DHSPG(torch.optim.Optimizer):
         params = self.param_groups[0]["params"]
         return torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
 
-    def _buffer(self, key: Any, like: Tensor) -> Tensor:
-        """A contiguous tensor shaped like ``like``: ``key`` ("scratch", dtype) is shared, a
-        parameter position is that parameter's own; kept for the projection phase."""
-        if key[0] == "scratch":
-            flat = self._buffers.get(key)
-            if flat is None or flat.numel() < like.numel():
-                size = max(self.param_groups[0]["params"][q.position].numel() for q in self._layout.plans)
-                flat = self._buffers[key] = torch.empty(size, dtype=like.dtype, device=like.device)
-            return flat[: like.numel()].view(like.shape)
-        buf = self._buffers.get(key)
+    def _scratch(self, name: str, dtype: torch.dtype, shape: Sequence[int]) -> Tensor:
+        """A contiguous tensor of ``shape`` from the flat scratch buffer ``name`` (as large as the
+        largest grouped parameter), reused by every parameter: its content lasts until the next
+        call with the same name. Freed at the end of the projection phase."""
+        numel = math.prod(shape)
+        flat = self._buffers.get((name, dtype))
+        if flat is None or flat.numel() < numel:
+            params = self.param_groups[0]["params"]
+            size = max([numel] + [params[q.position].numel() for q in self._layout.plans])
+            flat = self._buffers[(name, dtype)] = torch.empty(size, dtype=dtype, device=self._layout.device)
+        return flat[:numel].view(tuple(shape))
+
+    def _own_buffer(self, q: ParamPlan, like: Tensor) -> Tensor:
+        """A tensor shaped like ``like`` that belongs to parameter ``q`` for the projection phase."""
+        buf = self._buffers.get(q.position)
         if buf is None:
-            buf = self._buffers[key] = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+            buf = self._buffers[q.position] = torch.empty(like.shape, dtype=like.dtype, device=like.device)
         return buf
 
     def _stats(self, plans: Sequence[ParamPlan], index: Tensor, params: Sequence[Tensor],
@@ -308,8 +338,8 @@ class DHSPG(torch.optim.Optimizer):
             dq = d[q.position]
             if dq is None:  # no gradient this step: d is zero there
                 dq = torch.zeros_like(x)
-            tmp = self._buffer(("scratch", x.dtype), x)
-            xx = self._buffer(("xx", q.position), x) if q.multi_dim else tmp
+            tmp = self._scratch("product", x.dtype, x.shape)
+            xx = self._own_buffer(q, x) if q.multi_dim else tmp
             for k, (out, a, b) in enumerate(((tmp, x, dq), (xx, x, x), (tmp, dq, dq))):
                 torch.mul(a, b, out=out)
                 parts[k].extend(e.slice_sums(out) for e in q.entries)
@@ -398,7 +428,7 @@ class DHSPG(torch.optim.Optimizer):
         self._active = tuple(active)
         self._active_index = (slice_index(self._active) if self._active
                               else torch.zeros(0, dtype=torch.int64, device=redundant.device))
-        self._alive_cache = None
+        self._zero_slices = None
 
     def _hybrid_step(self, params: Sequence[Tensor], d: Sequence[Tensor | None], hp: dict[str, Any], *,
                      last: bool) -> None:
@@ -517,6 +547,10 @@ class DHSPG(torch.optim.Optimizer):
         if extra["num_groups"] != self.num_groups:
             raise OtonasError(f"the state dict is for {extra['num_groups']} prunable groups but this optimizer has "
                               f"{self.num_groups}; load it into an optimizer built on the same search space")
+        saved = state_dict["param_groups"][0].get("variant") if state_dict.get("param_groups") else None
+        if saved is not None and saved != self.param_groups[0]["variant"]:
+            raise OtonasError(f"the state dict is from a DHSPG with variant={saved!r}, this one has "
+                              f"variant={self.param_groups[0]['variant']!r}; build the optimizer with variant={saved!r}")
         super().load_state_dict(state_dict)
         dev = self._layout.device
         self._reset_run_state()
@@ -531,9 +565,6 @@ class DHSPG(torch.optim.Optimizer):
 
 def _caller_level() -> int:
     """The ``stacklevel`` that points a warning at the user's ``opt.step()`` line."""
-    import os
-    import sys
-
     skip = (os.path.dirname(os.path.dirname(__file__)), os.path.dirname(torch.__file__))
     frame, level = sys._getframe(1), 1
     while frame is not None and frame.f_code.co_filename.startswith(skip):

@@ -133,7 +133,9 @@ class GroupLayout:
                     f"{name}.requires_grad = True")
             by_param.setdefault(id(p), (name, []))[1].extend(entries)
 
-        device = params[0].device if params else torch.device("cpu")
+        first = next(iter(by_param), None)
+        device = params[position[first]].device if first is not None else (
+            params[0].device if params else torch.device("cpu"))
         plans: list[ParamPlan] = []
         sizes = torch.zeros(n + 1, dtype=torch.float64)
         for pid, (name, entries) in by_param.items():
@@ -144,7 +146,8 @@ class GroupLayout:
                     "DHSPG needs every grouped parameter on one device: move the model with model.to(device)")
             built: list[Entry] = []
             for dim, index in entries:
-                index = self._check_entry(name, p, int(dim), index, n)
+                dim = int(dim) + p.dim() if int(dim) < 0 else int(dim)
+                index = self._check_entry(name, p, dim, index, n)
                 view = tuple(p.shape[dim] if k == dim else 1 for k in range(p.dim()))
                 idx = torch.where(index < 0, torch.full_like(index, n), index)
                 built.append(Entry(int(dim), idx.to(device), view, pre=math.prod(p.shape[:dim]),
@@ -164,7 +167,6 @@ class GroupLayout:
                 f"group_layout() although num_prunable_groups is {n}; the search space is inconsistent: "
                 "re-run otonas.analyze")
         self.group_size = sizes[:n].to(device)
-        self.grouped_positions = frozenset(q.position for q in self.plans)
 
     @staticmethod
     def _check_entry(name: str, p: Tensor, dim: int, index: Tensor, n: int) -> Tensor:

@@ -40,8 +40,11 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     if not math.isfinite(lo) or not math.isfinite(hi):
         return [0.0, 1.0]
     if hi <= lo:
-        pad = abs(hi) * 0.1 or 1.0
-        lo, hi = lo - pad, hi + pad
+        if lo == 0:
+            hi = 1.0
+        else:
+            pad = abs(hi) * 0.1
+            lo, hi = (lo - pad, hi + pad) if lo < 0 else (max(0.0, lo - pad), hi + pad)
     raw = (hi - lo) / max(1, count)
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)

@@ -15,7 +15,7 @@ from typing import Any
 from .. import __version__
 from ._charts import Series, before_after_bars, channel_bars, human, line_chart
 from ._facts import LayerChannels, layer_channels
-from ._svg import FONT, family_colour, render_graph_svg
+from ._svg import FONT, draw_graph, family_colour
 
 __all__ = ["render_graph_html", "write_report_html"]
 
@@ -36,6 +36,8 @@ body{margin:0;background:#f4f5f7;color:#1f2933;font:14px/1.45 %(font)s}
 .otn-stage:active{cursor:grabbing}
 .otn-stage svg{display:block;width:100%%;height:100%%;user-select:none}
 .otn-node:hover rect{filter:brightness(0.96)}
+.otn-legend-box{padding:4px 4px 0;border-bottom:1px solid #eceef1}
+.otn-legend-box svg{display:block;max-width:100%%;height:auto}
 """
 
 _REPORT_CSS = """
@@ -70,9 +72,10 @@ tr.erased td{color:#9aa1a8}tr.erased td.path{text-decoration:line-through}
 .kv td:first-child{color:#52606d;white-space:nowrap;width:32%}
 .kv td{font-variant-numeric:tabular-nums}
 .muted{color:#67737f}
-.graph .otn-viewer{height:78vh;min-height:520px}
-ul.ops{columns:3;column-gap:24px;margin:0;padding-left:18px;font-size:12.5px}
-ul.ops li{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;break-inside:avoid}
+.graph .otn-stage{height:74vh;min-height:480px;flex:none}
+ul.ops{columns:190px;column-gap:20px;margin:0;padding-left:18px;font-size:12.5px}
+ul.ops li{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;break-inside:avoid;
+ white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 footer{margin-top:32px;color:#8a96a3;font-size:12px;text-align:center}
 """
 
@@ -84,7 +87,9 @@ var W=+svg.getAttribute('width'),H=+svg.getAttribute('height'),vb=[0,0,W,H];
 svg.removeAttribute('width');svg.removeAttribute('height');
 function cw(){return stage.clientWidth||1}function ch(){return stage.clientHeight||1}
 function apply(){svg.setAttribute('viewBox',vb.map(function(x){return x.toFixed(2)}).join(' '))}
-function start(){var s=Math.max(W/cw(),1);vb=[(W-cw()*s)/2,0,cw()*s,ch()*s];apply()}
+function wide(){var s=Math.max(W/cw(),1);vb=[(W-cw()*s)/2,0,cw()*s,ch()*s];apply()}
+function start(){var s=Math.min(Math.max(W/cw(),1),1.5),f=+svg.getAttribute('data-focus-x');
+if(!(W/cw()>1.5)||!f)f=W/2;vb=[f-cw()*s/2,0,cw()*s,ch()*s];apply()}
 function all(){var s=Math.max(W/cw(),H/ch());vb=[(W-cw()*s)/2,(H-ch()*s)/2,cw()*s,ch()*s];apply()}
 function zoom(f,px,py){var s=vb[2]/cw(),x=vb[0]+px*s,y=vb[1]+py*s;vb[2]*=f;vb[3]*=f;s=vb[2]/cw();
 vb[0]=x-px*s;vb[1]=y-py*s;apply()}
@@ -97,19 +102,28 @@ stage.setPointerCapture(e.pointerId)});
 stage.addEventListener('pointermove',function(e){if(!drag)return;var s=vb[2]/cw();
 vb[0]-=(e.clientX-drag[0])*s;vb[1]-=(e.clientY-drag[1])*s;drag=[e.clientX,e.clientY];apply()});
 stage.addEventListener('pointerup',function(){drag=null});
+stage.addEventListener('dblclick',function(e){var r=stage.getBoundingClientRect();
+zoom(e.shiftKey?1.8:1/1.8,e.clientX-r.left,e.clientY-r.top)});
 v.querySelectorAll('button[data-act]').forEach(function(b){b.addEventListener('click',function(){
 var a=b.getAttribute('data-act');if(a==='in')zoom(1/1.4,cw()/2,ch()/2);else if(a==='out')zoom(1.4,cw()/2,ch()/2);
-else if(a==='all')all();else start()})});
+else if(a==='all')all();else if(a==='wide')wide();else start()})});
 window.addEventListener('resize',function(){vb[3]=vb[2]*ch()/cw();apply()});start()})})();
 """
 
 
-def _viewer(svg: str) -> str:
-    return ('<div class="otn-viewer" data-otn-viewer><div class="otn-tools">'
+def _viewer(space: Any, *, removed: Any, erased: Any, max_nodes: int, title: str | None,
+            legend_width: float) -> str:
+    """The legend, then the graph in a box that pans and zooms."""
+    d = draw_graph(space, removed=removed, erased=erased, max_nodes=max_nodes, title=title,
+                   legend_width=legend_width)
+    return ('<div class="otn-viewer" data-otn-viewer>'
+            f'<div class="otn-legend-box">{d.legend_svg()}</div><div class="otn-tools">'
             '<button data-act="in" title="zoom in">+</button><button data-act="out" title="zoom out">−</button>'
-            '<button data-act="start">fit width</button><button data-act="all">whole graph</button>'
-            '<span class="hint">drag or scroll to move · ctrl/⌘ + scroll to zoom · hover a box for details</span>'
-            f'</div><div class="otn-stage">{svg}</div></div>')
+            '<button data-act="start">start</button><button data-act="wide">fit width</button>'
+            '<button data-act="all">whole graph</button>'
+            '<span class="hint">drag or scroll to move · ctrl/⌘ + scroll or double-click to zoom · '
+            'hover a box for details</span>'
+            f'</div><div class="otn-stage">{d.svg(legend=False)}</div></div>')
 
 
 def render_graph_html(
@@ -121,19 +135,19 @@ def render_graph_html(
     title: str | None = None,
 ) -> str:
     """:func:`render_graph_svg` in a standalone HTML page with pan and zoom (inline CSS and JS)."""
-    svg = render_graph_svg(space, removed=removed, erased=erased, max_nodes=max_nodes, title=title)
     name = title or f"{type(space.model).__name__} — otonas graph"
     css = _CSS % {"font": FONT} + "html,body{height:100%}body{display:flex;flex-direction:column}" \
         ".otn-viewer{flex:1;margin:10px;min-height:0}"
+    viewer = _viewer(space, removed=removed, erased=erased, max_nodes=max_nodes, title=title, legend_width=1200)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{escape(name)}</title><style>{css}</style></head>"
-            f"<body>{_viewer(svg)}<script>{_JS}</script></body></html>\n")
+            f"<body>{viewer}<script>{_JS}</script></body></html>\n")
 
 
 # --- the report page ----------------------------------------------------------------------
 def _pct(v: float) -> str:
-    return f"{v * 100:.1f} %" if abs(v) <= 1.0 else f"{v:.2f} %"
+    return f"{v * 100:.1f} %" if abs(v) <= 1.0 else f"{v:.1f} %"
 
 
 def _duration(seconds: float) -> str:
@@ -169,13 +183,14 @@ def _cards(report: dict[str, Any], used: set[str]) -> list[str]:
     if sub is not None or full is not None:
         used |= {"accuracy_full", "accuracy_subnet"}
         main = sub if sub is not None else full
+        assert main is not None
         detail = ""
         if sub is not None and full is not None:
             scale = 100.0 if max(abs(full), abs(sub)) <= 1.0 else 1.0
             delta = (sub - full) * scale
             detail = (f"full network {escape(_pct(full))} · "
-                      f'<span class="{"good" if delta >= -0.05 else "bad"}">{delta:+.2f} pt</span>')
-        cards.append(_card("accuracy (subnet)" if sub is not None else "accuracy", _pct(main), detail))  # type: ignore
+                      f'<span class="{"good" if delta >= -0.05 else "bad"}">{delta:+.2f}&nbsp;pt</span>')
+        cards.append(_card("accuracy (subnet)" if sub is not None else "accuracy", _pct(main), detail))
     for key, label in (("params", "parameters"), ("flops", "FLOPs (MACs / sample)")):
         before, after = _num(report.get(f"{key}_before")), _num(report.get(f"{key}_after"))
         if after is not None:
@@ -243,15 +258,12 @@ def _value_text(v: Any) -> str:
 def _history_charts(history: Sequence[dict[str, Any]]) -> list[str]:
     if not history:
         return []
-    xs = [(_num(h.get("epoch")) if _num(h.get("epoch")) is not None else float(i + 1))
-          for i, h in enumerate(history)]
+    epochs = [_num(h.get("epoch")) for h in history]
+    xs = [float(i + 1) if e is None else e for i, e in enumerate(epochs)]
 
     def col(key: str) -> list[float | None] | None:
         vals = [_num(h.get(key)) for h in history]
         return vals if any(v is not None for v in vals) else None
-
-    def as_pct(vals: list[float | None]) -> list[float | None]:
-        return vals
 
     charts = []
     loss, vloss = col("loss"), col("val_loss")
@@ -270,7 +282,7 @@ def _history_charts(history: Sequence[dict[str, Any]]) -> list[str]:
         charts.append(line_chart("Channel groups removed", xs, [Series("group sparsity", gs, _PURPLE)],
                                  y_format=lambda v: f"{v * 100:.0f} %", y_min=0.0))
     er = col("erased_ops")
-    if er:
+    if er and any(v for v in er):
         charts.append(line_chart("Operators erased", xs, [Series("erased operators", er, _RED)],
                                  y_format=lambda v: f"{v:.0f}" if float(v).is_integer() else f"{v:.1f}", y_min=0.0))
     fl = col("flops")
@@ -334,7 +346,7 @@ def write_report_html(
     removed: Any = None,
     erased: Any = None,
     title: str | None = None,
-    max_nodes: int = 400,
+    max_nodes: int = 200,
 ) -> None:
     """Write one self-contained HTML page about a run to ``path``.
 
@@ -343,7 +355,8 @@ def write_report_html(
     ``history`` (one dict per epoch: loss, accuracies, group sparsity, erased ops, FLOPs;
     missing keys are skipped), parameters and FLOPs before and after, channels per layer
     (from ``report["layers"]`` when present, else from ``space`` and ``removed``/``erased``),
-    and the network graph with pruned and erased parts marked (when ``space`` is given).
+    and the network graph with pruned and erased parts marked (when ``space`` is given;
+    drawn one box per module above ``max_nodes`` ops, see :func:`render_graph_svg`).
     """
     report = dict(report or {})
     used: set[str] = {"layers"}
@@ -367,8 +380,9 @@ def write_report_html(
         side = (f'<div class="panel"><h2>Erased operators ({len(ops)})</h2>'
                 f'<div class="scroll" style="max-height:220px;border:0"><ul class="ops">{items}</ul></div>{more}</div>')
     if bar_rows:
-        parts.append(f'<section class="two"><div class="panel"><h2>Size before and after</h2>'
-                     f'{before_after_bars(bar_rows)}</div>{side}</section>')
+        bars_svg = before_after_bars(bar_rows, width=540 if side else 1130)
+        parts.append(f'<section class="{"two" if side else ""}"><div class="panel"><h2>Size before and after</h2>'
+                     f'{bars_svg}</div>{side}</section>')
     elif side:
         parts.append(f"<section>{side}</section>")
     charts = _history_charts(history)
@@ -379,9 +393,9 @@ def write_report_html(
     if rows:
         parts.append(_layer_section(rows))
     if space is not None:
-        svg = render_graph_svg(space, removed=removed, erased=erased, max_nodes=max_nodes,
-                               title=f"{type(space.model).__name__}" + (f" ({model})" if model else ""))
-        parts.append(f'<section class="graph"><h2>Network</h2>{_viewer(svg)}</section>')
+        viewer = _viewer(space, removed=removed, erased=erased, max_nodes=max_nodes, legend_width=1130,
+                         title=f"{type(space.model).__name__}" + (f" ({model})" if model else ""))
+        parts.append(f'<section class="graph"><h2>Network</h2>{viewer}</section>')
     rest = [(k, v) for k, v in _flatten({k: v for k, v in report.items() if k not in used})]
     if rest:
         body = "".join(f"<tr><td>{escape(k)}</td><td>{escape(_value_text(v))}</td></tr>" for k, v in rest)

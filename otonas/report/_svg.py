@@ -4,18 +4,18 @@ family, with pruned channels, erased operators, erasing groups and pins marked."
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
 import networkx as nx
-import numpy as np
 
 from ._facts import GraphFacts, OpFacts, graph_facts, short_op
 from ._layout import Layout, layered_layout
 
-__all__ = ["render_graph_svg", "family_colour", "FONT"]
+__all__ = ["render_graph_svg", "draw_graph", "GraphDrawing", "family_colour", "FONT"]
 
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', 'DejaVu Sans', Arial, sans-serif"
 _INK = "#1f2933"
@@ -26,7 +26,8 @@ _PIN = "#d32f2f"
 _GROUP = "#7e57c2"
 _KEPT = "#2e9d5b"
 _CUT = "#f2c4c4"
-_CHAR = 0.6  # width of an average glyph, in font sizes
+_CHAR = 0.6  # width of an average glyph, in font sizes (generous: DejaVu Sans is wide)
+_CHAR_BOLD = 0.67
 
 
 def family_colour(index: int | None) -> tuple[str, str]:
@@ -37,8 +38,8 @@ def family_colour(index: int | None) -> tuple[str, str]:
     return f"hsl({hue:.0f},70%,90%)", f"hsl({hue:.0f},42%,45%)"
 
 
-def _text_width(text: str, size: float) -> float:
-    return len(text) * size * _CHAR
+def _text_width(text: str, size: float, *, bold: bool = False) -> float:
+    return len(text) * size * (_CHAR_BOLD if bold else _CHAR)
 
 
 def _clip_left(text: str, chars: int) -> str:
@@ -82,36 +83,47 @@ def _quotient(graph: nx.DiGraph, key: dict[str, str]) -> nx.DiGraph:
 
 
 def _split_cycles(graph: nx.DiGraph, key: dict[str, str], index: dict[str, int]) -> dict[str, str]:
-    """A module called twice with something between the calls would make a cycle of boxes:
-    give each call its own box; where that is not enough, show the ops themselves."""
-    for attempt in range(2):
+    """Boxes must not form a cycle. A block whose own ops run between its children's
+    (a cell summing its branches) has its own ops shown one by one, outermost block
+    first; a module called twice with something between the calls gets a box per call;
+    as a last resort every op of the boxes still in a cycle is shown by itself."""
+    key = dict(key)
+    split_done = False
+    for _ in range(64):
         q = _quotient(graph, key)
         cyclic = [c for c in nx.strongly_connected_components(q) if len(c) > 1]
         if not cyclic:
             return key
-        bad = set().union(*cyclic)
         members: dict[str, list[str]] = {}
         for n in graph.nodes:
-            if key[n] in bad:
-                members.setdefault(key[n], []).append(n)
-        key = dict(key)
-        for k, ns in members.items():
-            if attempt == 0:
-                parts = list(nx.weakly_connected_components(graph.subgraph(ns)))
-                if len(parts) > 1:
+            members.setdefault(key[n], []).append(n)
+        explode: set[str] = set()
+        for comp in cyclic:
+            own = [k for k in comp if k.startswith("own:")]
+            if own:
+                top = min(_depth(k[4:].split("#")[0]) for k in own)
+                explode |= {k for k in own if _depth(k[4:].split("#")[0]) == top}
+            elif not split_done:
+                for k in comp:
+                    parts = list(nx.weakly_connected_components(graph.subgraph(members[k])))
                     first = {p: min(index[x] for x in p) for p in map(frozenset, parts)}
                     for i, p in enumerate(sorted(first, key=first.__getitem__)):
                         for n in p:
                             key[n] = k if i == 0 else f"{k}#{i + 1}"
             else:
-                for n in ns:
-                    key[n] = f"op:{n}"
+                explode |= set(comp)
+        if not explode:
+            split_done = True
+        for k in explode:
+            for n in members[k]:
+                key[n] = f"op:{n}"
     return key
 
 
 def _box_keys(graph: nx.DiGraph, facts: GraphFacts, max_nodes: int) -> tuple[dict[str, str], bool]:
     """Which box each op goes in: its own when the graph is small enough, otherwise its
-    module cut at the deepest level that leaves at most ``max_nodes`` boxes."""
+    module cut at the deepest level that leaves at most ``max_nodes`` boxes (the ops a
+    shallower module runs itself, like a block's residual add, share one box per module)."""
     names = list(graph.nodes)
     if len(names) <= max_nodes:
         return {n: f"op:{n}" for n in names}, False
@@ -121,7 +133,10 @@ def _box_keys(graph: nx.DiGraph, facts: GraphFacts, max_nodes: int) -> tuple[dic
         key = {}
         for n in names:
             m = facts.ops[n].module
-            key[n] = "mod:" + ".".join(m.split(".")[:depth]) if _depth(m) >= depth else f"op:{n}"
+            if _depth(m) >= depth:
+                key[n] = "mod:" + ".".join(m.split(".")[:depth])
+            else:
+                key[n] = f"own:{m}" if m else f"op:{n}"
         key = _split_cycles(graph, key, index)
         if len(set(key.values())) <= max_nodes:
             return key, True
@@ -130,26 +145,41 @@ def _box_keys(graph: nx.DiGraph, facts: GraphFacts, max_nodes: int) -> tuple[dic
     return {n: f"run:{i // per}" for i, n in enumerate(names)}, True
 
 
-def _make_boxes(space: Any, facts: GraphFacts, max_nodes: int) -> tuple[dict[str, _Box], list[tuple[str, str]], bool]:
+def _parent(path: str) -> str:
+    return path.rsplit(".", 1)[0] if "." in path else ""
+
+
+def _make_boxes(space: Any, facts: GraphFacts,
+                max_nodes: int) -> tuple[dict[str, _Box], list[tuple[str, str]], bool, dict[str, str]]:
     graph = space.graph
     key, collapsed = _box_keys(graph, facts, max_nodes)
     boxes: dict[str, _Box] = {}
     for n in graph.nodes:
         k = key[n]
         if k not in boxes:
-            module = k[4:].split("#")[0] if k.startswith("mod:") else facts.ops[n].module
-            boxes[k] = _Box(k, [], module, not k.startswith("op:"))
+            module = k[4:].split("#")[0] if k[:4] in ("mod:", "own:") else facts.ops[n].module
+            boxes[k] = _Box(k, [], module, False)
         boxes[k].ops.append(n)
+    cluster: dict[str, str] = {}
+    for k, b in boxes.items():
+        b.collapsed = len(b.ops) > 1
+        cluster[k] = b.module if k.startswith("own:") else _parent(b.module)
     edges = list(dict.fromkeys((key[u], key[v]) for u, v in graph.edges if key[u] != key[v]))
+    # the layout wants a topological order; a box's first op does not give one
+    q = nx.DiGraph(edges)
+    q.add_nodes_from(boxes)
+    if nx.is_directed_acyclic_graph(q):
+        first = {k: i for i, k in enumerate(boxes)}
+        boxes = {k: boxes[k] for k in nx.lexicographical_topological_sort(q, key=first.__getitem__)}
     for b in boxes.values():
         _describe(space, b, [facts.ops[n] for n in b.ops])
-    return boxes, edges, collapsed
+    return boxes, edges, collapsed, cluster
 
 
 def _module_type(space: Any, path: str) -> str:
     try:
         return type(space.model.get_submodule(path)).__name__ if path else type(space.model).__name__
-    except (AttributeError, Exception):
+    except Exception:  # a path the capture named but the module tree does not have
         return ""
 
 
@@ -173,30 +203,37 @@ def _describe(space: Any, box: _Box, ops: list[OpFacts]) -> None:
             box.chan = f"{before}→{after}" if after != before else f"{before}"
             if after != before and not f.dead:
                 box.kept = after / before if before else 1.0
-        w = max(_text_width(box.lines[0], 12) + 12 + _text_width(box.chan, 11) + 16,
-                _text_width(_clip_left(box.lines[1], 34), 10) + 18)
+        if box.kind in ("input", "output"):
+            w = _text_width(box.lines[0], 12, bold=True) + _text_width(box.lines[1], 10.5) + 40
+        else:
+            w = max(_text_width(box.lines[0], 12, bold=True) + 12 + _text_width(box.chan, 11, bold=True) + 16,
+                    _text_width(_clip_left(box.lines[1], 34), 10) + 18)
         box.size = (min(max(w, 96.0), 250.0), 30.0 if box.kind in ("input", "output") else 40.0)
         return
     box.kind = "module"
-    layers = [f for f in ops if f.layer and f.channels]
-    out = next((f for f in reversed(ops) if f.channels), None)
+    layers = [f.channels for f in ops if f.layer and f.channels]
+    out = next((f.channels for f in reversed(ops) if f.channels), None)
     if out is not None:
-        before, after = out.channels  # type: ignore[misc]
+        before, after = out
         box.chan = f"{before}→{after}" if after != before else f"{before}"
-    before_sum = sum(f.channels[0] for f in layers)  # type: ignore[index]
-    after_sum = sum(f.channels[1] for f in layers if not f.dead)  # type: ignore[index]
+    before_sum = sum(c[0] for c in layers)
+    after_sum = sum(c[1] for c in layers)  # an erased layer's count is already 0
     if layers and after_sum != before_sum and box.dead < len(ops):
         box.kept = after_sum / before_sum if before_sum else 1.0
-    name = box.module or (short_op(ops[0].op) if len(ops) == 1 else f"{len(ops)} ops")
-    kind = _module_type(space, box.module) if box.key.startswith("mod:") else ""
-    detail = f"{len(ops)} op{'s' if len(ops) != 1 else ''}" + (f" · {len(layers)} layer{'s' * (len(layers) != 1)}"
-                                                               if layers else "")
+    kinds = Counter(short_op(f.op) for f in ops)
+    what = f"{len(ops)} × {next(iter(kinds))}" if len(kinds) == 1 else f"{len(ops)} ops"
+    if box.key.startswith("mod:"):
+        kind = _module_type(space, box.module)
+        what = f"{kind} · {what}" if kind else what
+    elif box.key.startswith("own:"):
+        what = f"{what} (own)"
     if box.dead and box.dead < len(ops):
-        detail += f" · {box.dead} erased"
-    box.lines = (name, f"{kind} · {detail}" if kind else detail)
-    w = max(_text_width(_clip_left(box.lines[0], 30), 12) + 12 + _text_width(box.chan, 11) + 16,
+        what += f" · {box.dead} erased"
+    name = ".".join(box.module.split(".")[-3:]) if box.module else f"ops {ops[0].name}…"
+    box.lines = (_clip_left(name, 22), what)
+    w = max(_text_width(box.lines[0], 12, bold=True) + 12 + _text_width(box.chan, 11, bold=True) + 16,
             _text_width(box.lines[1], 10) + 18)
-    box.size = (min(max(w, 110.0), 270.0), 44.0)
+    box.size = (min(max(w, 100.0), 270.0), 44.0)
 
 
 def _tooltip(space: Any, box: _Box, facts: GraphFacts) -> str:
@@ -216,9 +253,9 @@ def _tooltip(space: Any, box: _Box, facts: GraphFacts) -> str:
         kind = _module_type(space, box.module) if box.key.startswith("mod:") else ""
         if kind:
             lines.append(f"module type: {kind}")
-        shown = [f for f in ops if f.layer and f.channels][:12]
-        for f in shown:
-            lines.append(f"  {f.module or f.name}: {short_op(f.op)} {f.channels[0]} → {f.channels[1]}")  # type: ignore
+        for f in [f for f in ops if f.layer][:12]:
+            if f.channels:
+                lines.append(f"  {f.module or f.name}: {short_op(f.op)} {f.channels[0]} → {f.channels[1]}")
         out = ops[-1]
         lines.append(f"output shape: {_fmt_shape(out.shape)}")
     if box.dead:
@@ -297,7 +334,7 @@ def _draw_box(space: Any, box: _Box, layout: Layout, facts: GraphFacts) -> str:
         classes.append("otn-pinned")
         stroke, stroke_w = _PIN, 2.0
     rx = h / 2 if box.kind in ("input", "output") else (4.0 if not box.collapsed else 7.0)
-    out = [f'<g class="{" ".join(classes)}" data-name="{escape(box.key[4:] if box.key[:4] in ("op:", "mod:") else box.key)}"'
+    out = [f'<g class="{" ".join(classes)}" data-box="{escape(box.key)}"'
            f' data-ops="{n_ops}" data-erased="{box.dead}" data-pinned="{box.pinned_ops}">',
            f"<title>{escape(_tooltip(space, box, facts))}</title>"]
     if box.collapsed and not all_dead:  # a stack: this box holds several ops
@@ -306,17 +343,19 @@ def _draw_box(space: Any, box: _Box, layout: Layout, facts: GraphFacts) -> str:
     out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" rx="{rx}" fill="{fill}" '
                f'stroke="{stroke}" stroke-width="{stroke_w}"{dash}/>')
     if all_dead:
-        out.append(f'<path d="M{x + 6:.1f},{y + 5:.1f} L{x + w - 6:.1f},{y + h - 5:.1f} M{x + w - 6:.1f},{y + 5:.1f} '
-                   f'L{x + 6:.1f},{y + h - 5:.1f}" stroke="#e3a3a3" stroke-width="1.3" fill="none"/>')
-    elif box.dead:  # part of this module is erased: a hatched corner says so
-        out.append(f'<path d="M{x + w - 16:.1f},{y + h:.1f} L{x + w:.1f},{y + h - 16:.1f} L{x + w:.1f},{y + h - rx:.1f} '
-                   f'Q{x + w:.1f},{y + h:.1f} {x + w - rx:.1f},{y + h:.1f} Z" fill="{_DEAD}"/>')
+        out.append(f'<path d="M{x + 6:.1f},{y + 5:.1f} L{x + w - 6:.1f},{y + h - 5:.1f} '
+                   f'M{x + w - 6:.1f},{y + 5:.1f} L{x + 6:.1f},{y + h - 5:.1f}" stroke="#e3a3a3" '
+                   f'stroke-width="1.3" fill="none"/>')
+    elif box.dead:  # part of this module is erased: a grey corner says so
+        out.append(f'<path d="M{x + w - 16:.1f},{y + h:.1f} L{x + w:.1f},{y + h - 16:.1f} '
+                   f'L{x + w:.1f},{y + h - rx:.1f} Q{x + w:.1f},{y + h:.1f} {x + w - rx:.1f},{y + h:.1f} Z" '
+                   f'fill="{_DEAD}"/>')
     if box.kind in ("input", "output"):
         out.append(f'<text x="{cx:.1f}" y="{cy + 4:.1f}" text-anchor="middle" font-size="12" fill="{ink}">'
                    f'<tspan font-weight="600">{escape(box.lines[0])}</tspan>'
                    f'<tspan fill="{muted}" font-size="10.5" dx="6">{escape(box.lines[1])}</tspan></text>')
     else:
-        title_chars = 30 if box.collapsed else 24
+        title_chars = 22 if box.collapsed else 24
         t1 = _clip_left(box.lines[0], title_chars)
         out.append(f'<text x="{x + 7:.1f}" y="{y + 16:.1f}" font-size="12" font-weight="600" fill="{ink}">'
                    f'{escape(t1)}</text>')
@@ -329,9 +368,9 @@ def _draw_box(space: Any, box: _Box, layout: Layout, facts: GraphFacts) -> str:
         out.append(f'<text x="{x + 7:.1f}" y="{y + 30:.1f}" font-size="10" fill="{muted}">{escape(t2)}</text>')
         if box.kept is not None:
             bw = w - 14
-            out.append(f'<rect x="{x + 7:.1f}" y="{y + h - 7:.1f}" width="{bw:.1f}" height="3.5" rx="1.5" fill="{_CUT}"/>'
-                       f'<rect x="{x + 7:.1f}" y="{y + h - 7:.1f}" width="{bw * box.kept:.1f}" height="3.5" rx="1.5" '
-                       f'fill="{_KEPT}"/>')
+            out.append(f'<rect x="{x + 7:.1f}" y="{y + h - 7:.1f}" width="{bw:.1f}" height="3.5" rx="1.5" '
+                       f'fill="{_CUT}"/><rect x="{x + 7:.1f}" y="{y + h - 7:.1f}" width="{bw * box.kept:.1f}" '
+                       f'height="3.5" rx="1.5" fill="{_KEPT}"/>')
     if box.pinned_ops:
         out.append(_pin_icon(x + w - 3, y - 2))
     out.append("</g>")
@@ -339,52 +378,74 @@ def _draw_box(space: Any, box: _Box, layout: Layout, facts: GraphFacts) -> str:
 
 
 def _group_outlines(space: Any, boxes: dict[str, _Box], layout: Layout, facts: GraphFacts,
-                    box_of: dict[str, str]) -> tuple[list[str], list[str], int]:
-    """Dashed outlines around erasing groups that are whole boxes (every group, when each
-    op is its own box). Returns the outline elements, their labels and how many were drawn."""
+                    box_of: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Dashed outlines around the erasing groups that are made of whole boxes (every group,
+    when each op is its own box); a group that is exactly one box gets a tag on it instead.
+    A group inside an erased group that is erased too is left to its parent's outline.
+    Returns the outlines, and the labels and tags (drawn above the boxes)."""
+    groups = space.erasing_groups
     drawn: dict[int, list[str]] = {}
-    for g in space.erasing_groups:
-        ops = [n for n in g.nodes if n in box_of]
-        if not ops:
-            continue
-        keys = list(dict.fromkeys(box_of[n] for n in ops))
-        whole = all(set(boxes[k].ops) <= g.nodes for k in keys)
-        if whole:
+    for g in groups:
+        keys = list(dict.fromkeys(box_of[n] for n in g.nodes if n in box_of))
+        if keys and all(set(boxes[k].ops) <= g.nodes for k in keys):
             drawn[g.index] = keys
+
+    def moot(i: int) -> bool:
+        p = groups[i].parent
+        while p is not None:
+            if p in drawn and facts.erased[p] and facts.erased[i]:
+                return True
+            p = groups[p].parent
+        return False
+
+    drawn = {i: k for i, k in drawn.items() if not moot(i)}
+    tagged = {i for i, keys in drawn.items() if len(keys) == 1}
     height: dict[int, int] = {i: 0 for i in drawn}
-    for i in sorted(drawn, key=lambda i: -space.erasing_groups[i].depth):
-        p = space.erasing_groups[i].parent
-        h = height[i]
+    for i in sorted(drawn, key=lambda i: -groups[i].depth):
+        p, h = groups[i].parent, height[i] + (0 if i in tagged else 1)
         while p is not None:
             if p in drawn:
-                height[p] = max(height[p], h + 1)
-                h = height[p]
-            p = space.erasing_groups[p].parent
+                height[p] = max(height[p], h)
+                h = height[p] + 1
+            p = groups[p].parent
     rects, labels = [], []
-    for i in sorted(drawn, key=lambda i: space.erasing_groups[i].depth):
+    tags_on: dict[str, int] = {}
+    for i in sorted(drawn, key=lambda i: groups[i].depth):
         keys = drawn[i]
-        pad = 5.0 + 6.0 * height[i]
+        g = groups[i]
+        erased = bool(facts.erased[i])
+        colour = "#d66" if erased else _GROUP
+        tip = (f"E{i}: erasing group {g.module or g.output} — {g.join_kind} into {g.join}, "
+               f"{len(g.params)} parameter tensors" + (" — erased" if erased else ""))
+        cls = "otn-group otn-group-erased" if erased else "otn-group"
+        if i in tagged:
+            k = keys[0]
+            x = layout.pos[k][0] - boxes[k].size[0] / 2 + 6 + tags_on.get(k, 0)
+            y = layout.pos[k][1] - boxes[k].size[1] / 2 - 6
+            text = f"E{i}"
+            w = _text_width(text, 9, bold=True) + 8
+            tags_on[k] = tags_on.get(k, 0) + int(w) + 3
+            labels.append(f'<g class="{cls} otn-group-tag" data-group="{i}"><title>{escape(tip)}</title>'
+                          f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="12" rx="6" fill="{colour}"/>'
+                          f'<text x="{x + w / 2:.1f}" y="{y + 9:.1f}" font-size="9" font-weight="700" '
+                          f'text-anchor="middle" fill="#fff">{text}</text></g>')
+            continue
+        pad = 6.0 + 7.0 * height[i]
         x0 = min(layout.pos[k][0] - boxes[k].size[0] / 2 for k in keys) - pad
         x1 = max(layout.pos[k][0] + boxes[k].size[0] / 2 for k in keys) + pad + 3
         y0 = min(layout.pos[k][1] - boxes[k].size[1] / 2 for k in keys) - pad - 8
         y1 = max(layout.pos[k][1] + boxes[k].size[1] / 2 for k in keys) + pad + 3
-        erased = bool(facts.erased[i])
-        colour = "#d66" if erased else _GROUP
-        g = space.erasing_groups[i]
-        tip = (f"E{i}: erasing group {g.module or g.output} — {g.join_kind} into {g.join}, "
-               f"{len(g.params)} parameter tensors" + (" — erased" if erased else ""))
-        cls = "otn-group otn-group-erased" if erased else "otn-group"
         rects.append(f'<g class="{cls}" data-group="{i}"><title>{escape(tip)}</title>'
                      f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{x1 - x0:.1f}" height="{y1 - y0:.1f}" rx="9" '
-                     f'fill="{colour}" fill-opacity="{0.05 if erased else 0.035}" stroke="{colour}" '
+                     f'fill="{colour}" fill-opacity="{0.045 if erased else 0.03}" stroke="{colour}" '
                      f'stroke-width="1" stroke-dasharray="5 3"/></g>')
-        labels.append(f'<text x="{x0 + 6:.1f}" y="{y0 + 9:.1f}" font-size="9" fill="{colour}" font-weight="600">'
+        labels.append(f'<text x="{x0 + 6:.1f}" y="{y0 + 10:.1f}" font-size="9.5" fill="{colour}" font-weight="700">'
                       f'E{i}{" erased" if erased else ""}</text>')
-    return rects, labels, len(drawn)
+    return rects, labels
 
 
 def _legend(space: Any, boxes: dict[str, _Box], facts: GraphFacts, width: float, collapsed: bool,
-            title: str | None, outlines: int) -> tuple[list[str], float]:
+            title: str | None) -> tuple[list[str], float]:
     out: list[str] = []
     ops_total = len(facts.ops)
     removed = int(facts.removed.sum())
@@ -410,28 +471,32 @@ def _legend(space: Any, boxes: dict[str, _Box], facts: GraphFacts, width: float,
         y = 76.0
     # the key to the symbols
     x = 12.0
-    keys: list[tuple[str, str]] = [
+    keys: list[tuple[str, str, float]] = [
         (f'<rect x="0" y="-9" width="26" height="14" rx="3" fill="#fff" stroke="{_PIN}" stroke-width="2"/>'
-         + _pin_icon(26, -9), "pinned op (hover: why)"),
+         + _pin_icon(26, -9), "pinned op (hover: why)", 30),
         (f'<rect x="0" y="-9" width="26" height="14" rx="3" fill="#f1f2f4" stroke="{_DEAD}" stroke-dasharray="4 3"/>'
-         f'<path d="M4,-6 L22,2 M22,-6 L4,2" stroke="#e3a3a3" stroke-width="1.2"/>', "erased"),
+         f'<path d="M4,-6 L22,2 M22,-6 L4,2" stroke="#e3a3a3" stroke-width="1.2"/>', "erased", 26),
         (f'<rect x="0" y="-9" width="26" height="14" rx="5" fill="{_GROUP}" fill-opacity="0.05" stroke="{_GROUP}" '
-         f'stroke-dasharray="5 3"/>', "erasing group E#"),
+         f'stroke-dasharray="5 3"/>', "erasing group", 26),
+        (f'<rect x="0" y="-8" width="26" height="12" rx="6" fill="{_GROUP}"/>'
+         f'<text x="13" y="1" font-size="9" font-weight="700" text-anchor="middle" fill="#fff">E7</text>',
+         "a box that is one erasing group (red: erased)", 26),
         (f'<rect x="0" y="-3" width="26" height="4" rx="1.5" fill="{_CUT}"/>'
-         f'<rect x="0" y="-3" width="16" height="4" rx="1.5" fill="{_KEPT}"/>', "channels kept"),
+         f'<rect x="0" y="-3" width="16" height="4" rx="1.5" fill="{_KEPT}"/>', "channels kept", 26),
         (f'<text x="0" y="2" font-size="11" font-weight="600" fill="#b3261e">64→37</text>',
-         "channels before→after"),
+         "channels before→after", _text_width("64→37", 11, bold=True)),
     ]
     if collapsed:
         keys.append((f'<rect x="3" y="-6" width="23" height="12" rx="4" fill="#eef" stroke="#99a"/>'
-                     f'<rect x="0" y="-9" width="23" height="12" rx="4" fill="#eef" stroke="#99a"/>', "module (hover: its ops)"))
-    for sym, label in keys:
-        wlabel = _text_width(label, 11) + 44
+                     f'<rect x="0" y="-9" width="23" height="12" rx="4" fill="#eef" stroke="#99a"/>',
+                     "module (hover: its ops)", 26))
+    for sym, label, sym_w in keys:
+        wlabel = sym_w + 8 + len(label) * 11 * 0.55
         if x + wlabel > width - 12:
             x, y = 12.0, y + 20
         out.append(f'<g transform="translate({x:.1f},{y + 4:.1f})">{sym}'
-                   f'<text x="36" y="3" font-size="11" fill="{_INK}">{escape(label)}</text></g>')
-        x += wlabel + 12
+                   f'<text x="{sym_w + 8:.0f}" y="3" font-size="11" fill="{_INK}">{escape(label)}</text></g>')
+        x += wlabel + 22
     y += 24
     # the families that appear
     shown = sorted({b.family for b in boxes.values() if b.family is not None})
@@ -481,21 +546,79 @@ def render_graph_svg(
     (a legend lists the families). ``removed`` (boolean mask over prunable groups) marks
     pruned channels: ``64→37`` on each op and a bar of the share kept. ``erased``
     (boolean mask over erasing groups) greys out and crosses every erased op. Erasing
-    groups get dashed outlines labelled ``E<i>``; ops whose channels are pinned get a red
-    border and a pin; every box has a tooltip (op, module path, shape, why pinned).
-    A graph of more than ``max_nodes`` ops is drawn with one box per module, at the
-    deepest module level that keeps the count at or under ``max_nodes``.
+    groups get dashed outlines labelled ``E<i>`` (or an ``E<i>`` tag on a box that is
+    one group); ops whose channels are pinned get a red border and a pin; every box has
+    a tooltip (op, module path, shape, why pinned). A graph of more than ``max_nodes``
+    ops is drawn with one box per module, at the deepest module level that keeps the
+    count at or under ``max_nodes``.
     """
+    d = draw_graph(space, removed=removed, erased=erased, max_nodes=max_nodes, title=title)
+    return d.svg(legend=True)
+
+
+@dataclass(frozen=True)
+class GraphDrawing:
+    """The pieces of a graph picture, so a page can show the legend apart from the graph."""
+
+    legend: str  # SVG elements, laid out for ``legend_width``
+    legend_height: float
+    legend_width: float
+    body: str  # SVG elements of the graph, origin at its top-left corner
+    width: float
+    height: float
+    ops: int
+    boxes: int
+    collapsed: bool
+    focus_x: float  # where the first input is: a viewer starts there
+
+    def svg(self, *, legend: bool) -> str:
+        """A whole SVG document: the graph, with the legend above it or without."""
+        top = self.legend_height if legend else 0.0
+        width = max(self.width, self.legend_width if legend else 0.0)
+        height = top + self.height
+        dx = (width - self.width) / 2
+        parts = [
+            f'<svg xmlns="http://www.w3.org/2000/svg" class="otn-graph" width="{width:.0f}" height="{height:.0f}" '
+            f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="{escape(FONT)}" data-ops="{self.ops}" '
+            f'data-boxes="{self.boxes}" data-collapsed="{str(self.collapsed).lower()}" '
+            f'data-focus-x="{self.focus_x + dx:.0f}">',
+            _DEFS,
+            f'<rect width="{width:.0f}" height="{height:.0f}" fill="#ffffff"/>',
+        ]
+        if legend:
+            parts += [self.legend,
+                      f'<line x1="12" x2="{width - 12:.0f}" y1="{top - 4:.1f}" y2="{top - 4:.1f}" stroke="#e4e7eb"/>']
+        parts += [f'<g transform="translate({dx:.1f},{top:.1f})">', self.body, "</g></svg>"]
+        return "\n".join(parts)
+
+    def legend_svg(self) -> str:
+        """The legend alone, as an SVG document."""
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" class="otn-legend" width="{self.legend_width:.0f}" '
+                f'height="{self.legend_height:.0f}" viewBox="0 0 {self.legend_width:.0f} {self.legend_height:.0f}" '
+                f'font-family="{escape(FONT)}">{self.legend}</svg>')
+
+
+_DEFS = ("<defs>"
+         f'<marker id="otn-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+         f'orient="auto-start-reverse"><path d="M0,1 L10,5 L0,9 z" fill="{_EDGE}"/></marker>'
+         f'<marker id="otn-arrow-dead" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+         f'orient="auto-start-reverse"><path d="M0,1 L10,5 L0,9 z" fill="{_DEAD}"/></marker>'
+         "</defs>")
+
+
+def draw_graph(space: Any, *, removed: Any = None, erased: Any = None, max_nodes: int = 400,
+               title: str | None = None, legend_width: float | None = None) -> GraphDrawing:
+    """Lay the graph out and draw its pieces (see :func:`render_graph_svg`)."""
     facts = graph_facts(space, removed=removed, erased=erased)
-    boxes, edges, collapsed = _make_boxes(space, facts, max(1, int(max_nodes)))
+    boxes, edges, collapsed, cluster = _make_boxes(space, facts, max(1, int(max_nodes)))
     order = list(boxes)
-    layout = layered_layout(order, edges, {k: b.size for k, b in boxes.items()}, node_gap=20.0, layer_gap=30.0)
+    layout = layered_layout(order, edges, {k: b.size for k, b in boxes.items()}, node_gap=20.0, layer_gap=30.0,
+                            cluster=cluster, paths={k: b.module for k, b in boxes.items()})
     box_of = {n: k for k, b in boxes.items() for n in b.ops}
-    rects, labels, outlines = _group_outlines(space, boxes, layout, facts, box_of)
-    width = max(layout.width + 20, 820.0)
-    legend, top = _legend(space, boxes, facts, width, collapsed, title, outlines)
-    height = top + layout.height + 10
-    dx = (width - layout.width) / 2
+    rects, labels = _group_outlines(space, boxes, layout, facts, box_of)
+    width = layout.width + 20
+    lw = legend_width or min(max(width, 820.0), 1400.0)
+    legend, legend_height = _legend(space, boxes, facts, lw, collapsed, title)
     routes = _ports(layout, edges)
     edge_svg = []
     for (u, v), pts in routes.items():
@@ -506,24 +629,11 @@ def render_graph_svg(
         edge_svg.append(f'<path d="{_path(pts)}" fill="none" stroke="{colour}" stroke-width="1.1"{extra} '
                         f'marker-end="url(#{marker})"/>')
     node_svg = [_draw_box(space, boxes[k], layout, facts) for k in order]
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="otn-graph" width="{width:.0f}" height="{height:.0f}" '
-        f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="{escape(FONT)}" data-ops="{len(facts.ops)}" '
-        f'data-boxes="{len(boxes)}" data-collapsed="{str(collapsed).lower()}">',
-        "<defs>"
-        f'<marker id="otn-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
-        f'orient="auto-start-reverse"><path d="M0,1 L10,5 L0,9 z" fill="{_EDGE}"/></marker>'
-        f'<marker id="otn-arrow-dead" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
-        f'orient="auto-start-reverse"><path d="M0,1 L10,5 L0,9 z" fill="{_DEAD}"/></marker>'
-        "</defs>",
-        f'<rect width="{width:.0f}" height="{height:.0f}" fill="#ffffff"/>',
-        *legend,
-        f'<line x1="12" x2="{width - 12:.0f}" y1="{top - 4:.1f}" y2="{top - 4:.1f}" stroke="#e4e7eb"/>',
-        f'<g transform="translate({dx:.1f},{top:.1f})">',
-        '<g class="otn-groups">', *rects, "</g>",
-        '<g class="otn-edges">', *edge_svg, "</g>",
-        '<g class="otn-nodes">', *node_svg, "</g>",
-        '<g class="otn-group-labels">', *labels, "</g>",
-        "</g></svg>",
-    ]
-    return "\n".join(parts)
+    body = "\n".join([f'<g transform="translate(10,0)">',
+                      '<g class="otn-groups">', *rects, "</g>",
+                      '<g class="otn-edges">', *edge_svg, "</g>",
+                      '<g class="otn-nodes">', *node_svg, "</g>",
+                      '<g class="otn-group-labels">', *labels, "</g></g>"])
+    focus = layout.pos[order[0]][0] + 10 if order else width / 2
+    return GraphDrawing("\n".join(legend), legend_height, lw, body, width, layout.height + 10, len(facts.ops),
+                        len(boxes), collapsed, focus)

@@ -39,6 +39,7 @@ class SearchConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    lmbda: float = 2.0  # the optimizers' group-shrinking strength; 2.0 lets groups reach zero in short runs
     warmup_epochs: float | None = None  # default: 25% of the epochs
     projection_epochs: float | None = None  # default: 50% of the epochs
     device: str = "auto"
@@ -132,7 +133,7 @@ def _make_optimizer(cfg: SearchConfig, space: Any, steps_per_epoch: int) -> Any:
     # warm-up, then projection, then the rest trains the survivors; each phase at least a step
     start = min(max(1, int(round(warm * steps_per_epoch))), total - 1)
     end = min(max(start + 1, int(round((warm + proj) * steps_per_epoch))), total)
-    common = dict(lr=cfg.lr, variant="sgd", momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    common = dict(lr=cfg.lr, variant="sgd", momentum=cfg.momentum, weight_decay=cfg.weight_decay, lmbda=cfg.lmbda)
     if cfg.optimizer == "dhspg":
         return optim.DHSPG(space, target_group_sparsity=cfg.target_sparsity, start_step=start, end_step=end,
                            **common)

@@ -19,6 +19,9 @@ from otonas._errors import OtonasError
 from otonas.optim import DHSPG, CosineMagnitudeScore, ForcedProjectionWarning, GroupStats, RedundancyScore
 from otonas.optim._dhspg import group_lambdas
 
+# Short projection phases force the last groups to zero on purpose; tests that check the warning catch it.
+pytestmark = pytest.mark.filterwarnings("ignore::otonas.optim.ForcedProjectionWarning")
+
 
 def set_grads(model: torch.nn.Module, grads: dict[str, torch.Tensor]) -> None:
     for n, p in model.named_parameters():
@@ -420,3 +423,78 @@ def test_bad_layouts_name_the_parameter() -> None:
     with pytest.raises(OtonasError, match="one group"):
         DHSPG(tiny_space(), lr=0.1, target_group_sparsity=0.5, start_step=0).add_param_group(
             {"params": [torch.zeros(1, requires_grad=True)]})
+
+
+class _OddNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(4, 3, 5, dtype=torch.float64))
+        self.v = torch.nn.Parameter(torch.randn(4, 6, dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.randn(3, dtype=torch.float64))
+        self.free = torch.nn.Parameter(torch.randn(2, dtype=torch.float64))
+
+
+def test_any_layout_matches_reference() -> None:
+    """Groups on three dims of one tensor, on a last dim, two entries on one dim, ids of -1."""
+    torch.manual_seed(0)
+    model = _OddNet()
+    layout = {
+        "w": [(0, torch.tensor([0, 1, 2, 3])), (1, torch.tensor([4, -1, 5])), (2, torch.tensor([6, 6, 7, -1, 7]))],
+        "v": [(0, torch.tensor([0, 1, 2, 3])), (1, torch.tensor([8, 8, 9, 9, -1, 4]))],
+        "b": [(0, torch.tensor([4, 5, -1])), (0, torch.tensor([9, -1, 8]))],
+    }
+    space = StubSpace(model, layout, 10)
+    kw = dict(lr=0.2, start_step=1, end_step=9)
+    opt = DHSPG(space, momentum=0.5, weight_decay=1e-2, target_group_sparsity=0.6, lmbda=2.0, epsilon=0.5, **kw)
+    ref = RefDHSPG(space, k=6, momentum=0.5, weight_decay=1e-2, lmbda=2.0, epsilon=0.5, **kw)
+    gen = torch.Generator().manual_seed(1)
+    x = params_of(model)
+    for t in range(12):
+        g = random_grads(model, gen, scale=0.02)
+        set_grads(model, g)
+        quiet_step(opt)
+        x = ref.apply(x, g)
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(p.detach(), x[n], rtol=1e-10, atol=1e-12, msg=f"step {t}, {n}")
+        assert set(torch.nonzero(opt._zero[:-1]).flatten().tolist()) == ref.zero, f"step {t}"
+        if t == 7:
+            natural = len(ref.zero)
+    assert len(ref.zero) == 6 and zero_set(opt) >= ref.zero
+    assert 0 < natural < 6  # some groups reached zero by themselves, the rest were forced
+
+
+@pytest.mark.parametrize("n_groups,target", [(0, 0.5), (9, 0.0)])
+def test_nothing_to_prune_is_plain_sgd(n_groups: int, target: float) -> None:
+    a, b = tiny_space(family=False), tiny_space(family=False)
+    if n_groups == 0:
+        a = StubSpace(a.model, {}, 0)
+    opt = DHSPG(a, lr=0.05, momentum=0.9, target_group_sparsity=target, start_step=1, end_step=3)
+    ref = torch.optim.SGD(b.model.parameters(), lr=0.05, momentum=0.9, foreach=True)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        g = random_grads(a.model, gen)
+        set_grads(a.model, g)
+        set_grads(b.model, g)
+        opt.step()
+        ref.step()
+    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(pa, pb)
+    m = opt.metrics()
+    assert m["num_zero_groups"] == 0 and m["target_zero_groups"] == 0 and not m["forced_projection"]
+
+
+def test_channels_last_parameters_match_contiguous_ones() -> None:
+    """Memory format does not change the arithmetic (views of non-contiguous tensors are handled)."""
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=1e-2, target_group_sparsity=0.5, start_step=2, end_step=6,
+              lmbda=0.5, epsilon=0.05)
+    a, b = tiny_space(), tiny_space()
+    b.model.to(memory_format=torch.channels_last)
+    assert not b.model.conv2.weight.is_contiguous()
+    opt_a, opt_b = DHSPG(a, **kw), DHSPG(b, **kw)
+    for s in range(10):
+        batch = tiny_batch(seed=s)
+        loss_step(a.model, opt_a, batch)
+        loss_step(b.model, opt_b, batch)
+    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-9, atol=1e-12)
+    assert zero_set(opt_a) == zero_set(opt_b) and len(zero_set(opt_a)) == 5

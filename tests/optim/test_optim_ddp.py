@@ -1,0 +1,35 @@
+"""DHSPG under DistributedDataParallel: two CPU ranks (gloo, torchrun) end identical."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo")
+def test_ranks_agree_on_groups_and_parameters(tmp_path: Path) -> None:
+    variants = ["sgd", "adamw"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
+           str(HERE / "ddp_worker.py"), str(tmp_path), *variants]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for variant in variants:
+        r0, r1 = (torch.load(tmp_path / f"{variant}-rank{r}.pt", weights_only=False) for r in (0, 1))
+        for name, p in r0["params"].items():
+            assert torch.equal(p, r1["params"][name]), (variant, name)
+        assert torch.equal(r0["zero"], r1["zero"]) and torch.equal(r0["redundant"], r1["redundant"])
+        # rank 0's score (it prefers the first groups) decided for both ranks
+        assert r0["redundant"].nonzero().flatten().tolist() == [0, 1, 2, 3]
+        assert r0["zero"].sum() == 4
+        assert r0["metrics"]["num_zero_groups"] == r1["metrics"]["num_zero_groups"] == 4
