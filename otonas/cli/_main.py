@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="zero random channel groups (prune), erase random valid operators (erase), or both")
     a = sub.add_parser("analyze", help="print the pruning families of MODEL and what pins the rest")
     _model_args(a)
+    sh = sub.add_parser("show", help="draw MODEL's graph: families coloured, erasing groups outlined, pins marked")
+    _model_args(sh)
+    sh.add_argument("--out", required=True, metavar="FILE", help="graph.svg or graph.html")
+    sh.add_argument("--max-nodes", type=int, default=400,
+                    help="above this many ops, draw one box per module (default 400)")
     s = sub.add_parser("search", help="train MODEL once on DATA, prune/erase, build, export and report")
     s.add_argument("--config", metavar="TOML", help="options from a TOML file (keys as the flags, '-' or '_'); "
                    "flags given on the command line override it")
@@ -117,7 +122,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-def _cmd_analyze(args: argparse.Namespace) -> int:
+def _analyzed(args: argparse.Namespace) -> Any:
     from .._models import example_inputs, parse_shape, resolve_model
     from ..analysis import analyze
 
@@ -128,12 +133,35 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     dtypes = tuple(_dtype(d) for d in args.input_dtype) if args.input_dtype else (
         resolved.input_dtypes or (torch.float32,) * len(shapes))
     xs = example_inputs(resolved.model, shapes, dtypes)
-    space = analyze(resolved.model, xs, strict=_strict(args.strict))
+    return analyze(resolved.model, xs, strict=_strict(args.strict))
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from ..report import render_graph_html, render_graph_svg
+
+    if not args.out.lower().endswith((".svg", ".html", ".htm")):
+        raise UsageError(f"--out {args.out!r} must end in .svg or .html")
+    space = _analyzed(args)
+    render = render_graph_html if args.out.lower().endswith((".html", ".htm")) else render_graph_svg
+    text = render(space, max_nodes=args.max_nodes, title=args.model)
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(f"wrote {args.out}: {len(space.families)} families, {space.num_erasing_groups} erasing groups, "
+          f"{len(space.pins)} pins")
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    space = _analyzed(args)
     if args.json:
         costs = space.costs()
         print(json.dumps({
             "model": args.model, "groups": space.num_groups, "prunable_groups": space.num_prunable_groups,
             "params": costs.params, "flops": costs.flops,
+            "erasing_groups": [{"index": g.index, "module": g.module, "join": g.join, "join_kind": g.join_kind,
+                                "params": list(g.params), "parent": g.parent} for g in space.erasing_groups],
+            "not_erasable": [{"module": k.module, "join": k.join, "output": k.output, "reason": k.reason}
+                             for k in space.segments.skipped],
             "families": [{"index": f.index, "layers": list(f.layers), "channels": f.num_channels,
                           "prunable_groups": len(f.groups),
                           "pins": [{"op": e.op, "node": e.node, "reason": e.reason, "module": e.module}
@@ -215,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_analyze(args)
         if args.command == "search":
             return _cmd_search(args)
+        if args.command == "show":
+            return _cmd_show(args)
     except OtonasError as e:
         if getattr(args, "debug", False):
             traceback.print_exc()

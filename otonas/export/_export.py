@@ -293,8 +293,9 @@ def _state(gen: Generated, gm: fx.GraphModule, modules: dict[str, nn.Module]) ->
 
 def _check(out: Path, reference: Any, inputs: tuple[Any, ...]) -> tuple[float, str]:
     """Largest relative difference of the written model.py against the subnet, and what failed."""
+    device = next((x.device for x in inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
     try:
-        model = load(out)
+        model = load(out, device=str(device))
         with torch.no_grad():
             got = model(*inputs)
     except Exception as e:  # the generated code failed to run: a bug of the exporter

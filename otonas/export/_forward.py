@@ -238,7 +238,7 @@ class ForwardWriter:
                 args.append(text)
             else:
                 kw.append(f"{a.name}={text}")
-        if mutated_arg(c.node) == 0 and not self.tree.aten_fallback and args:  # x.fill_(v)
+        if mutated_arg(c.node) == 0 and not self.tree.aten_fallback and args and hasattr(torch.Tensor, name):
             return method(c.render(c.values[schema.arguments[0].name]), name, *args[1:], *kw)
         if public is not None and callable(public) and not name.startswith("_") and not self.tree.aten_fallback:
             return fn(f"torch.{name}", *args, *kw)

@@ -134,6 +134,8 @@ def _functional(target: Any) -> Any:
     base = getattr(packet_, target._overloadname, None)
     if base is None:
         return None
-    if [a.name for a in base._schema.arguments] != [a.name for a in target._schema.arguments]:
+    # same arguments (the first may be called "self" in one and "input" in the other)
+    if [(a.name, str(a.type)) for a in base._schema.arguments][1:] != \
+            [(a.name, str(a.type)) for a in target._schema.arguments][1:]:
         return None
     return base
