@@ -490,7 +490,8 @@ def split_ids(ctx: FlowContext, ids: np.ndarray, sizes: list[int]) -> list[np.nd
     Ids that vary along one axis only stay with it. Ids that vary along several axes
     are coarsened: the outer axis (heads, conv groups) carries them and each of its
     blocks becomes one unit — unless it is tiny (a q/k/v selector), in which case the
-    innermost varying axis carries them. The other axes get fresh ids.
+    innermost varying axis carries them. Other axes along which ids vary get fresh pinned
+    ids (their positions are channels the carrier stands for); constant axes fresh ones.
     """
     if len(sizes) == 1:
         return [ids]
@@ -511,6 +512,10 @@ def split_ids(ctx: FlowContext, ids: np.ndarray, sizes: list[int]) -> list[np.nd
             index = [0] * len(sizes)
             index[a] = slice(None)  # type: ignore[call-overload]
             res.append(np.ascontiguousarray(grid[tuple(index)]))
+        elif a in varying:
+            # its positions are different channels that the carrier axis stands for: removing
+            # one along this axis alone would not match the producer's rows, so it is pinned
+            res.append(ctx.fresh(s, pin="a reshape splits channels into blocks; this axis is not tracked"))
         else:
             res.append(ctx.fresh(s))
     return res

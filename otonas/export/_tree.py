@@ -117,23 +117,19 @@ class ModuleTree:
 
     def _settle_layers(self) -> None:
         """Drop layers whose path also holds tensors or modules the layer does not own."""
+        def ancestors(path: str) -> list[str]:
+            parts = path.split(".")
+            return [".".join(parts[:i]) for i in range(1, len(parts) + 1)] if path else []
+
         while True:
             owned = {f"{p}.{s}" for p, spec in self.layers.items() for s in spec.state}
-            bad = set()
-            for fqn in self.tensors:
-                if fqn in owned:
-                    continue
-                parent = fqn.rsplit(".", 1)[0] if "." in fqn else ""
-                for p in self.layers:
-                    if parent == p or parent.startswith(p + "."):
-                        bad.add(p)
-            for p in self.layers:
-                for q in self.layers:
-                    if q != p and q.startswith(p + "."):
-                        bad.add(p)
-            for p, spec in self.layers.items():
-                if any(f"{p}.{s}" not in self.tensors and s != "num_batches_tracked" for s in spec.state):
-                    bad.add(p)
+            # module paths that hold something other than a layer's own tensors
+            occupied = {a for fqn in self.tensors if fqn not in owned for a in ancestors(fqn.rsplit(".", 1)[0])
+                        if "." in fqn}
+            occupied |= {a for p in self.layers for a in ancestors(p)[:-1]}
+            bad = {p for p in self.layers if p in occupied}
+            bad |= {p for p, spec in self.layers.items()
+                    if any(f"{p}.{s}" not in self.tensors and s != "num_batches_tracked" for s in spec.state)}
             if not bad:
                 return
             for p in bad:

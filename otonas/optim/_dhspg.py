@@ -201,7 +201,9 @@ class DHSPG(torch.optim.Optimizer):
         d: list[Tensor | None] = [None] * len(params)
         for i, di in zip(with_grad, dirs):
             d[i] = di
-        if t >= start and self._redundant is None:
+        if t < start:
+            self._observe(params, d)
+        elif self._redundant is None:
             self._partition(params, d)
         if start <= t < end:
             self._hybrid_step(params, d, hp, last=t == end - 1)
@@ -324,11 +326,13 @@ class DHSPG(torch.optim.Optimizer):
         return buf
 
     def _stats(self, plans: Sequence[ParamPlan], index: Tensor, params: Sequence[Tensor],
-               d: Sequence[Tensor | None], *, with_abs: bool) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
+               d: Sequence[Tensor | None], *, with_abs: bool,
+               keep_xx: bool = True) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
         """Per-group sums ``[k, N + 1]`` of x·d, x², d² (and |x|) over the slices of ``plans``.
 
         Also returns the per-slice sums of x² and, for parameters whose groups run along two
-        dims, x² itself (kept for the cross terms of :meth:`_cross`).
+        dims, x² itself (kept for the cross terms of :meth:`_cross`; not with ``keep_xx=False``,
+        which needs no buffer beyond the shared scratch).
         """
         acc = self._acc_dtype
         parts: list[list[Tensor]] = [[] for _ in range(4 if with_abs else 3)]
@@ -339,11 +343,12 @@ class DHSPG(torch.optim.Optimizer):
             if dq is None:  # no gradient this step: d is zero there
                 dq = torch.zeros_like(x)
             tmp = self._scratch("product", x.dtype, x.shape)
-            xx = self._own_buffer(q, x) if q.multi_dim else tmp
+            own = q.multi_dim and keep_xx
+            xx = self._own_buffer(q, x) if own else tmp
             for k, (out, a, b) in enumerate(((tmp, x, dq), (xx, x, x), (tmp, dq, dq))):
                 torch.mul(a, b, out=out)
                 parts[k].extend(e.slice_sums(out) for e in q.entries)
-            if q.multi_dim:
+            if own:
                 xx_full[q.position] = xx
             if with_abs:
                 torch.abs(x, out=tmp)
@@ -376,6 +381,10 @@ class DHSPG(torch.optim.Optimizer):
         return torch.zeros_like(coef).index_add_(0, self._active_index, per_slice)
 
     # ------------------------------------------------------------------ the three phases
+    def _observe(self, params: Sequence[Tensor], d: Sequence[Tensor | None]) -> None:
+        """Called at every warm-up step with the base directions, before the step is applied;
+        DHSPG needs nothing from the warm-up (subclasses may keep statistics here)."""
+
     def _partition(self, params: Sequence[Tensor], d: Sequence[Tensor | None]) -> None:
         """Choose G_r: the K most redundant groups (once, at start_step)."""
         n, k = self.num_groups, self.target_zero_groups
@@ -403,13 +412,19 @@ class DHSPG(torch.optim.Optimizer):
         """Rank 0's mask on every rank, so that all ranks project the same groups."""
         if not (dist.is_available() and dist.is_initialized()):
             return mask
+        return self._broadcast_tensor(mask.to(torch.uint8)).bool()
+
+    def _broadcast_tensor(self, t: Tensor) -> Tensor:
+        """Rank 0's ``t`` on every rank of ``process_group`` (``t`` itself outside torch.distributed)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return t
         pg = self._process_group
         if dist.get_world_size(pg) == 1:
-            return mask
-        flat = mask.to(torch.uint8)
+            return t
+        flat = t.contiguous().clone()
         src = dist.get_global_rank(pg, 0) if pg is not None else 0
         dist.broadcast(flat, src=src, group=pg)
-        return flat.bool()
+        return flat
 
     def _set_redundant(self, redundant: Tensor) -> None:
         """Record G_r and restrict the work of later steps to the slices it touches."""
@@ -452,10 +467,8 @@ class DHSPG(torch.optim.Optimizer):
             rest = pending & ~newly
             self._forced = int(rest.sum())  # host read, once, at the end of the projection phase
             if self._forced:
-                warnings.warn(
-                    f"DHSPG: {self._forced} of the {self.target_zero_groups} redundant groups had not reached zero "
-                    f"by end_step={hp['end_step']} and were set to zero now; for a gentler finish raise lmbda, "
-                    "epsilon or end_step", ForcedProjectionWarning, stacklevel=_caller_level())
+                warnings.warn(self._forced_message(rest, hp["end_step"]), ForcedProjectionWarning,
+                              stacklevel=_caller_level())
             newly = newly | rest
         self._zero = self._zero | newly
         alive = self._per_slice((~self._zero).to(coef.dtype))
@@ -480,6 +493,12 @@ class DHSPG(torch.optim.Optimizer):
         self._plain_step(params, d, lr, skip=frozenset(q.position for q in plans))
         if last:
             self._buffers.clear()
+
+    def _forced_message(self, rest: Tensor, end_step: int) -> str:
+        """The warning for the G_r groups (mask ``rest``) forced to zero at the end of the phase."""
+        return (f"DHSPG: {self._forced} of the {self.target_zero_groups} redundant groups had not reached zero "
+                f"by end_step={end_step} and were set to zero now; for a gentler finish raise lmbda, "
+                "epsilon or end_step")
 
     # ------------------------------------------------------------------ reporting
     @torch.no_grad()
