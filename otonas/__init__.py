@@ -9,6 +9,8 @@ from .analysis import SearchSpace, analyze
 from .build import build
 from ._verify import VerifyReport, verify
 from .optim import DHSPG
+from .export import ExportError, ExportResult, export
+from .export import load
 
-__all__ = ["__version__", "analyze", "build", "verify", "DHSPG", "VerifyReport", "SearchSpace", "OtonasError", "CaptureError", "AnalysisError", "BuildError",
+__all__ = ["__version__", "analyze", "build", "verify", "DHSPG", "export", "load", "ExportResult", "ExportError", "VerifyReport", "SearchSpace", "OtonasError", "CaptureError", "AnalysisError", "BuildError",
            "UsageError"]

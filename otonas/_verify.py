@@ -41,6 +41,7 @@ class VerifyReport:
     pinned: list[dict[str, str]] = field(default_factory=list)
     message: str = ""
     mode: str = "prune"
+    export_dir: str = ""
     erasing_groups: int = 0
     erased_operators: list[str] = field(default_factory=list)
 
@@ -107,12 +108,14 @@ def verify(
     seed: int = 0,
     strict: bool | None = None,
     mode: str = "prune",
+    export_dir: str | None = None,
 ) -> VerifyReport:
     """Capture, analyze, zero a random ``fraction`` of the prunable groups, build, compare.
 
     ``mode="erase"`` erases a random valid set of erasing groups instead (about
     ``fraction`` of them, taken in random order and kept only while the network stays
-    valid); ``mode="both"`` does both.
+    valid); ``mode="both"`` does both. With ``export_dir`` the verified subnet is exported
+    there (``model.py``, ``model.safetensors``, ``architecture.json``).
 
     Passes when the built network's outputs match the zeroed model's on fresh random
     inputs of another batch size (relative tolerance 1e-4) and it has fewer parameters.
@@ -190,6 +193,14 @@ def verify(
         out = subnet(*xt)
     max_abs, max_rel = _compare(ref, out)
     erased_now = space.erasable(space.zero_erasing_groups()) if e else erased
+    if export_dir is not None:
+        import sys
+
+        from .export import export
+
+        export(space, export_dir, subnet=subnet, example_inputs=xt, command=" ".join(sys.argv),
+               architecture={"options": {"model": name, "fraction": fraction, "seed": seed, "mode": mode,
+                                         "input_shapes": [list(s) for s in shapes]}})
     after = space.costs(space.removable(space.zero_groups()), erased_now if e else None)
     params_before = sum(p.numel() for p in module.parameters())
     params_after = sum(p.numel() for p in subnet.parameters()) + (params_before - full.params)
@@ -197,11 +208,11 @@ def verify(
     msg = "outputs match and the subnet is smaller" if passed else (
         f"outputs differ (max relative difference {max_rel:.3g} > {RTOL})" if max_rel > RTOL else
         "the subnet is not smaller")
-    return VerifyReport(name, space.num_groups, n, int(mask.sum()), len(space.families), params_before, params_after,
-                        full.flops, after.flops, max_abs, max_rel, passed, prunable_param_share(space), t_analyze,
-                        t_build, pinned, msg, mode, e,
-                        [space.erasing_groups[i].module or space.erasing_groups[i].output
-                         for i in np.nonzero(erased_now)[0]])
+    return VerifyReport(
+        name, space.num_groups, n, int(mask.sum()), len(space.families), params_before, params_after, full.flops,
+        after.flops, max_abs, max_rel, passed, prunable_param_share(space), t_analyze, t_build, pinned, msg, mode,
+        export_dir or "", e,
+        [space.erasing_groups[i].module or space.erasing_groups[i].output for i in np.nonzero(erased_now)[0]])
 
 
 def random_valid_erasure(space: SearchSpace, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -228,6 +239,6 @@ def _nothing(name: str, space: SearchSpace, full: Any, pinned: list[dict[str, st
              message: str) -> VerifyReport:
     return VerifyReport(name, space.num_groups, space.num_prunable_groups, 0, len(space.families), full.params,
                         full.params, full.flops, full.flops, 0.0, 0.0, False, 0.0, t_analyze, 0.0, pinned, message,
-                        mode, space.num_erasing_groups, [])
+                        mode, "", space.num_erasing_groups, [])
 
 

@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(v)
     v.add_argument("--fraction", type=float, default=0.3, help="share of prunable groups to zero (default 0.3)")
     v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--export", metavar="DIR", default=None,
+                   help="write the verified subnet to DIR: model.py, model.safetensors, architecture.json")
     v.add_argument("--mode", choices=["prune", "erase", "both"], default="prune",
                    help="zero random channel groups (prune), erase random valid operators (erase), or both")
     a = sub.add_parser("analyze", help="print the pruning families of MODEL and what pins the rest")
@@ -90,7 +92,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     shapes = [parse_shape(s) for s in args.input_shape] if args.input_shape else None
     dtypes = [_dtype(d) for d in args.input_dtype] if args.input_dtype else None
     report = verify(args.model, input_shapes=shapes, input_dtypes=dtypes, model_kwargs=args.model_kwargs,
-                    fraction=args.fraction, seed=args.seed, strict=_strict(args.strict), mode=args.mode)
+                    fraction=args.fraction, seed=args.seed, strict=_strict(args.strict), mode=args.mode,
+                    export_dir=args.export)
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
@@ -118,6 +121,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                 print(f"  {p['node']} ({p['op']}){where}: {p['reason']}")
             if len(r.pinned) > 12:
                 print(f"  … and {len(r.pinned) - 12} more (--json lists all)")
+        if r.export_dir:
+            print(f"export          {r.export_dir}/ (model.py, model.safetensors, architecture.json)")
         print(f"{'PASSED' if r.passed else 'FAILED'}: {r.message}")
     return 0 if report.passed else 1
 

@@ -247,13 +247,13 @@ def export(
                             header={**header, "known_gaps": gaps_note}, params=set(own_params),
                             params_before=set(before_params), erased_ops=erased_ops)
         arch["params_in_file"] = int(sum(own_params.values()))
-        arch_text = json.dumps(arch, indent=1)
+        arch_text = json.dumps(arch, indent=1, default=str)
         _replace(out / "model.py", gen.source)
         _replace(out / "architecture.json", arch_text + "\n")
         weights = out / "model.safetensors"
         tmp = weights.with_name("model.safetensors.tmp")
         _write_weights(tmp, tensors, {"format": "pt", "otonas_version": __version__,
-                                      "architecture": json.dumps(arch, separators=(",", ":"))})
+                                      "architecture": json.dumps(arch, separators=(",", ":"), default=str)})
         os.replace(tmp, weights)
         diff = None
         if check and inputs is not None:

@@ -1,12 +1,16 @@
 """Optimizers that train a network and drive whole prunable groups to exactly zero.
 
 ``DHSPG`` (OTOv2) is a ``torch.optim.Optimizer`` built from a ``SearchSpace``; use it in an
-ordinary training loop. ``RedundancyScore`` is the strategy that chooses which groups go.
+ordinary training loop. ``H2SPG`` (OTOv3) does the same on two levels: it erases whole
+operators (erasing groups), keeping the network valid, and prunes channels.
+``RedundancyScore`` is the strategy that chooses which groups go.
 """
 
 from __future__ import annotations
 
 from ._dhspg import DHSPG, ForcedProjectionWarning
+from ._h2spg import H2SPG, BudgetWarning, SkippedCandidate, select_erasure
 from ._score import CosineMagnitudeScore, GroupStats, RedundancyScore
 
-__all__ = ["DHSPG", "ForcedProjectionWarning", "RedundancyScore", "CosineMagnitudeScore", "GroupStats"]
+__all__ = ["DHSPG", "H2SPG", "ForcedProjectionWarning", "BudgetWarning", "SkippedCandidate", "select_erasure",
+           "RedundancyScore", "CosineMagnitudeScore", "GroupStats"]

@@ -1,0 +1,498 @@
+"""H2SPG (OTOv3): DHSPG over two levels — whole operators and channels — with a selection
+that keeps the network connected.
+
+The optimizer sees one group layout with N + E groups: the N prunable groups (channel
+slices, as in DHSPG) followed by the E erasing groups, erasing group e being group N + e and
+covering every parameter of its operator whole (one entry along dim 0 per parameter; a
+parameter of a nested operator carries one such entry per enclosing group). All DHSPG
+machinery — segment sums, the λ step, the half-space projection, the masks that keep zero
+groups at zero — then runs unchanged over both levels.
+
+What differs is how G_r is chosen:
+
+* warm-up (step < ``warmup_steps``): the base step; at every step each group's redundancy
+  score is computed (separately normalized per level) and folded into an exponential moving
+  average, so that the choice rests on the whole warm-up rather than on one noisy step;
+* at ``warmup_steps``, once: erasing groups are walked from most to least redundant (by the
+  average) and accepted while erasing all accepted ones keeps the network valid
+  (``space.check_erasure``), until ``round(erase_budget·E)`` are accepted; then the
+  ``round(target_group_sparsity·N)`` most redundant prunable groups outside the accepted
+  operators join them (:func:`select_erasure`, :meth:`H2SPG._select_pruning`).
+
+Host-device synchronisation: as DHSPG, plus the selection reads the averaged scores back
+once (and, under ``torch.distributed``, broadcasts them from rank 0 first, so that all ranks
+walk the same order and take the same decisions).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .._errors import OtonasError
+from ._dhspg import DHSPG, _caller_level, _count
+from ._score import GroupStats, RedundancyScore
+
+__all__ = ["H2SPG", "BudgetWarning", "SkippedCandidate", "select_erasure", "ErasureSpaceLike"]
+
+logger = logging.getLogger("otonas.h2spg")
+
+
+class BudgetWarning(UserWarning):
+    """The selection found fewer valid erasing groups (or prunable groups) than the budget asks."""
+
+
+class SkippedCandidate(NamedTuple):
+    """An erasing group the selection passed over, and why."""
+
+    index: int
+    reason: str
+
+
+class _ErasingGroupLike(Protocol):
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def params(self) -> tuple[str, ...]: ...
+
+    @property
+    def parent(self) -> int | None: ...
+
+
+class ErasureSpaceLike(Protocol):
+    """What H2SPG reads from a search space (``otonas.SearchSpace`` has it). Optional, read
+    when present: ``group_family`` (keep a channel per family), ``hierarchy`` and ``families``
+    (which prunable groups live inside an erasing group)."""
+
+    @property
+    def model(self) -> nn.Module: ...
+
+    @property
+    def num_prunable_groups(self) -> int: ...
+
+    def group_layout(self) -> Mapping[str, Sequence[tuple[int, Tensor]]]: ...
+
+    @property
+    def erasing_groups(self) -> Sequence[_ErasingGroupLike]: ...
+
+    def check_erasure(self, erased: Any) -> str | None: ...
+
+
+def select_erasure(space: ErasureSpaceLike, scores: Sequence[float],
+                   budget: int) -> tuple[list[int], list[SkippedCandidate]]:
+    """The greedy, validity-checked choice of erasing groups.
+
+    Walks the groups by decreasing score (ties: lower index first; NaN ranks last) and accepts
+    a group unless
+
+    * an accepted group encloses it (erasing the outer one already erases it), or it encloses
+      an accepted group (accepting it would re-erase that one): each accepted group is a
+      distinct erasure, so the accepted set never nests; or
+    * erasing it together with every group accepted so far leaves an invalid network
+      (``space.check_erasure`` gives the reason);
+
+    and stops once ``budget`` groups are accepted. Returns the accepted indices in the order
+    accepted and the skipped candidates with their reasons (groups after the stop are neither).
+    """
+    groups = space.erasing_groups
+    order = sorted(range(len(groups)), key=lambda i: (-_key(scores[i]), i))
+    accepted: list[int] = []
+    skipped: list[SkippedCandidate] = []
+    taken: set[int] = set()
+    covered: dict[int, int] = {}  # every ancestor of an accepted group → that group
+    for i in order:
+        if len(accepted) >= budget:
+            break
+        outer = _accepted_ancestor(groups, i, taken)
+        if outer is not None:
+            skipped.append(SkippedCandidate(i, f"inside the accepted erasing group {_name(groups, outer)}"))
+            continue
+        if i in covered:
+            skipped.append(SkippedCandidate(i, f"encloses the accepted erasing group {_name(groups, covered[i])}"))
+            continue
+        reason = space.check_erasure(sorted(accepted + [i]))
+        if reason is not None:
+            skipped.append(SkippedCandidate(i, f"erasing it with the {len(accepted)} accepted groups: {reason}"))
+            continue
+        accepted.append(i)
+        taken.add(i)
+        p = groups[i].parent
+        while p is not None:
+            covered.setdefault(p, i)
+            p = groups[p].parent
+    return accepted, skipped
+
+
+def _key(score: float) -> float:
+    return -math.inf if math.isnan(score) else score
+
+
+def _accepted_ancestor(groups: Sequence[_ErasingGroupLike], i: int, taken: set[int]) -> int | None:
+    p = groups[i].parent
+    while p is not None:
+        if p in taken:
+            return p
+        p = groups[p].parent
+    return None
+
+
+def _name(groups: Sequence[Any], i: int) -> str:
+    module = getattr(groups[i], "module", "")
+    return f"{i} ({module})" if module else str(i)
+
+
+class _TwoLevelSpace:
+    """The layout DHSPG's machinery runs on: prunable groups [0, N), erasing groups [N, N + E)."""
+
+    def __init__(self, space: ErasureSpaceLike) -> None:
+        self.model = space.model
+        n = int(space.num_prunable_groups)
+        groups = list(space.erasing_groups)
+        named = dict(space.model.named_parameters(remove_duplicate=False))
+        layout: dict[str, list[tuple[int, Tensor]]] = {k: list(v) for k, v in space.group_layout().items()}
+        for pos, g in enumerate(groups):
+            if int(g.index) != pos:
+                raise OtonasError(f"erasing group at position {pos} has index {g.index}; space.erasing_groups "
+                                  "must be listed by index: re-run otonas.analyze")
+            if not g.params:
+                raise OtonasError(f"erasing group {_name(groups, pos)} has no parameters; H2SPG erases an operator "
+                                  "by zeroing its parameters: re-run otonas.analyze")
+            for fqn in g.params:
+                p = named.get(fqn)
+                if p is None:
+                    raise OtonasError(f"erasing group {_name(groups, pos)} names the parameter {fqn!r}, which "
+                                      "space.model does not have; run otonas.analyze on this model")
+                if p.dim() == 0:
+                    raise OtonasError(f"erasing group {_name(groups, pos)} holds the 0-dim parameter {fqn!r}; "
+                                      "H2SPG needs parameters with a leading dim: make it shape (1,)")
+                layout.setdefault(fqn, []).append((0, torch.full((p.shape[0],), n + pos, dtype=torch.int64)))
+        self.num_prunable_groups = n + len(groups)
+        self._layout = layout
+
+    def group_layout(self) -> dict[str, list[tuple[int, Tensor]]]:
+        return self._layout
+
+
+class H2SPG(DHSPG):
+    """Hierarchical Half-Space Projected Gradient: erases whole operators and prunes channels,
+    keeping the network valid.
+
+    ``space`` is the ``SearchSpace`` from ``otonas.analyze`` (with its erasing groups); use it
+    like any optimizer::
+
+        opt = H2SPG(space, lr=0.1, erase_budget=0.5, target_group_sparsity=0.2,
+                    warmup_steps=1000, end_step=3000)
+        for x, y in loader:
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+        subnet = otonas.build(space)
+
+    After ``end_step`` steps exactly ``round(erase_budget · E)`` erasing groups (fewer, with a
+    :class:`BudgetWarning`, if the network has no more valid ones) have all their parameters
+    at zero, none of them nested in another and together a valid erasure, and exactly
+    ``round(target_group_sparsity · N)`` prunable groups outside them are zero. See
+    ``docs/optim.md``.
+    """
+
+    def __init__(
+        self,
+        space: ErasureSpaceLike,
+        *,
+        lr: float,
+        warmup_steps: int,
+        variant: str = "sgd",
+        target_group_sparsity: float = 0.0,
+        erase_budget: float = 0.5,
+        end_step: int | None = None,
+        momentum: float = 0.9,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        lmbda: float = 1.0,
+        lmbda_amplify: float = 1.1,
+        hat_lmbda_coeff: float = 10.0,
+        epsilon: float = 0.0,
+        ema: float = 0.9,
+        score: RedundancyScore | None = None,
+        keep_one_per_family: bool = True,
+        process_group: Any = None,
+    ) -> None:
+        if not 0.0 <= erase_budget <= 1.0:
+            raise OtonasError(f"H2SPG: erase_budget={erase_budget!r} is invalid; expected a fraction in [0, 1]")
+        if not 0.0 <= target_group_sparsity <= 1.0:
+            raise OtonasError(f"H2SPG: target_group_sparsity={target_group_sparsity!r} is invalid; "
+                              "expected a fraction in [0, 1]")
+        if not 0.0 <= ema < 1.0:
+            raise OtonasError(f"H2SPG: ema={ema!r} is invalid; expected a decay in [0, 1) (0: the last score only)")
+        if not hasattr(space, "erasing_groups") or not hasattr(space, "check_erasure"):
+            raise OtonasError("H2SPG needs a search space with erasing groups (space.erasing_groups and "
+                              "space.check_erasure): pass the SearchSpace from otonas.analyze, or use DHSPG")
+        self._space = space
+        self.num_pruning_groups = n = int(space.num_prunable_groups)
+        self.num_erasing_groups = e = len(space.erasing_groups)
+        self.target_pruned_groups = _count(n, float(target_group_sparsity))
+        self.target_erased_groups = _count(e, float(erase_budget))
+        super().__init__(_TwoLevelSpace(space), lr=lr, target_group_sparsity=0.0, start_step=warmup_steps,
+                         end_step=end_step, variant=variant, momentum=momentum, dampening=dampening,
+                         nesterov=nesterov, weight_decay=weight_decay, betas=betas, eps=eps, lmbda=lmbda,
+                         lmbda_amplify=lmbda_amplify, hat_lmbda_coeff=hat_lmbda_coeff, epsilon=epsilon, score=score,
+                         keep_one_per_family=False, process_group=process_group)
+        for store in (self.param_groups[0], self.defaults):
+            store.update(target_group_sparsity=float(target_group_sparsity), erase_budget=float(erase_budget),
+                         ema=float(ema))
+        family = getattr(space, "group_family", None)
+        self._pfamily = (torch.as_tensor(list(family), dtype=torch.int64, device=self._layout.device)
+                         if family is not None and keep_one_per_family and n else None)
+        if self._pfamily is not None:
+            if self._pfamily.numel() != n:
+                raise OtonasError(f"space.group_family has {self._pfamily.numel()} entries for {n} prunable "
+                                  "groups; expected one family id per group")
+            spare = n - int(torch.unique(self._pfamily).numel())
+            if self.target_pruned_groups > spare:
+                raise OtonasError(
+                    f"target_group_sparsity={target_group_sparsity} asks for {self.target_pruned_groups} zero groups, "
+                    f"but keeping one group in each family leaves only {spare} removable; lower the target "
+                    f"to at most {spare / n:.3f} or pass keep_one_per_family=False")
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _reset_run_state(self) -> None:
+        super()._reset_run_state()
+        self._ema: Tensor | None = None  # float64 [N + E]: averaged scores, prunable then erasing
+        self._accepted: list[int] = []
+        self._skipped: list[SkippedCandidate] = []
+        self._moot = np.zeros(self.num_pruning_groups, dtype=bool)
+        self._pruned: list[int] = []
+
+    @property
+    def skipped(self) -> list[SkippedCandidate]:
+        """Erasing groups the selection passed over, as ``(group index, reason)``, in walk order."""
+        return list(self._skipped)
+
+    @property
+    def accepted(self) -> list[int]:
+        """The accepted erasing groups, in the order the selection took them (empty before it)."""
+        return list(self._accepted)
+
+    @property
+    def pruning_scores(self) -> Tensor | None:
+        """The averaged redundancy score of each prunable group ``[N]`` (None before the first step)."""
+        return None if self._ema is None else self._ema[: self.num_pruning_groups].clone()
+
+    @property
+    def erasing_scores(self) -> Tensor | None:
+        """The averaged redundancy score of each erasing group ``[E]`` (None before the first step)."""
+        return None if self._ema is None else self._ema[self.num_pruning_groups:].clone()
+
+    @property
+    def moot_groups(self) -> np.ndarray:
+        """Bool mask ``[N]``: prunable groups that live inside an accepted erasing group (they go
+        with it, so they are neither selected nor counted in the sparsity)."""
+        return self._moot.copy()
+
+    @property
+    def redundant_groups(self) -> Tensor | None:
+        """Bool mask ``[N]`` of the prunable groups selected for zero (None before the selection)."""
+        return None if self._redundant is None else self._redundant[: self.num_pruning_groups].clone()
+
+    def erased_mask(self) -> np.ndarray:
+        """Bool mask ``[E]`` of the accepted erasing groups (all False before the selection)."""
+        mask = np.zeros(self.num_erasing_groups, dtype=bool)
+        mask[self._accepted] = True
+        return mask
+
+    # ------------------------------------------------------------------ warm-up and selection
+    def _observe(self, params: Sequence[Tensor], d: Sequence[Tensor | None]) -> None:
+        stats, _, _ = self._stats(self._layout.plans, self._layout.slice_index, params, d, with_abs=True,
+                                  keep_xx=False)
+        n, total = self.num_pruning_groups, self.num_groups
+        size = self._layout.group_size.to(stats.dtype)
+        scores = []
+        for lo, hi, family in ((0, n, self._pfamily), (n, total, None)):
+            if hi > lo:  # each level normalized on its own: an operator and a channel are not alike
+                s = stats[:, lo:hi]
+                scores.append(self._score(GroupStats(dot=s[0], x_sq=s[1], d_sq=s[2], x_abs=s[3], size=size[lo:hi],
+                                                     family=family)).to(torch.float64))
+        score = torch.cat(scores) if scores else torch.zeros(0, dtype=torch.float64, device=stats.device)
+        beta = self.param_groups[0]["ema"]
+        if self._ema is None or beta == 0:
+            self._ema = score
+        else:  # β > 0 and 1 − β > 0: an infinite score stays infinite, never NaN
+            self._ema = self._ema * beta + score * (1 - beta)
+
+    def _partition(self, params: Sequence[Tensor], d: Sequence[Tensor | None]) -> None:
+        """At ``warmup_steps``: fold in this step's scores, then choose both levels of G_r."""
+        self._observe(params, d)
+        assert self._ema is not None
+        self._ema = self._broadcast_tensor(self._ema)  # every rank walks rank 0's order
+        n, e = self.num_pruning_groups, self.num_erasing_groups
+        ema = self._ema.cpu().numpy()  # one host read, once
+        accepted, skipped = select_erasure(self._space, ema[n:].tolist(), self.target_erased_groups)
+        for s in skipped:
+            logger.info("H2SPG skipped erasing group %s: %s", _name(self._space.erasing_groups, s.index), s.reason)
+        if len(accepted) < self.target_erased_groups:
+            msg = (f"H2SPG: erase_budget={self.param_groups[0]['erase_budget']} asks for {self.target_erased_groups} "
+                   f"of the {e} erasing groups, but the walk found only {len(accepted)} that can be erased together "
+                   f"({len(skipped)} skipped: nested in an accepted one, or erasing them breaks the network; see "
+                   "opt.skipped); erasing those")
+            logger.warning(msg)
+            warnings.warn(msg, BudgetWarning, stacklevel=_caller_level())
+        self._accepted, self._skipped = accepted, skipped
+        self._moot = self._moot_groups(accepted)
+        self._pruned = self._select_pruning(ema[:n], self._moot)
+        redundant = torch.zeros(n + e + 1, dtype=torch.bool)
+        redundant[self._pruned] = True
+        redundant[[n + i for i in accepted]] = True
+        self.target_zero_groups = len(self._pruned) + len(accepted)
+        self._set_redundant(redundant.to(self._layout.device))
+        self._buffers.clear()
+
+    def _moot_groups(self, accepted: Sequence[int]) -> np.ndarray:
+        """Prunable groups inside the accepted erasing groups: those of the families under them in
+        ``space.hierarchy``, and any group whose every slice lies in their parameters."""
+        n = self.num_pruning_groups
+        moot = np.zeros(n, dtype=bool)
+        if not accepted or not n:
+            return moot
+        space = self._space
+        tree, families = getattr(space, "hierarchy", None), getattr(space, "families", None)
+        if tree is not None and families is not None:
+            todo = [f"E{i}" for i in accepted]
+            while todo:
+                node = todo.pop()
+                for child in tree.successors(node):
+                    if str(child).startswith("F"):
+                        moot[list(families[int(str(child)[1:])].groups)] = True
+                    todo.append(child)
+        named = dict(space.model.named_parameters(remove_duplicate=False))
+        erased = {id(named[f]) for i in accepted for f in space.erasing_groups[i].params}
+        outside = np.zeros(n, dtype=bool)
+        for name, entries in space.group_layout().items():
+            if id(named[name]) not in erased:
+                for _, index in entries:
+                    ids = index.detach().cpu().numpy().reshape(-1)
+                    outside[ids[ids >= 0]] = True
+        return moot | ~outside
+
+    def _select_pruning(self, score: np.ndarray, moot: np.ndarray) -> list[int]:
+        """The K most redundant prunable groups outside the erased operators; with families, the
+        least redundant remaining group of each family is never taken."""
+        k = self.target_pruned_groups
+        if k == 0:
+            return []
+        score = np.where(np.isnan(score), -np.inf, score)
+        eligible = ~moot
+        if self._pfamily is not None:
+            family = self._pfamily.cpu().numpy()
+            for f in np.unique(family[eligible]):
+                members = np.nonzero(eligible & (family == f))[0]
+                eligible[members[np.argmin(score[members])]] = False  # argmin: the first of equal minima
+        cand = np.nonzero(eligible)[0]
+        cand = cand[np.argsort(-score[cand], kind="stable")]
+        if len(cand) < k:
+            msg = (f"H2SPG: target_group_sparsity={self.param_groups[0]['target_group_sparsity']} asks for {k} zero "
+                   f"prunable groups, but only {len(cand)} are left outside the erased operators "
+                   f"({int(moot.sum())} live inside them) after keeping a channel per family; zeroing those")
+            logger.warning(msg)
+            warnings.warn(msg, BudgetWarning, stacklevel=_caller_level())
+        return sorted(int(g) for g in cand[:k])
+
+    def _forced_message(self, rest: Tensor, end_step: int) -> str:
+        n = self.num_pruning_groups
+        ops, chans = int(rest[n:].sum()), int(rest[:n].sum())
+        return (f"H2SPG: {ops} of the {len(self._accepted)} accepted erasing groups and {chans} of the "
+                f"{len(self._pruned)} selected prunable groups had not reached zero by end_step={end_step} and were "
+                "set to zero now; for a gentler finish raise lmbda, epsilon or end_step")
+
+    # ------------------------------------------------------------------ reporting
+    def zero_groups(self) -> Tensor:
+        """Bool mask ``[N]``: the prunable groups whose every element is exactly zero now."""
+        return self._group_abs()[: self.num_pruning_groups] == 0
+
+    def zero_erasing_groups(self) -> Tensor:
+        """Bool mask ``[E]``: the erasing groups whose every parameter is exactly zero now
+        (an accepted group's nested groups included)."""
+        return self._group_abs()[self.num_pruning_groups: self.num_groups] == 0
+
+    def _zero_counts(self) -> tuple[int, int]:
+        """(zero prunable groups outside the erased operators, accepted erasing groups all zero now)."""
+        zero = self._group_abs() == 0
+        n = self.num_pruning_groups
+        pruned = int((zero[:n] & ~torch.from_numpy(self._moot).to(zero.device)).sum())
+        erased = int(zero[n:][self._accepted].sum()) if self._accepted else 0
+        return pruned, erased
+
+    def group_sparsity(self) -> float:
+        """The fraction of the N prunable groups that are zero, not counting those inside erased
+        operators (they go with the operator); ends at ``round(N·target)/N``."""
+        n = self.num_pruning_groups
+        return self._zero_counts()[0] / n if n else 0.0
+
+    def metrics(self) -> dict[str, Any]:
+        """DHSPG's numbers for the prunable groups, plus the erasure's."""
+        m = super().metrics()
+        hp = self.param_groups[0]
+        n = self.num_pruning_groups
+        pruned, erased = self._zero_counts()
+        red = self._redundant
+        zero = self._zero
+        m.update(
+            num_groups=n,
+            target_zero_groups=self.target_pruned_groups,
+            num_zero_groups=pruned,
+            group_sparsity=pruned / n if n else 0.0,
+            num_redundant_groups=len(self._pruned) if red is not None else 0,
+            num_projected_groups=int((zero[:n] & red[:n]).sum()) if red is not None else 0,
+            num_moot_groups=int(self._moot.sum()),
+            num_erasing_groups=self.num_erasing_groups,
+            erase_budget=hp["erase_budget"],
+            target_erased_groups=self.target_erased_groups,
+            num_accepted_erasing_groups=len(self._accepted),
+            num_skipped_erasing_groups=len(self._skipped),
+            num_projected_erasing_groups=int(zero[n:self.num_groups].sum()),
+            erased_groups=erased,
+        )
+        return m
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["h2spg"] = {
+            "ema": None if self._ema is None else self._ema.clone(),
+            "accepted": list(self._accepted),
+            "skipped": [(s.index, s.reason) for s in self._skipped],
+            "pruned": list(self._pruned),
+            "moot": torch.from_numpy(self._moot.copy()),
+            "num_pruning_groups": self.num_pruning_groups,
+            "num_erasing_groups": self.num_erasing_groups,
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("h2spg", None)
+        if extra is None:
+            raise OtonasError("this state dict has no 'h2spg' entry: it was not saved by H2SPG.state_dict()")
+        shape = (extra["num_pruning_groups"], extra["num_erasing_groups"])
+        if shape != (self.num_pruning_groups, self.num_erasing_groups):
+            raise OtonasError(f"the state dict is for {shape[0]} prunable and {shape[1]} erasing groups but this "
+                              f"optimizer has {self.num_pruning_groups} and {self.num_erasing_groups}; load it into "
+                              "an optimizer built on the same search space")
+        super().load_state_dict(state_dict)  # resets the run state, ours included
+        self._ema = None if extra["ema"] is None else extra["ema"].to(self._layout.device, torch.float64)
+        self._accepted = [int(i) for i in extra["accepted"]]
+        self._skipped = [SkippedCandidate(int(i), str(r)) for i, r in extra["skipped"]]
+        self._pruned = [int(i) for i in extra["pruned"]]
+        self._moot = extra["moot"].cpu().numpy().astype(bool).copy()
+        if self._redundant is not None:
+            self.target_zero_groups = len(self._pruned) + len(self._accepted)
