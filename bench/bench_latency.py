@@ -1,0 +1,94 @@
+"""Real speed-up on CPU: latency of built subnets against the full model, beside the FLOPs ratio.
+
+    python bench/bench_latency.py [--models resnet50,mobilenet_v2] [--levels 0.3,0.5,0.7]
+                                  [--batches 1,32] [--repeat 5] [--threads 1]
+
+For each level a random set of that share of the prunable groups is zeroed
+(``otonas._verify.zero_groups_``), ``space.removable`` says what the builder takes out and
+``otonas.build`` builds the subnet. Latency is the median of ``--repeat`` forward passes under
+``torch.inference_mode`` after one warm-up pass; the full model and its subnets are timed in
+turn inside each repetition so that machine noise hits them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import otonas  # noqa: E402
+from otonas._models import resolve_model  # noqa: E402
+from otonas._verify import zero_groups_  # noqa: E402
+
+
+def subnets(name: str, levels: list[float], seed: int = 0) -> tuple[list[tuple[str, torch.nn.Module, float]], tuple[int, ...]]:
+    """The full model and one built subnet per level: (label, module, FLOPs kept)."""
+    torch.manual_seed(seed)
+    resolved = resolve_model(f"torchvision:{name}")
+    model, shape = resolved.model.eval(), resolved.input_shapes[0]
+    full = copy.deepcopy(model)
+    space = otonas.analyze(model, (torch.randn(2, *shape[1:]),))
+    state = copy.deepcopy(model.state_dict())
+    base = space.costs()
+    out = [("full", full, 1.0)]
+    rng = np.random.default_rng(seed)
+    for level in levels:
+        model.load_state_dict(state)
+        n = space.num_prunable_groups
+        mask = np.zeros(n, dtype=bool)
+        mask[rng.choice(n, size=round(level * n), replace=False)] = True
+        zero_groups_(space, mask)
+        removed = space.removable(mask)
+        out.append((f"{level:.0%} groups", otonas.build(space).eval(), space.costs(removed=removed).flops / base.flops))
+    model.load_state_dict(state)
+    return out, shape
+
+
+def measure(nets: list[tuple[str, torch.nn.Module, float]], shape: tuple[int, ...], batch: int, repeat: int) -> list[float]:
+    x = torch.randn(batch, *shape[1:])
+    times: list[list[float]] = [[] for _ in nets]
+    with torch.inference_mode():
+        for _, net, _ in nets:
+            net(x)  # warm-up
+        for _ in range(repeat):
+            for i, (_, net, _) in enumerate(nets):
+                t = time.perf_counter()
+                net(x)
+                times[i].append(time.perf_counter() - t)
+    return [statistics.median(t) for t in times]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="resnet50,mobilenet_v2")
+    ap.add_argument("--levels", default="0.3,0.5,0.7")
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 1 is steadiest on a shared machine")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    levels = [float(s) for s in args.levels.split(",")]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("| model | groups zeroed | FLOPs kept | params kept | batch | latency (ms) | speed-up | FLOPs ratio (full/subnet) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in args.models.split(","):
+        nets, shape = subnets(name, levels)
+        p_full = sum(p.numel() for p in nets[0][1].parameters())
+        for batch in (int(b) for b in args.batches.split(",")):
+            lat = measure(nets, shape, batch, args.repeat)
+            for (label, net, kept), t in zip(nets, lat):
+                p = sum(q.numel() for q in net.parameters()) / p_full
+                print(f"| {name} | {label} | {kept:.1%} | {p:.1%} | {batch} | {t * 1e3:.1f} | {lat[0] / t:.2f}× | "
+                      f"{1 / kept:.2f}× |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
