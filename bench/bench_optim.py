@@ -1,6 +1,7 @@
-"""Step time of DHSPG against torch.optim.SGD(foreach=True), on ResNet-50 and a transformer block.
+"""Step time of DHSPG and H2SPG against torch.optim.SGD(foreach=True).
 
     python bench/bench_optim.py [--repeat 15] [--models resnet50,transformer] [--synthetic]
+    python bench/bench_optim.py --h2spg [--supernets darts,superresnet] [--erase-budget 0.5]
 
 Groups come from ``otonas.analyze`` (``--synthetic``: every conv / linear output channel its
 own group over weight dim 0, with its BN weight and bias and the consumers' input columns).
@@ -10,6 +11,11 @@ statistics, λ step and half-space projection every step) and after the projecti
 step with the zero groups held at zero). Both optimizers use momentum 0.9 and weight decay
 1e-4 (``--weight-decay``); timings alternate between the optimizers so that machine noise hits both alike; each
 figure is a median. Prints one markdown table row per model and phase.
+
+``--h2spg`` times H2SPG instead, on supernets from ``search_spaces`` at their default size
+(analysed by ``otonas.analyze``): warm-up (base step plus the per-step redundancy scores of
+every prunable and erasing group for the moving average), projection (on the selected
+erasing groups and channels) and after it; the one-time selection is reported as well.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from otonas.optim import DHSPG, ForcedProjectionWarning  # noqa: E402
+from otonas.optim import DHSPG, H2SPG, BudgetWarning, ForcedProjectionWarning  # noqa: E402
 
 
 class _Space:
@@ -126,6 +132,43 @@ def bench(name: str, repeat: int, synthetic: bool, target: float, weight_decay: 
     return rows
 
 
+def bench_h2spg(name: str, repeat: int, budget: float, target: float, weight_decay: float) -> list[str]:
+    import otonas
+    import search_spaces
+
+    torch.manual_seed(0)
+    model = search_spaces.create(name)
+    inputs = (torch.randn(2, *search_spaces.info(name).input_shape),)
+    space = otonas.analyze(model, inputs)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    nparams = sum(p.numel() for p in params)
+    kw = dict(lr=1e-3, momentum=0.9, weight_decay=weight_decay, erase_budget=budget, target_group_sparsity=target)
+    sgd = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=weight_decay, foreach=True)
+    huge = 10**9
+    warm = H2SPG(space, warmup_steps=huge, end_step=huge + 1, **kw)  # type: ignore[arg-type]
+    proj = H2SPG(space, warmup_steps=0, end_step=huge, **kw)  # type: ignore[arg-type]
+    done = H2SPG(space, warmup_steps=0, end_step=1, **kw)  # type: ignore[arg-type]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ForcedProjectionWarning)
+        warnings.simplefilter("ignore", BudgetWarning)
+        t0 = time.perf_counter()
+        proj.step()  # the selection (once)
+        t_select = 1e3 * (time.perf_counter() - t0)
+        done.step()  # selection + forced projection: everything selected is zero from here on
+    t_sgd, t_warm, t_proj, t_done = median_ms([sgd.step, warm.step, proj.step, done.step], repeat)
+    m = proj.metrics()
+    groups = (f"{space.num_prunable_groups} + {space.num_erasing_groups} erasing "
+              f"({m['num_accepted_erasing_groups']} accepted)")
+    rows = []
+    for phase, t in (("warm-up (scores + EMA)", t_warm), ("projection", t_proj), ("after projection", t_done)):
+        rows.append(f"| {name} | {nparams / 1e6:.1f} M | {groups} | {phase} | {t_sgd:.1f} | {t:.1f} | "
+                    f"{t / t_sgd:.2f}x |")
+    rows.append(f"| {name} | {nparams / 1e6:.1f} M | {groups} | selection (once) | | {t_select:.0f} | |")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="resnet50,transformer")
@@ -134,9 +177,22 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=1e-4)
     ap.add_argument("--synthetic", action="store_true", help="hand-made layout instead of otonas.analyze")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    ap.add_argument("--h2spg", action="store_true", help="time H2SPG on supernets instead of DHSPG")
+    ap.add_argument("--supernets", default="darts,superresnet")
+    ap.add_argument("--erase-budget", type=float, default=0.5)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.h2spg:
+        print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, erase_budget={args.erase_budget}, "
+              f"target_group_sparsity={args.target}, momentum 0.9, weight_decay={args.weight_decay}, "
+              f"median of {args.repeat} steps")
+        print("| supernet | params | groups | H2SPG phase | SGD step (ms) | H2SPG step (ms) | ratio |")
+        print("|---|---|---|---|---|---|---|")
+        for name in args.supernets.split(","):
+            for row in bench_h2spg(name.strip(), args.repeat, args.erase_budget, args.target, args.weight_decay):
+                print(row, flush=True)
+        return
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, target_group_sparsity={args.target}, "
           f"momentum 0.9, weight_decay={args.weight_decay}, median of {args.repeat} steps")
     print("| model | params | groups | DHSPG phase | SGD step (ms) | DHSPG step (ms) | ratio |")

@@ -347,12 +347,12 @@ class DHSPG(torch.optim.Optimizer):
             xx = self._own_buffer(q, x) if own else tmp
             for k, (out, a, b) in enumerate(((tmp, x, dq), (xx, x, x), (tmp, dq, dq))):
                 torch.mul(a, b, out=out)
-                parts[k].extend(e.slice_sums(out) for e in q.entries)
+                parts[k].extend(_entry_sums(q, out))
             if own:
                 xx_full[q.position] = xx
             if with_abs:
                 torch.abs(x, out=tmp)
-                parts[3].extend(e.slice_sums(tmp) for e in q.entries)
+                parts[3].extend(_entry_sums(q, tmp))
         dev = self._layout.device
         values = (torch.stack([torch.cat(p).to(acc) for p in parts]) if plans
                   else torch.zeros(len(parts), 0, dtype=acc, device=dev))
@@ -362,22 +362,30 @@ class DHSPG(torch.optim.Optimizer):
     def _cross(self, plans: Sequence[ParamPlan], xx_slices: Tensor, xx_full: dict[int, Tensor],
                coef: Tensor) -> Tensor:
         """Per group g, Σ over g's slices of Σ_e (Σ of coef over e's groups)·x_e²: the shrink
-        term's share in ⟨x̂_g, x_g⟩, where an element in two G_r groups is shrunk by both."""
-        per_slice = xx_slices * coef[self._active_index]  # each slice's own group
+        term's share in ⟨x̂_g, x_g⟩, where an element in two G_r groups is shrunk by both.
+
+        Per parameter the coefficients are first summed per dim (all entries on one dim share
+        their slices), so the cost grows with the entries, not with their pairs."""
+        rows: list[Tensor] = []
         offset = 0
         for q in plans:
+            per_dim: dict[int, tuple[Entry, Tensor]] = {}
             for e in q.entries:
-                n = e.size
-                for f in q.entries:
-                    if f is e:
-                        continue
-                    if f.dim == e.dim:
-                        extra = coef[f.index] * xx_slices[offset:offset + n]
-                    else:
-                        xx = xx_full[q.position]
-                        extra = e.weighted_sums(xx, f, coef[f.index].to(xx.dtype)).to(coef.dtype)
-                    per_slice[offset:offset + n] += extra
-                offset += n
+                c = coef[e.index]
+                per_dim[e.dim] = (e, c) if e.dim not in per_dim else (per_dim[e.dim][0], per_dim[e.dim][1] + c)
+            done: dict[int, Tensor] = {}
+            for e in q.entries:
+                row = done.get(e.dim)
+                if row is None:
+                    row = per_dim[e.dim][1] * xx_slices[offset:offset + e.size]
+                    for dim, (f, c) in per_dim.items():
+                        if dim != e.dim:
+                            xx = xx_full[q.position]
+                            row = row + e.weighted_sums(xx, f, c.to(xx.dtype)).to(coef.dtype)
+                    done[e.dim] = row
+                rows.append(row)
+                offset += e.size
+        per_slice = torch.cat(rows) if rows else coef.new_zeros(0)
         return torch.zeros_like(coef).index_add_(0, self._active_index, per_slice)
 
     # ------------------------------------------------------------------ the three phases
@@ -580,6 +588,19 @@ class DHSPG(torch.optim.Optimizer):
         self._forced = extra["forced"]
         if extra["redundant"] is not None:
             self._set_redundant(extra["redundant"].to(dev))
+
+
+def _entry_sums(q: ParamPlan, t: Tensor) -> list[Tensor]:
+    """``e.slice_sums(t)`` for every entry of ``q``, computed once per dim: entries on one dim
+    (nested groups over whole tensors, say) share their slices."""
+    by_dim: dict[int, Tensor] = {}
+    out = []
+    for e in q.entries:
+        sums = by_dim.get(e.dim)
+        if sums is None:
+            sums = by_dim[e.dim] = e.slice_sums(t)
+        out.append(sums)
+    return out
 
 
 def _caller_level() -> int:

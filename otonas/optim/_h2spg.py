@@ -94,13 +94,16 @@ def select_erasure(space: ErasureSpaceLike, scores: Sequence[float],
     a group unless
 
     * an accepted group encloses it (erasing the outer one already erases it), or it encloses
-      an accepted group (accepting it would re-erase that one): each accepted group is a
-      distinct erasure, so the accepted set never nests; or
+      an accepted group (accepting it would re-erase that one);
+    * with it, every parameter of an enclosing group would lie in accepted groups (that is
+      erasing the enclosing group whole, which is a candidate of its own); or
     * erasing it together with every group accepted so far leaves an invalid network
       (``space.check_erasure`` gives the reason);
 
-    and stops once ``budget`` groups are accepted. Returns the accepted indices in the order
-    accepted and the skipped candidates with their reasons (groups after the stop are neither).
+    and stops once ``budget`` groups are accepted. So each accepted group is a distinct
+    erasure, and the accepted set is exactly what ``SearchSpace.erasable`` finds once their
+    parameters are zero. Returns the accepted indices in the order accepted and the skipped
+    candidates with their reasons (groups after the stop are neither).
     """
     groups = space.erasing_groups
     order = sorted(range(len(groups)), key=lambda i: (-_key(scores[i]), i))
@@ -108,6 +111,7 @@ def select_erasure(space: ErasureSpaceLike, scores: Sequence[float],
     skipped: list[SkippedCandidate] = []
     taken: set[int] = set()
     covered: dict[int, int] = {}  # every ancestor of an accepted group → that group
+    zeroed: set[str] = set()  # the parameters of the accepted groups
     for i in order:
         if len(accepted) >= budget:
             break
@@ -118,12 +122,19 @@ def select_erasure(space: ErasureSpaceLike, scores: Sequence[float],
         if i in covered:
             skipped.append(SkippedCandidate(i, f"encloses the accepted erasing group {_name(groups, covered[i])}"))
             continue
+        whole = _emptied_ancestor(groups, i, zeroed | set(groups[i].params))
+        if whole is not None:
+            skipped.append(SkippedCandidate(
+                i, f"with it, every parameter of the enclosing group {_name(groups, whole)} would be in accepted "
+                   "groups: that erases the enclosing group whole, a candidate of its own"))
+            continue
         reason = space.check_erasure(sorted(accepted + [i]))
         if reason is not None:
             skipped.append(SkippedCandidate(i, f"erasing it with the {len(accepted)} accepted groups: {reason}"))
             continue
         accepted.append(i)
         taken.add(i)
+        zeroed.update(groups[i].params)
         p = groups[i].parent
         while p is not None:
             covered.setdefault(p, i)
@@ -139,6 +150,15 @@ def _accepted_ancestor(groups: Sequence[_ErasingGroupLike], i: int, taken: set[i
     p = groups[i].parent
     while p is not None:
         if p in taken:
+            return p
+        p = groups[p].parent
+    return None
+
+
+def _emptied_ancestor(groups: Sequence[_ErasingGroupLike], i: int, zeroed: set[str]) -> int | None:
+    p = groups[i].parent
+    while p is not None:
+        if zeroed.issuperset(groups[p].params):
             return p
         p = groups[p].parent
     return None
@@ -235,6 +255,11 @@ class H2SPG(DHSPG):
                               "expected a fraction in [0, 1]")
         if not 0.0 <= ema < 1.0:
             raise OtonasError(f"H2SPG: ema={ema!r} is invalid; expected a decay in [0, 1) (0: the last score only)")
+        if int(warmup_steps) < 0:
+            raise OtonasError(f"H2SPG: warmup_steps={warmup_steps!r} is invalid; expected a step count >= 0")
+        if end_step is not None and int(end_step) <= int(warmup_steps):
+            raise OtonasError(f"H2SPG: end_step={end_step!r} is invalid; expected a step after "
+                              f"warmup_steps={warmup_steps} (the projection phase needs at least one step)")
         if not hasattr(space, "erasing_groups") or not hasattr(space, "check_erasure"):
             raise OtonasError("H2SPG needs a search space with erasing groups (space.erasing_groups and "
                               "space.check_erasure): pass the SearchSpace from otonas.analyze, or use DHSPG")
