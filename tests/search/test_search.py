@@ -112,3 +112,17 @@ def test_bad_input_exit_2(tmp_path, args, needle):
     _, err = p.communicate(timeout=300)
     assert p.returncode == 2, err
     assert needle in err and "Traceback" not in err
+
+
+def test_erase_search_on_darts_is_exact_and_exports(tmp_path):
+    report = search(SearchConfig(out=str(tmp_path), model="search_spaces:darts", data="digits", mode="erase",
+                                 erase_budget=0.5, epochs=2, batch_size=128, lr=0.05, progress=False, seed=1))
+    assert report["accuracy_subnet"] == report["accuracy_full"]
+    assert len(report["erased_operators"]) == int(0.5 * report["erasing_groups"] + 0.5)  # halves round up
+    assert report["params_after"] < report["params_before"]
+    import otonas
+
+    net = otonas.load(str(tmp_path))  # model.py + model.safetensors, no pickle
+    x = torch.randn(3, 1, 8, 8)
+    assert net(x).shape == (3, 10)
+    assert (tmp_path / "report.html").exists() and (tmp_path / "architecture.json").exists()
