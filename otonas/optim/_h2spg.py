@@ -239,7 +239,7 @@ class H2SPG(DHSPG):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        lmbda: float = 1.0,
+        lmbda: float = 10.0,
         lmbda_amplify: float = 1.1,
         hat_lmbda_coeff: float = 10.0,
         epsilon: float = 0.0,

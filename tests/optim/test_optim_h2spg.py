@@ -403,3 +403,62 @@ def test_ddp_ranks_take_rank0s_selection(tmp_path) -> None:  # type: ignore[no-u
     walked = sorted(r0["accepted"] + [i for i, _ in r0["skipped"]])
     assert walked == list(range(len(walked)))
     assert r0["metrics"]["erased_groups"] == r1["metrics"]["erased_groups"] == len(r0["accepted"])
+
+
+# ---------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_h2spg_erases_half_of_a_darts_supernet_on_digits() -> None:
+    """The tiny DARTS-style supernet on sklearn's digits, 12 epochs: once with SGD, once with
+    H2SPG erasing half of the erasing groups (default λ). The budget is met exactly, the built
+    network predicts what the trained supernet predicts, and accuracy stays within 2 points."""
+    import time
+
+    search_spaces = pytest.importorskip("search_spaces")
+    from test_optim_e2e import BATCH, accuracy, load_digits, train
+
+    epochs = 12
+    data = load_digits()
+    spe = len(data.y_train) // BATCH
+
+    def net() -> torch.nn.Module:
+        return search_spaces.create("darts", size="tiny", in_chans=1, num_classes=10)
+
+    torch.manual_seed(0)
+    base = net()
+    t0 = time.perf_counter()
+    train(base, data, lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4),
+          epochs=epochs)
+    t_sgd = time.perf_counter() - t0
+    acc_sgd = accuracy(base, data.x_test, data.y_test)
+
+    torch.manual_seed(0)
+    model = net()
+    space = otonas.analyze(model, (data.x_train[:2],))
+    e = space.num_erasing_groups
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ForcedProjectionWarning)
+        opt = train(model, data, lambda m: H2SPG(space, lr=0.1, momentum=0.9, weight_decay=5e-4, erase_budget=0.5,
+                                                 warmup_steps=3 * spe, end_step=8 * spe), epochs=epochs)
+    t_h2 = time.perf_counter() - t0
+    acc_h2 = accuracy(model, data.x_test, data.y_test)
+    m = opt.metrics()  # type: ignore[attr-defined]
+    assert m["erased_groups"] == m["target_erased_groups"] == round_half_up(e, 0.5)
+    erased = opt.erased_mask()  # type: ignore[attr-defined]
+    assert space.is_valid(erased) and np.array_equal(erased_now(space), erased)
+
+    sub = otonas.build(space)
+    model.eval()
+    with torch.no_grad():
+        out, ref = sub(data.x_test), model(data.x_test)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    assert torch.equal(out.argmax(1), ref.argmax(1))
+    full = sum(p.numel() for p in model.parameters())
+    small = sum(p.numel() for p in sub.parameters())
+    forced = m["num_forced_groups"]
+    print(f"\ndarts-tiny on digits, {epochs} epochs: E={e} erasing groups, erased {m['erased_groups']} "
+          f"({forced} forced at end_step, {m['num_skipped_erasing_groups']} skipped), params {full} -> {small}, "
+          f"accuracy SGD {acc_sgd:.2f}% H2SPG {acc_h2:.2f}% (diff {acc_h2 - acc_sgd:+.2f}), "
+          f"train time SGD {t_sgd:.0f}s H2SPG {t_h2:.0f}s ({len(caught)} warning)")
+    assert small < full
+    assert acc_h2 >= acc_sgd - 2.0, (acc_sgd, acc_h2)
