@@ -335,28 +335,32 @@ class DHSPG(torch.optim.Optimizer):
         which needs no buffer beyond the shared scratch).
         """
         acc = self._acc_dtype
-        parts: list[list[Tensor]] = [[] for _ in range(4 if with_abs else 3)]
+        k = 4 if with_abs else 3
+        parts: list[Tensor] = []  # [k, slices of one entry] each
         xx_full: dict[int, Tensor] = {}
         for q in plans:
             x = params[q.position]
             dq = d[q.position]
             if dq is None:  # no gradient this step: d is zero there
                 dq = torch.zeros_like(x)
-            tmp = self._scratch("product", x.dtype, x.shape)
-            own = q.multi_dim and keep_xx
-            xx = self._own_buffer(q, x) if own else tmp
-            for k, (out, a, b) in enumerate(((tmp, x, dq), (xx, x, x), (tmp, dq, dq))):
-                torch.mul(a, b, out=out)
-                parts[k].extend(_entry_sums(q, out))
-            if own:
-                xx_full[q.position] = xx
+            # The k products side by side, so that each dim's slice sums are one reduction for all of them.
+            buf = self._scratch("products", x.dtype, (k, *x.shape))
+            torch.mul(x, dq, out=buf[0])
+            torch.mul(x, x, out=buf[1])
+            torch.mul(dq, dq, out=buf[2])
             if with_abs:
-                torch.abs(x, out=tmp)
-                parts[3].extend(_entry_sums(q, tmp))
+                torch.abs(x, out=buf[3])
+            if q.multi_dim and keep_xx:
+                xx_full[q.position] = self._own_buffer(q, x).copy_(buf[1])
+            by_dim: dict[int, Tensor] = {}
+            for e in q.entries:  # entries on one dim (nested whole-tensor groups, say) share their slices
+                sums = by_dim.get(e.dim)
+                if sums is None:
+                    sums = by_dim[e.dim] = e.stacked_sums(buf)
+                parts.append(sums)
         dev = self._layout.device
-        values = (torch.stack([torch.cat(p).to(acc) for p in parts]) if plans
-                  else torch.zeros(len(parts), 0, dtype=acc, device=dev))
-        stats = torch.zeros(len(parts), self.num_groups + 1, dtype=acc, device=dev).index_add_(1, index, values)
+        values = (torch.cat(parts, dim=1).to(acc) if parts else torch.zeros(k, 0, dtype=acc, device=dev))
+        stats = torch.zeros(k, self.num_groups + 1, dtype=acc, device=dev).index_add_(1, index, values)
         return stats, values[1], xx_full
 
     def _cross(self, plans: Sequence[ParamPlan], xx_slices: Tensor, xx_full: dict[int, Tensor],
@@ -588,19 +592,6 @@ class DHSPG(torch.optim.Optimizer):
         self._forced = extra["forced"]
         if extra["redundant"] is not None:
             self._set_redundant(extra["redundant"].to(dev))
-
-
-def _entry_sums(q: ParamPlan, t: Tensor) -> list[Tensor]:
-    """``e.slice_sums(t)`` for every entry of ``q``, computed once per dim: entries on one dim
-    (nested groups over whole tensors, say) share their slices."""
-    by_dim: dict[int, Tensor] = {}
-    out = []
-    for e in q.entries:
-        sums = by_dim.get(e.dim)
-        if sums is None:
-            sums = by_dim[e.dim] = e.slice_sums(t)
-        out.append(sums)
-    return out
 
 
 def _caller_level() -> int:

@@ -66,6 +66,15 @@ class Entry:
         # The outer dims first (a vectorized column sum), then the short rows that are left.
         return t.reshape(self.pre, n * self.post).sum(0).view(n, self.post).sum(1)
 
+    def stacked_sums(self, t: Tensor) -> Tensor:
+        """``slice_sums`` of k tensors at once: ``t`` is ``[k, *parameter shape]``, the result ``[k, size]``."""
+        k, n = t.shape[0], self.size
+        if self.pre == 1:
+            return t.reshape(k, n, self.post).sum(2) if self.post > 1 else t.reshape(k, n).clone()
+        if self.post == 1:
+            return t.reshape(k, self.pre, n).sum(1)
+        return t.reshape(k, self.pre, n * self.post).sum(1).view(k, n, self.post).sum(2)
+
     def weighted_sums(self, t: Tensor, other: Entry, w: Tensor) -> Tensor:
         """One sum per slice of ``t · w[position along other.dim]``, for ``other`` on another dim.
 
