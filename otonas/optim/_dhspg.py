@@ -74,6 +74,26 @@ def _count(n: int, target: float) -> int:
     return min(n, int(math.floor(n * target + 0.5 + 1e-9)))
 
 
+def family_ids(space: Any, n: int, target_count: int, target: float, keep_one_per_family: bool,
+               device: torch.device) -> Tensor | None:
+    """The family id of each of ``n`` prunable groups when one group per family is kept (else
+    None), checked against the number of groups the target asks to zero."""
+    family = getattr(space, "group_family", None)
+    if family is None or not keep_one_per_family or not n:
+        return None
+    ids = torch.as_tensor(list(family), dtype=torch.int64, device=device)
+    if ids.numel() != n:
+        raise OtonasError(f"space.group_family has {ids.numel()} entries for {n} prunable "
+                          "groups; expected one family id per group")
+    spare = n - int(torch.unique(ids).numel())
+    if target_count > spare:
+        raise OtonasError(
+            f"target_group_sparsity={target} asks for {target_count} zero groups, "
+            f"but keeping one group in each family leaves only {spare} removable; lower the target "
+            f"to at most {spare / n:.3f} or pass keep_one_per_family=False")
+    return ids
+
+
 class DHSPG(torch.optim.Optimizer):
     """Dual Half-Space Projected Gradient: trains and drives exactly K prunable groups to zero.
 
@@ -134,21 +154,10 @@ class DHSPG(torch.optim.Optimizer):
         self._score = score or CosineMagnitudeScore()
         self._process_group = process_group
         n = self._layout.num_groups
-        family = getattr(space, "group_family", None)
-        self._family = (torch.as_tensor(list(family), dtype=torch.int64, device=self._layout.device)
-                        if family is not None and keep_one_per_family and n else None)
         self.num_groups = n
         self.target_zero_groups = _count(n, float(target_group_sparsity))
-        if self._family is not None:
-            if self._family.numel() != n:
-                raise OtonasError(f"space.group_family has {self._family.numel()} entries for {n} prunable "
-                                  "groups; expected one family id per group")
-            spare = n - int(torch.unique(self._family).numel())
-            if self.target_zero_groups > spare:
-                raise OtonasError(
-                    f"target_group_sparsity={target_group_sparsity} asks for {self.target_zero_groups} zero groups, "
-                    f"but keeping one group in each family leaves only {spare} removable; lower the target "
-                    f"to at most {spare / n:.3f} or pass keep_one_per_family=False")
+        self._family = family_ids(space, n, self.target_zero_groups, target_group_sparsity, keep_one_per_family,
+                                  self._layout.device)
         self._reset_run_state()
 
     # ------------------------------------------------------------------ bookkeeping

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import OtonasError
-from ._dhspg import DHSPG, _caller_level, _count
+from ._dhspg import DHSPG, _caller_level, _count, family_ids
 from ._score import GroupStats, RedundancyScore
 
 __all__ = ["H2SPG", "BudgetWarning", "SkippedCandidate", "select_erasure", "ErasureSpaceLike"]
@@ -276,19 +276,8 @@ class H2SPG(DHSPG):
         for store in (self.param_groups[0], self.defaults):
             store.update(target_group_sparsity=float(target_group_sparsity), erase_budget=float(erase_budget),
                          ema=float(ema))
-        family = getattr(space, "group_family", None)
-        self._pfamily = (torch.as_tensor(list(family), dtype=torch.int64, device=self._layout.device)
-                         if family is not None and keep_one_per_family and n else None)
-        if self._pfamily is not None:
-            if self._pfamily.numel() != n:
-                raise OtonasError(f"space.group_family has {self._pfamily.numel()} entries for {n} prunable "
-                                  "groups; expected one family id per group")
-            spare = n - int(torch.unique(self._pfamily).numel())
-            if self.target_pruned_groups > spare:
-                raise OtonasError(
-                    f"target_group_sparsity={target_group_sparsity} asks for {self.target_pruned_groups} zero groups, "
-                    f"but keeping one group in each family leaves only {spare} removable; lower the target "
-                    f"to at most {spare / n:.3f} or pass keep_one_per_family=False")
+        self._pfamily = family_ids(space, n, self.target_pruned_groups, target_group_sparsity, keep_one_per_family,
+                                   self._layout.device)
 
     # ------------------------------------------------------------------ bookkeeping
     def _reset_run_state(self) -> None:
