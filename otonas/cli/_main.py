@@ -71,7 +71,105 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output folder (default otonas-out)")
     s.add_argument("--json", action="store_true", help="print report.json at the end")
     s.add_argument("--debug", action="store_true", help="show tracebacks")
+    t = sub.add_parser("tune", help="search the sparsity/erase budgets with Optuna: short searches, a Pareto front")
+    t.add_argument("--config", metavar="TOML", help="options from a TOML file (keys as the flags; a [search] table "
+                   "passes options to every trial's search, a [space] table is the budget space); flags override it")
+    t.add_argument("--model", help="torchvision:NAME, search_spaces:NAME or package.module:callable "
+                   "(default search_spaces:darts)")
+    t.add_argument("--data", help="digits (default), synthetic, imagefolder:PATH, cifar10:ROOT, fashionmnist:ROOT")
+    t.add_argument("--trials", type=int, help="finished trials this process contributes to the study (default 10); "
+                   "the same command run again continues up to this number")
+    t.add_argument("--storage", metavar="URL", help="Optuna RDB URL (default sqlite:///OUT/study.db); "
+                   "postgresql://user:pass@host/db lets several machines share one study")
+    t.add_argument("--study", help="study name (default otonas)")
+    t.add_argument("--objectives", help="accuracy,flops (default), accuracy,params, accuracy,latency or accuracy")
+    t.add_argument("--space", metavar="TOML", help="budget space: ranges of sparsity/erase, per = \"global\"|\"stage\"")
+    t.add_argument("--trial-epochs", type=int, help="epochs of each trial's short search (default 4)")
+    t.add_argument("--epochs", type=int, help="epochs of the full search run by --export-best (default 12)")
+    t.add_argument("--pruner", choices=["median", "none"], help="stop trials below the median of those that "
+                   "remove at least as much (default median)")
+    t.add_argument("--sampler", choices=["nsga2", "tpe", "random"], help="default nsga2 (two objectives), tpe (one)")
+    t.add_argument("--mode", choices=["prune", "erase", "both"], help="what trials remove (default: erase for "
+                   "supernets, else prune)")
+    t.add_argument("--lr", type=float, help="learning rate of every trial's search")
+    t.add_argument("--batch-size", type=int, help="batch size of every trial's search")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--export-best", type=int, metavar="TRIAL", help="run the full search (--epochs) with TRIAL's "
+                   "budgets and export it to OUT/best-trial-TRIAL")
+    t.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    t.add_argument("--out", help="this process's folder: trials/, pareto.json/.png/.html (default otonas-tune)")
+    t.add_argument("--json", action="store_true", help="print pareto.json at the end")
+    t.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def _tune_config(args: argparse.Namespace) -> Any:
+    import dataclasses
+    import tomllib
+
+    from ..tune import TuneConfig
+
+    fields = {f.name for f in dataclasses.fields(TuneConfig)}
+    values: dict[str, Any] = {}
+    if args.config:
+        try:
+            with open(args.config, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise UsageError(f"--config {args.config!r} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise UsageError(f"--config {args.config!r} is not valid TOML: {e}") from None
+        for key, value in raw.items():
+            name = key.replace("-", "_")
+            if name not in fields:
+                raise UsageError(f"--config {args.config!r}: unknown key {key!r}; known: "
+                                 f"{', '.join(sorted(f.replace('_', '-') for f in fields))}")
+            values[name] = value
+        if isinstance(values.get("search"), dict):
+            values["search"] = {k.replace("-", "_"): v for k, v in values["search"].items()}
+    for name in fields:
+        v = getattr(args, name, None)
+        if v is not None:
+            values[name] = v
+    search = dict(values.get("search", {}))
+    for name in ("mode", "lr", "batch_size"):
+        v = getattr(args, name, None)
+        if v is not None:
+            search[name] = v
+    values["search"] = search
+    try:
+        return TuneConfig(**values)
+    except TypeError as e:
+        raise UsageError(f"bad tune options: {e}") from None
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from ..tune import export_best, format_front, tune
+
+    cfg = _tune_config(args)
+    if args.export_best is not None:
+        try:
+            report = export_best(cfg, args.export_best)
+        except KeyboardInterrupt:
+            print("otonas: interrupted; rerun the same command to resume the full search", file=sys.stderr)
+            return 130
+        print(f"accuracy {report['accuracy_subnet']:.4f}; params {report['params_before']:,} -> "
+              f"{report['params_after']:,}; FLOPs {report['flops_before']:,} -> {report['flops_after']:,}")
+        print(f"written to {cfg.out}/best-trial-{args.export_best}/ (model.py, model.safetensors, report.html)")
+        return 0
+    try:
+        result = tune(cfg)
+    except KeyboardInterrupt:
+        print(f"otonas: interrupted; finished trials are in the study, the running one is resumed when the "
+              f"same command is run again (--out {cfg.out})", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_front(result))
+        print(f"written to {cfg.out}/ (pareto.json, pareto.png, pareto.html); "
+              f"export one with: otonas tune ... --export-best TRIAL")
+    return 0
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -250,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_search(args)
         if args.command == "show":
             return _cmd_show(args)
+        if args.command == "tune":
+            return _cmd_tune(args)
     except OtonasError as e:
         if getattr(args, "debug", False):
             traceback.print_exc()

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,6 +51,7 @@ class SearchConfig:
     resume: bool = False
     export: bool = True
     progress: bool = True
+    measure_latency: bool = False  # time the built subnet (batch 1, CPU) into report["latency_ms"]
 
     def validate(self) -> None:
         if self.mode not in (None, "prune", "erase", "both"):
@@ -162,9 +164,13 @@ def _metric(opt: Any, name: str, default: Any = 0) -> Any:
         return default
 
 
-def search(cfg: SearchConfig) -> dict[str, Any]:
+def search(cfg: SearchConfig, *, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run a search to the end (or resume one) and write DIR: checkpoint/, the export,
-    report.json and report.html. Returns the report."""
+    report.json and report.html. Returns the report.
+
+    ``on_epoch`` is called with each epoch's history row (``epoch``, ``val_accuracy``,
+    ``flops``, ...) after the epoch's checkpoint is written; an exception it raises (e.g.
+    ``optuna.TrialPruned``) ends the search there, with the checkpoint kept."""
     cfg.validate()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
@@ -240,6 +246,8 @@ def search(cfg: SearchConfig) -> dict[str, Any]:
             bar.close()
         elapsed += time.time() - t0
         _save_checkpoint(ckpt, model, opt, cfg, epoch + 1, history, elapsed)
+        if on_epoch is not None:
+            on_epoch(dict(row))
     return _finish(cfg, model, space, data, device, history, elapsed, opt)
 
 
@@ -290,6 +298,21 @@ def _load_checkpoint(ckpt: str, model: nn.Module, opt: Any, cfg: SearchConfig) -
                           "delete the folder to start again") from None
 
 
+@torch.inference_mode()
+def _latency_ms(net: nn.Module, data: DataSpec, *, repeats: int = 30) -> float:
+    """Median CPU time of one forward pass at batch 1, in milliseconds (after a warm-up)."""
+    net.eval()
+    x = data.val[0][0].unsqueeze(0)
+    for _ in range(3):
+        net(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        net(x)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
 def _finish(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, device: torch.device,
             history: list[dict[str, Any]], elapsed: float, opt: Any) -> dict[str, Any]:
     from ..build import build
@@ -317,6 +340,7 @@ def _finish(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, dev
                              for i in np.nonzero(erased)[0]] if erased is not None else [],
         "erasing_groups": space.num_erasing_groups, "prunable_groups": space.num_prunable_groups,
         "max_abs_diff": max_diff, "epochs": cfg.epochs, "seed": cfg.seed,
+        "latency_ms": _latency_ms(subnet, data) if cfg.measure_latency else None,
         "seconds": elapsed + (time.time() - t0),
         "config": asdict(cfg),
     }
