@@ -3,7 +3,7 @@
 # (tests/tune/test_postgres.py) and print its URL. Installs Debian's postgresql if missing.
 # Usage: eval "$(bash .ci/postgres.sh)"   -> exports OTONAS_TEST_POSTGRES_URL
 set -euo pipefail
-port="${OTONAS_PG_PORT:-55432}"
+port="${OTONAS_PG_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 bindir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
 if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ]; then
     echo "installing PostgreSQL (Debian package postgresql)" >&2
