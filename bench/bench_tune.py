@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from otonas.search import SearchConfig, search
-from otonas.tune import TuneConfig, format_front, tune
+from otonas.tuning import TuneConfig, format_front, tune
 
 MODEL, DATA = "search_spaces:resnet20", "digits"
 

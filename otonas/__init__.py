@@ -11,6 +11,7 @@ from ._verify import VerifyReport, verify
 from .optim import DHSPG
 from .export import ExportError, ExportResult, export
 from .export import load
+from .tuning import TuneConfig, tune
 
 __all__ = ["__version__", "analyze", "build", "verify", "DHSPG", "export", "load", "ExportResult", "ExportError", "VerifyReport", "SearchSpace", "OtonasError", "CaptureError", "AnalysisError", "BuildError",
-           "UsageError"]
+           "UsageError", "tune", "TuneConfig"]

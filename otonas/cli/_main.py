@@ -107,7 +107,7 @@ def _tune_config(args: argparse.Namespace) -> Any:
     import dataclasses
     import tomllib
 
-    from ..tune import TuneConfig
+    from ..tuning import TuneConfig
 
     fields = {f.name for f in dataclasses.fields(TuneConfig)}
     values: dict[str, Any] = {}
@@ -144,7 +144,7 @@ def _tune_config(args: argparse.Namespace) -> Any:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from ..tune import export_best, format_front, tune
+    from ..tuning import export_best, format_front, tune
 
     cfg = _tune_config(args)
     if args.export_best is not None:

@@ -33,7 +33,7 @@ class SearchConfig:
     data: str = "digits"
     mode: str | None = None  # prune | erase | both; default: erase for supernets, prune otherwise
     optimizer: str | None = None  # dhspg | h2spg; default from the mode
-    target_sparsity: float = 0.5
+    target_sparsity: float | dict[str, float] = 0.5  # or stage -> fraction (see otonas._stages)
     erase_budget: float = 0.5  # share of the erasing groups to erase
     epochs: int = 12
     batch_size: int = 64
@@ -58,8 +58,12 @@ class SearchConfig:
             raise UsageError(f"--mode {self.mode!r} is not one of prune, erase, both")
         if self.optimizer not in (None, "dhspg", "h2spg"):
             raise UsageError(f"--optimizer {self.optimizer!r} is not one of dhspg, h2spg")
-        if not 0.0 <= self.target_sparsity < 1.0:
-            raise UsageError(f"--target-sparsity {self.target_sparsity} must be in [0, 1), e.g. 0.5")
+        targets = (self.target_sparsity.items() if isinstance(self.target_sparsity, dict)
+                   else [("", self.target_sparsity)])
+        for stage, t in targets:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t < 1.0:
+                where = f" for stage {stage!r}" if stage else ""
+                raise UsageError(f"--target-sparsity {t!r}{where} must be a number in [0, 1), e.g. 0.5")
         if not 0.0 <= self.erase_budget < 1.0:
             raise UsageError(f"--erase-budget {self.erase_budget} must be in [0, 1), e.g. 0.5")
         if self.epochs < 1:

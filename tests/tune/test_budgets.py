@@ -10,7 +10,7 @@ import otonas
 import search_spaces
 from otonas import UsageError
 from otonas._stages import group_stages, stage_of
-from otonas.tune import BudgetSpace
+from otonas.tuning import BudgetSpace
 
 
 def test_stage_of_names():

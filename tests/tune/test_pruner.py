@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 from optuna.distributions import FloatDistribution
 
-from otonas.tune import BudgetAwareMedianPruner
+from otonas.tuning import BudgetAwareMedianPruner
 
 
 def _add(study, sparsity, curve, state=optuna.trial.TrialState.COMPLETE):

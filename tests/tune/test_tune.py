@@ -11,7 +11,7 @@ import time
 import optuna
 import pytest
 
-from otonas.tune import TuneConfig, tune
+from otonas.tuning import TuneConfig, tune
 
 from .helpers import env, run, tune_cmd
 

@@ -383,11 +383,21 @@ def _say(msg: str) -> None:
     print(f"otonas tune: {msg}", file=sys.stderr, flush=True)
 
 
-def tune(cfg: TuneConfig) -> dict[str, Any]:
+def tune(cfg: TuneConfig | None = None, /, **options: Any) -> dict[str, Any]:
     """Run (or continue) the study until this worker has contributed ``cfg.trials`` finished
     trials; write ``pareto.json``, ``pareto.png`` and ``pareto.html`` to ``cfg.out``. Returns
-    the contents of ``pareto.json``."""
+    the contents of ``pareto.json``.
+
+    Pass a :class:`TuneConfig`, or its fields as keywords: ``otonas.tune(model=..., trials=20)``."""
     import optuna
+
+    if cfg is None:
+        try:
+            cfg = TuneConfig(**options)
+        except TypeError as e:
+            raise UsageError(f"otonas.tune: {e}; the options are TuneConfig's fields") from None
+    elif options:
+        cfg = dataclasses.replace(cfg, **options)
 
     cfg.validate()
     objs = cfg.objective_list()
