@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int)
     s.add_argument("--batch-size", type=int)
     s.add_argument("--lr", type=float)
+    s.add_argument("--lr-schedule", choices=["cosine", "constant"], help="cosine decay to 0 (default) or constant")
     s.add_argument("--optimizer", choices=["dhspg", "h2spg"], help="default: dhspg to prune, h2spg to erase")
     s.add_argument("--device", help="auto (default), cpu or cuda")
     s.add_argument("--seed", type=int)

@@ -38,6 +38,7 @@ class SearchConfig:
     epochs: int = 12
     batch_size: int = 64
     lr: float = 0.05
+    lr_schedule: str = "cosine"  # cosine (to 0 at the last step) | constant
     momentum: float = 0.9
     weight_decay: float = 1e-4
     lmbda: float = 2.0  # the optimizers' group-shrinking strength; 2.0 lets groups reach zero in short runs
@@ -72,6 +73,8 @@ class SearchConfig:
             raise UsageError(f"--batch-size {self.batch_size} must be at least 1")
         if not self.lr > 0:
             raise UsageError(f"--lr {self.lr} must be positive")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise UsageError(f"--lr-schedule {self.lr_schedule!r} is not one of cosine, constant")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise UsageError(f"--device {self.device!r} is not one of auto, cpu, cuda")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -153,6 +156,13 @@ def _make_optimizer(cfg: SearchConfig, space: Any, steps_per_epoch: int) -> Any:
                  **common)
 
 
+def _set_lr(opt: Any, cfg: SearchConfig, step: int, total: int) -> None:
+    """The learning rate of ``step``: constant, or cosine from ``cfg.lr`` down to 0 at the end."""
+    lr = cfg.lr if cfg.lr_schedule == "constant" else cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     try:
         from tqdm import tqdm
@@ -216,7 +226,8 @@ def search(cfg: SearchConfig, *, on_epoch: Callable[[dict[str, Any]], None] | No
         bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
         aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
         loss_sum, correct, seen = 0.0, 0, 0
-        for x, y in _loader(data.train, cfg, epoch, True):
+        for i, (x, y) in enumerate(_loader(data.train, cfg, epoch, True)):
+            _set_lr(opt, cfg, epoch * steps_per_epoch + i, cfg.epochs * steps_per_epoch)
             if data.augment is not None:
                 x = data.augment(x, aug_gen)
             x, y = x.to(device), y.to(device)
