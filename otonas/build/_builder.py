@@ -25,17 +25,20 @@ rule = BUILD_RULES.register
 class BuildContext:
     """What a rewrite rule sees: original and reduced sizes, and the graph being written."""
 
-    def __init__(self, space: SearchSpace, removed_root: np.ndarray | None, graph: fx.Graph) -> None:
+    def __init__(self, space: SearchSpace, removed_root: np.ndarray | None, graph: fx.Graph,
+                 source: dict[str, str]) -> None:
         self.space = space
         self.removed_root = removed_root
         self.graph = graph
+        self.source = source  # node of the copied program -> node of the analysed one
         self._masks: dict[str, Any] = {}
 
     def masks(self, node: fx.Node) -> Any:
         """Keep-mask of every position of every dim of ``node``'s output(s)."""
-        if node.name not in self._masks:
-            self._masks[node.name] = self.space.keep_masks(node.name, self.removed_root)
-        return self._masks[node.name]
+        name = self.source.get(node.name, node.name)
+        if name not in self._masks:
+            self._masks[name] = self.space.keep_masks(name, self.removed_root)
+        return self._masks[name]
 
     def sizes(self, node: fx.Node) -> Any:
         m = self.masks(node)
@@ -224,13 +227,14 @@ def build(space: SearchSpace, *, removed: np.ndarray | None = None, erased: np.n
             raise BuildError(f"the erasure set is not valid: {why}")
     else:
         dead = set()
-    program = space.capture.program
+    copied = space.capture.build_program()
+    program, source = copied.program, copied.source
     sig = program.graph_signature
     specs = {s.arg.name: s for s in sig.input_specs if hasattr(s.arg, "name")}
     params = dict(space.model.named_parameters(remove_duplicate=False))
     buffers = dict(space.model.named_buffers(remove_duplicate=False))
     g = fx.Graph()
-    ctx = BuildContext(space, space._removed_root(removed, dead), g)
+    ctx = BuildContext(space, space._removed_root(removed, dead), g, source)
     root = nn.Module()
     env: dict[fx.Node, Any] = {}
     done_attrs: set[str] = set()
@@ -242,7 +246,7 @@ def build(space: SearchSpace, *, removed: np.ndarray | None = None, erased: np.n
                     env[node] = g.placeholder(node.name)
                 else:
                     fqn = spec.target
-                    if node.users and all(u.name in dead for u in node.users):
+                    if node.users and all(source.get(u.name) in dead for u in node.users):
                         continue  # only erased operators read it
                     if fqn not in done_attrs:
                         if spec.kind == InputKind.PARAMETER:
@@ -253,35 +257,37 @@ def build(space: SearchSpace, *, removed: np.ndarray | None = None, erased: np.n
                             value, is_param = program.constants[fqn], False
                         if value.is_meta:
                             raise BuildError("the model is on the meta device: load real weights before building")
-                        masks = ctx.masks(node) if node.name in space._flow.dims else []
+                        masks = ctx.masks(node) if source.get(node.name) in space._flow.dims else []
                         _set_attr(root, fqn, _slice_tensor(value, masks), is_param)
                         done_attrs.add(fqn)
                     env[node] = g.get_attr(fqn)
             elif node.op == "call_function":
-                if node.name in dead:
+                name = source.get(node.name)  # None: symbolic sizes and asserts, which the analysis skips
+                if name in dead or (name is None and not all(a in env for a in node.all_input_nodes)):
                     continue
-                live = [a for a in node.all_input_nodes if a.name not in dead]
+                live = [a for a in node.all_input_nodes if a in env]  # the others were erased
                 if len(live) < len(node.all_input_nodes):  # a join that lost inputs to erasure
                     if str(node.target).startswith("aten.add"):
                         env[node] = env[live[0]]
                         continue
                     # a concatenation: drop the erased inputs (their channels are gone downstream too)
                     node_args = list(node.args)
-                    node_args[0] = [a for a in node_args[0] if not (isinstance(a, fx.Node) and a.name in dead)]
+                    node_args[0] = [a for a in node_args[0] if not isinstance(a, fx.Node) or a in env]
                     args = list(fx.map_arg(tuple(node_args), lambda a: env[a]))
                     env[node] = g.call_function(node.target, tuple(args), dict(node.kwargs))
                     continue
                 args = list(fx.map_arg(node.args, lambda a: env[a]))
                 kwargs = dict(fx.map_arg(node.kwargs, lambda a: env[a]))
                 target = node.target
-                fn = BUILD_RULES.lookup(target) if node.name in space._flow.dims else None
+                fn = BUILD_RULES.lookup(target) if name in space._flow.dims else None
                 if fn is not None:
                     target, args, kwargs = fn(ctx, node, args, kwargs)
                 new = g.call_function(target, tuple(args), kwargs)
                 for key in ("nn_module_stack", "stack_trace", "source_fn_stack"):
                     if key in node.meta:
                         new.meta[key] = node.meta[key]
-                new.meta["otonas_source_node"] = node.name
+                if name is not None:
+                    new.meta["otonas_source_node"] = name  # export reads the analysed node's facts
                 env[node] = new
             elif node.op == "output":
                 outs = node.args[0]

@@ -1,5 +1,5 @@
 """Capture a model with ``torch.export``."""
 
-from ._export import Capture, capture
+from ._export import BuildProgram, Capture, capture
 
-__all__ = ["Capture", "capture"]
+__all__ = ["BuildProgram", "Capture", "capture"]

@@ -3,31 +3,86 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from .._errors import CaptureError
+from ._match import match_nodes
 
-__all__ = ["Capture", "capture"]
+__all__ = ["BuildProgram", "Capture", "capture"]
+
+
+@dataclass(frozen=True)
+class BuildProgram:
+    """The export the builder copies, and for each of its tensor nodes the node of the
+    analysed program that computes the same tensor."""
+
+    program: torch.export.ExportedProgram
+    source: dict[str, str]
+    dynamic_batch: bool
 
 
 @dataclass(frozen=True)
 class Capture:
-    """What ``torch.export`` gave us, plus how it was obtained."""
+    """What ``torch.export`` gave us, plus how it was obtained.
+
+    ``program`` has static shapes: the channel analysis needs no symbolic batch, and a
+    static export is about half the time of a free-batch one. The free-batch export that
+    the builder needs is made on first use (:meth:`build_program`).
+    """
 
     program: torch.export.ExportedProgram
     strict: bool
-    dynamic_batch: bool
     example_inputs: tuple[Any, ...]
+    model: nn.Module = field(repr=False, compare=False)
+    want_dynamic_batch: bool = True
+    _cache: dict[str, BuildProgram] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def graph(self) -> torch.fx.Graph:
         return self.program.graph
+
+    @property
+    def dynamic_batch(self) -> bool:
+        """Whether the built network runs at any batch size (exports the model once to find out)."""
+        return self.build_program().dynamic_batch
+
+    def build_program(self) -> BuildProgram:
+        """The model exported again with dim 0 of every tensor input free (``Dim.AUTO``), its
+        nodes matched to ``program``'s. Falls back to ``program`` itself (the built network
+        then needs the example's batch size) when the batch cannot be freed: a batch of 1 in
+        the example (torch specialises it), a failed export, or a graph that differs from
+        the static one beyond no-ops."""
+        if "build" not in self._cache:
+            self._cache["build"] = self._export_free_batch() or BuildProgram(
+                self.program, {n.name: n.name for n in self.program.graph.nodes}, False)
+        return self._cache["build"]
+
+    def _export_free_batch(self) -> BuildProgram | None:
+        if not self.want_dynamic_batch or not any(
+                isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] > 1 for x in self.example_inputs):
+            return None
+        device = next((t.device for t in itertools.chain(self.model.parameters(), self.model.buffers())), None)
+        inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) and device is not None else x
+                       for x in self.example_inputs)  # the model may have moved since analysis (to CUDA, back)
+        try:
+            with _eval_mode(self.model), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ep = torch.export.export(self.model, inputs, strict=self.strict, dynamic_shapes=_dynamic_spec(inputs))
+        except Exception:  # torch raises many kinds; all mean "the batch cannot be freed"
+            return None
+        source = match_nodes(self.program, ep)
+        if source is None:
+            warnings.warn(f"otonas: the free-batch export of {type(self.model).__name__} differs from the analysed "
+                          "one; the built network takes the example's batch size only", stacklevel=3)
+            return None
+        return BuildProgram(ep, source, True)
 
 
 def _dynamic_spec(inputs: Sequence[Any]) -> tuple[Any, ...]:
@@ -53,38 +108,30 @@ def capture(
     strict: bool | None = None,
     dynamic_batch: bool = True,
 ) -> Capture:
-    """Export ``model`` (in eval mode) on ``example_inputs``.
+    """Export ``model`` (in eval mode) on ``example_inputs``, with static shapes.
 
     Non-strict export is tried first: it is torch's default, is faster and accepts
     more Python; strict (TorchDynamo) export is the fallback. ``strict=True/False``
-    forces one. With ``dynamic_batch`` dim 0 of every tensor input is left symbolic
-    (``Dim.AUTO``) so the built network runs at any batch size; if that fails the
-    model is exported with static shapes.
+    forces one. With ``dynamic_batch`` the builder later exports the model again with
+    dim 0 of every tensor input symbolic, so the built network runs at any batch size
+    (see :meth:`Capture.build_program`).
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     inputs = tuple(example_inputs)
     modes = [False, True] if strict is None else [bool(strict)]
-    dyn_modes = [True, False] if dynamic_batch else [False]
     errors: list[str] = []
     with _eval_mode(model), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for use_strict in modes:
-            for dyn in dyn_modes:
-                try:
-                    ep = torch.export.export(
-                        model,
-                        inputs,
-                        strict=use_strict,
-                        dynamic_shapes=_dynamic_spec(inputs) if dyn else None,
-                    )
-                except Exception as e:  # torch raises many kinds; all mean "did not export"
-                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                    errors.append(f"{'strict' if use_strict else 'non-strict'}"
-                                  f"{', dynamic batch' if dyn else ''}: {type(e).__name__}: {first[:300]}")
-                    last = e
-                    continue
-                return Capture(ep, use_strict, dyn, inputs)
+            try:
+                ep = torch.export.export(model, inputs, strict=use_strict)
+            except Exception as e:  # torch raises many kinds; all mean "did not export"
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                errors.append(f"{'strict' if use_strict else 'non-strict'}: {type(e).__name__}: {first[:300]}")
+                last = e
+                continue
+            return Capture(ep, use_strict, inputs, model, dynamic_batch)
     raise CaptureError(
         f"torch.export could not capture {type(model).__name__}: "
         + " | ".join(errors)

@@ -70,3 +70,48 @@ def test_a_layer_never_loses_its_last_channel():
     sub = otonas.build(space)
     x = inputs([(3, 3, 8, 8)], torch.float32)
     torch.testing.assert_close(sub(*x), model(*x), rtol=1e-4, atol=1e-6)
+
+
+class _ClassToken(torch.nn.Module):
+    """Full slices of the batch: the static export folds them into ``alias`` or drops them,
+    the free-batch export keeps them as ``slice``; the builder matches the two graphs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.mid, self.fc = torch.nn.Linear(6, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.emb(x))[:, :, :]
+        h = torch.relu(self.mid(h.reshape(h.shape[0], -1, 8)))
+        return self.fc(h[:, 0]) + self.fc(h[:, 1:].mean(1))
+
+
+def test_analysis_is_static_and_the_built_network_takes_any_batch():
+    model = _ClassToken().eval()
+    space = otonas.analyze(model, (torch.randn(2, 4, 6),))
+    # the analysed graph has static shapes: no symbolic batch in it
+    assert not any(n.target is torch.ops.aten.sym_size.int for n in space.capture.graph.nodes)
+    mask = _random_mask(space, 0.5, seed=0)
+    zero_groups_(space, mask)
+    subnet = otonas.build(space)
+    assert space.capture.dynamic_batch
+    assert any(n.target is torch.ops.aten.sym_size.int for n in subnet.graph.nodes)
+    assert sum(p.numel() for p in subnet.parameters()) == space.costs(mask).params
+    for batch in (1, 2, 5):
+        x = torch.randn(batch, 4, 6)
+        with torch.no_grad():
+            torch.testing.assert_close(subnet(x), model(x), rtol=1e-4, atol=1e-5)
+    # the free-batch export is made once per space
+    assert otonas.build(space).graph is not subnet.graph
+    assert space.capture.build_program() is space.capture.build_program()
+
+
+def test_a_batch_of_one_builds_for_that_batch_only():
+    model = __import__("tiny_models").ConvChain().eval()
+    space = otonas.analyze(model, inputs([(1, 3, 8, 8)], torch.float32))
+    zero_groups_(space, _random_mask(space, 0.3, seed=0))
+    subnet = otonas.build(space)
+    assert not space.capture.dynamic_batch  # torch specialises a batch of 1
+    x = inputs([(1, 3, 8, 8)], torch.float32, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(subnet(*x), model(*x), rtol=1e-4, atol=1e-5)
