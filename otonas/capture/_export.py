@@ -32,9 +32,11 @@ class BuildProgram:
 class Capture:
     """What ``torch.export`` gave us, plus how it was obtained.
 
-    ``program`` has static shapes: the channel analysis needs no symbolic batch, and a
-    static export is about half the time of a free-batch one. The free-batch export that
-    the builder needs is made on first use (:meth:`build_program`).
+    ``program`` has static shapes and no stack traces: the channel analysis needs
+    neither a symbolic batch nor source lines, and both cost export time. The builder
+    needs both (a network that takes any batch size; source lines name the variables
+    of the exported ``model.py``): it copies a second export, made on first use
+    (:meth:`build_program`).
     """
 
     program: torch.export.ExportedProgram
@@ -54,35 +56,39 @@ class Capture:
         return self.build_program().dynamic_batch
 
     def build_program(self) -> BuildProgram:
-        """The model exported again with dim 0 of every tensor input free (``Dim.AUTO``), its
-        nodes matched to ``program``'s. Falls back to ``program`` itself (the built network
-        then needs the example's batch size) when the batch cannot be freed: a batch of 1 in
-        the example (torch specialises it), a failed export, or a graph that differs from
-        the static one beyond no-ops."""
+        """The model exported again, with dim 0 of every tensor input free (``Dim.AUTO``),
+        its nodes matched to ``program``'s. When the batch cannot be freed — a batch of 1 in
+        the example (torch specialises it), a failed export, a graph that differs from the
+        analysed one beyond no-ops — a static export: the built network then needs the
+        example's batch size."""
         if "build" not in self._cache:
-            self._cache["build"] = self._export_free_batch() or BuildProgram(
-                self.program, {n.name: n.name for n in self.program.graph.nodes}, False)
+            free = self.want_dynamic_batch and any(
+                isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] > 1 for x in self.example_inputs)
+            built = self._export_again(dynamic=True) if free else None
+            if built is None:
+                built = self._export_again(dynamic=False) or BuildProgram(
+                    self.program, {n.name: n.name for n in self.program.graph.nodes}, False)
+            self._cache["build"] = built
         return self._cache["build"]
 
-    def _export_free_batch(self) -> BuildProgram | None:
-        if not self.want_dynamic_batch or not any(
-                isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] > 1 for x in self.example_inputs):
-            return None
+    def _export_again(self, *, dynamic: bool) -> BuildProgram | None:
         device = next((t.device for t in itertools.chain(self.model.parameters(), self.model.buffers())), None)
         inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) and device is not None else x
                        for x in self.example_inputs)  # the model may have moved since analysis (to CUDA, back)
         try:
             with _eval_mode(self.model), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ep = torch.export.export(self.model, inputs, strict=self.strict, dynamic_shapes=_dynamic_spec(inputs))
-        except Exception:  # torch raises many kinds; all mean "the batch cannot be freed"
+                ep = torch.export.export(self.model, inputs, strict=self.strict,
+                                         dynamic_shapes=_dynamic_spec(inputs) if dynamic else None)
+        except Exception:  # torch raises many kinds; all mean "not this way"
             return None
         source = match_nodes(self.program, ep)
         if source is None:
-            warnings.warn(f"otonas: the free-batch export of {type(self.model).__name__} differs from the analysed "
-                          "one; the built network takes the example's batch size only", stacklevel=3)
+            if dynamic:
+                warnings.warn(f"otonas: the free-batch export of {type(self.model).__name__} differs from the "
+                              "analysed one; the built network takes the example's batch size only", stacklevel=4)
             return None
-        return BuildProgram(ep, source, True)
+        return BuildProgram(ep, source, dynamic)
 
 
 def _dynamic_spec(inputs: Sequence[Any]) -> tuple[Any, ...]:
@@ -101,6 +107,21 @@ def _eval_mode(model: nn.Module):
             m.training = training
 
 
+@contextlib.contextmanager
+def _no_stack_traces():
+    """Record no source lines on the nodes: a tenth of the export time of ResNet-50."""
+    config = torch.fx.config
+    old = getattr(config, "do_not_emit_stack_traces", None)
+    if old is None:  # a torch without the switch
+        yield
+        return
+    config.do_not_emit_stack_traces = True
+    try:
+        yield
+    finally:
+        config.do_not_emit_stack_traces = old
+
+
 def capture(
     model: nn.Module,
     example_inputs: Sequence[Any] | torch.Tensor,
@@ -108,7 +129,8 @@ def capture(
     strict: bool | None = None,
     dynamic_batch: bool = True,
 ) -> Capture:
-    """Export ``model`` (in eval mode) on ``example_inputs``, with static shapes.
+    """Export ``model`` (in eval mode) on ``example_inputs``, with static shapes and no
+    stack traces.
 
     Non-strict export is tried first: it is torch's default, is faster and accepts
     more Python; strict (TorchDynamo) export is the fallback. ``strict=True/False``
@@ -121,7 +143,7 @@ def capture(
     inputs = tuple(example_inputs)
     modes = [False, True] if strict is None else [bool(strict)]
     errors: list[str] = []
-    with _eval_mode(model), warnings.catch_warnings():
+    with _eval_mode(model), _no_stack_traces(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for use_strict in modes:
             try:
