@@ -28,6 +28,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -158,6 +159,9 @@ class DHSPG(torch.optim.Optimizer):
         self.target_zero_groups = _count(n, float(target_group_sparsity))
         self._family = family_ids(space, n, self.target_zero_groups, target_group_sparsity, keep_one_per_family,
                                   self._layout.device)
+        # On CPU reading a value back costs nothing: zero slices are then written one by one
+        # instead of masking whole tensors (elsewhere a read would stall the device).
+        self._host_reads = self._layout.device.type == "cpu"
         self._reset_run_state()
 
     # ------------------------------------------------------------------ bookkeeping
@@ -172,6 +176,8 @@ class DHSPG(torch.optim.Optimizer):
         self._forced: int | None = None
         self._active: tuple[ParamPlan, ...] = ()  # the grouped parameters, restricted to slices of G_r
         self._active_index = torch.zeros(0, dtype=torch.int64, device=dev)
+        self._active_dims: tuple[tuple[_Dim, ...], ...] = ()  # per active plan: its entries by dim
+        self._dim_index = torch.zeros(0, 1, dtype=torch.int64, device=dev)  # per active slice: its dim's groups
         self._zero_slices: list[tuple[int, Entry, Tensor]] | None = None
         self._buffers: dict[Any, Tensor] = {}  # scratch and x² buffers of the projection phase
 
@@ -229,37 +235,53 @@ class DHSPG(torch.optim.Optimizer):
 
     def _mask_grads(self, params: Sequence[Tensor], *, static: bool) -> None:
         """Zero the gradient entries of zero groups, so that no base rule can move them."""
-        if static:
-            # After the projection phase the zero slices are fixed: work out once how to clear each.
-            if self._zero_slices is None:
-                self._zero_slices = self._static_masks()
-            for position, e, mask in self._zero_slices:
-                g = params[position].grad
-                if g is None:
-                    continue
-                if e.pre == 1:  # leading dim: the zero slices are contiguous blocks
-                    g.index_fill_(e.dim, mask, 0)
-                elif g.is_contiguous():  # inner dim: one pass, the 0/1 vector spread over each slice's block
-                    g.view(e.pre, -1).mul_(mask)
-                else:
-                    g.mul_(mask[:: e.post].view(e.view))
-            return
-        alive = self._per_slice((~self._zero).to(self._acc_dtype))
-        for q, a in zip(self._active, alive):
-            g = params[q.position].grad
-            if g is not None:
-                g.mul_(self._factors(q, a)[0])
+        self._zero_slices_of(self._zero, [[params[q.position].grad] for q in self._active],
+                             host=static or self._host_reads, cached=True)
 
-    def _static_masks(self) -> list[tuple[int, Entry, Tensor]]:
-        """For every entry holding zero slices: their positions (leading dim) or a 0/1 mask
-        repeated over each slice's contiguous block (inner dims). One host read, once."""
-        alive = self._per_slice((~self._zero).to(self._acc_dtype))
+    def _zero_slices_of(self, groups: Tensor, tensors: Sequence[Sequence[Tensor | None]], *, host: bool,
+                        cached: bool = False) -> None:
+        """Zero, in ``tensors[i]`` (tensors shaped like the parameter of active plan ``i``), every
+        slice whose group is in ``groups`` (bool ``[N + 1]``).
+
+        ``host``: read ``groups`` back and touch only the slices in it (free on CPU, one sync
+        elsewhere); else multiply by per-slice 0/1 vectors, which reads nothing back. ``cached``
+        (with ``host``): ``groups`` is the zero set, whose slices are kept until it changes."""
+        if host:
+            found = self._zero_slices if cached else None
+            if found is None:
+                found = self._locate(groups)
+                if cached:
+                    self._zero_slices = found
+            for i, e, where in found:
+                for t in tensors[i]:
+                    if t is not None:
+                        _fill_zero(t, e, where)
+            return
+        alive = self._per_slice((~groups).to(self._acc_dtype))
+        for ts, q, vecs in zip(tensors, self._active, alive):
+            for t in ts:
+                if t is not None:
+                    for e, a in zip(q.entries, vecs):
+                        t.mul_(a.view(e.view))
+
+    def _locate(self, groups: Tensor) -> list[tuple[int, Entry, Tensor]]:
+        """For every active entry with slices in ``groups``: (plan number, entry, where), where is
+        the slices' positions when writing only them is cheap (leading dim, or few slices), else a
+        0/1 vector repeated over each slice's contiguous block. One host read."""
+        hit = groups[self._active_index].cpu()
         out: list[tuple[int, Entry, Tensor]] = []
-        for q, vecs in zip(self._active, alive):
-            for e, a in zip(q.entries, vecs):
-                zero = (a == 0).nonzero().flatten()
-                if zero.numel():
-                    out.append((q.position, e, zero if e.pre == 1 else a.repeat_interleave(e.post)))
+        offset = 0
+        for i, q in enumerate(self._active):
+            for e in q.entries:
+                zero = hit[offset:offset + e.size].nonzero().flatten()
+                offset += e.size
+                if not zero.numel():
+                    continue
+                if e.pre == 1 or 8 * zero.numel() <= e.size:
+                    out.append((i, e, zero.to(e.index.device)))
+                else:
+                    alive = torch.ones(e.size, device=e.index.device)
+                    out.append((i, e, alive.index_fill_(0, zero.to(alive.device), 0).repeat_interleave(e.post)))
         return out
 
     def _per_slice(self, per_group: Tensor) -> list[list[Tensor]]:
@@ -270,44 +292,24 @@ class DHSPG(torch.optim.Optimizer):
         dtypes = [self.param_groups[0]["params"][q.position].dtype for q in self._active]
         return [[next(parts).to(dt) for _ in q.entries] for q, dt in zip(self._active, dtypes)]
 
-    def _factors(self, q: ParamPlan, alive: Sequence[Tensor], coef: Sequence[Tensor] | None = None,
-                 lr: float = 0.0) -> tuple[Tensor, Tensor | None]:
-        """Per-element factors of ``q``, broadcastable against the parameter, from per-entry
-        vectors of alive flags and coefficients: ``keep`` (1 for elements whose groups are all
-        alive, else 0) and, with ``coef``, the G_r step's ``keep · (1 − lr · Σ coef over the
-        element's groups)``."""
-        # Per dim first: the product of the alive flags and the sum of the coefficients.
-        per_dim: dict[int, tuple[Tensor, Tensor | None, tuple[int, ...]]] = {}
-        for i, e in enumerate(q.entries):
-            a = alive[i]
-            c = None if coef is None else coef[i]
-            if e.dim in per_dim:
-                a0, c0, _ = per_dim[e.dim]
-                a = a0 * a
-                c = None if c is None or c0 is None else c0 + c
-            per_dim[e.dim] = (a, c, e.view)
-        if len(per_dim) == 1:
-            ((a, c, view),) = per_dim.values()
-            return a.view(view), None if c is None else ((1 - lr * c) * a).view(view)
-        if set(per_dim) == {0, 1}:
-            # An output × input channel grid (conv / linear weight): outer products, no full-size temporaries
-            # beyond the result. keep·(1 − lr(c0 + c1)) = (a0(1 − lr·c0)) ⊗ a1 − lr · a0 ⊗ (a1·c1).
-            (a0, c0, v0), (a1, c1, v1) = per_dim[0], per_dim[1]
-            shape = (v0[0], v1[1]) + v0[2:]
-            grid = (a0.numel(), a1.numel())
-            keep = torch.outer(a0, a1, out=self._scratch("keep", a0.dtype, grid)).view(shape)
-            if c0 is None or c1 is None:
-                return keep, None
-            factor = torch.outer((1 - lr * c0) * a0, a1, out=self._scratch("factor", a0.dtype, grid))
-            return keep, factor.addr_(a0, a1 * c1, alpha=-lr).view(shape)
-        keep_t: Tensor | None = None
-        total: Tensor | None = None
-        for a, c, view in per_dim.values():
-            keep_t = a.view(view) if keep_t is None else keep_t * a.view(view)
-            if c is not None:
-                total = c.view(view) if total is None else total + c.view(view)
-        assert keep_t is not None
-        return keep_t, None if total is None else (1 - lr * total) * keep_t
+    def _shrink(self, x: Tensor, dims: Sequence[_Dim], u: Tensor, v: Tensor) -> Tensor:
+        """The factor of the λ term on ``x``, broadcastable against it: ``1 − lr · Σ coef`` over each
+        element's groups (``u = 1 − lr·c`` and ``v = −lr·c`` per active slice, ``c`` the sum of
+        the coefficients on the slice's dim), which shrinks every G_r group by ``lr·λ_g/‖x_g‖``."""
+        first, *others = dims
+        factor = first.of(u).to(x.dtype).view(first.entry.view)
+        if not others:
+            return factor
+        if len(others) == 1 and first.entry.dim == 0 and others[0].entry.dim == 1:
+            # An output × input channel grid (conv / linear weight): one full-size pass; the input
+            # channels' terms are spread over their kernel elements, so that the factor broadcasts
+            # along whole rows only (a short inner broadcast is several times slower).
+            cols = others[0].of(v).to(x.dtype).repeat_interleave(others[0].entry.post)
+            out = self._scratch("factor", x.dtype, (first.entry.size, cols.numel()))
+            return torch.add(factor.view(-1, 1), cols, out=out).view(x.shape)
+        for b in others:
+            factor = factor + b.of(v).to(x.dtype).view(b.entry.view)
+        return factor
 
     # ------------------------------------------------------------------ statistics
     @property
@@ -345,27 +347,39 @@ class DHSPG(torch.optim.Optimizer):
         """
         acc = self._acc_dtype
         k = 4 if with_abs else 3
-        parts: list[Tensor] = []  # [k, slices of one entry] each
         xx_full: dict[int, Tensor] = {}
-        for q in plans:
-            x = params[q.position]
-            dq = d[q.position]
-            if dq is None:  # no gradient this step: d is zero there
-                dq = torch.zeros_like(x)
-            # The k products side by side, so that each dim's slice sums are one reduction for all of them.
-            buf = self._scratch("products", x.dtype, (k, *x.shape))
-            torch.mul(x, dq, out=buf[0])
-            torch.mul(x, x, out=buf[1])
-            torch.mul(dq, dq, out=buf[2])
+        ds = [torch.zeros_like(params[q.position]) if d[q.position] is None else d[q.position] for q in plans]
+        # Parameters whose every element is a slice of its own (biases, norm weights): many and
+        # small, so their products come from one multi-tensor call each.
+        vec = {i for i, q in enumerate(plans) if q.is_vector}
+        if vec:
+            xs = [params[plans[i].position].view(-1) for i in sorted(vec)]
+            dv = [ds[i].view(-1) for i in sorted(vec)]
+            lists = [torch._foreach_mul(xs, dv), torch._foreach_mul(xs, xs), torch._foreach_mul(dv, dv)]
             if with_abs:
-                torch.abs(x, out=buf[3])
-            if q.multi_dim and keep_xx:
-                xx_full[q.position] = self._own_buffer(q, x).copy_(buf[1])
+                lists.append(torch._foreach_abs(xs))
+            small = dict(zip(sorted(vec), (torch.stack(t) for t in zip(*lists))))
+        parts: list[Tensor] = []  # [k, slices of one entry] each
+        for i, q in enumerate(plans):
+            if i in vec:
+                parts.append(small[i])
+                continue
+            x, dq = params[q.position], ds[i]
+            # Each product in a buffer of its own and each reduced on its own: reducing k stacked
+            # products at once is slower than k reductions of one (a strided reduction).
+            keep = q.multi_dim and keep_xx
+            xx = self._own_buffer(q, x) if keep else self._scratch("xx", x.dtype, x.shape)
+            products = [torch.mul(x, dq, out=self._scratch("xd", x.dtype, x.shape)), torch.mul(x, x, out=xx),
+                        torch.mul(dq, dq, out=self._scratch("dd", x.dtype, x.shape))]
+            if with_abs:
+                products.append(torch.abs(x, out=self._scratch("abs", x.dtype, x.shape)))
+            if keep:
+                xx_full[q.position] = xx
             by_dim: dict[int, Tensor] = {}
             for e in q.entries:  # entries on one dim (nested whole-tensor groups, say) share their slices
                 sums = by_dim.get(e.dim)
                 if sums is None:
-                    sums = by_dim[e.dim] = e.stacked_sums(buf)
+                    sums = by_dim[e.dim] = torch.stack([e.slice_sums(t) for t in products])
                 parts.append(sums)
         dev = self._layout.device
         values = (torch.cat(parts, dim=1).to(acc) if parts else torch.zeros(k, 0, dtype=acc, device=dev))
@@ -373,32 +387,23 @@ class DHSPG(torch.optim.Optimizer):
         return stats, values[1], xx_full
 
     def _cross(self, plans: Sequence[ParamPlan], xx_slices: Tensor, xx_full: dict[int, Tensor],
-               coef: Tensor) -> Tensor:
-        """Per group g, Σ over g's slices of Σ_e (Σ of coef over e's groups)·x_e²: the shrink
+               coef_dim: Tensor, coef: Tensor) -> Tensor:
+        """Per group g, Σ over g's elements of (Σ of coef over the element's groups)·x²: the shrink
         term's share in ⟨x̂_g, x_g⟩, where an element in two G_r groups is shrunk by both.
 
-        Per parameter the coefficients are first summed per dim (all entries on one dim share
-        their slices), so the cost grows with the entries, not with their pairs."""
-        rows: list[Tensor] = []
-        offset = 0
-        for q in plans:
-            per_dim: dict[int, tuple[Entry, Tensor]] = {}
-            for e in q.entries:
-                c = coef[e.index]
-                per_dim[e.dim] = (e, c) if e.dim not in per_dim else (per_dim[e.dim][0], per_dim[e.dim][1] + c)
-            done: dict[int, Tensor] = {}
-            for e in q.entries:
-                row = done.get(e.dim)
-                if row is None:
-                    row = per_dim[e.dim][1] * xx_slices[offset:offset + e.size]
-                    for dim, (f, c) in per_dim.items():
-                        if dim != e.dim:
-                            xx = xx_full[q.position]
-                            row = row + e.weighted_sums(xx, f, c.to(xx.dtype)).to(coef.dtype)
-                    done[e.dim] = row
-                rows.append(row)
-                offset += e.size
-        per_slice = torch.cat(rows) if rows else coef.new_zeros(0)
+        ``coef_dim``: per active slice, the coefficients of the groups on its dim, summed. A
+        slice's own dim contributes ``coef_dim · Σ x²`` (one product for all slices); the other
+        dims of a parameter grouped along several take a matrix-vector product each."""
+        per_slice = coef_dim * xx_slices
+        for q, dims in zip(plans, self._active_dims):
+            if len(dims) == 1:
+                continue
+            xx = xx_full[q.position]
+            for a in dims:
+                extra = sum(a.entry.weighted_sums(xx, b.entry, b.of(coef_dim).to(xx.dtype))
+                            for b in dims if b is not a)
+                for o in a.offsets:
+                    per_slice[o:o + a.entry.size] += extra
         return torch.zeros_like(coef).index_add_(0, self._active_index, per_slice)
 
     # ------------------------------------------------------------------ the three phases
@@ -464,6 +469,7 @@ class DHSPG(torch.optim.Optimizer):
         self._active = tuple(active)
         self._active_index = (slice_index(self._active) if self._active
                               else torch.zeros(0, dtype=torch.int64, device=redundant.device))
+        self._active_dims, self._dim_index = _dims(self._active, self.num_groups, redundant.device)
         self._zero_slices = None
 
     def _hybrid_step(self, params: Sequence[Tensor], d: Sequence[Tensor | None], hp: dict[str, Any], *,
@@ -480,7 +486,8 @@ class DHSPG(torch.optim.Optimizer):
                                               coeff=hp["hat_lmbda_coeff"]), 0.0)
         coef = torch.where(live, lam / torch.where(live, x_norm, 1.0), 0.0)
         # ⟨x̂_g, x_g⟩ from sums already taken: x̂ = x − lr·d − lr·(Σ coef over the element's groups)·x.
-        inner = x_sq - lr * dot - lr * self._cross(plans, xx_slices, xx_full, coef)
+        coef_dim = coef[self._dim_index].sum(1)
+        inner = x_sq - lr * dot - lr * self._cross(plans, xx_slices, xx_full, coef_dim, coef)
         newly = pending & ((inner < hp["epsilon"] * x_sq) | (x_sq == 0))
         self._lambdas = lam[:-1].to(self._lambdas.dtype)
         self._redundant_norm = (x_sq * self._redundant).sum().sqrt().to(self._redundant_norm.dtype)
@@ -492,26 +499,26 @@ class DHSPG(torch.optim.Optimizer):
                               stacklevel=_caller_level())
             newly = newly | rest
         self._zero = self._zero | newly
-        alive = self._per_slice((~self._zero).to(coef.dtype))
-        coefs = self._per_slice(coef)
-        for q, a, c in zip(plans, alive, coefs):
+        u, v = 1 - lr * coef_dim, coef_dim * -lr
+        xs: list[Tensor] = []  # the parameters with one group per element, shrunk together
+        factors: list[Tensor] = []
+        for q, dims in zip(plans, self._active_dims):
             x = params[q.position]
-            keep, factor = self._factors(q, a, c, lr)
-            assert factor is not None
-            x.mul_(factor)
-            state = self.state[x]
-            masked = set()
-            for key in self._rule.state_keys:
-                if key in state:
-                    state[key].mul_(keep)
-                    masked.add(id(state[key]))
-            dq = d[q.position]
-            if dq is not None:
-                if id(dq) in masked:
-                    x.add_(dq, alpha=-lr)
-                else:
-                    x.addcmul_(dq, keep, value=-lr)
-        self._plain_step(params, d, lr, skip=frozenset(q.position for q in plans))
+            if q.is_vector:
+                xs.append(x.view(-1))
+                factors.append(dims[0].of(u).to(x.dtype))
+            else:
+                x.mul_(self._shrink(x, dims, u, v))
+        if xs:
+            torch._foreach_mul_(xs, factors)
+        self._plain_step(params, d, lr, skip=frozenset())
+        # The groups that reached zero now: clear their slices of x and of the optimizer state
+        # (from the next step on their gradients are masked, so both stay zero).
+        if not self._host_reads or bool(newly.any()):  # a host read on CPU only, where it is free
+            self._zero_slices = None  # the zero set changed
+            keys = self._rule.state_keys
+            self._zero_slices_of(newly, [[params[q.position], *(self.state[params[q.position]].get(k) for k in keys)]
+                                         for q in plans], host=self._host_reads)
         if last:
             self._buffers.clear()
 
@@ -601,6 +608,48 @@ class DHSPG(torch.optim.Optimizer):
         self._forced = extra["forced"]
         if extra["redundant"] is not None:
             self._set_redundant(extra["redundant"].to(dev))
+
+
+@dataclass(frozen=True, eq=False)
+class _Dim:
+    """The entries of one grouped parameter along one dim: they share their slices."""
+
+    entry: Entry  # the first of them
+    offsets: tuple[int, ...]  # where each one's slices start among the active slices
+
+    def of(self, per_slice: Tensor) -> Tensor:
+        """This dim's part of a per-active-slice vector."""
+        return per_slice[self.offsets[0]:self.offsets[0] + self.entry.size]
+
+
+def _dims(plans: Sequence[ParamPlan], n: int, device: torch.device) -> tuple[tuple[tuple[_Dim, ...], ...], Tensor]:
+    """Each plan's entries grouped by dim (in dim order), and for every slice of ``plans`` the
+    groups of all entries on its dim (``[slices, most entries on one dim]``, padded with ``n``,
+    the bin of no group): the coefficients of an element's groups on one dim add up."""
+    dims: list[tuple[_Dim, ...]] = []
+    rows: list[Tensor] = []
+    offset = 0
+    for q in plans:
+        by_dim: dict[int, list[tuple[Entry, int]]] = {}
+        for e in q.entries:
+            by_dim.setdefault(e.dim, []).append((e, offset))
+            offset += e.size
+        dims.append(tuple(_Dim(v[0][0], tuple(o for _, o in v)) for _, v in sorted(by_dim.items())))
+        rows.extend(torch.stack([f.index for f, _ in by_dim[e.dim]], dim=1) for e in q.entries)
+    width = max((r.shape[1] for r in rows), default=1)
+    index = torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1]), value=n) for r in rows]) if rows else (
+        torch.zeros(0, width, dtype=torch.int64, device=device))
+    return tuple(dims), index
+
+
+def _fill_zero(t: Tensor, e: Entry, where: Tensor) -> None:
+    """Zero the slices of ``t`` along ``e.dim`` that ``where`` gives (see ``DHSPG._locate``)."""
+    if where.dtype == torch.int64:
+        t.index_fill_(e.dim, where, 0)
+    elif t.is_contiguous():  # one pass: the 0/1 vector spread over each slice's block
+        t.view(e.pre, -1).mul_(where)
+    else:
+        t.mul_(where[:: e.post].view(e.view))
 
 
 def _caller_level() -> int:

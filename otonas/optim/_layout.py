@@ -60,20 +60,10 @@ class Entry:
         """One sum per slice of ``t`` (shaped like the parameter) along ``dim``; a new tensor."""
         n = self.size
         if self.pre == 1:
-            return t.reshape(n, self.post).sum(1) if self.post > 1 else t.reshape(n).clone()
-        if self.post == 1:
-            return t.reshape(self.pre, n).sum(0)
-        # The outer dims first (a vectorized column sum), then the short rows that are left.
-        return t.reshape(self.pre, n * self.post).sum(0).view(n, self.post).sum(1)
-
-    def stacked_sums(self, t: Tensor) -> Tensor:
-        """``slice_sums`` of k tensors at once: ``t`` is ``[k, *parameter shape]``, the result ``[k, size]``."""
-        k, n = t.shape[0], self.size
-        if self.pre == 1:
-            return t.reshape(k, n, self.post).sum(2) if self.post > 1 else t.reshape(k, n).clone()
-        if self.post == 1:
-            return t.reshape(k, self.pre, n).sum(1)
-        return t.reshape(k, self.pre, n * self.post).sum(1).view(k, n, self.post).sum(2)
+            return _row_sums(t.reshape(n, self.post)) if self.post > 1 else t.reshape(n).clone()
+        # The outer dims first (a column sum over a long 2-D view), then the short rows that are left.
+        cols = _col_sums(t.reshape(self.pre, n * self.post))
+        return cols if self.post == 1 else _row_sums(cols.view(n, self.post))
 
     def weighted_sums(self, t: Tensor, other: Entry, w: Tensor) -> Tensor:
         """One sum per slice of ``t · w[position along other.dim]``, for ``other`` on another dim.
@@ -97,6 +87,11 @@ class ParamPlan:
     entries: tuple[Entry, ...]
 
     @property
+    def is_vector(self) -> bool:
+        """Whether every element is a slice of its own, in one group (a bias, a norm weight)."""
+        return len(self.entries) == 1 and self.entries[0].pre == 1 and self.entries[0].post == 1
+
+    @property
     def multi_dim(self) -> bool:
         """Whether its groups run along more than one dim (an element can be in two groups)."""
         return len({e.dim for e in self.entries}) > 1
@@ -105,6 +100,19 @@ class ParamPlan:
         """The same plan with only the entries where ``keep`` is true (None if none is)."""
         entries = tuple(e for e, k in zip(self.entries, keep) if k)
         return ParamPlan(self.position, self.name, entries) if entries else None
+
+
+def _row_sums(t: Tensor) -> Tensor:
+    """``t.sum(1)`` of a 2-D tensor; a matrix-vector product where BLAS has one (faster on CPU)."""
+    return torch.mv(t, t.new_ones(t.shape[1])) if t.dtype in _BLAS else t.sum(1)
+
+
+def _col_sums(t: Tensor) -> Tensor:
+    """``t.sum(0)`` of a 2-D tensor, likewise (twice as fast as the strided reduction on CPU)."""
+    return torch.mv(t.t(), t.new_ones(t.shape[0])) if t.dtype in _BLAS else t.sum(0)
+
+
+_BLAS = (torch.float32, torch.float64)
 
 
 def slice_index(plans: Sequence[ParamPlan]) -> Tensor:
