@@ -1,6 +1,10 @@
 """Build the smaller network: slice every parameter and buffer by the groups that
 survive and rewrite the shape constants of the captured graph. The result is a
-``torch.fx.GraphModule`` whose outputs equal the original model's."""
+``torch.fx.GraphModule`` whose outputs equal the original model's.
+
+The graph copied is the free-batch export of :meth:`Capture.build_program`; every
+question about channels goes to the node of the analysed (static) export that computes
+the same tensor (``BuildContext.source``)."""
 
 from __future__ import annotations
 
