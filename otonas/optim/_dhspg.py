@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .._errors import OtonasError
 from ._base import make_rule
-from ._layout import Entry, GroupLayout, ParamPlan, SearchSpaceLike, slice_index
+from ._layout import BLAS, BLOCK, Entry, GroupLayout, ParamPlan, SearchSpaceLike, grid_sums, slice_index
 from ._score import CosineMagnitudeScore, GroupStats, RedundancyScore
 
 __all__ = ["DHSPG", "ForcedProjectionWarning", "group_lambdas"]
@@ -341,9 +341,10 @@ class DHSPG(torch.optim.Optimizer):
                keep_xx: bool = True) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
         """Per-group sums ``[k, N + 1]`` of x·d, x², d² (and |x|) over the slices of ``plans``.
 
-        Also returns the per-slice sums of x² and, for parameters whose groups run along two
-        dims, x² itself (kept for the cross terms of :meth:`_cross`; not with ``keep_xx=False``,
-        which needs no buffer beyond the shared scratch).
+        Also returns the per-slice sums of x² and, for parameters whose groups run along several
+        dims other than a conv / linear weight's two (:func:`_is_grid`), x² itself (kept for the
+        cross terms of :meth:`_cross`; not with ``keep_xx=False``, which needs no buffer beyond
+        the shared scratch).
         """
         acc = self._acc_dtype
         k = 4 if with_abs else 3
@@ -365,6 +366,12 @@ class DHSPG(torch.optim.Optimizer):
                 parts.append(small[i])
                 continue
             x, dq = params[q.position], ds[i]
+            if _is_grid(q, x):  # a block of rows at a time, its products reduced while in cache
+                e1 = next(e for e in q.entries if e.dim == 1)
+                block = self._scratch("block", x.dtype, (k * max(BLOCK, x[0].numel()),))
+                sums = dict(zip((0, 1), grid_sums(x, dq, e1.post, with_abs=with_abs, scratch=block)))
+                parts.extend(sums[e.dim] for e in q.entries)
+                continue
             # Each product in a buffer of its own and each reduced on its own: reducing k stacked
             # products at once is slower than k reductions of one (a strided reduction).
             keep = q.multi_dim and keep_xx
@@ -386,25 +393,49 @@ class DHSPG(torch.optim.Optimizer):
         stats = torch.zeros(k, self.num_groups + 1, dtype=acc, device=dev).index_add_(1, index, values)
         return stats, values[1], xx_full
 
-    def _cross(self, plans: Sequence[ParamPlan], xx_slices: Tensor, xx_full: dict[int, Tensor],
-               coef_dim: Tensor, coef: Tensor) -> Tensor:
-        """Per group g, Σ over g's elements of (Σ of coef over the element's groups)·x²: the shrink
-        term's share in ⟨x̂_g, x_g⟩, where an element in two G_r groups is shrunk by both.
-
-        ``coef_dim``: per active slice, the coefficients of the groups on its dim, summed. A
-        slice's own dim contributes ``coef_dim · Σ x²`` (one product for all slices); the other
-        dims of a parameter grouped along several take a matrix-vector product each."""
-        per_slice = coef_dim * xx_slices
+    def _cross(self, plans: Sequence[ParamPlan], xx_full: dict[int, Tensor], coef_dim: Tensor,
+               cross: Tensor) -> None:
+        """Add to ``cross`` (per active slice) the shrink term's share in ⟨x̂_g, x_g⟩ that comes from
+        the other dims of a parameter grouped along several (an element in two G_r groups is
+        shrunk by both): per slice, Σ of the other dims' coefficients weighted by x². A matrix-
+        vector product per pair of dims, for the parameters whose x² is in ``xx_full``."""
         for q, dims in zip(plans, self._active_dims):
-            if len(dims) == 1:
+            xx = xx_full.get(q.position)
+            if xx is None:
                 continue
-            xx = xx_full[q.position]
             for a in dims:
                 extra = sum(a.entry.weighted_sums(xx, b.entry, b.of(coef_dim).to(xx.dtype))
                             for b in dims if b is not a)
                 for o in a.offsets:
-                    per_slice[o:o + a.entry.size] += extra
-        return torch.zeros_like(coef).index_add_(0, self._active_index, per_slice)
+                    cross[o:o + a.entry.size] += extra
+
+    def _grid_step(self, x: Tensor, d: Tensor | None, dims: Sequence[_Dim], u: Tensor, v: Tensor,
+                   coef_dim: Tensor, cross: Tensor, lr: float) -> None:
+        """The G_r step on a weight grouped along dims 0 and 1 (:func:`_is_grid`), a block of rows at
+        a time: ``x ← (1 − lr·C)·x − lr·d`` (C: the coefficients of each element's row and column
+        groups), and into ``cross`` the other-dim shares of the shrink term, Σ_row C_col·x² and
+        Σ_col C_row·x² of the old x (see :meth:`_cross`), taken while the block is in cache."""
+        first, second = dims
+        post = second.entry.post
+        x2 = x.view(first.entry.size, -1)
+        o, m = x2.shape
+        c0, u0 = first.of(coef_dim).to(x.dtype), first.of(u).to(x.dtype)
+        c1, v1 = (second.of(t).to(x.dtype).repeat_interleave(post) for t in (coef_dim, v))
+        per = max(1, min(o, BLOCK // max(m, 1)))
+        rows, cols = x.new_empty(o), x.new_zeros(m)
+        block = self._scratch("block", x.dtype, (max(BLOCK, m),))
+        ds = d.reshape(o, m).split(per) if d is not None else (None,) * o
+        for xb, db, c0b, u0b, rb in zip(x2.split(per), ds, c0.split(per), u0.split(per), rows.split(per)):
+            sq = torch.mul(xb, xb, out=block[:xb.numel()].view(xb.shape))
+            torch.mv(sq, c1, out=rb)
+            cols.addmv_(sq.t(), c0b)
+            xb.mul_(torch.add(u0b.view(-1, 1), v1, out=sq))
+            if db is not None:
+                xb.add_(db, alpha=-lr)
+        cols = cols if post == 1 else cols.view(-1, post).sum(1)
+        for dim, extra in ((first, rows), (second, cols)):
+            for start in dim.offsets:
+                cross[start:start + dim.entry.size] += extra
 
     # ------------------------------------------------------------------ the three phases
     def _observe(self, params: Sequence[Tensor], d: Sequence[Tensor | None]) -> None:
@@ -485,12 +516,33 @@ class DHSPG(torch.optim.Optimizer):
         lam = torch.where(live, group_lambdas(dot, x_norm, d_sq, lmbda=hp["lmbda"], amplify=hp["lmbda_amplify"],
                                               coeff=hp["hat_lmbda_coeff"]), 0.0)
         coef = torch.where(live, lam / torch.where(live, x_norm, 1.0), 0.0)
-        # ⟨x̂_g, x_g⟩ from sums already taken: x̂ = x − lr·d − lr·(Σ coef over the element's groups)·x.
-        coef_dim = coef[self._dim_index].sum(1)
-        inner = x_sq - lr * dot - lr * self._cross(plans, xx_slices, xx_full, coef_dim, coef)
-        newly = pending & ((inner < hp["epsilon"] * x_sq) | (x_sq == 0))
         self._lambdas = lam[:-1].to(self._lambdas.dtype)
         self._redundant_norm = (x_sq * self._redundant).sum().sqrt().to(self._redundant_norm.dtype)
+        # The step x̂ = x − lr·d − lr·(Σ coef over the element's groups)·x, and on the way the sums
+        # that give ⟨x̂_g, x_g⟩ = ‖x_g‖² − lr⟨d_g, x_g⟩ − lr·Σ_g (Σ coef)·x²: per slice, its own dim's
+        # coefficients (coef_dim) times Σ x², plus the other dims' shares (x² of the old x).
+        coef_dim = coef[self._dim_index].sum(1)
+        cross = coef_dim * xx_slices
+        self._cross(plans, xx_full, coef_dim, cross)
+        u, v = 1 - lr * coef_dim, coef_dim * -lr
+        xs: list[Tensor] = []  # the parameters with one group per element, shrunk together
+        factors: list[Tensor] = []
+        done: set[int] = set()  # parameters whose whole step is taken here
+        for q, dims in zip(plans, self._active_dims):
+            x = params[q.position]
+            if _is_grid(q, x):
+                self._grid_step(x, d[q.position], dims, u, v, coef_dim, cross, lr)
+                done.add(q.position)
+            elif q.is_vector:
+                xs.append(x.view(-1))
+                factors.append(dims[0].of(u).to(x.dtype))
+            else:
+                x.mul_(self._shrink(x, dims, u, v))
+        if xs:
+            torch._foreach_mul_(xs, factors)
+        self._plain_step(params, d, lr, skip=frozenset(done))
+        inner = x_sq - lr * dot - lr * torch.zeros_like(coef).index_add_(0, self._active_index, cross)
+        newly = pending & ((inner < hp["epsilon"] * x_sq) | (x_sq == 0))
         if last:
             rest = pending & ~newly
             self._forced = int(rest.sum())  # host read, once, at the end of the projection phase
@@ -499,19 +551,6 @@ class DHSPG(torch.optim.Optimizer):
                               stacklevel=_caller_level())
             newly = newly | rest
         self._zero = self._zero | newly
-        u, v = 1 - lr * coef_dim, coef_dim * -lr
-        xs: list[Tensor] = []  # the parameters with one group per element, shrunk together
-        factors: list[Tensor] = []
-        for q, dims in zip(plans, self._active_dims):
-            x = params[q.position]
-            if q.is_vector:
-                xs.append(x.view(-1))
-                factors.append(dims[0].of(u).to(x.dtype))
-            else:
-                x.mul_(self._shrink(x, dims, u, v))
-        if xs:
-            torch._foreach_mul_(xs, factors)
-        self._plain_step(params, d, lr, skip=frozenset())
         # The groups that reached zero now: clear their slices of x and of the optimizer state
         # (from the next step on their gradients are masked, so both stay zero).
         if not self._host_reads or bool(newly.any()):  # a host read on CPU only, where it is free
@@ -640,6 +679,12 @@ def _dims(plans: Sequence[ParamPlan], n: int, device: torch.device) -> tuple[tup
     index = torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1]), value=n) for r in rows]) if rows else (
         torch.zeros(0, width, dtype=torch.int64, device=device))
     return tuple(dims), index
+
+
+def _is_grid(q: ParamPlan, x: Tensor) -> bool:
+    """Whether ``x`` is a weight grouped along dims 0 and 1 only (a conv or linear weight's output
+    and input channels) that its block-wise path takes: contiguous, float32 or float64."""
+    return x.dtype in BLAS and x.is_contiguous() and {e.dim for e in q.entries} == {0, 1}
 
 
 def _fill_zero(t: Tensor, e: Entry, where: Tensor) -> None:

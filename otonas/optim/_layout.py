@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .._errors import OtonasError
 
-__all__ = ["SearchSpaceLike", "GroupLayout", "Entry", "ParamPlan", "slice_index"]
+__all__ = ["SearchSpaceLike", "GroupLayout", "Entry", "ParamPlan", "slice_index", "grid_sums", "BLOCK", "BLAS"]
 
 
 class SearchSpaceLike(Protocol):
@@ -102,17 +102,48 @@ class ParamPlan:
         return ParamPlan(self.position, self.name, entries) if entries else None
 
 
+BLOCK = 1 << 16
+"""Elements in a block of rows of a weight grouped along two dims: its products (a few blocks'
+worth) stay in the CPU cache while they are reduced, so that the whole weight is read once."""
+
+
+def grid_sums(x: Tensor, d: Tensor, post: int, *, with_abs: bool, scratch: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-slice sums of x·d, x², d² (and |x|) along dim 0 and dim 1 of a contiguous float32 /
+    float64 weight (conv, linear), ``[k, size of dim 0]`` and ``[k, size of dim 1]``; ``post``
+    is the number of elements after dim 1. ``x`` and ``d`` are viewed as ``[O, M]`` and taken one
+    block of rows at a time; ``scratch`` holds ``k·max(BLOCK, M)`` elements."""
+    x, d = x.view(x.shape[0], -1), d.reshape(x.shape[0], -1)
+    o, m = x.shape
+    k = 4 if with_abs else 3
+    per = max(1, min(o, BLOCK // max(m, 1)))
+    rows = x.new_empty(o, k)
+    cols = x.new_zeros(k * m)
+    ones_m, ones_o = x.new_ones(m), x.new_ones(per)
+    for xb, db, rb in zip(x.split(per), d.split(per), rows.split(per)):
+        n = xb.shape[0]
+        s = scratch[: n * k * m].view(n, k, m)
+        torch.mul(xb, db, out=s[:, 0])
+        torch.mul(xb, xb, out=s[:, 1])
+        torch.mul(db, db, out=s[:, 2])
+        if with_abs:
+            torch.abs(xb, out=s[:, 3])
+        torch.mv(s.view(n * k, m), ones_m, out=rb.view(-1))
+        cols.addmv_(s.view(n, k * m).t(), ones_o[:n])
+    return rows.t(), cols.view(k, m) if post == 1 else _row_sums(cols.view(-1, post)).view(k, -1)
+
+
 def _row_sums(t: Tensor) -> Tensor:
     """``t.sum(1)`` of a 2-D tensor; a matrix-vector product where BLAS has one (faster on CPU)."""
-    return torch.mv(t, t.new_ones(t.shape[1])) if t.dtype in _BLAS else t.sum(1)
+    return torch.mv(t, t.new_ones(t.shape[1])) if t.dtype in BLAS else t.sum(1)
 
 
 def _col_sums(t: Tensor) -> Tensor:
     """``t.sum(0)`` of a 2-D tensor, likewise (twice as fast as the strided reduction on CPU)."""
-    return torch.mv(t.t(), t.new_ones(t.shape[0])) if t.dtype in _BLAS else t.sum(0)
+    return torch.mv(t.t(), t.new_ones(t.shape[0])) if t.dtype in BLAS else t.sum(0)
 
 
-_BLAS = (torch.float32, torch.float64)
+BLAS = (torch.float32, torch.float64)
+"""The dtypes whose sums are taken by matrix-vector products."""
 
 
 def slice_index(plans: Sequence[ParamPlan]) -> Tensor:

@@ -17,7 +17,9 @@ from optim_helpers import (RefDHSPG, StubSpace, TinyNet, group_slices, params_of
 
 from otonas._errors import OtonasError
 from otonas.optim import DHSPG, CosineMagnitudeScore, ForcedProjectionWarning, GroupStats, RedundancyScore
-from otonas.optim._dhspg import group_lambdas
+from otonas.optim import _dhspg, _layout
+from otonas.optim._dhspg import _fill_zero, group_lambdas
+from otonas.optim._layout import Entry
 
 # Short projection phases force the last groups to zero on purpose; tests that check the warning catch it.
 pytestmark = pytest.mark.filterwarnings("ignore::otonas.optim.ForcedProjectionWarning")
@@ -163,13 +165,21 @@ def test_lambda_rule_matches_reference_and_keeps_descent(x: list[float], d: list
 # ---------------------------------------------------------------------------- the projection step
 @pytest.mark.parametrize("momentum,wd,lmbda,epsilon", [(0.0, 0.0, 0.5, 0.2), (0.9, 1e-2, 2.0, 0.0),
                                                        (0.5, 0.0, 5.0, 0.5), (0.9, 1e-3, 1e-3, 0.0)])
-def test_projection_matches_group_by_group_reference(momentum: float, wd: float, lmbda: float,
-                                                     epsilon: float) -> None:
+@pytest.mark.parametrize("host_reads,block", [(True, None), (False, None), (True, 16)])
+def test_projection_matches_group_by_group_reference(momentum: float, wd: float, lmbda: float, epsilon: float,
+                                                     host_reads: bool, block: int | None,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also with zero slices cleared by 0/1 masks (as off CPU, where nothing is read back) and
+    with conv weights taken in blocks of a few rows (as large ones are)."""
+    if block is not None:
+        monkeypatch.setattr(_layout, "BLOCK", block)
+        monkeypatch.setattr(_dhspg, "BLOCK", block)
     space = tiny_space()
     model = space.model
     kw = dict(lr=0.1, start_step=2, end_step=14)
     opt = DHSPG(space, momentum=momentum, weight_decay=wd, target_group_sparsity=0.5, lmbda=lmbda,
                 epsilon=epsilon, **kw)
+    opt._host_reads = host_reads
     ref = RefDHSPG(space, k=opt.target_zero_groups, momentum=momentum, weight_decay=wd, lmbda=lmbda,
                    epsilon=epsilon, **kw)
     gen = torch.Generator().manual_seed(4)
@@ -242,11 +252,13 @@ def test_no_projection_before_start_step() -> None:
 
 
 @pytest.mark.parametrize("variant", ["sgd", "adam", "adamw"])
-def test_zero_groups_never_revive(variant: str) -> None:
+@pytest.mark.parametrize("host_reads", [True, False])
+def test_zero_groups_never_revive(variant: str, host_reads: bool) -> None:
     space = tiny_space()
     model = space.model
     opt = DHSPG(space, lr=0.05, variant=variant, momentum=0.9, weight_decay=0.1, target_group_sparsity=0.5,
                 start_step=2, end_step=12, lmbda=1.0, epsilon=0.1)
+    opt._host_reads = host_reads
     batch = tiny_batch()
     seen: set[int] = set()
     for t in range(30):
@@ -434,7 +446,8 @@ class _OddNet(torch.nn.Module):
         self.free = torch.nn.Parameter(torch.randn(2, dtype=torch.float64))
 
 
-def test_any_layout_matches_reference() -> None:
+@pytest.mark.parametrize("host_reads", [True, False])
+def test_any_layout_matches_reference(host_reads: bool) -> None:
     """Groups on three dims of one tensor, on a last dim, two entries on one dim, ids of -1."""
     torch.manual_seed(0)
     model = _OddNet()
@@ -446,6 +459,7 @@ def test_any_layout_matches_reference() -> None:
     space = StubSpace(model, layout, 10)
     kw = dict(lr=0.2, start_step=1, end_step=9)
     opt = DHSPG(space, momentum=0.5, weight_decay=1e-2, target_group_sparsity=0.6, lmbda=2.0, epsilon=0.5, **kw)
+    opt._host_reads = host_reads
     ref = RefDHSPG(space, k=6, momentum=0.5, weight_decay=1e-2, lmbda=2.0, epsilon=0.5, **kw)
     gen = torch.Generator().manual_seed(1)
     x = params_of(model)
@@ -481,6 +495,22 @@ def test_nothing_to_prune_is_plain_sgd(n_groups: int, target: float) -> None:
         assert torch.equal(pa, pb)
     m = opt.metrics()
     assert m["num_zero_groups"] == 0 and m["target_zero_groups"] == 0 and not m["forced_projection"]
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_zero_slices_are_cleared_whichever_way_they_are_written(contiguous: bool) -> None:
+    """A few slices of an inner dim are written one by one, many through a 0/1 mask: same result."""
+    t = torch.randn(5, 12, 3, 2)
+    if not contiguous:
+        t = t.to(memory_format=torch.channels_last)
+    e = Entry(dim=1, index=torch.arange(12), view=(1, 12, 1, 1), pre=5, post=6)
+    dead = torch.tensor([2, 7])
+    want = t.clone()
+    want[:, dead] = 0
+    by_index, by_mask = t.clone(), t.clone()
+    _fill_zero(by_index, e, dead)
+    _fill_zero(by_mask, e, torch.ones(12).index_fill_(0, dead, 0).repeat_interleave(6))
+    assert torch.equal(by_index, want) and torch.equal(by_mask, want)
 
 
 def test_channels_last_parameters_match_contiguous_ones() -> None:
