@@ -27,7 +27,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +95,39 @@ def family_ids(space: Any, n: int, target_count: int, target: float, keep_one_pe
     return ids
 
 
+def stage_quotas(space: Any, n: int, targets: Mapping[str, float], keep_one_per_family: bool,
+                 device: torch.device) -> tuple[Tensor, list[int]]:
+    """Per-stage targets -> (stage id of each of the ``n`` prunable groups, groups to zero per
+    stage). Stages are ``otonas._stages.group_stages``; ``"*"`` sets the target of every stage
+    not named; other stages keep all their groups. With one group kept per family, a stage may
+    give at most its groups minus the families it touches."""
+    from .._stages import group_stages
+
+    stages = group_stages(space)
+    unknown = sorted(set(targets) - set(stages) - {"*"})
+    if unknown:
+        raise OtonasError(f"target_group_sparsity names stage {unknown[0]!r}, which the model does not have; "
+                          f"its stages: {', '.join(stages)}")
+    family = getattr(space, "group_family", None)
+    ids = torch.full((n,), -1, dtype=torch.int64)
+    quota: list[int] = []
+    for b, (name, members) in enumerate(stages.items()):
+        t = float(targets.get(name, targets.get("*", 0.0)))
+        if not 0.0 <= t <= 1.0:
+            raise OtonasError(f"target_group_sparsity[{name!r}]={t!r} is invalid; expected a fraction in [0, 1]")
+        k = _count(len(members), t)
+        if keep_one_per_family and family is not None and k:
+            spare = len(members) - len({int(family[g]) for g in members})
+            if k > spare:
+                raise OtonasError(
+                    f"target_group_sparsity[{name!r}]={t} asks for {k} of the stage's {len(members)} groups, but "
+                    f"keeping one group in each family leaves {spare}; lower it to at most "
+                    f"{spare / len(members):.3f}")
+        ids[list(members)] = b
+        quota.append(k)
+    return ids.to(device), quota
+
+
 class DHSPG(torch.optim.Optimizer):
     """Dual Half-Space Projected Gradient: trains and drives exactly K prunable groups to zero.
 
@@ -109,7 +142,9 @@ class DHSPG(torch.optim.Optimizer):
             opt.zero_grad()
 
     After ``end_step`` steps exactly ``K = round(N · target_group_sparsity)`` of the N prunable
-    groups are zero and stay zero. See ``docs/optim.md`` for every option.
+    groups are zero and stay zero. ``target_group_sparsity`` may instead map stage names
+    (``otonas._stages.group_stages``; ``"*"`` for the rest) to fractions: then exactly
+    round(n_s · target_s) groups of each stage s. See ``docs/optim.md`` for every option.
     """
 
     def __init__(
@@ -117,7 +152,7 @@ class DHSPG(torch.optim.Optimizer):
         space: SearchSpaceLike,
         *,
         lr: float,
-        target_group_sparsity: float,
+        target_group_sparsity: float | Mapping[str, float],
         start_step: int,
         end_step: int | None = None,
         variant: str = "sgd",
@@ -137,7 +172,8 @@ class DHSPG(torch.optim.Optimizer):
     ) -> None:
         start_step = int(start_step)
         end_step = 2 * start_step + 1 if end_step is None else int(end_step)
-        _validate(lr=lr, target=target_group_sparsity, start=start_step, end=end_step, variant=variant,
+        stage_targets = dict(target_group_sparsity) if isinstance(target_group_sparsity, Mapping) else None
+        _validate(lr=lr, target=0.0 if stage_targets is not None else target_group_sparsity, start=start_step, end=end_step, variant=variant,
                   momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
                   betas=betas, eps=eps, lmbda=lmbda, amplify=lmbda_amplify, coeff=hat_lmbda_coeff,
                   epsilon=epsilon)
@@ -147,7 +183,8 @@ class DHSPG(torch.optim.Optimizer):
         defaults = dict(lr=lr, variant=variant, momentum=momentum, dampening=dampening, nesterov=nesterov,
                         weight_decay=weight_decay, betas=tuple(betas), eps=eps, lmbda=lmbda,
                         lmbda_amplify=lmbda_amplify, hat_lmbda_coeff=hat_lmbda_coeff, epsilon=epsilon,
-                        target_group_sparsity=float(target_group_sparsity), start_step=start_step,
+                        target_group_sparsity=(stage_targets if stage_targets is not None
+                                               else float(target_group_sparsity)), start_step=start_step,
                         end_step=end_step)
         super().__init__(params, defaults)
         self._layout = GroupLayout(space, params)
@@ -156,8 +193,17 @@ class DHSPG(torch.optim.Optimizer):
         self._process_group = process_group
         n = self._layout.num_groups
         self.num_groups = n
-        self.target_zero_groups = _count(n, float(target_group_sparsity))
-        self._family = family_ids(space, n, self.target_zero_groups, target_group_sparsity, keep_one_per_family,
+        self._stage: Tensor | None = None
+        self._stage_quota: list[int] = []
+        if stage_targets is not None:
+            self._stage, self._stage_quota = stage_quotas(space, n, stage_targets, keep_one_per_family,
+                                                          self._layout.device)
+            self.target_zero_groups = sum(self._stage_quota)
+        else:
+            self.target_zero_groups = _count(n, float(target_group_sparsity))
+        self._family = family_ids(space, n, self.target_zero_groups,
+                                  self.target_zero_groups / max(n, 1) if stage_targets is not None
+                                  else target_group_sparsity, keep_one_per_family,
                                   self._layout.device)
         # On CPU reading a value back costs nothing: zero slices are then written one by one
         # instead of masking whole tensors (elsewhere a read would stall the device).
@@ -425,11 +471,17 @@ class DHSPG(torch.optim.Optimizer):
         rows, cols = x.new_empty(o), x.new_zeros(m)
         block = self._scratch("block", x.dtype, (max(BLOCK, m),))
         ds = d.reshape(o, m).split(per) if d is not None else (None,) * o
-        for xb, db, c0b, u0b, rb in zip(x2.split(per), ds, c0.split(per), u0.split(per), rows.split(per)):
-            sq = torch.mul(xb, xb, out=block[:xb.numel()].view(xb.shape))
+        views: dict[int, tuple[Tensor, Tensor]] = {}
+        for xb, db, c0b, u0b, rb in zip(x2.split(per), ds, c0.split(per), u0.view(-1, 1).split(per), rows.split(per)):
+            n = xb.shape[0]
+            if n not in views:
+                sq = block[:n * m].view(n, m)
+                views[n] = (sq, sq.t())
+            sq, sq_t = views[n]
+            torch.mul(xb, xb, out=sq)
             torch.mv(sq, c1, out=rb)
-            cols.addmv_(sq.t(), c0b)
-            xb.mul_(torch.add(u0b.view(-1, 1), v1, out=sq))
+            cols.addmv_(sq_t, c0b)
+            xb.mul_(torch.add(u0b, v1, out=sq))
             if db is not None:
                 xb.add_(db, alpha=-lr)
         cols = cols if post == 1 else cols.view(-1, post).sum(1)
@@ -461,7 +513,13 @@ class DHSPG(torch.optim.Optimizer):
             score = torch.where(first[self._family] == pos, -torch.inf, score)
         order = torch.sort(score, descending=True, stable=True).indices
         redundant = torch.zeros(n + 1, dtype=torch.bool, device=score.device)
-        redundant[order[:k]] = True
+        if self._stage is None:
+            redundant[order[:k]] = True
+        else:  # per-stage targets: the most redundant groups of each stage, up to its quota
+            stage = self._stage[order]
+            for b, quota in enumerate(self._stage_quota):
+                if quota:
+                    redundant[order[stage == b][:quota]] = True
         self._set_redundant(self._broadcast(redundant))
         self._buffers.clear()  # the partition used scratch for every plan; G_r needs less
 

@@ -248,6 +248,9 @@ class H2SPG(DHSPG):
         keep_one_per_family: bool = True,
         process_group: Any = None,
     ) -> None:
+        if isinstance(target_group_sparsity, Mapping):
+            raise OtonasError("H2SPG: per-stage target_group_sparsity is not supported yet; pass one fraction, "
+                              "or prune channels only with DHSPG, which takes per-stage targets")
         if not 0.0 <= erase_budget <= 1.0:
             raise OtonasError(f"H2SPG: erase_budget={erase_budget!r} is invalid; expected a fraction in [0, 1]")
         if not 0.0 <= target_group_sparsity <= 1.0:
