@@ -119,16 +119,20 @@ def grid_sums(x: Tensor, d: Tensor, post: int, *, with_abs: bool, scratch: Tenso
     rows = x.new_empty(o, k)
     cols = x.new_zeros(k * m)
     ones_m, ones_o = x.new_ones(m), x.new_ones(per)
-    for xb, db, rb in zip(x.split(per), d.split(per), rows.split(per)):
+    views: dict[int, tuple[tuple[Tensor, ...], Tensor, Tensor, Tensor]] = {}
+    for xb, db, rb in zip(x.split(per), d.split(per), rows.view(-1).split(per * k)):
         n = xb.shape[0]
-        s = scratch[: n * k * m].view(n, k, m)
-        torch.mul(xb, db, out=s[:, 0])
-        torch.mul(xb, xb, out=s[:, 1])
-        torch.mul(db, db, out=s[:, 2])
+        if n not in views:  # the same views for every full block (the calls cost more than small blocks' math)
+            s = scratch[: n * k * m].view(n, k, m)
+            views[n] = (s.unbind(1), s.view(n * k, m), s.view(n, k * m).t(), ones_o[:n])
+        prods, flat, flat_t, ones = views[n]
+        torch.mul(xb, db, out=prods[0])
+        torch.mul(xb, xb, out=prods[1])
+        torch.mul(db, db, out=prods[2])
         if with_abs:
-            torch.abs(xb, out=s[:, 3])
-        torch.mv(s.view(n * k, m), ones_m, out=rb.view(-1))
-        cols.addmv_(s.view(n, k * m).t(), ones_o[:n])
+            torch.abs(xb, out=prods[3])
+        torch.mv(flat, ones_m, out=rb)
+        cols.addmv_(flat_t, ones)
     return rows.t(), cols.view(k, m) if post == 1 else _row_sums(cols.view(-1, post)).view(k, -1)
 
 
