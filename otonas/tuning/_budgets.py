@@ -103,27 +103,30 @@ class BudgetSpace:
             raise UsageError(f"the budget space names stage {missing[0]!r}, which the model does not have; "
                              f"its stages are: {', '.join(stages)}")
 
-    def _suggest(self, trial: Any, name: str, rng: tuple[float, float]) -> float:
+    def _suggest(self, trial: Any, name: str, rng: tuple[float, float], limit: float = 1.0) -> float:
         lo, hi = rng
-        if lo == hi:
-            return lo
+        hi = min(hi, limit)
+        lo = min(lo, hi)
         if self.step is not None:
             n = int(math.floor((hi - lo) / self.step + 1e-9))
             if n >= 1:
                 return float(trial.suggest_float(name, lo, lo + n * self.step, step=self.step))
         return float(trial.suggest_float(name, lo, hi))
 
-    def suggest(self, trial: Any, *, prune: bool, erase: bool,
-                stages: Mapping[str, Any]) -> tuple[float | dict[str, float], float]:
+    def suggest(self, trial: Any, *, prune: bool, erase: bool, stages: Mapping[str, Any],
+                limits: Mapping[str, float] | None = None) -> tuple[float | dict[str, float], float]:
         """Draw a trial's budgets: (target sparsity — a float, or stage -> float with
         ``per = "stage"`` — and the erase budget). Parameter names: ``sparsity``,
-        ``sparsity:STAGE`` and ``erase``."""
+        ``sparsity:STAGE`` and ``erase``. ``limits`` caps the sparsity ranges (``"*"``: the
+        global one, else per stage): the most the optimizer can remove while every family
+        keeps a channel."""
+        limits = limits or {}
         sparsity: float | dict[str, float] = 0.0
         if prune:
             if self.per == "stage":
-                sparsity = {s: self._suggest(trial, f"sparsity:{s}", self.stages.get(s, self.sparsity))
-                            for s in stages}
+                sparsity = {s: self._suggest(trial, f"sparsity:{s}", self.stages.get(s, self.sparsity),
+                                             limits.get(s, 1.0)) for s in stages}
             else:
-                sparsity = self._suggest(trial, "sparsity", self.sparsity)
+                sparsity = self._suggest(trial, "sparsity", self.sparsity, limits.get("*", 1.0))
         budget = self._suggest(trial, "erase", self.erase) if erase else 0.0
         return sparsity, budget

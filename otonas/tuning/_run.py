@@ -246,7 +246,14 @@ def _model_info(cfg: TuneConfig) -> dict[str, Any]:
     space = analyze(model, (example,))
     mode = scfg.mode or ("erase" if _is_supernet(scfg) else "prune")
     full = space.costs()
-    return {"mode": mode, "stages": group_stages(space) if space.num_prunable_groups else {},
+    stages = group_stages(space) if space.num_prunable_groups else {}
+    # the most a budget may ask for while every family keeps a channel (DHSPG refuses more)
+    family = list(getattr(space, "group_family", None) or range(space.num_prunable_groups))
+    n = max(space.num_prunable_groups, 1)
+    limits = {"*": (n - len(set(family))) / n}
+    for name, members in stages.items():
+        limits[name] = (len(members) - len({family[g] for g in members})) / max(len(members), 1)
+    return {"mode": mode, "stages": stages, "limits": limits,
             "flops": int(full.flops), "params": int(full.params),
             "prunable_groups": space.num_prunable_groups, "erasing_groups": space.num_erasing_groups}
 
@@ -347,7 +354,7 @@ def _run_trial(cfg: TuneConfig, study: Any, trial: Any, objs: list[str], space: 
 
     prune_dim = info["mode"] in ("prune", "both")
     erase_dim = info["mode"] in ("erase", "both")
-    space.suggest(trial, prune=prune_dim, erase=erase_dim, stages=info["stages"])
+    space.suggest(trial, prune=prune_dim, erase=erase_dim, stages=info["stages"], limits=info["limits"])
     sparsity, erase = _budgets_of(trial.params, info)
     out = os.path.join(cfg.out, "trials", f"trial-{trial.number:04d}")
     scfg = _trial_config(cfg, info, sparsity, erase, out, cfg.trial_epochs, export=False,
@@ -410,6 +417,9 @@ def tune(cfg: TuneConfig | None = None, /, **options: Any) -> dict[str, Any]:
         if info["mode"] in ("erase", "both") and not info["erasing_groups"]:
             raise UsageError(f"{cfg.model} has no erasable operators; pass search mode = \"prune\"")
         if space.per == "stage":
+            if info["mode"] != "prune":
+                raise UsageError(f"per = \"stage\" budgets need mode prune (this run's mode is {info['mode']}): "
+                                 "per-stage targets are a DHSPG feature; use per = \"global\"")
             space.check_stages(info["stages"])
         probe = _open_study(cfg, objs, worker, 0)
         n_seed = len(probe.trials)

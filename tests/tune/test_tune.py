@@ -139,3 +139,28 @@ def test_second_process_on_the_same_out_is_refused(tmp_path):
         fcntl.flock(f, fcntl.LOCK_EX)
         res = run(tune_cmd(out, "--trials", "1"), timeout=120)
     assert res.returncode == 2 and "its own --out" in res.stderr
+
+
+def test_per_stage_budgets_reach_each_stage(tmp_path):
+    from otonas._stages import group_stages
+
+    out = tmp_path / "t"
+    result = tune(TuneConfig(out=str(out), model="search_spaces:resnet20", data="synthetic", trials=2,
+                             trial_epochs=2, progress=False, pruner="none", search={"lr": 0.1, "batch_size": 128},
+                             space={"sparsity": [0.2, 0.9], "per": "stage", "stages": {"stem": [0.0, 0.0]}}))
+    import otonas
+    import search_spaces
+    import torch
+
+    space = otonas.analyze(search_spaces.create("resnet20", size="tiny", in_chans=3, num_classes=4),
+                           (torch.randn(2, 3, 16, 16),))
+    stages = group_stages(space)
+    for row in result["trials"]:
+        assert row["state"] == "complete"
+        budgets = {k.split(":", 1)[1]: v for k, v in row["budgets"].items()}
+        assert set(budgets) == set(stages) and budgets["stem"] == 0.0
+        for name, members in stages.items():  # capped: every family keeps a channel
+            spare = len(members) - len({space.group_family[g] for g in members})
+            assert budgets[name] <= spare / len(members) + 1e-12
+        report = json.loads((out / "trials" / f"trial-{row['trial']:04d}" / "report.json").read_text())
+        assert report["config"]["target_sparsity"] == budgets
