@@ -115,3 +115,21 @@ def test_a_batch_of_one_builds_for_that_batch_only():
     x = inputs([(1, 3, 8, 8)], torch.float32, seed=3)
     with torch.no_grad():
         torch.testing.assert_close(subnet(*x), model(*x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_free_batch_graph_that_does_not_match_falls_back_to_the_example_batch(monkeypatch):
+    import otonas.capture._export as capture_export
+
+    real = capture_export.match_nodes
+    monkeypatch.setattr(capture_export, "match_nodes",
+                        lambda a, b: None if any(n.target is torch.ops.aten.sym_size.int for n in b.graph.nodes)
+                        else real(a, b))
+    model = _ClassToken().eval()
+    space = otonas.analyze(model, (torch.randn(2, 4, 6),))
+    zero_groups_(space, _random_mask(space, 0.5, seed=0))
+    with pytest.warns(UserWarning, match="takes the example's batch size only"):
+        subnet = otonas.build(space)
+    assert not space.capture.dynamic_batch
+    x = torch.randn(2, 4, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(subnet(x), model(x), rtol=1e-4, atol=1e-5)
