@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .._errors import OtonasError
 from ._base import make_rule
-from ._layout import BLAS, BLOCK, Entry, GroupLayout, ParamPlan, SearchSpaceLike, grid_sums, slice_index
+from ._layout import BLAS, BLOCK, Entry, GroupLayout, ParamPlan, SearchSpaceLike, block_sums, slice_index
 from ._score import CosineMagnitudeScore, GroupStats, RedundancyScore
 
 __all__ = ["DHSPG", "ForcedProjectionWarning", "group_lambdas"]
@@ -388,9 +388,9 @@ class DHSPG(torch.optim.Optimizer):
         """Per-group sums ``[k, N + 1]`` of x·d, x², d² (and |x|) over the slices of ``plans``.
 
         Also returns the per-slice sums of x² and, for parameters whose groups run along several
-        dims other than a conv / linear weight's two (:func:`_is_grid`), x² itself (kept for the
-        cross terms of :meth:`_cross`; not with ``keep_xx=False``, which needs no buffer beyond
-        the shared scratch).
+        dims and that are not taken in blocks (:func:`_in_blocks`), x² itself (kept for the cross
+        terms of :meth:`_cross`; not with ``keep_xx=False``, which needs no buffer beyond the
+        shared scratch).
         """
         acc = self._acc_dtype
         k = 4 if with_abs else 3
@@ -409,30 +409,29 @@ class DHSPG(torch.optim.Optimizer):
         parts: list[Tensor] = []  # [k, slices of one entry] each
         for i, q in enumerate(plans):
             if i in vec:
-                parts.append(small[i])
+                parts.extend([small[i]] * len(q.entries))
                 continue
             x, dq = params[q.position], ds[i]
-            if _is_grid(q, x):  # a block of rows at a time, its products reduced while in cache
+            if _in_blocks(q, x):  # a block of rows at a time, its products reduced while in cache
                 e1 = next(e for e in q.entries if e.dim == 1)
                 block = self._scratch("block", x.dtype, (k * max(BLOCK, x[0].numel()),))
-                sums = dict(zip((0, 1), grid_sums(x, dq, e1.post, with_abs=with_abs, scratch=block)))
+                sums = dict(zip((0, 1), block_sums(x, dq, e1.post, with_abs=with_abs, scratch=block)))
                 parts.extend(sums[e.dim] for e in q.entries)
                 continue
-            # Each product in a buffer of its own and each reduced on its own: reducing k stacked
-            # products at once is slower than k reductions of one (a strided reduction).
-            keep = q.multi_dim and keep_xx
-            xx = self._own_buffer(q, x) if keep else self._scratch("xx", x.dtype, x.shape)
-            products = [torch.mul(x, dq, out=self._scratch("xd", x.dtype, x.shape)), torch.mul(x, x, out=xx),
-                        torch.mul(dq, dq, out=self._scratch("dd", x.dtype, x.shape))]
+            # The k products side by side, so that each dim's slice sums are one reduction for all of them.
+            buf = self._scratch("products", x.dtype, (k, *x.shape))
+            torch.mul(x, dq, out=buf[0])
+            torch.mul(x, x, out=buf[1])
+            torch.mul(dq, dq, out=buf[2])
             if with_abs:
-                products.append(torch.abs(x, out=self._scratch("abs", x.dtype, x.shape)))
-            if keep:
-                xx_full[q.position] = xx
+                torch.abs(x, out=buf[3])
+            if q.multi_dim and keep_xx:
+                xx_full[q.position] = self._own_buffer(q, x).copy_(buf[1])
             by_dim: dict[int, Tensor] = {}
             for e in q.entries:  # entries on one dim (nested whole-tensor groups, say) share their slices
                 sums = by_dim.get(e.dim)
                 if sums is None:
-                    sums = by_dim[e.dim] = torch.stack([e.slice_sums(t) for t in products])
+                    sums = by_dim[e.dim] = e.stacked_sums(buf)
                 parts.append(sums)
         dev = self._layout.device
         values = (torch.cat(parts, dim=1).to(acc) if parts else torch.zeros(k, 0, dtype=acc, device=dev))
@@ -455,19 +454,19 @@ class DHSPG(torch.optim.Optimizer):
                 for o in a.offsets:
                     cross[o:o + a.entry.size] += extra
 
-    def _grid_step(self, x: Tensor, d: Tensor | None, dims: Sequence[_Dim], u: Tensor, v: Tensor,
+    def _step_in_blocks(self, x: Tensor, d: Tensor | None, dims: Sequence[_Dim], u: Tensor, v: Tensor,
                    coef_dim: Tensor, cross: Tensor, lr: float) -> None:
-        """The G_r step on a weight grouped along dims 0 and 1 (:func:`_is_grid`), a block of rows at
-        a time: ``x ← (1 − lr·C)·x − lr·d`` (C: the coefficients of each element's row and column
-        groups), and into ``cross`` the other-dim shares of the shrink term, Σ_row C_col·x² and
-        Σ_col C_row·x² of the old x (see :meth:`_cross`), taken while the block is in cache."""
+        """The whole step on a weight taken in blocks of rows (:func:`_in_blocks`): ``x ← (1 − lr·C)·x
+        − lr·d`` (C: the coefficients of each element's row and column groups), and into ``cross``
+        the other-dim shares of the shrink term, Σ_row C_col·x² and Σ_col C_row·x² of the old x
+        (see :meth:`_cross`), taken while the block is in cache."""
         first, second = dims
         post = second.entry.post
         x2 = x.view(first.entry.size, -1)
         o, m = x2.shape
         c0, u0 = first.of(coef_dim).to(x.dtype), first.of(u).to(x.dtype)
         c1, v1 = (second.of(t).to(x.dtype).repeat_interleave(post) for t in (coef_dim, v))
-        per = max(1, min(o, BLOCK // max(m, 1)))
+        per = max(1, BLOCK // m)  # rows per block
         rows, cols = x.new_empty(o), x.new_zeros(m)
         block = self._scratch("block", x.dtype, (max(BLOCK, m),))
         ds = d.reshape(o, m).split(per) if d is not None else (None,) * o
@@ -588,8 +587,8 @@ class DHSPG(torch.optim.Optimizer):
         done: set[int] = set()  # parameters whose whole step is taken here
         for q, dims in zip(plans, self._active_dims):
             x = params[q.position]
-            if _is_grid(q, x):
-                self._grid_step(x, d[q.position], dims, u, v, coef_dim, cross, lr)
+            if _in_blocks(q, x):
+                self._step_in_blocks(x, d[q.position], dims, u, v, coef_dim, cross, lr)
                 done.add(q.position)
             elif q.is_vector:
                 xs.append(x.view(-1))
@@ -739,10 +738,12 @@ def _dims(plans: Sequence[ParamPlan], n: int, device: torch.device) -> tuple[tup
     return tuple(dims), index
 
 
-def _is_grid(q: ParamPlan, x: Tensor) -> bool:
-    """Whether ``x`` is a weight grouped along dims 0 and 1 only (a conv or linear weight's output
-    and input channels) that its block-wise path takes: contiguous, float32 or float64."""
-    return x.dtype in BLAS and x.is_contiguous() and {e.dim for e in q.entries} == {0, 1}
+def _in_blocks(q: ParamPlan, x: Tensor) -> bool:
+    """Whether ``x`` is taken a block of rows at a time: a weight grouped along dims 0 and 1 only
+    (a conv or linear weight's output and input channels), contiguous, float32 or float64, and
+    larger than a block (for a smaller one the calls cost more than the memory traffic saved)."""
+    return (x.numel() > BLOCK and x.dtype in BLAS and x.is_contiguous()
+            and {e.dim for e in q.entries} == {0, 1})
 
 
 def _fill_zero(t: Tensor, e: Entry, where: Tensor) -> None:

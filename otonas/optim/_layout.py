@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .._errors import OtonasError
 
-__all__ = ["SearchSpaceLike", "GroupLayout", "Entry", "ParamPlan", "slice_index", "grid_sums", "BLOCK", "BLAS"]
+__all__ = ["SearchSpaceLike", "GroupLayout", "Entry", "ParamPlan", "slice_index", "block_sums", "BLOCK", "BLAS"]
 
 
 class SearchSpaceLike(Protocol):
@@ -65,6 +65,17 @@ class Entry:
         cols = _col_sums(t.reshape(self.pre, n * self.post))
         return cols if self.post == 1 else _row_sums(cols.view(n, self.post))
 
+    def stacked_sums(self, t: Tensor) -> Tensor:
+        """``slice_sums`` of k tensors at once: ``t`` is ``[k, *parameter shape]`` (contiguous), the
+        result ``[k, size]``; one matrix product per reduction, whatever k."""
+        k, n = t.shape[0], self.size
+        if t.dtype not in BLAS:
+            return torch.stack([self.slice_sums(s) for s in t])
+        if self.pre == 1:
+            return _row_sums(t.view(k * n, self.post)).view(k, n) if self.post > 1 else t.view(k, n).clone()
+        cols = torch.matmul(t.new_ones(1, self.pre), t.view(k, self.pre, n * self.post))
+        return cols.view(k, n) if self.post == 1 else _row_sums(cols.view(k * n, self.post)).view(k, n)
+
     def weighted_sums(self, t: Tensor, other: Entry, w: Tensor) -> Tensor:
         """One sum per slice of ``t · w[position along other.dim]``, for ``other`` on another dim.
 
@@ -88,8 +99,8 @@ class ParamPlan:
 
     @property
     def is_vector(self) -> bool:
-        """Whether every element is a slice of its own, in one group (a bias, a norm weight)."""
-        return len(self.entries) == 1 and self.entries[0].pre == 1 and self.entries[0].post == 1
+        """Whether every element is a slice of its own (a bias, a norm weight)."""
+        return all(e.pre == 1 and e.post == 1 for e in self.entries)
 
     @property
     def multi_dim(self) -> bool:
@@ -107,7 +118,7 @@ BLOCK = 1 << 16
 worth) stay in the CPU cache while they are reduced, so that the whole weight is read once."""
 
 
-def grid_sums(x: Tensor, d: Tensor, post: int, *, with_abs: bool, scratch: Tensor) -> tuple[Tensor, Tensor]:
+def block_sums(x: Tensor, d: Tensor, post: int, *, with_abs: bool, scratch: Tensor) -> tuple[Tensor, Tensor]:
     """Per-slice sums of x·d, x², d² (and |x|) along dim 0 and dim 1 of a contiguous float32 /
     float64 weight (conv, linear), ``[k, size of dim 0]`` and ``[k, size of dim 1]``; ``post``
     is the number of elements after dim 1. ``x`` and ``d`` are viewed as ``[O, M]`` and taken one
@@ -115,7 +126,7 @@ def grid_sums(x: Tensor, d: Tensor, post: int, *, with_abs: bool, scratch: Tenso
     x, d = x.view(x.shape[0], -1), d.reshape(x.shape[0], -1)
     o, m = x.shape
     k = 4 if with_abs else 3
-    per = max(1, min(o, BLOCK // max(m, 1)))
+    per = max(1, BLOCK // m)  # rows per block
     rows = x.new_empty(o, k)
     cols = x.new_zeros(k * m)
     ones_m, ones_o = x.new_ones(m), x.new_ones(per)
