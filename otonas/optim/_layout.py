@@ -6,7 +6,9 @@ over the group's elements, of some elementwise quantity (x·d, x², d², |x|). S
 splits into two reductions:
 
 1. within a parameter: sum the elementwise tensor over everything but the grouped dim,
-   giving one value per slice (a row or column sum of a 2-D view: fast, vectorized);
+   giving one value per slice (a row or column sum of a 2-D view, taken as a matrix-vector
+   product; for a large weight grouped along both of its channel dims, :func:`block_sums`
+   takes the products a block of rows at a time and reduces them while they are in cache);
 2. across parameters: one ``index_add_`` of all those per-slice values into per-group
    accumulators, with the slices' group ids concatenated once at construction.
 
