@@ -32,6 +32,9 @@ FULL = {
     "latency": ["bench_latency.py"],
     "quality": ["bench_quality.py"],
     "export": ["bench_export.py"],
+    "tune": ["bench_tune.py", "front", "--out", "{tmp}/tune", "--trials", "24", "--trial-epochs", "10"],
+    "tune-stages": ["bench_tune.py", "stages", "--out", "{tmp}/tune", "--trials", "24",
+                    "--trial-epochs", "10", "--seeds", "3"],
 }
 QUICK = {
     "coverage": ["bench_peers.py", "coverage", "--quick"],
@@ -41,6 +44,7 @@ QUICK = {
     "latency": ["bench_latency.py", "--models", "resnet50", "--levels", "0.5", "--batches", "1,8", "--repeat", "3"],
     "quality": ["bench_quality.py", "--levels", "0.5", "--seeds", "0", "--epochs", "10"],
     "export": ["bench_export.py", "--repeat", "1"],
+    "tune": ["bench_tune.py", "front", "--out", "{tmp}/tune", "--trials", "6", "--trial-epochs", "6"],
 }
 TITLES = {
     "coverage": "Coverage: torchvision classification zoo, otonas beside Torch-Pruning",
@@ -50,6 +54,8 @@ TITLES = {
     "latency": "Real speed-up: CPU latency of built subnets",
     "quality": "Quality on digits: accuracy against FLOPs kept",
     "export": "Export of ResNet-50",
+    "tune": "Tuning: the Pareto front of search_spaces:resnet20 on digits (global budget)",
+    "tune-stages": "Tuning: per-stage against global budget at <= 50% FLOPs",
 }
 
 
@@ -68,10 +74,13 @@ def main() -> None:
     args = ap.parse_args()
     plan = QUICK if args.quick else FULL
     chosen = [s for s in (args.only.split(",") if args.only else plan) if s]
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="otonas-bench-")  # fresh studies for the tune sections of this run
     print(f"# otonas benchmarks ({'quick' if args.quick else 'full'} run), {time.strftime('%Y-%m-%d')}")
     print(f"\n{platform.platform()}, {os.cpu_count()} cores, torch {torch.__version__}, python {platform.python_version()}")
     for section in chosen:
-        script, *rest = plan[section]
+        script, *rest = (a.replace("{tmp}", tmp) for a in plan[section])
         if not (HERE / script).exists():
             print(f"\n## {TITLES[section]}\n\n{script} does not exist here: pending.")
             continue
