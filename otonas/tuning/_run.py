@@ -374,6 +374,21 @@ def _run_trial(cfg: TuneConfig, study: Any, trial: Any, objs: list[str], space: 
             raise optuna.TrialPruned(f"val accuracy {value:.4f} at epoch {step + 1} is below the median of "
                                      "trials that remove at least as much")
 
+    # A process killed between an epoch's checkpoint and its report leaves that epoch
+    # unreported; the resumed search starts after it, so report the checkpoint's history first.
+    ckpt = os.path.join(out, "checkpoint", "run.json")
+    if os.path.exists(ckpt):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            with open(ckpt) as f:
+                done = json.load(f)["history"]
+            seen = storage.get_trial(trial._trial_id).intermediate_values
+            for row in done:
+                step = int(row["epoch"]) - 1
+                if step not in seen:
+                    if multi:
+                        storage.set_trial_intermediate_value(trial._trial_id, step, float(row["val_accuracy"]))
+                    else:
+                        trial.report(float(row["val_accuracy"]), step)
     report = search(scfg, on_epoch=on_epoch)
     for k in ("accuracy_subnet", "accuracy_full", "flops_after", "params_after", "group_sparsity",
               "max_abs_diff", "seconds", "latency_ms"):
