@@ -71,8 +71,9 @@ class Entry:
         """``slice_sums`` of k tensors at once: ``t`` is ``[k, *parameter shape]`` (contiguous), the
         result ``[k, size]``; one matrix product per reduction, whatever k."""
         k, n = t.shape[0], self.size
-        if t.dtype not in BLAS:
-            return torch.stack([self.slice_sums(s) for s in t])
+        if t.dtype not in BLAS or t.numel() < _SMALL:  # strided sums: fewer calls, and fast enough when small
+            t = t.view(k, self.pre, n, self.post)
+            return t.sum((1, 3)) if self.pre > 1 or self.post > 1 else t.view(k, n).clone()
         if self.pre == 1:
             return _row_sums(t.view(k * n, self.post)).view(k, n) if self.post > 1 else t.view(k, n).clone()
         cols = torch.matmul(t.new_ones(1, self.pre), t.view(k, self.pre, n * self.post))
@@ -151,12 +152,16 @@ def block_sums(x: Tensor, d: Tensor, post: int, *, with_abs: bool, scratch: Tens
 
 def _row_sums(t: Tensor) -> Tensor:
     """``t.sum(1)`` of a 2-D tensor; a matrix-vector product where BLAS has one (faster on CPU)."""
-    return torch.mv(t, t.new_ones(t.shape[1])) if t.dtype in BLAS else t.sum(1)
+    return torch.mv(t, t.new_ones(t.shape[1])) if t.dtype in BLAS and t.numel() >= _SMALL else t.sum(1)
 
 
 def _col_sums(t: Tensor) -> Tensor:
     """``t.sum(0)`` of a 2-D tensor, likewise (twice as fast as the strided reduction on CPU)."""
-    return torch.mv(t.t(), t.new_ones(t.shape[0])) if t.dtype in BLAS else t.sum(0)
+    return torch.mv(t.t(), t.new_ones(t.shape[0])) if t.dtype in BLAS and t.numel() >= _SMALL else t.sum(0)
+
+
+_SMALL = 1 << 14
+"""Below this many elements a reduction's cost is its call: one ``sum`` beats a ones vector and a product."""
 
 
 BLAS = (torch.float32, torch.float64)
