@@ -405,17 +405,18 @@ class DHSPG(torch.optim.Optimizer):
         ds = [torch.zeros_like(params[q.position]) if d[q.position] is None else d[q.position] for q in plans]
         # Parameters whose every element is a slice of its own (biases, norm weights): many and
         # small, so their products come from one multi-tensor call each.
-        vec = {i for i, q in enumerate(plans) if q.is_vector}
+        vec = [i for i, q in enumerate(plans) if q.is_vector]
+        small: dict[int, Tensor] = {}
         if vec:
-            xs = [params[plans[i].position].view(-1) for i in sorted(vec)]
-            dv = [ds[i].view(-1) for i in sorted(vec)]
+            xs = [params[plans[i].position].view(-1) for i in vec]
+            dv = [ds[i].view(-1) for i in vec]
             lists = [torch._foreach_mul(xs, dv), torch._foreach_mul(xs, xs), torch._foreach_mul(dv, dv)]
             if with_abs:
                 lists.append(torch._foreach_abs(xs))
-            small = dict(zip(sorted(vec), (torch.stack(t) for t in zip(*lists))))
+            small = dict(zip(vec, (torch.stack(t) for t in zip(*lists))))
         parts: list[Tensor] = []  # [k, slices of one entry] each
         for i, q in enumerate(plans):
-            if i in vec:
+            if i in small:
                 parts.extend([small[i]] * len(q.entries))
                 continue
             x, dq = params[q.position], ds[i]
@@ -462,7 +463,7 @@ class DHSPG(torch.optim.Optimizer):
                     cross[o:o + a.entry.size] += extra
 
     def _step_in_blocks(self, x: Tensor, d: Tensor | None, dims: Sequence[_Dim], u: Tensor, v: Tensor,
-                   coef_dim: Tensor, cross: Tensor, lr: float) -> None:
+                        coef_dim: Tensor, cross: Tensor, lr: float) -> None:
         """The whole step on a weight taken in blocks of rows (:func:`_in_blocks`): ``x ← (1 − lr·C)·x
         − lr·d`` (C: the coefficients of each element's row and column groups), and into ``cross``
         the other-dim shares of the shrink term, Σ_row C_col·x² and Σ_col C_row·x² of the old x
@@ -477,10 +478,11 @@ class DHSPG(torch.optim.Optimizer):
         rows, cols = x.new_empty(o), x.new_zeros(m)
         block = self._scratch("block", x.dtype, (max(BLOCK, m),))
         ds = d.reshape(o, m).split(per) if d is not None else (None,) * o
+        blocks = zip(x2.split(per), ds, c0.split(per), u0.view(-1, 1).split(per), rows.split(per))
         views: dict[int, tuple[Tensor, Tensor]] = {}
-        for xb, db, c0b, u0b, rb in zip(x2.split(per), ds, c0.split(per), u0.view(-1, 1).split(per), rows.split(per)):
+        for xb, db, c0b, u0b, rb in blocks:
             n = xb.shape[0]
-            if n not in views:
+            if n not in views:  # the same views for every full block
                 sq = block[:n * m].view(n, m)
                 views[n] = (sq, sq.t())
             sq, sq_t = views[n]

@@ -69,7 +69,7 @@ class Entry:
 
     def stacked_sums(self, t: Tensor) -> Tensor:
         """``slice_sums`` of k tensors at once: ``t`` is ``[k, *parameter shape]`` (contiguous), the
-        result ``[k, size]``; one matrix product per reduction, whatever k."""
+        result ``[k, size]``; one matrix product per reduction whatever k (one sum when small)."""
         k, n = t.shape[0], self.size
         if t.dtype not in BLAS or t.numel() < _SMALL:  # strided sums: fewer calls, and fast enough when small
             t = t.view(k, self.pre, n, self.post)
