@@ -171,11 +171,11 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, leave=True, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
-def _metric(opt: Any, name: str, default: Any = 0) -> Any:
+def _metrics(opt: Any) -> dict[str, Any]:
     try:
-        return opt.metrics().get(name, default)
-    except Exception:
-        return default
+        return dict(opt.metrics())
+    except Exception:  # a progress bar must never end a run
+        return {}
 
 
 def search(cfg: SearchConfig, *, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -226,6 +226,7 @@ def search(cfg: SearchConfig, *, on_epoch: Callable[[dict[str, Any]], None] | No
         bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
         aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
         loss_sum, correct, seen = 0.0, 0, 0
+        sparsity_now, erased_now = 0.0, 0
         for i, (x, y) in enumerate(_loader(data.train, cfg, epoch, True)):
             _set_lr(opt, cfg, epoch * steps_per_epoch + i, cfg.epochs * steps_per_epoch)
             if data.augment is not None:
@@ -239,11 +240,13 @@ def search(cfg: SearchConfig, *, on_epoch: Callable[[dict[str, Any]], None] | No
             loss_sum += float(loss.detach()) * len(y)
             correct += int((out.argmax(1) == y).sum())
             seen += len(y)
-            if bar is not None:
+            if bar is not None and not bar.disable:
                 bar.update(1)
+                if i % 10 == 0:  # the optimizer's metrics read every group: not at every step
+                    m = _metrics(opt)
+                    sparsity_now, erased_now = m.get("group_sparsity", 0.0), m.get("erased_groups", 0)
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                                sparsity=f"{_metric(opt, 'group_sparsity', 0.0):.2f}",
-                                erased=_metric(opt, "erased_groups", 0), refresh=False)
+                                sparsity=f"{sparsity_now:.2f}", erased=erased_now, refresh=False)
         val_acc, val_loss = evaluate(model, data.val, cfg, device)
         removed = space.removable(space.zero_groups()) if space.num_prunable_groups else None
         erased = space.erasable(space.zero_erasing_groups()) if space.num_erasing_groups else None
