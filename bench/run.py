@@ -38,12 +38,12 @@ FULL = {
 }
 QUICK = {
     "coverage": ["bench_peers.py", "coverage", "--quick"],
-    "speed": ["bench_peers.py", "speed", "--models", "resnet18,resnet50,mobilenet_v2", "--repeat", "1"],
+    "speed": ["bench_peers.py", "speed", "--models", "resnet18,resnet50,mobilenet_v2", "--repeat", "3"],
     "analysis": ["bench_analysis.py"],
     "optimizer": ["bench_optim.py", "--threads", "1", "--repeat", "5"],
     "latency": ["bench_latency.py", "--models", "resnet50", "--levels", "0.5", "--batches", "1,8", "--repeat", "3"],
     "quality": ["bench_quality.py", "--levels", "0.5", "--seeds", "0", "--epochs", "10"],
-    "export": ["bench_export.py", "--repeat", "1"],
+    "export": ["bench_export.py", "--repeat", "3"],
     "tune": ["bench_tune.py", "front", "--out", "{tmp}/tune", "--trials", "6", "--trial-epochs", "6"],
 }
 TITLES = {
@@ -77,6 +77,7 @@ def main() -> None:
     import tempfile
 
     tmp = tempfile.mkdtemp(prefix="otonas-bench-")  # fresh studies for the tune sections of this run
+    start = time.time()
     print(f"# otonas benchmarks ({'quick' if args.quick else 'full'} run), {time.strftime('%Y-%m-%d')}")
     print(f"\n{platform.platform()}, {os.cpu_count()} cores, torch {torch.__version__}, python {platform.python_version()}")
     for section in chosen:
@@ -95,6 +96,7 @@ def main() -> None:
             body = f"(timed out after {args.timeout} s)"
         print(f"\n## {TITLES[section]}\n\n`{shown}` — {time.time() - t:.0f} s; load before: `{load}`\n")
         print(body, flush=True)
+    print(f"\n---\n\n{len(chosen)} sections in {time.time() - start:.0f} s; load after: `{_load()}`")
 
 
 if __name__ == "__main__":
