@@ -104,13 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _tune_config(args: argparse.Namespace) -> Any:
+def _options(args: argparse.Namespace, config_class: type) -> dict[str, Any]:
+    """``--config`` TOML keys (``-`` or ``_``) overridden by the flags given, for the fields of
+    ``config_class`` (a dataclass); an unknown key is an error naming the known ones."""
     import dataclasses
     import tomllib
 
-    from ..tuning import TuneConfig
-
-    fields = {f.name for f in dataclasses.fields(TuneConfig)}
+    fields = {f.name for f in dataclasses.fields(config_class)}
     values: dict[str, Any] = {}
     if args.config:
         try:
@@ -126,12 +126,19 @@ def _tune_config(args: argparse.Namespace) -> Any:
                 raise UsageError(f"--config {args.config!r}: unknown key {key!r}; known: "
                                  f"{', '.join(sorted(f.replace('_', '-') for f in fields))}")
             values[name] = value
-        if isinstance(values.get("search"), dict):
-            values["search"] = {k.replace("-", "_"): v for k, v in values["search"].items()}
     for name in fields:
         v = getattr(args, name, None)
         if v is not None:
             values[name] = v
+    return values
+
+
+def _tune_config(args: argparse.Namespace) -> Any:
+    from ..tuning import TuneConfig
+
+    values = _options(args, TuneConfig)
+    if isinstance(values.get("search"), dict):
+        values["search"] = {k.replace("-", "_"): v for k, v in values["search"].items()}
     search = dict(values.get("search", {}))
     for name in ("mode", "lr", "batch_size"):
         v = getattr(args, name, None)
@@ -277,31 +284,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _search_config(args: argparse.Namespace) -> Any:
-    import dataclasses
-    import tomllib
-
     from ..search import SearchConfig
 
-    fields = {f.name for f in dataclasses.fields(SearchConfig)}
-    values: dict[str, Any] = {}
-    if args.config:
-        try:
-            with open(args.config, "rb") as f:
-                raw = tomllib.load(f)
-        except FileNotFoundError:
-            raise UsageError(f"--config {args.config!r} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise UsageError(f"--config {args.config!r} is not valid TOML: {e}") from None
-        for key, value in raw.items():
-            name = key.replace("-", "_")
-            if name not in fields:
-                raise UsageError(f"--config {args.config!r}: unknown key {key!r}; known: "
-                                 f"{', '.join(sorted(f.replace('_', '-') for f in fields))}")
-            values[name] = value
-    for name in fields:
-        v = getattr(args, name, None)
-        if v is not None:
-            values[name] = v
+    values = _options(args, SearchConfig)
     if isinstance(values.get("model_kwargs"), str):
         try:
             values["model_kwargs"] = json.loads(values["model_kwargs"]) if values["model_kwargs"].strip() else {}
