@@ -164,3 +164,23 @@ def test_per_stage_budgets_reach_each_stage(tmp_path):
             assert budgets[name] <= spare / len(members) + 1e-12
         report = json.loads((out / "trials" / f"trial-{row['trial']:04d}" / "report.json").read_text())
         assert report["config"]["target_sparsity"] == budgets
+
+
+def test_config_file_with_search_and_space_tables(tmp_path):
+    cfg = tmp_path / "tune.toml"
+    cfg.write_text('trials = 1\ntrial-epochs = 1\npruner = "none"\n'
+                   '[search]\nbatch-size = 128\nlr = 0.1\n'
+                   '[space]\nsparsity = [0.3, 0.3]\n')
+    out = tmp_path / "t"
+    res = run([*tune_cmd(out), "--config", str(cfg), "--trial-epochs", "2", "--json"])
+    assert res.returncode == 0, res.stderr
+    result = json.loads(res.stdout)
+    (row,) = result["trials"]
+    assert row["budgets"] == {"sparsity": 0.3}
+    report = json.loads((out / "trials" / "trial-0000" / "report.json").read_text())
+    assert report["epochs"] == 2  # the flag overrides the file
+    assert report["config"]["batch_size"] == 128 and report["config"]["lr"] == 0.1
+    bad = tmp_path / "bad.toml"
+    bad.write_text("trails = 3\n")
+    res = run([*tune_cmd(tmp_path / "u"), "--config", str(bad)])
+    assert res.returncode == 2 and "unknown key 'trails'" in res.stderr
