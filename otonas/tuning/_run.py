@@ -271,8 +271,7 @@ def _open_study(cfg: TuneConfig, objs: list[str], worker: str, n_seed: int) -> A
                "random": lambda: optuna.samplers.RandomSampler(seed=seed)}[kind]()
     url = cfg.storage_url()
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}
-                                             if not url.startswith("sqlite") else {})
+        storage = _rdb_storage(url)
         study = optuna.create_study(storage=storage, study_name=cfg.study, directions=directions,
                                     sampler=sampler, load_if_exists=True)
     except ValueError as e:
@@ -287,6 +286,27 @@ def _open_study(cfg: TuneConfig, objs: list[str], worker: str, n_seed: int) -> A
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"cannot open the Optuna storage {_mask(url)}: {first}") from None
     return study
+
+
+def _rdb_storage(url: str, attempts: int = 5) -> Any:
+    """Optuna's RDB storage for ``url``. Workers starting together on an empty database race to
+    create Optuna's tables (PostgreSQL then refuses the loser with a unique-key violation);
+    the loser waits a moment and opens the tables the winner made."""
+    import random
+
+    import optuna
+
+    kwargs = {"pool_pre_ping": True} if not url.startswith("sqlite") else {}
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except Exception as e:
+            text = f"{type(e).__name__} {e}".lower()
+            racing = any(w in text for w in ("duplicate key", "already exists", "uniqueviolation", "integrityerror"))
+            if not racing or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
 
 
 def _mask(url: str) -> str:

@@ -51,9 +51,15 @@ def test_prune_search_is_exact_and_writes_its_outputs(tmp_path):
     assert (tmp_path / "checkpoint" / run["folder"] / "model.safetensors").exists()
 
 
+def _sigint_default() -> None:
+    # A shell that starts the test run in the background makes its children ignore SIGINT, and
+    # Python then installs no KeyboardInterrupt handler: give the child back the default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(*args, **kw):
     return subprocess.Popen([sys.executable, "-m", "otonas", "search", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default, **kw)
 
 
 # 8 epochs, cut after the 2nd: the SIGINT must land in training, with room to spare on a loaded machine
