@@ -133,12 +133,19 @@ def bench(name: str, repeat: int, synthetic: bool, target: float, weight_decay: 
 
 
 def bench_h2spg(name: str, repeat: int, budget: float, target: float, weight_decay: float) -> list[str]:
-    import otonas
     import search_spaces
 
     torch.manual_seed(0)
     model = search_spaces.create(name)
     inputs = (torch.randn(2, *search_spaces.info(name).input_shape),)
+    return time_h2spg(name, model, inputs, repeat, budget, target, weight_decay)
+
+
+def time_h2spg(name: str, model: torch.nn.Module, inputs: tuple, repeat: int, budget: float, target: float,
+               weight_decay: float) -> list[str]:
+    """Table rows: H2SPG's step in each phase (and its selection, once) against SGD's."""
+    import otonas
+
     space = otonas.analyze(model, inputs)
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:

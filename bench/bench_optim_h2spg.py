@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -20,34 +19,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_optim import make_model, median_ms  # noqa: E402
-
-import otonas  # noqa: E402
-from otonas.optim import H2SPG  # noqa: E402
+from bench_optim import make_model, time_h2spg  # noqa: E402
 
 
 def bench(name: str, repeat: int, target: float, budget: float, weight_decay: float) -> list[str]:
     torch.manual_seed(0)
     model, inputs = make_model(name)
-    space = otonas.analyze(model, inputs)
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.grad = torch.randn_like(p) * 1e-3
-    nparams = sum(p.numel() for p in params)
-    kw = dict(lr=1e-3, momentum=0.9, weight_decay=weight_decay, target_group_sparsity=target, erase_budget=budget)
-    sgd = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=weight_decay, foreach=True)
-    huge = 10**9
-    warm = H2SPG(space, warmup_steps=huge, end_step=huge + 1, **kw)  # type: ignore[arg-type]
-    proj = H2SPG(space, warmup_steps=0, end_step=huge, **kw)  # type: ignore[arg-type]
-    done = H2SPG(space, warmup_steps=0, end_step=1, **kw)  # type: ignore[arg-type]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        proj.step()
-        done.step()
-    t_sgd, t_warm, t_proj, t_done = median_ms([sgd.step, warm.step, proj.step, done.step], repeat)
-    groups = f"{space.num_prunable_groups} + {len(space.erasing_groups)} erasing"
-    return [f"| {name} | {nparams / 1e6:.1f} M | {groups} | {phase} | {t_sgd:.1f} | {t:.1f} | {t / t_sgd:.2f}x |"
-            for phase, t in (("warm-up", t_warm), ("projection", t_proj), ("after projection", t_done))]
+    return time_h2spg(name, model, inputs, repeat, budget, target, weight_decay)
 
 
 def main() -> None:

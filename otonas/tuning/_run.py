@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -258,22 +258,27 @@ def _model_info(cfg: TuneConfig) -> dict[str, Any]:
             "prunable_groups": space.num_prunable_groups, "erasing_groups": space.num_erasing_groups}
 
 
-def _open_study(cfg: TuneConfig, objs: list[str], worker: str, n_seed: int) -> Any:
+def _sampler(cfg: TuneConfig, objs: list[str], worker: str, n_seed: int) -> Any:
     import optuna
 
-    directions = ["maximize"] + ["minimize"] * (len(objs) - 1)
     kind = cfg.sampler or ("nsga2" if len(objs) > 1 else "tpe")
     # Each worker and each restart draws its own random stream: two machines with one seed
     # would otherwise propose the same budgets.
     seed = (cfg.seed * 1_000_003 + int(worker, 16) + 7919 * n_seed) % 2**32
-    sampler = {"nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
-               "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
-               "random": lambda: optuna.samplers.RandomSampler(seed=seed)}[kind]()
+    return {"nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
+            "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+            "random": lambda: optuna.samplers.RandomSampler(seed=seed)}[kind]()
+
+
+def _open_study(cfg: TuneConfig, objs: list[str], worker: str) -> Any:
+    import optuna
+
+    directions = ["maximize"] + ["minimize"] * (len(objs) - 1)
     url = cfg.storage_url()
     try:
         storage = _rdb_storage(url)
         study = optuna.create_study(storage=storage, study_name=cfg.study, directions=directions,
-                                    sampler=sampler, load_if_exists=True)
+                                    load_if_exists=True)
     except ValueError as e:
         if "direction" in str(e).lower():
             raise UsageError(f"study {cfg.study!r} in {_mask(url)} was made with other objectives; use the same "
@@ -382,17 +387,21 @@ def _run_trial(cfg: TuneConfig, study: Any, trial: Any, objs: list[str], space: 
     storage = study._storage
     multi = len(objs) > 1
 
+    def record(row: dict[str, Any]) -> int:
+        """Store an epoch's validation accuracy once; returns its step."""
+        step = int(row["epoch"]) - 1
+        if step not in storage.get_trial(trial._trial_id).intermediate_values:
+            if multi:  # Trial.report refuses multi-objective studies; the storage call is what it does
+                storage.set_trial_intermediate_value(trial._trial_id, step, float(row["val_accuracy"]))
+            else:
+                trial.report(float(row["val_accuracy"]), step)
+        return step
+
     def on_epoch(row: dict[str, Any]) -> None:
-        step, value = int(row["epoch"]) - 1, float(row["val_accuracy"])
-        if multi:  # Trial.report refuses multi-objective studies; the storage call is what it does
-            if step not in storage.get_trial(trial._trial_id).intermediate_values:
-                storage.set_trial_intermediate_value(trial._trial_id, step, value)
-        else:
-            if step not in storage.get_trial(trial._trial_id).intermediate_values:
-                trial.report(value, step)
+        step = record(row)
         if pruner is not None and pruner.prune(study, storage.get_trial(trial._trial_id)):
-            raise optuna.TrialPruned(f"val accuracy {value:.4f} at epoch {step + 1} is below the median of "
-                                     "trials that remove at least as much")
+            raise optuna.TrialPruned(f"val accuracy {row['val_accuracy']:.4f} at epoch {step + 1} is below the "
+                                     "median of trials that remove at least as much")
 
     # A process killed between an epoch's checkpoint and its report leaves that epoch
     # unreported; the resumed search starts after it, so report the checkpoint's history first.
@@ -400,15 +409,8 @@ def _run_trial(cfg: TuneConfig, study: Any, trial: Any, objs: list[str], space: 
     if os.path.exists(ckpt):
         with contextlib.suppress(OSError, ValueError, KeyError):
             with open(ckpt) as f:
-                done = json.load(f)["history"]
-            seen = storage.get_trial(trial._trial_id).intermediate_values
-            for row in done:
-                step = int(row["epoch"]) - 1
-                if step not in seen:
-                    if multi:
-                        storage.set_trial_intermediate_value(trial._trial_id, step, float(row["val_accuracy"]))
-                    else:
-                        trial.report(float(row["val_accuracy"]), step)
+                for row in json.load(f)["history"]:
+                    record(row)
     report = search(scfg, on_epoch=on_epoch)
     for k in ("accuracy_subnet", "accuracy_full", "flops_after", "params_after", "group_sparsity",
               "max_abs_diff", "seconds", "latency_ms"):
@@ -456,9 +458,8 @@ def tune(cfg: TuneConfig | None = None, /, **options: Any) -> dict[str, Any]:
                 raise UsageError(f"per = \"stage\" budgets need mode prune (this run's mode is {info['mode']}): "
                                  "per-stage targets are a DHSPG feature; use per = \"global\"")
             space.check_stages(info["stages"])
-        probe = _open_study(cfg, objs, worker, 0)
-        n_seed = len(probe.trials)
-        study = _open_study(cfg, objs, worker, n_seed) if n_seed else probe
+        study = _open_study(cfg, objs, worker)
+        study.sampler = _sampler(cfg, objs, worker, len(study.trials))
         _check_study(study, cfg, objs, space)
         back = _requeue_stale(study, cfg.stale_after)
         if back:
