@@ -43,7 +43,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .._errors import OtonasError
-from ._base import make_rule
+from . import _kernels
+from ._base import SGDRule, make_rule
 from ._layout import BLAS, BLOCK, Entry, GroupLayout, ParamPlan, SearchSpaceLike, block_sums, slice_index
 from ._score import CosineMagnitudeScore, GroupStats, RedundancyScore
 
@@ -233,6 +234,7 @@ class DHSPG(torch.optim.Optimizer):
         self._dim_index = torch.zeros(0, 1, dtype=torch.int64, device=dev)  # per active slice: its dim's groups
         self._zero_slices: list[tuple[int, Entry, Tensor]] | None = None
         self._buffers: dict[Any, Tensor] = {}  # scratch and x² buffers of the projection phase
+        self._fused: dict[int, Tensor] = {}  # this step: momentum buffers _stats updates (see _fusable)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self.param_groups:
@@ -263,12 +265,17 @@ class DHSPG(torch.optim.Optimizer):
         start, end = hp["start_step"], hp["end_step"]
         if self._redundant is not None:
             self._mask_grads(params, static=t >= end)
-        with_grad = [i for i, p in enumerate(params) if p.grad is not None]
+        # In the projection phase, the momentum of some weights is updated inside the loop that
+        # takes their statistics (``_kernels.stats``); the base rule does the rest.
+        self._fused = self._fusable(params, hp) if self._redundant is not None and start <= t < end else {}
+        with_grad = [i for i, p in enumerate(params) if p.grad is not None and i not in self._fused]
         dirs = self._rule.directions([params[i] for i in with_grad], [params[i].grad for i in with_grad],
                                      [self.state[params[i]] for i in with_grad], hp)
         d: list[Tensor | None] = [None] * len(params)
         for i, di in zip(with_grad, dirs):
             d[i] = di
+        for i, buf in self._fused.items():
+            d[i] = buf  # updated by _stats before anything reads it
         if t < start:
             self._observe(params, d)
         elif self._redundant is None:
@@ -279,6 +286,21 @@ class DHSPG(torch.optim.Optimizer):
             self._plain_step(params, d, hp["lr"], skip=frozenset())
         self._step += 1
         return loss
+
+    def _fusable(self, params: Sequence[Tensor], hp: dict[str, Any]) -> dict[int, Tensor]:
+        """The weights whose SGD momentum ``_stats`` updates in its loop, by position, with their
+        buffers: weights taken in two passes (:func:`_in_blocks`) through ``_kernels`` with a
+        gradient and a momentum buffer, when the base rule is SGD with momentum and no Nesterov
+        (the buffer is then the direction). Same arithmetic as ``SGDRule``, in one pass."""
+        if not isinstance(self._rule, SGDRule) or hp["momentum"] == 0 or hp["nesterov"]:
+            return {}
+        out: dict[int, Tensor] = {}
+        for q in self._active:
+            x = params[q.position]
+            buf = self.state[x].get("momentum_buffer")
+            if buf is not None and x.grad is not None and _in_blocks(q, x) and _kernels.usable(x, x.grad, buf):
+                out[q.position] = buf
+        return out
 
     def _plain_step(self, params: Sequence[Tensor], d: Sequence[Tensor | None], lr: float,
                     skip: frozenset[int]) -> None:
@@ -420,10 +442,16 @@ class DHSPG(torch.optim.Optimizer):
                 parts.extend([small[i]] * len(q.entries))
                 continue
             x, dq = params[q.position], ds[i]
-            if _in_blocks(q, x):  # a block of rows at a time, its products reduced while in cache
+            if _in_blocks(q, x):  # one fused loop, or a block of rows at a time, reduced while in cache
                 e1 = next(e for e in q.entries if e.dim == 1)
-                block = self._scratch("block", x.dtype, (k * max(BLOCK, x[0].numel()),))
-                sums = dict(zip((0, 1), block_sums(x, dq, e1.post, with_abs=with_abs, scratch=block)))
+                if _kernels.usable(x, dq):
+                    hp = self.param_groups[0]
+                    sgd = ((x.grad, hp["momentum"], hp["dampening"], hp["weight_decay"])
+                           if q.position in self._fused else None)
+                    sums = dict(zip((0, 1), _kernels.stats(x, dq, e1.post, with_abs=with_abs, sgd=sgd)))
+                else:
+                    block = self._scratch("block", x.dtype, (k * max(BLOCK, x[0].numel()),))
+                    sums = dict(zip((0, 1), block_sums(x, dq, e1.post, with_abs=with_abs, scratch=block)))
                 parts.extend(sums[e.dim] for e in q.entries)
                 continue
             # The k products side by side, so that each dim's slice sums are one reduction for all of them.
@@ -470,6 +498,13 @@ class DHSPG(torch.optim.Optimizer):
         (see :meth:`_cross`), taken while the block is in cache."""
         first, second = dims
         post = second.entry.post
+        if _kernels.usable(x, d):
+            rows, cols = _kernels.step(x, d, first.of(u).to(x.dtype), second.of(v).to(x.dtype),
+                                       first.of(coef_dim).to(x.dtype), second.of(coef_dim).to(x.dtype), lr, post)
+            for dim, extra in ((first, rows), (second, cols)):
+                for start in dim.offsets:
+                    cross[start:start + dim.entry.size] += extra
+            return
         x2 = x.view(first.entry.size, -1)
         o, m = x2.shape
         c0, u0 = first.of(coef_dim).to(x.dtype), first.of(u).to(x.dtype)
@@ -748,11 +783,13 @@ def _dims(plans: Sequence[ParamPlan], n: int, device: torch.device) -> tuple[tup
 
 
 def _in_blocks(q: ParamPlan, x: Tensor) -> bool:
-    """Whether ``x`` is taken a block of rows at a time: a weight grouped along dims 0 and 1 only
-    (a conv or linear weight's output and input channels), contiguous, float32 or float64, and
-    larger than a block (for a smaller one the calls cost more than the memory traffic saved)."""
-    return (x.numel() > BLOCK and x.dtype in BLAS and x.is_contiguous()
-            and {e.dim for e in q.entries} == {0, 1})
+    """Whether ``x`` is taken in two passes of its own (statistics, then the step with its cross
+    terms): a weight grouped along dims 0 and 1 only (a conv or linear weight's output and input
+    channels), contiguous, float32 or float64, and either the fused loops of ``_kernels`` take it
+    (on the CPU, any size) or it is larger than a block (else PyTorch calls on blocks of rows
+    would cost more than the memory traffic they save)."""
+    return (x.dtype in BLAS and x.is_contiguous() and {e.dim for e in q.entries} == {0, 1}
+            and (x.numel() > BLOCK or _kernels.usable(x)))
 
 
 def _fill_zero(t: Tensor, e: Entry, where: Tensor) -> None:

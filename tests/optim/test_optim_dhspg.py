@@ -17,8 +17,10 @@ from optim_helpers import (RefDHSPG, StubSpace, TinyNet, group_slices, params_of
 
 from otonas._errors import OtonasError
 from otonas.optim import DHSPG, CosineMagnitudeScore, ForcedProjectionWarning, GroupStats, RedundancyScore
-from otonas.optim import _dhspg, _layout
+from otonas.optim import _dhspg, _kernels, _layout
 from otonas.optim._dhspg import _fill_zero, group_lambdas
+
+_fusable = DHSPG._fusable
 from otonas.optim._layout import Entry
 
 # Short projection phases force the last groups to zero on purpose; tests that check the warning catch it.
@@ -165,15 +167,23 @@ def test_lambda_rule_matches_reference_and_keeps_descent(x: list[float], d: list
 # ---------------------------------------------------------------------------- the projection step
 @pytest.mark.parametrize("momentum,wd,lmbda,epsilon", [(0.0, 0.0, 0.5, 0.2), (0.9, 1e-2, 2.0, 0.0),
                                                        (0.5, 0.0, 5.0, 0.5), (0.9, 1e-3, 1e-3, 0.0)])
-@pytest.mark.parametrize("host_reads,block", [(True, None), (False, None), (True, 16)])
+@pytest.mark.parametrize("host_reads,block,kernels", [(True, None, True), (False, None, True), (True, 16, False),
+                                                       (True, None, False), (False, None, False)])
 def test_projection_matches_group_by_group_reference(momentum: float, wd: float, lmbda: float, epsilon: float,
-                                                     host_reads: bool, block: int | None,
+                                                     host_reads: bool, block: int | None, kernels: bool,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """Also with zero slices cleared by 0/1 masks (as off CPU, where nothing is read back) and
-    with conv weights taken in blocks of a few rows (as large ones are)."""
+    """Also with zero slices cleared by 0/1 masks (as off CPU, where nothing is read back), and
+    with the conv weights' two passes taken by the fused loops (``_kernels``, SGD's momentum
+    updated inside them) or by PyTorch calls on blocks of a few rows (as large weights are
+    without numba)."""
     if block is not None:
         monkeypatch.setattr(_layout, "BLOCK", block)
         monkeypatch.setattr(_dhspg, "BLOCK", block)
+    if kernels and not _kernels.enabled():
+        pytest.skip(f"numba is not usable here: {_kernels._failed}")
+    monkeypatch.setattr(_kernels, "enabled", lambda: kernels)
+    fused = []
+    monkeypatch.setattr(DHSPG, "_fusable", lambda self, *a: fused.append(r := _fusable(self, *a)) or r)
     space = tiny_space()
     model = space.model
     kw = dict(lr=0.1, start_step=2, end_step=14)
@@ -204,6 +214,7 @@ def test_projection_matches_group_by_group_reference(momentum: float, wd: float,
     assert len(ref.zero) == opt.target_zero_groups
     assert opt.metrics()["num_forced_groups"] == ref.forced
     assert saw_natural_projection == (lmbda >= 5.0)  # strong λ: groups reach zero before end_step
+    assert any(fused) == (kernels and momentum > 0)  # with momentum, the loops updated it
 
 
 def test_half_space_test_zeroes_exactly_the_groups_below_epsilon() -> None:

@@ -1,0 +1,203 @@
+"""Fused CPU loops for the two passes of a projection step over a conv / linear weight.
+
+A weight grouped along its output and input channels (dims 0 and 1) is seen as a matrix
+``[O, M]`` (``M`` = input channels × kernel elements). A projection step needs, per row and
+per column, the sums of x·d, x² and d² (:func:`stats`), and then the step itself, with the
+sums of x² weighted by the other dim's coefficients (:func:`step`). Written with PyTorch
+calls, each sum is a separate pass (a product, then a matrix-vector product) and a weight
+is read several times; here each of the two is one loop over the weight, compiled by numba,
+that reads it once (the row's reductions and the columns' running sums are taken while the
+row is in cache). On ResNet-50 this makes the projection step about as fast as the plain
+step plus two passes over the weights (see ``docs/optim.md``, Cost).
+
+numba is optional: without it (or with ``OTONAS_KERNELS=0`` in the environment) the
+optimizers use the PyTorch path in ``_layout.block_sums`` and ``DHSPG._step_in_blocks``,
+which computes the same sums (summed in another order, so the last bits differ). The loops
+are compiled on first use (about a second per dtype) and cached on disk by numba.
+Only contiguous float32 / float64 tensors on the CPU come here; elsewhere the PyTorch path runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["enabled", "usable", "stats", "step"]
+
+_FLAGS = {"reassoc", "contract"}  # reorder sums so that they vectorize; keep NaN / inf semantics
+_jit: Any = None  # the compiled loops, (stats, step), once loaded
+_failed: str | None = None  # why numba could not be used, if it could not
+
+
+def enabled() -> bool:
+    """Whether the fused loops are used: numba imports and ``OTONAS_KERNELS`` was not ``0`` when
+    first asked (the answer is kept for the process)."""
+    global _state
+    if _state is None:
+        _state = False
+        if os.environ.get("OTONAS_KERNELS", "1") != "0":
+            try:
+                _load()
+                _state = True
+            except Exception as e:  # noqa: BLE001 - numba missing or broken: the PyTorch path runs
+                global _failed
+                _failed = f"{type(e).__name__}: {e}"
+    return _state
+
+
+def usable(x: Tensor, *others: Tensor | None) -> bool:
+    """Whether these tensors can go through the loops: CPU, contiguous, all of ``x``'s float dtype."""
+    return (x.is_cpu and x.dtype in _DTYPES and x.is_contiguous()
+            and all(t is None or (t.is_cpu and t.dtype == x.dtype and t.is_contiguous()) for t in others)
+            and enabled())
+
+
+_DTYPES = (torch.float32, torch.float64)
+_state: bool | None = None  # enabled(), once known
+
+
+def _load() -> None:
+    global _jit
+    import numba
+
+    @numba.njit(fastmath=_FLAGS, nogil=True, cache=True, parallel=True)
+    def stats_loop(x: Any, d: Any, g: Any, momentum: Any, damp1: Any, wd: Any, update: bool, with_abs: bool,
+                   rows: Any, cols: Any) -> None:  # pragma: no cover - compiled
+        o_n, m = x.shape
+        chunks = cols.shape[0]  # blocks of rows, one per thread, each with its own column sums
+        for b in numba.prange(chunks):
+            cb = cols[b]
+            for o in range(b * o_n // chunks, (b + 1) * o_n // chunks):
+                xo, do, go = x[o], d[o], g[o]
+                if update:  # d is SGD's momentum buffer: d ← momentum·d + (1 − dampening)·(g + wd·x)
+                    for j in range(m):
+                        do[j] = momentum * do[j] + damp1 * (go[j] + wd * xo[j])
+                sxd, sxx, sdd, sab = rows[0, o], rows[1, o], rows[2, o], rows[0, o]  # zeros of x's dtype
+                for j in range(m):
+                    a, b_ = xo[j], do[j]
+                    sxd += a * b_
+                    sxx += a * a
+                    sdd += b_ * b_
+                rows[0, o], rows[1, o], rows[2, o] = sxd, sxx, sdd
+                for j in range(m):
+                    a, b_ = xo[j], do[j]
+                    cb[0, j] += a * b_
+                    cb[1, j] += a * a
+                    cb[2, j] += b_ * b_
+                if with_abs:
+                    for j in range(m):
+                        a = abs(xo[j])
+                        sab += a
+                        cb[3, j] += a
+                    rows[3, o] = sab
+
+    @numba.njit(fastmath=_FLAGS, nogil=True, cache=True, parallel=True)
+    def step_loop(x: Any, d: Any, has_d: bool, u0: Any, v: Any, c0: Any, c: Any, post: int, lr: Any,
+                  rowc: Any, colc: Any) -> None:  # pragma: no cover - compiled
+        o_n, m = x.shape
+        chunks = colc.shape[0]
+        v1, c1 = np.empty(m, x.dtype), np.empty(m, x.dtype)  # per column: its input channel's values
+        for i in range(m):
+            v1[i], c1[i] = v[i // post], c[i // post]
+        for b in numba.prange(chunks):
+            cb = colc[b]
+            for o in range(b * o_n // chunks, (b + 1) * o_n // chunks):
+                xo, do = x[o], d[o]
+                co, uo, s = c0[o], u0[o], rowc[o]  # rowc arrives zeroed
+                for j in range(m):
+                    a = xo[j]
+                    s += c1[j] * (a * a)
+                rowc[o] = s
+                for j in range(m):
+                    a = xo[j]
+                    cb[j] += co * (a * a)
+                if has_d:
+                    for j in range(m):
+                        xo[j] = xo[j] * (uo + v1[j]) - lr * do[j]
+                else:
+                    for j in range(m):
+                        xo[j] = xo[j] * (uo + v1[j])
+
+    _jit = (stats_loop, step_loop)
+
+
+def _loops() -> Any:
+    if not enabled():
+        raise RuntimeError(f"otonas' fused loops are off (OTONAS_KERNELS=0 or numba unusable: {_failed}); "
+                           "check _kernels.usable() first")
+    return _jit
+
+
+def _np(t: Tensor) -> Any:
+    return t.detach().numpy()
+
+
+def _run(loop: Any, *args: Any) -> None:
+    """Call a compiled loop. The first parallel launch of numba's OpenMP layer sets the OpenMP
+    thread count that PyTorch shares (a process at 1 thread would run at all cores after it):
+    PyTorch's count is put back."""
+    threads = torch.get_num_threads()
+    loop(*args)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def _chunks(x2: Tensor) -> int:
+    """Blocks of rows to share among threads: as many as PyTorch's threads (numba runs that many),
+    one for a weight too small for threads to pay."""
+    threads = torch.get_num_threads()
+    if threads == 1 or x2.numel() < _PARALLEL_MIN:
+        return 1
+    numba = sys.modules["numba"]
+    if numba.get_num_threads() != threads:
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    return min(threads, x2.shape[0])
+
+
+_PARALLEL_MIN = 1 << 16
+
+
+def _scalar(v: float, dtype: torch.dtype) -> Any:
+    """``v`` as a scalar of ``dtype``, so that the loops' arithmetic stays in x's dtype."""
+    return np.float32(v) if dtype == torch.float32 else float(v)
+
+
+def stats(x: Tensor, d: Tensor, post: int, *, with_abs: bool,
+          sgd: tuple[Tensor, float, float, float] | None = None) -> tuple[Tensor, Tensor]:
+    """Per-row and per-input-channel sums of x·d, x², d² (and |x|) of a weight: ``[k, O]`` and
+    ``[k, O_in]``, ``post`` elements per input channel (kernel elements). Same results as
+    ``_layout.block_sums`` up to the order of summation.
+
+    ``sgd = (g, momentum, dampening, weight_decay)``: ``d`` is SGD's momentum buffer, first
+    updated in place to ``momentum·d + (1 − dampening)·(g + weight_decay·x)`` in the same loop
+    (what ``_base.SGDRule`` does, in one pass instead of three)."""
+    x2, d2 = x.view(x.shape[0], -1), d.view(x.shape[0], -1)
+    k = 4 if with_abs else 3
+    rows = x2.new_zeros(k, x2.shape[0])
+    cols = x2.new_zeros(_chunks(x2), k, x2.shape[1])
+    g, momentum, dampening, wd = sgd if sgd is not None else (d, 0.0, 0.0, 0.0)
+    dt = x.dtype
+    _run(_loops()[0], _np(x2), _np(d2), _np(g.view(x2.shape)), _scalar(momentum, dt), _scalar(1 - dampening, dt),
+            _scalar(wd, dt), sgd is not None, with_abs, _np(rows), _np(cols))
+    cols = cols.sum(0) if cols.shape[0] > 1 else cols[0]
+    return rows, cols if post == 1 else cols.view(k, -1, post).sum(2)
+
+
+def step(x: Tensor, d: Tensor | None, u0: Tensor, v: Tensor, c0: Tensor, c: Tensor, lr: float,
+         post: int) -> tuple[Tensor, Tensor]:
+    """In place ``x ← x·(u0[row] + v[input channel]) − lr·d`` over the ``[O, M]`` view of a weight
+    (``post`` columns per input channel), and the sums of the old x² per row weighted by
+    ``c[input channel]`` and per input channel weighted by ``c0[row]``."""
+    x2 = x.view(x.shape[0], -1)
+    rowc = x2.new_zeros(x2.shape[0])
+    colc = x2.new_zeros(_chunks(x2), x2.shape[1])
+    d2 = x2 if d is None else d.view(x2.shape)
+    _run(_loops()[1], _np(x2), _np(d2), d is not None, _np(u0), _np(v), _np(c0), _np(c), post, _scalar(lr, x.dtype),
+            _np(rowc), _np(colc))
+    colc = colc.sum(0) if colc.shape[0] > 1 else colc[0]
+    return rowc, colc if post == 1 else colc.view(-1, post).sum(1)

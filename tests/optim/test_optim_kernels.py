@@ -1,0 +1,147 @@
+"""The fused CPU loops (otonas.optim._kernels) against the PyTorch formulas they replace."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from optim_helpers import StubSpace
+
+from otonas.optim import DHSPG, ForcedProjectionWarning, _kernels
+from otonas.optim._base import SGDRule
+
+pytestmark = pytest.mark.skipif(not _kernels.enabled(), reason=f"numba is not usable here: {_kernels._failed}")
+
+
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Run at 1 and at 2 threads; at 2 even small weights are split into blocks of rows."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    monkeypatch.setattr(_kernels, "_PARALLEL_MIN", 0)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def _tol(dtype: torch.dtype) -> dict[str, float]:
+    return dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(7, 5, 3, 3), (16, 40), (3, 2, 1, 1), (33, 17, 2, 5)])
+@pytest.mark.parametrize("with_abs", [False, True])
+def test_stats_are_the_row_and_channel_sums(shape: tuple[int, ...], dtype: torch.dtype, with_abs: bool,
+                                            threads: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    x, d = (torch.randn(shape, generator=g, dtype=dtype) for _ in range(2))
+    post = x[0, 0].numel()
+    rows, cols = _kernels.stats(x, d, post, with_abs=with_abs)
+    prods = [x * d, x * x, d * d] + ([x.abs()] if with_abs else [])
+    want_rows = torch.stack([p.reshape(shape[0], -1).sum(1) for p in prods])
+    want_cols = torch.stack([p.reshape(shape[0], shape[1], -1).sum((0, 2)) for p in prods])
+    torch.testing.assert_close(rows, want_rows, **_tol(dtype))
+    torch.testing.assert_close(cols, want_cols, **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dampening,wd", [(0.0, 0.0), (0.0, 1e-2), (0.3, 1e-3)])
+def test_stats_update_sgd_momentum_as_sgd_rule_does(dtype: torch.dtype, dampening: float, wd: float,
+                                                     threads: int) -> None:
+    g = torch.Generator().manual_seed(1)
+    x, grad, buf = (torch.randn(12, 6, 3, 3, generator=g, dtype=dtype) for _ in range(3))
+    want = buf.clone()
+    SGDRule().directions([x], [grad], [{"momentum_buffer": want}],
+                         dict(weight_decay=wd, momentum=0.9, nesterov=False, dampening=dampening))
+    rows, cols = _kernels.stats(x, buf, 9, with_abs=False, sgd=(grad, 0.9, dampening, wd))
+    torch.testing.assert_close(buf, want, **_tol(dtype))
+    torch.testing.assert_close(rows[0], (x * want).sum((1, 2, 3)), **_tol(dtype))
+    torch.testing.assert_close(cols[2], (want * want).sum((0, 2, 3)), **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_d", [True, False])
+@pytest.mark.parametrize("shape", [(7, 5, 3, 3), (16, 40)])
+def test_step_is_the_shrink_and_base_step_with_cross_sums(dtype: torch.dtype, with_d: bool,
+                                                          shape: tuple[int, ...], threads: int) -> None:
+    g = torch.Generator().manual_seed(2)
+    x, d = (torch.randn(shape, generator=g, dtype=dtype) for _ in range(2))
+    o, i = shape[:2]
+    post = x[0, 0].numel()
+    c0, c = torch.rand(o, generator=g, dtype=dtype), torch.rand(i, generator=g, dtype=dtype)
+    u0, v = 1 - 0.1 * c0, -0.1 * c
+    factor = u0.view((o,) + (1,) * (len(shape) - 1)) + v.view((1, i) + (1,) * (len(shape) - 2))
+    want_x = x * factor - (0.1 * d if with_d else 0)
+    xx = x * x
+    cw = c.view((1, i) + (1,) * (len(shape) - 2))
+    want_rows = (xx * cw).reshape(o, -1).sum(1)
+    want_cols = (xx * c0.view((o,) + (1,) * (len(shape) - 1))).reshape(o, i, -1).sum((0, 2))
+    rows, cols = _kernels.step(x, d if with_d else None, u0, v, c0, c, 0.1, post)
+    torch.testing.assert_close(x, want_x, **_tol(dtype))
+    torch.testing.assert_close(rows, want_rows, **_tol(dtype))
+    torch.testing.assert_close(cols, want_cols, **_tol(dtype))
+
+
+class _Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 128, 3)
+        self.b = torch.nn.Conv2d(128, 96, 3)  # 110,592 elements: above a PyTorch block
+
+
+def _space(model: _Net) -> StubSpace:
+    a, b = torch.arange(128), torch.arange(128, 224)
+    return StubSpace(model, {"a.weight": [(0, a)], "a.bias": [(0, a)], "b.weight": [(0, b), (1, a)],
+                             "b.bias": [(0, b)]}, 224)
+
+
+def _run(kernels: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, torch.Tensor], set[int]]:
+    monkeypatch.setattr(_kernels, "enabled", lambda: kernels)
+    torch.manual_seed(0)
+    model = _Net()
+    opt = DHSPG(_space(model), lr=0.05, momentum=0.9, weight_decay=1e-3, target_group_sparsity=0.5, lmbda=3.0,
+                start_step=2, end_step=12)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(14):
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=gen) * 0.05
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ForcedProjectionWarning)
+            opt.step()
+    zero = set(torch.nonzero(opt.zero_groups()).flatten().tolist())
+    return {n: p.detach().clone() for n, p in model.named_parameters()}, zero
+
+
+def test_dhspg_in_float32_agrees_with_the_pytorch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A float32 model with a weight larger than a PyTorch block: the loops and the PyTorch
+    calls zero the same groups and end in the same weights, up to float32 rounding."""
+    fast, zero_fast = _run(True, monkeypatch)
+    slow, zero_slow = _run(False, monkeypatch)
+    assert zero_fast == zero_slow and len(zero_fast) == 112
+    for n in fast:
+        torch.testing.assert_close(fast[n], slow[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def _python(code: str, **env: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, **env})
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_a_process_at_one_thread_stays_at_one_thread() -> None:
+    """numba's first parallel launch sets the OpenMP thread count PyTorch shares; it is put back."""
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "from otonas.optim import _kernels\n"
+            "x = torch.randn(512, 300); _kernels.stats(x, x.clone(), 1, with_abs=False)\n"
+            "print(torch.get_num_threads())")
+    assert _python(code) == "1"
+
+
+def test_otonas_kernels_0_turns_the_loops_off() -> None:
+    code = "from otonas.optim import _kernels; print(_kernels.enabled())"
+    assert _python(code, OTONAS_KERNELS="0") == "False"
+    assert _python(code) == "True"
