@@ -443,13 +443,14 @@ class DHSPG(torch.optim.Optimizer):
                 continue
             x, dq = params[q.position], ds[i]
             if _in_blocks(q, x):  # one fused loop, or a block of rows at a time, reduced while in cache
-                e1 = next(e for e in q.entries if e.dim == 1)
-                if _kernels.usable(x, dq):
+                if _kernels.usable(x):
                     hp = self.param_groups[0]
                     sgd = ((x.grad, hp["momentum"], hp["dampening"], hp["weight_decay"])
                            if q.position in self._fused else None)
-                    sums = dict(zip((0, 1), _kernels.stats(x, dq, e1.post, with_abs=with_abs, sgd=sgd)))
+                    sums = dict(zip((0, 1), _kernels.stats(x, _like(dq, x), math.prod(x.shape[2:]),
+                                                           with_abs=with_abs, sgd=sgd)))
                 else:
+                    e1 = next(e for e in q.entries if e.dim == 1)
                     block = self._scratch("block", x.dtype, (k * max(BLOCK, x[0].numel()),))
                     sums = dict(zip((0, 1), block_sums(x, dq, e1.post, with_abs=with_abs, scratch=block)))
                 parts.extend(sums[e.dim] for e in q.entries)
@@ -496,15 +497,22 @@ class DHSPG(torch.optim.Optimizer):
         − lr·d`` (C: the coefficients of each element's row and column groups), and into ``cross``
         the other-dim shares of the shrink term, Σ_row C_col·x² and Σ_col C_row·x² of the old x
         (see :meth:`_cross`), taken while the block is in cache."""
-        first, second = dims
-        post = second.entry.post
-        if _kernels.usable(x, d):
-            rows, cols = _kernels.step(x, d, first.of(u).to(x.dtype), second.of(v).to(x.dtype),
-                                       first.of(coef_dim).to(x.dtype), second.of(coef_dim).to(x.dtype), lr, post)
-            for dim, extra in ((first, rows), (second, cols)):
-                for start in dim.offsets:
+        if _kernels.usable(x):
+            by_dim = {dm.entry.dim: dm for dm in dims}
+            rows_dim, cols_dim = by_dim.get(0), by_dim.get(1)
+            o, i = x.shape[0], x.shape[1]
+            u0, c0 = ((rows_dim.of(u).to(x.dtype), rows_dim.of(coef_dim).to(x.dtype)) if rows_dim is not None
+                      else (x.new_ones(o), x.new_zeros(o)))
+            v1, c1 = ((cols_dim.of(v).to(x.dtype), cols_dim.of(coef_dim).to(x.dtype)) if cols_dim is not None
+                      else (x.new_zeros(i), x.new_zeros(i)))
+            rows, cols = _kernels.step(x, None if d is None else _like(d, x), u0, v1, c0, c1, lr,
+                                       math.prod(x.shape[2:]))
+            for dim, extra in ((rows_dim, rows), (cols_dim, cols)):
+                for start in dim.offsets if dim is not None else ():
                     cross[start:start + dim.entry.size] += extra
             return
+        first, second = dims
+        post = second.entry.post
         x2 = x.view(first.entry.size, -1)
         o, m = x2.shape
         c0, u0 = first.of(coef_dim).to(x.dtype), first.of(u).to(x.dtype)
@@ -784,12 +792,20 @@ def _dims(plans: Sequence[ParamPlan], n: int, device: torch.device) -> tuple[tup
 
 def _in_blocks(q: ParamPlan, x: Tensor) -> bool:
     """Whether ``x`` is taken in two passes of its own (statistics, then the step with its cross
-    terms): a weight grouped along dims 0 and 1 only (a conv or linear weight's output and input
-    channels), contiguous, float32 or float64, and either the fused loops of ``_kernels`` take it
-    (on the CPU, any size) or it is larger than a block (else PyTorch calls on blocks of rows
-    would cost more than the memory traffic they save)."""
-    return (x.dtype in BLAS and x.is_contiguous() and {e.dim for e in q.entries} == {0, 1}
-            and (x.numel() > BLOCK or _kernels.usable(x)))
+    terms): a conv or linear weight (2 or more dims), contiguous, float32 or float64, grouped
+    along its output channels (dim 0), its input channels (dim 1) or both, and then either the
+    fused loops of ``_kernels`` take it (on the CPU, any size) or it is grouped along both and
+    larger than a block (PyTorch calls on blocks of rows; for a smaller weight they would cost
+    more than the memory traffic they save)."""
+    if not (x.dim() >= 2 and x.dtype in BLAS and x.is_contiguous()):
+        return False
+    dims = {e.dim for e in q.entries}
+    return dims <= {0, 1} and _kernels.usable(x) or (dims == {0, 1} and x.numel() > BLOCK)
+
+
+def _like(t: Tensor, x: Tensor) -> Tensor:
+    """``t`` as a contiguous tensor of ``x``'s dtype (itself, nearly always)."""
+    return t.to(x.dtype).contiguous()
 
 
 def _fill_zero(t: Tensor, e: Entry, where: Tensor) -> None:

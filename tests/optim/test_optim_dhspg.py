@@ -457,9 +457,12 @@ class _OddNet(torch.nn.Module):
         self.free = torch.nn.Parameter(torch.randn(2, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("host_reads", [True, False])
-def test_any_layout_matches_reference(host_reads: bool) -> None:
+@pytest.mark.parametrize("host_reads,kernels", [(True, True), (False, True), (True, False)])
+def test_any_layout_matches_reference(host_reads: bool, kernels: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Groups on three dims of one tensor, on a last dim, two entries on one dim, ids of -1."""
+    if kernels and not _kernels.enabled():
+        pytest.skip(f"numba is not usable here: {_kernels._failed}")
+    monkeypatch.setattr(_kernels, "enabled", lambda: kernels)
     torch.manual_seed(0)
     model = _OddNet()
     layout = {

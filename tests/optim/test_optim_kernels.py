@@ -145,3 +145,49 @@ def test_otonas_kernels_0_turns_the_loops_off() -> None:
     code = "from otonas.optim import _kernels; print(_kernels.enabled())"
     assert _python(code, OTONAS_KERNELS="0") == "False"
     assert _python(code) == "True"
+
+
+class _Lines(torch.nn.Module):
+    """Weights grouped along rows only, columns only, both, and two entries on one dim."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = torch.nn.Parameter(torch.randn(6, 4, dtype=torch.float64))
+        self.down = torch.nn.Parameter(torch.randn(3, 6, 2, dtype=torch.float64))
+        self.both = torch.nn.Parameter(torch.randn(6, 6, 3, dtype=torch.float64))
+        self.free = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.0])
+def test_rows_only_and_columns_only_weights_match_reference(momentum: float, threads: int,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from optim_helpers import RefDHSPG, params_of, random_grads
+
+    torch.manual_seed(0)
+    model = _Lines()
+    h = torch.arange(6)
+    layout = {"up": [(0, h)], "down": [(1, h)],
+              "both": [(0, h + 6), (1, h), (0, torch.tensor([12, 12, 13, 13, -1, 14]))]}
+    space = StubSpace(model, layout, 15)
+    fused: list[dict] = []
+    real = DHSPG._fusable
+    monkeypatch.setattr(DHSPG, "_fusable", lambda self, *a: fused.append(r := real(self, *a)) or r)
+    kw = dict(lr=0.2, start_step=1, end_step=9)
+    opt = DHSPG(space, momentum=momentum, weight_decay=1e-2, target_group_sparsity=0.5,
+                lmbda=2.0, epsilon=0.3, **kw)
+    ref = RefDHSPG(space, k=opt.target_zero_groups, momentum=momentum, weight_decay=1e-2,
+                   lmbda=2.0, epsilon=0.3, **kw)
+    gen = torch.Generator().manual_seed(1)
+    x = params_of(model)
+    for t in range(12):
+        g = random_grads(model, gen, scale=0.05)
+        for n, p in model.named_parameters():
+            p.grad = g[n].clone()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ForcedProjectionWarning)
+            opt.step()
+        x = ref.apply(x, g)
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(p.detach(), x[n], rtol=1e-10, atol=1e-12, msg=f"step {t}, {n}")
+        assert set(torch.nonzero(opt._zero[:-1]).flatten().tolist()) == ref.zero, f"step {t}"
+    assert any(fused) == (momentum > 0)
