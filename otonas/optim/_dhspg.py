@@ -22,9 +22,11 @@ step (the number of groups that had to be forced to zero) and at the first step 
 every projection step also reads which groups reached zero, so that zero slices are written
 one by one instead of masking whole tensors.
 
-Cost: the statistics are products reduced per slice by matrix-vector products; a conv or
-linear weight larger than ``_layout.BLOCK`` elements is taken a block of rows at a time, its
-products reduced while in cache, and its step (with the half-space test's cross terms) taken
+Cost: on the CPU a conv or linear weight grouped along its channel dims goes through two
+compiled loops (``_kernels``): statistics (with SGD's momentum update) and then the step with
+the half-space test's cross terms, one pass each. Elsewhere the statistics are products
+reduced per slice by matrix-vector products; a weight larger than ``_layout.BLOCK`` elements
+is taken a block of rows at a time, its products reduced while in cache, and its step taken
 in a second pass of blocks. See ``docs/optim.md`` (Cost) for measured figures.
 """
 
@@ -800,7 +802,8 @@ def _in_blocks(q: ParamPlan, x: Tensor) -> bool:
     if not (x.dim() >= 2 and x.dtype in BLAS and x.is_contiguous()):
         return False
     dims = {e.dim for e in q.entries}
-    return dims <= {0, 1} and _kernels.usable(x) or (dims == {0, 1} and x.numel() > BLOCK)
+    return (dims <= {0, 1} and x.numel() >= _kernels.MIN_NUMEL and _kernels.usable(x)
+            or (dims == {0, 1} and x.numel() > BLOCK))
 
 
 def _like(t: Tensor, x: Tensor) -> Tensor:

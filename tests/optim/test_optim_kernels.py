@@ -23,6 +23,7 @@ def threads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
     before = torch.get_num_threads()
     torch.set_num_threads(request.param)
     monkeypatch.setattr(_kernels, "_PARALLEL_MIN", 0)
+    monkeypatch.setattr(_kernels, "MIN_NUMEL", 0)
     yield request.param
     torch.set_num_threads(before)
 
