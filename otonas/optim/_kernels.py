@@ -42,7 +42,7 @@ def enabled() -> bool:
         _state = False
         if os.environ.get("OTONAS_KERNELS", "1") != "0":
             try:
-                _load()
+                _run(_load)  # loading the parallel loops may start numba's threads
                 _state = True
             except Exception as e:  # noqa: BLE001 - numba missing or broken: the PyTorch path runs
                 global _failed
@@ -68,65 +68,78 @@ def _load() -> None:
     global _jit
     import numba
 
+    jit = numba.njit(fastmath=_FLAGS, nogil=True, cache=True)
+
+    @jit
+    def stats_rows(x: Any, d: Any, g: Any, momentum: Any, damp1: Any, wd: Any, update: bool, with_abs: bool,
+                   rows: Any, cols: Any, lo: int, hi: int) -> None:  # pragma: no cover - compiled
+        """Rows lo..hi: their sums into ``rows``, their share of the column sums added to ``cols``."""
+        m = x.shape[1]
+        for o in range(lo, hi):
+            xo, do, go = x[o], d[o], g[o]
+            if update:  # d is SGD's momentum buffer: d ← momentum·d + (1 − dampening)·(g + wd·x)
+                for j in range(m):
+                    do[j] = momentum * do[j] + damp1 * (go[j] + wd * xo[j])
+            sxd, sxx, sdd, sab = rows[0, o], rows[1, o], rows[2, o], rows[0, o]  # zeros of x's dtype
+            for j in range(m):
+                a, b = xo[j], do[j]
+                sxd += a * b
+                sxx += a * a
+                sdd += b * b
+            rows[0, o], rows[1, o], rows[2, o] = sxd, sxx, sdd
+            for j in range(m):
+                a, b = xo[j], do[j]
+                cols[0, j] += a * b
+                cols[1, j] += a * a
+                cols[2, j] += b * b
+            if with_abs:
+                for j in range(m):
+                    a = abs(xo[j])
+                    sab += a
+                    cols[3, j] += a
+                rows[3, o] = sab
+
+    @jit
+    def step_rows(x: Any, d: Any, has_d: bool, u0: Any, v1: Any, c0: Any, c1: Any, lr: Any, rowc: Any,
+                  colc: Any, lo: int, hi: int) -> None:  # pragma: no cover - compiled
+        """Rows lo..hi: the step, their cross sums into ``rowc``, their share added to ``colc``."""
+        m = x.shape[1]
+        for o in range(lo, hi):
+            xo, do = x[o], d[o]
+            co, uo, s = c0[o], u0[o], rowc[o]  # rowc arrives zeroed
+            for j in range(m):
+                a = xo[j]
+                s += c1[j] * (a * a)
+            rowc[o] = s
+            for j in range(m):
+                a = xo[j]
+                colc[j] += co * (a * a)
+            if has_d:
+                for j in range(m):
+                    xo[j] = xo[j] * (uo + v1[j]) - lr * do[j]
+            else:
+                for j in range(m):
+                    xo[j] = xo[j] * (uo + v1[j])
+
+    # One block of rows per thread, each with its own column sums (``cols[b]``, ``colc[b]``).
+    # A single block is run without a parallel region: an OpenMP barrier waiting for an idle
+    # worker thread that another process holds the core of costs milliseconds.
     @numba.njit(fastmath=_FLAGS, nogil=True, cache=True, parallel=True)
-    def stats_loop(x: Any, d: Any, g: Any, momentum: Any, damp1: Any, wd: Any, update: bool, with_abs: bool,
-                   rows: Any, cols: Any) -> None:  # pragma: no cover - compiled
-        o_n, m = x.shape
-        chunks = cols.shape[0]  # blocks of rows, one per thread, each with its own column sums
+    def stats_blocks(x: Any, d: Any, g: Any, momentum: Any, damp1: Any, wd: Any, update: bool, with_abs: bool,
+                     rows: Any, cols: Any) -> None:  # pragma: no cover - compiled
+        n, chunks = x.shape[0], cols.shape[0]
         for b in numba.prange(chunks):
-            cb = cols[b]
-            for o in range(b * o_n // chunks, (b + 1) * o_n // chunks):
-                xo, do, go = x[o], d[o], g[o]
-                if update:  # d is SGD's momentum buffer: d ← momentum·d + (1 − dampening)·(g + wd·x)
-                    for j in range(m):
-                        do[j] = momentum * do[j] + damp1 * (go[j] + wd * xo[j])
-                sxd, sxx, sdd, sab = rows[0, o], rows[1, o], rows[2, o], rows[0, o]  # zeros of x's dtype
-                for j in range(m):
-                    a, b_ = xo[j], do[j]
-                    sxd += a * b_
-                    sxx += a * a
-                    sdd += b_ * b_
-                rows[0, o], rows[1, o], rows[2, o] = sxd, sxx, sdd
-                for j in range(m):
-                    a, b_ = xo[j], do[j]
-                    cb[0, j] += a * b_
-                    cb[1, j] += a * a
-                    cb[2, j] += b_ * b_
-                if with_abs:
-                    for j in range(m):
-                        a = abs(xo[j])
-                        sab += a
-                        cb[3, j] += a
-                    rows[3, o] = sab
+            stats_rows(x, d, g, momentum, damp1, wd, update, with_abs, rows, cols[b], b * n // chunks,
+                       (b + 1) * n // chunks)
 
     @numba.njit(fastmath=_FLAGS, nogil=True, cache=True, parallel=True)
-    def step_loop(x: Any, d: Any, has_d: bool, u0: Any, v: Any, c0: Any, c: Any, post: int, lr: Any,
-                  rowc: Any, colc: Any) -> None:  # pragma: no cover - compiled
-        o_n, m = x.shape
-        chunks = colc.shape[0]
-        v1, c1 = np.empty(m, x.dtype), np.empty(m, x.dtype)  # per column: its input channel's values
-        for i in range(m):
-            v1[i], c1[i] = v[i // post], c[i // post]
+    def step_blocks(x: Any, d: Any, has_d: bool, u0: Any, v1: Any, c0: Any, c1: Any, lr: Any, rowc: Any,
+                    colc: Any) -> None:  # pragma: no cover - compiled
+        n, chunks = x.shape[0], colc.shape[0]
         for b in numba.prange(chunks):
-            cb = colc[b]
-            for o in range(b * o_n // chunks, (b + 1) * o_n // chunks):
-                xo, do = x[o], d[o]
-                co, uo, s = c0[o], u0[o], rowc[o]  # rowc arrives zeroed
-                for j in range(m):
-                    a = xo[j]
-                    s += c1[j] * (a * a)
-                rowc[o] = s
-                for j in range(m):
-                    a = xo[j]
-                    cb[j] += co * (a * a)
-                if has_d:
-                    for j in range(m):
-                        xo[j] = xo[j] * (uo + v1[j]) - lr * do[j]
-                else:
-                    for j in range(m):
-                        xo[j] = xo[j] * (uo + v1[j])
+            step_rows(x, d, has_d, u0, v1, c0, c1, lr, rowc, colc[b], b * n // chunks, (b + 1) * n // chunks)
 
-    _jit = (stats_loop, step_loop)
+    _jit = (stats_rows, step_rows, stats_blocks, step_blocks)
 
 
 def _loops() -> Any:
@@ -141,9 +154,9 @@ def _np(t: Tensor) -> Any:
 
 
 def _run(loop: Any, *args: Any) -> None:
-    """Call a compiled loop. The first parallel launch of numba's OpenMP layer sets the OpenMP
-    thread count that PyTorch shares (a process at 1 thread would run at all cores after it):
-    PyTorch's count is put back."""
+    """Call a compiled parallel loop (or numba's thread setting). Starting numba's OpenMP layer
+    sets the OpenMP thread count that PyTorch shares to numba's (the number of cores): PyTorch's
+    count is put back."""
     threads = torch.get_num_threads()
     loop(*args)
     if torch.get_num_threads() != threads:
@@ -156,10 +169,15 @@ def _chunks(x2: Tensor) -> int:
     threads = torch.get_num_threads()
     if threads == 1 or x2.numel() < _PARALLEL_MIN:
         return 1
-    numba = sys.modules["numba"]
-    if numba.get_num_threads() != threads:
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    _run(_numba_threads, threads)  # the first call starts numba's threads
     return min(threads, x2.shape[0])
+
+
+def _numba_threads(threads: int) -> None:
+    numba = sys.modules["numba"]
+    want = min(threads, numba.config.NUMBA_NUM_THREADS)
+    if numba.get_num_threads() != want:
+        numba.set_num_threads(want)
 
 
 _PARALLEL_MIN = 1 << 16
@@ -185,8 +203,12 @@ def stats(x: Tensor, d: Tensor, post: int, *, with_abs: bool,
     cols = x2.new_zeros(_chunks(x2), k, x2.shape[1])
     g, momentum, dampening, wd = sgd if sgd is not None else (d, 0.0, 0.0, 0.0)
     dt = x.dtype
-    _run(_loops()[0], _np(x2), _np(d2), _np(g.view(x2.shape)), _scalar(momentum, dt), _scalar(1 - dampening, dt),
-            _scalar(wd, dt), sgd is not None, with_abs, _np(rows), _np(cols))
+    args = (_np(x2), _np(d2), _np(g.view(x2.shape)), _scalar(momentum, dt), _scalar(1 - dampening, dt),
+            _scalar(wd, dt), sgd is not None, with_abs, _np(rows))
+    if cols.shape[0] == 1:
+        _loops()[0](*args, _np(cols[0]), 0, x2.shape[0])
+    else:
+        _run(_loops()[2], *args, _np(cols))
     cols = cols.sum(0) if cols.shape[0] > 1 else cols[0]
     return rows, cols if post == 1 else cols.view(k, -1, post).sum(2)
 
@@ -200,7 +222,11 @@ def step(x: Tensor, d: Tensor | None, u0: Tensor, v: Tensor, c0: Tensor, c: Tens
     rowc = x2.new_zeros(x2.shape[0])
     colc = x2.new_zeros(_chunks(x2), x2.shape[1])
     d2 = x2 if d is None else d.view(x2.shape)
-    _run(_loops()[1], _np(x2), _np(d2), d is not None, _np(u0), _np(v), _np(c0), _np(c), post, _scalar(lr, x.dtype),
-            _np(rowc), _np(colc))
+    v1, c1 = (t.repeat_interleave(post) if post > 1 else t for t in (v, c))  # per column: its channel's
+    args = (_np(x2), _np(d2), d is not None, _np(u0), _np(v1), _np(c0), _np(c1), _scalar(lr, x.dtype), _np(rowc))
+    if colc.shape[0] == 1:
+        _loops()[1](*args, _np(colc[0]), 0, x2.shape[0])
+    else:
+        _run(_loops()[3], *args, _np(colc))
     colc = colc.sum(0) if colc.shape[0] > 1 else colc[0]
     return rowc, colc if post == 1 else colc.view(-1, post).sum(1)

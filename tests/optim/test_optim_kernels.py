@@ -133,13 +133,20 @@ def _python(code: str, **env: str) -> str:
     return out.stdout.strip()
 
 
-def test_a_process_at_one_thread_stays_at_one_thread() -> None:
-    """numba's first parallel launch sets the OpenMP thread count PyTorch shares; it is put back."""
-    code = ("import torch; torch.set_num_threads(1)\n"
+def test_the_loops_leave_pytorch_thread_count_alone() -> None:
+    """numba's first parallel launch sets the OpenMP thread count that PyTorch shares (to
+    numba's own count, the number of cores); PyTorch's count is put back. At 1 thread the
+    loops never open a parallel region."""
+    code = ("import torch\n"
             "from otonas.optim import _kernels\n"
-            "x = torch.randn(512, 300); _kernels.stats(x, x.clone(), 1, with_abs=False)\n"
-            "print(torch.get_num_threads())")
-    assert _python(code) == "1"
+            "x = torch.randn(512, 300)\n"
+            "out = []\n"
+            "for n in (1, 3, 2, 1):\n"
+            "    torch.set_num_threads(n)\n"
+            "    _kernels.stats(x, x.clone(), 1, with_abs=False)\n"
+            "    out.append(torch.get_num_threads())\n"
+            "print(out)")
+    assert _python(code) == "[1, 3, 2, 1]"
 
 
 def test_otonas_kernels_0_turns_the_loops_off() -> None:
