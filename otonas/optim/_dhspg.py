@@ -38,6 +38,7 @@ import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import torch
@@ -182,8 +183,12 @@ class DHSPG(torch.optim.Optimizer):
     ) -> None:
         start_step = int(start_step)
         end_step = 2 * start_step + 1 if end_step is None else int(end_step)
-        stage_targets = dict(target_group_sparsity) if isinstance(target_group_sparsity, Mapping) else None
-        _validate(lr=lr, target=0.0 if stage_targets is not None else target_group_sparsity, start=start_step, end=end_step, variant=variant,
+        if isinstance(target_group_sparsity, Mapping):
+            stage_targets: dict[str, float] | None = dict(target_group_sparsity)
+            target = 0.0  # checked per stage by stage_quotas
+        else:
+            stage_targets, target = None, float(target_group_sparsity)
+        _validate(lr=lr, target=target, start=start_step, end=end_step, variant=variant,
                   momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
                   betas=betas, eps=eps, lmbda=lmbda, amplify=lmbda_amplify, coeff=hat_lmbda_coeff,
                   epsilon=epsilon)
@@ -193,8 +198,8 @@ class DHSPG(torch.optim.Optimizer):
         defaults = dict(lr=lr, variant=variant, momentum=momentum, dampening=dampening, nesterov=nesterov,
                         weight_decay=weight_decay, betas=tuple(betas), eps=eps, lmbda=lmbda,
                         lmbda_amplify=lmbda_amplify, hat_lmbda_coeff=hat_lmbda_coeff, epsilon=epsilon,
-                        target_group_sparsity=(stage_targets if stage_targets is not None
-                                               else float(target_group_sparsity)), start_step=start_step,
+                        target_group_sparsity=stage_targets if stage_targets is not None else target,
+                        start_step=start_step,
                         end_step=end_step)
         super().__init__(params, defaults)
         self._layout = GroupLayout(space, params)
@@ -210,10 +215,10 @@ class DHSPG(torch.optim.Optimizer):
                                                           self._layout.device)
             self.target_zero_groups = sum(self._stage_quota)
         else:
-            self.target_zero_groups = _count(n, float(target_group_sparsity))
+            self.target_zero_groups = _count(n, target)
         self._family = family_ids(space, n, self.target_zero_groups,
-                                  self.target_zero_groups / max(n, 1) if stage_targets is not None
-                                  else target_group_sparsity, keep_one_per_family,
+                                  self.target_zero_groups / max(n, 1) if stage_targets is not None else target,
+                                  keep_one_per_family,
                                   self._layout.device)
         # On CPU reading a value back costs nothing: zero slices are then written one by one
         # instead of masking whole tensors (elsewhere a read would stall the device).
@@ -271,8 +276,9 @@ class DHSPG(torch.optim.Optimizer):
         # takes their statistics (``_kernels.stats``); the base rule does the rest.
         self._fused = self._fusable(params, hp) if self._redundant is not None and start <= t < end else {}
         with_grad = [i for i, p in enumerate(params) if p.grad is not None and i not in self._fused]
-        dirs = self._rule.directions([params[i] for i in with_grad], [params[i].grad for i in with_grad],
-                                     [self.state[params[i]] for i in with_grad], hp)
+        grads = [g for i in with_grad if (g := params[i].grad) is not None]  # all of them
+        dirs = self._rule.directions([params[i] for i in with_grad], grads, [self.state[params[i]] for i in with_grad],
+                                     hp)
         d: list[Tensor | None] = [None] * len(params)
         for i, di in zip(with_grad, dirs):
             d[i] = di
@@ -426,7 +432,7 @@ class DHSPG(torch.optim.Optimizer):
         acc = self._acc_dtype
         k = 4 if with_abs else 3
         xx_full: dict[int, Tensor] = {}
-        ds = [torch.zeros_like(params[q.position]) if d[q.position] is None else d[q.position] for q in plans]
+        ds = [torch.zeros_like(params[q.position]) if (dq := d[q.position]) is None else dq for q in plans]
         # Parameters whose every element is a slice of its own (biases, norm weights): many and
         # small, so their products come from one multi-tensor call each.
         vec = [i for i, q in enumerate(plans) if q.is_vector]
@@ -447,8 +453,10 @@ class DHSPG(torch.optim.Optimizer):
             if _in_blocks(q, x):  # one fused loop, or a block of rows at a time, reduced while in cache
                 if _kernels.usable(x):
                     hp = self.param_groups[0]
-                    sgd = ((x.grad, hp["momentum"], hp["dampening"], hp["weight_decay"])
-                           if q.position in self._fused else None)
+                    sgd = None
+                    if q.position in self._fused:
+                        assert x.grad is not None  # _fusable takes only parameters with a gradient
+                        sgd = (x.grad, hp["momentum"], hp["dampening"], hp["weight_decay"])
                     sums = dict(zip((0, 1), _kernels.stats(x, _like(dq, x), math.prod(x.shape[2:]),
                                                            with_abs=with_abs, sgd=sgd)))
                 else:
@@ -468,10 +476,10 @@ class DHSPG(torch.optim.Optimizer):
                 xx_full[q.position] = self._own_buffer(q, x).copy_(buf[1])
             by_dim: dict[int, Tensor] = {}
             for e in q.entries:  # entries on one dim (nested whole-tensor groups, say) share their slices
-                sums = by_dim.get(e.dim)
-                if sums is None:
-                    sums = by_dim[e.dim] = e.stacked_sums(buf)
-                parts.append(sums)
+                dim_sums = by_dim.get(e.dim)
+                if dim_sums is None:
+                    dim_sums = by_dim[e.dim] = e.stacked_sums(buf)
+                parts.append(dim_sums)
         dev = self._layout.device
         values = (torch.cat(parts, dim=1).to(acc) if parts else torch.zeros(k, 0, dtype=acc, device=dev))
         stats = torch.zeros(k, self.num_groups + 1, dtype=acc, device=dev).index_add_(1, index, values)
@@ -510,8 +518,9 @@ class DHSPG(torch.optim.Optimizer):
             rows, cols = _kernels.step(x, None if d is None else _like(d, x), u0, v1, c0, c1, lr,
                                        math.prod(x.shape[2:]))
             for dim, extra in ((rows_dim, rows), (cols_dim, cols)):
-                for start in dim.offsets if dim is not None else ():
-                    cross[start:start + dim.entry.size] += extra
+                if dim is not None:
+                    for start in dim.offsets:
+                        cross[start:start + dim.entry.size] += extra
             return
         first, second = dims
         post = second.entry.post
@@ -824,7 +833,8 @@ def _fill_zero(t: Tensor, e: Entry, where: Tensor) -> None:
 def _caller_level() -> int:
     """The ``stacklevel`` that points a warning at the user's ``opt.step()`` line."""
     skip = (os.path.dirname(os.path.dirname(__file__)), os.path.dirname(torch.__file__))
-    frame, level = sys._getframe(1), 1
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and frame.f_code.co_filename.startswith(skip):
         frame, level = frame.f_back, level + 1
     return level

@@ -52,7 +52,7 @@ class BudgetWarning(UserWarning):
 class SkippedCandidate(NamedTuple):
     """An erasing group the selection passed over, and why."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # the field's name (public) shadows tuple.index
     reason: str
 
 

@@ -195,7 +195,7 @@ class GroupLayout:
                 raise OtonasError(
                     f"group_layout() names the parameter {name!r}, which space.model does not have; "
                     "the search space was analysed from a different model: run otonas.analyze on this model")
-            p = named[name]
+            p: Tensor = named[name]
             if id(p) not in position:
                 raise OtonasError(
                     f"the parameter {name!r} belongs to prunable groups but is not among the optimized "
