@@ -1,6 +1,7 @@
 """Step time of DHSPG and H2SPG against torch.optim.SGD(foreach=True).
 
-    python bench/bench_optim.py [--repeat 15] [--models resnet50,transformer] [--synthetic]
+    python bench/bench_optim.py [--repeat 15] [--models resnet50,transformer] [--synthetic] [--variant adam]
+    OTONAS_KERNELS=0 python bench/bench_optim.py ...   # the PyTorch path, without the fused loops
     python bench/bench_optim.py --h2spg [--supernets darts,superresnet] [--erase-budget 0.5]
 
 Groups come from ``otonas.analyze`` (``--synthetic``: every conv / linear output channel its
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from otonas.optim import DHSPG, H2SPG, BudgetWarning, ForcedProjectionWarning  # noqa: E402
+from otonas.optim import DHSPG, H2SPG, BudgetWarning, ForcedProjectionWarning, _kernels  # noqa: E402
 
 
 class _Space:
@@ -105,7 +106,8 @@ def median_ms(fns: list[Callable[[], None]], repeat: int) -> list[float]:
     return [1e3 * statistics.median(t) for t in times]
 
 
-def bench(name: str, repeat: int, synthetic: bool, target: float, weight_decay: float) -> list[str]:
+def bench(name: str, repeat: int, synthetic: bool, target: float, weight_decay: float,
+          variant: str = "sgd") -> list[str]:
     torch.manual_seed(0)
     rows = []
     model, inputs = make_model(name)
@@ -114,8 +116,13 @@ def bench(name: str, repeat: int, synthetic: bool, target: float, weight_decay: 
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
     nparams = sum(p.numel() for p in params)
-    kw = dict(lr=1e-3, momentum=0.9, weight_decay=weight_decay)
-    sgd = torch.optim.SGD(params, foreach=True, **kw)
+    if variant == "sgd":
+        kw = dict(lr=1e-3, momentum=0.9, weight_decay=weight_decay)
+        sgd = torch.optim.SGD(params, foreach=True, **kw)
+    else:  # DHSPG's Adam / AdamW against torch's, same settings
+        kw = dict(lr=1e-3, weight_decay=weight_decay, variant=variant)
+        cls = torch.optim.Adam if variant == "adam" else torch.optim.AdamW
+        sgd = cls(params, lr=1e-3, weight_decay=weight_decay, foreach=True)
     huge = 10**9
     warm = DHSPG(space, target_group_sparsity=target, start_step=huge, end_step=huge + 1, **kw)  # type: ignore[arg-type]
     proj = DHSPG(space, target_group_sparsity=target, start_step=0, end_step=huge, **kw)  # type: ignore[arg-type]
@@ -183,6 +190,8 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.5)
     ap.add_argument("--weight-decay", type=float, default=1e-4)
     ap.add_argument("--synthetic", action="store_true", help="hand-made layout instead of otonas.analyze")
+    ap.add_argument("--variant", default="sgd", choices=("sgd", "adam", "adamw"),
+                    help="DHSPG's base optimizer, timed against torch's (SGD, Adam or AdamW, foreach)")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     ap.add_argument("--h2spg", action="store_true", help="time H2SPG on supernets instead of DHSPG")
     ap.add_argument("--supernets", default="darts,superresnet")
@@ -200,12 +209,14 @@ def main() -> None:
             for row in bench_h2spg(name.strip(), args.repeat, args.erase_budget, args.target, args.weight_decay):
                 print(row, flush=True)
         return
+    base = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[args.variant]
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, target_group_sparsity={args.target}, "
-          f"momentum 0.9, weight_decay={args.weight_decay}, median of {args.repeat} steps")
-    print("| model | params | groups | DHSPG phase | SGD step (ms) | DHSPG step (ms) | ratio |")
+          f"{'momentum 0.9, ' if args.variant == 'sgd' else ''}weight_decay={args.weight_decay}, "
+          f"median of {args.repeat} steps, otonas' fused loops {'on' if _kernels.enabled() else 'off'}")
+    print(f"| model | params | groups | DHSPG phase | {base} step (ms) | DHSPG step (ms) | ratio |")
     print("|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
-        for row in bench(name.strip(), args.repeat, args.synthetic, args.target, args.weight_decay):
+        for row in bench(name.strip(), args.repeat, args.synthetic, args.target, args.weight_decay, args.variant):
             print(row, flush=True)
 
 
