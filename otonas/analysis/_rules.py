@@ -22,6 +22,12 @@ _VIEWLIKE_OF_PARAM = {"aten.t", "aten.permute", "aten.transpose", "aten.view", "
                       "aten.detach", "aten.alias", "aten.squeeze", "aten.type_as", "aten.flatten"}
 
 
+def _args(node: fx.Node) -> tuple[Any, ...]:
+    """``node.args``, loosely typed: fx types each as any ``Argument``; the op's schema
+    fixes what it is (an int, a list of ints, a tensor node, ...)."""
+    return node.args
+
+
 def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
     if len(node.args) > i:
         return node.args[i]
@@ -143,7 +149,8 @@ def conv_transpose(ctx: FlowContext, node: fx.Node) -> Dims:
 
 @rule("aten.convolution")
 def convolution(ctx: FlowContext, node: fx.Node) -> Dims:
-    return _conv(ctx, node, node.args[0], node.args[1], node.args[2], int(node.args[8]), bool(node.args[6]))
+    args = _args(node)
+    return _conv(ctx, node, args[0], args[1], args[2], int(args[8]), bool(args[6]))
 
 
 @rule("aten.linear")
@@ -206,17 +213,19 @@ def _matmul_dims(ctx: FlowContext, node: fx.Node, a: fx.Node, b: fx.Node, bias: 
 
 @rule("aten.matmul", "aten.mm", "aten.bmm")
 def matmul(ctx: FlowContext, node: fx.Node) -> Dims:
-    return _matmul_dims(ctx, node, node.args[0], node.args[1])
+    args = _args(node)
+    return _matmul_dims(ctx, node, args[0], args[1])
 
 
 @rule("aten.addmm", "aten.baddbmm")
 def addmm(ctx: FlowContext, node: fx.Node) -> Dims:
-    return _matmul_dims(ctx, node, node.args[1], node.args[2], bias=node.args[0])
+    args = _args(node)
+    return _matmul_dims(ctx, node, args[1], args[2], bias=args[0])
 
 
 @rule("aten.einsum")
 def einsum(ctx: FlowContext, node: fx.Node) -> Dims:
-    eq, operands = node.args[0], list(node.args[1])
+    eq, operands = _args(node)[0], list(_args(node)[1])
     eq = eq.replace(" ", "")
     if "..." in eq or "->" not in eq:
         return unknown(ctx, node)
@@ -228,6 +237,7 @@ def einsum(ctx: FlowContext, node: fx.Node) -> Dims:
     letter_ids: dict[str, np.ndarray] = {}
     owners: dict[str, list[tuple[fx.Node, int]]] = {}
     for op, letters, D in zip(operands, in_letters, dims):
+        assert D is not None  # ruled out above
         for k, letter in enumerate(letters):
             ids = D[k]
             owners.setdefault(letter, []).append((op, k))
@@ -252,7 +262,7 @@ def einsum(ctx: FlowContext, node: fx.Node) -> Dims:
 
 @rule("aten.scaled_dot_product_attention")
 def sdpa(ctx: FlowContext, node: fx.Node) -> Dims:
-    q, k, v = node.args[:3]
+    q, k, v = _args(node)[:3]
     Q, K, V = ctx.dims(q), ctx.dims(k), ctx.dims(v)
     assert Q is not None and K is not None and V is not None
     if not (len(Q) == len(K) == len(V)):
@@ -319,7 +329,7 @@ def native_batch_norm(ctx: FlowContext, node: fx.Node) -> Any:
 def group_norm(ctx: FlowContext, node: fx.Node) -> Dims:
     X = ctx.dims(node.args[0])
     assert X is not None
-    groups = int(node.args[1])
+    groups = int(_args(node)[1])
     channels = len(X[1])
     if groups != channels:
         # Removing a channel changes its group's statistics; removing a whole group does not.
@@ -333,7 +343,7 @@ def group_norm(ctx: FlowContext, node: fx.Node) -> Dims:
 def layer_norm(ctx: FlowContext, node: fx.Node) -> Dims:
     X = ctx.dims(node.args[0])
     assert X is not None
-    k = len(node.args[1])
+    k = len(_args(node)[1])
     name = str(node.target).split(".")[1]
     for d in X[-k:]:
         ctx.pin(d, f"normalized over by {name} (removing a channel changes the statistics)")
@@ -353,14 +363,14 @@ def permute(ctx: FlowContext, node: fx.Node) -> Dims:
     X = ctx.dims(node.args[0])
     assert X is not None
     _track_param(ctx, node, node.args[0])
-    return [X[_norm_dim(d, len(X))] for d in node.args[1]]
+    return [X[_norm_dim(d, len(X))] for d in _args(node)[1]]
 
 
 @rule("aten.transpose", "aten.swapaxes", "aten.swapdims")
 def transpose(ctx: FlowContext, node: fx.Node) -> Dims:
     X = list(ctx.dims(node.args[0]) or [])
     _track_param(ctx, node, node.args[0])
-    a, b = (_norm_dim(int(d), len(X)) for d in node.args[1:3])
+    a, b = (_norm_dim(int(d), len(X)) for d in _args(node)[1:3])
     X[a], X[b] = X[b], X[a]
     return X
 
@@ -390,7 +400,7 @@ def expand(ctx: FlowContext, node: fx.Node) -> Dims:
 def repeat(ctx: FlowContext, node: fx.Node) -> Dims:
     X = ctx.dims(node.args[0])
     assert X is not None
-    reps = list(node.args[1])
+    reps = list(_args(node)[1])
     n = len(reps)
     out: Dims = []
     for i, r in enumerate(reps):
@@ -543,11 +553,10 @@ def merge_ids(ctx: FlowContext, parts: list[np.ndarray], sizes: list[int]) -> np
 
 @rule("aten.cat", "aten.concat", "aten.concatenate")
 def cat(ctx: FlowContext, node: fx.Node) -> Dims:
-    tensors = list(node.args[0])
-    dims = [ctx.dims(t) for t in tensors]
+    tensors = list(_args(node)[0])
     out_shape = ctx.shape(node)
     d = _norm_dim(int(_arg(node, 1, "dim", 0)), len(out_shape))
-    dims = [D for D in dims if D is not None and len(D) == len(out_shape)]
+    dims = [D for D in (ctx.dims(t) for t in tensors) if D is not None and len(D) == len(out_shape)]
     out: Dims = []
     for i in range(len(out_shape)):
         if i == d:
@@ -561,7 +570,7 @@ def cat(ctx: FlowContext, node: fx.Node) -> Dims:
 
 @rule("aten.stack")
 def stack(ctx: FlowContext, node: fx.Node) -> Dims:
-    tensors = list(node.args[0])
+    tensors = list(_args(node)[0])
     dims = [ctx.dims(t) for t in tensors]
     out_shape = ctx.shape(node)
     d = _norm_dim(int(_arg(node, 1, "dim", 0)), len(out_shape))
@@ -617,9 +626,9 @@ def slice_(ctx: FlowContext, node: fx.Node) -> Dims:
 def narrow(ctx: FlowContext, node: fx.Node) -> Dims:
     X = ctx.dims(node.args[0])
     assert X is not None
-    d = _norm_dim(int(node.args[1]), len(X))
-    start = int(node.args[2]) % max(len(X[d]), 1)
-    return [*X[:d], X[d][start:start + int(node.args[3])], *X[d + 1:]]
+    d = _norm_dim(int(_args(node)[1]), len(X))
+    start = int(_args(node)[2]) % max(len(X[d]), 1)
+    return [*X[:d], X[d][start:start + int(_args(node)[3])], *X[d + 1:]]
 
 
 @rule("aten.select")
@@ -627,8 +636,8 @@ def select(ctx: FlowContext, node: fx.Node) -> Dims:
     X = ctx.dims(node.args[0])
     assert X is not None
     _track_param(ctx, node, node.args[0])
-    d = _norm_dim(int(node.args[1]), len(X))
-    index = int(node.args[2]) % len(X[d])
+    d = _norm_dim(int(_args(node)[1]), len(X))
+    index = int(_args(node)[2]) % len(X[d])
     ctx.pin(X[d][index:index + 1], "selected by index")
     return [*X[:d], *X[d + 1:]]
 
@@ -637,7 +646,7 @@ def select(ctx: FlowContext, node: fx.Node) -> Dims:
 def index(ctx: FlowContext, node: fx.Node) -> Dims:
     X = ctx.dims(node.args[0])
     assert X is not None
-    indices = list(node.args[1])
+    indices = list(_args(node)[1])
     used = [i for i, ix in enumerate(indices) if ix is not None]
     for i in used:
         ctx.pin(X[i], "indexed by a tensor")
@@ -653,7 +662,7 @@ def index(ctx: FlowContext, node: fx.Node) -> Dims:
 def index_select(ctx: FlowContext, node: fx.Node) -> Dims:
     X = ctx.dims(node.args[0])
     assert X is not None
-    d = _norm_dim(int(node.args[1]), len(X))
+    d = _norm_dim(int(_args(node)[1]), len(X))
     ctx.pin(X[d], f"indexed by {node.target}")
     out_shape = ctx.shape(node)
     if str(node.target).startswith("aten.index_select"):
@@ -696,7 +705,7 @@ for _k, _names in {
 def pad(ctx: FlowContext, node: fx.Node) -> Dims:
     X = ctx.dims(node.args[0])
     assert X is not None
-    pads = list(node.args[1])
+    pads = list(_args(node)[1])
     out = list(X)
     out_shape = ctx.shape(node)
     for p in range(len(pads) // 2):
@@ -711,7 +720,7 @@ def pad(ctx: FlowContext, node: fx.Node) -> Dims:
 def roll(ctx: FlowContext, node: fx.Node) -> Dims:
     X = ctx.dims(node.args[0])
     assert X is not None
-    dims = node.args[2] if str(node.target).startswith("aten.roll") else node.args[1]
+    dims = _args(node)[2] if str(node.target).startswith("aten.roll") else _args(node)[1]
     dims = [dims] if isinstance(dims, int) else list(dims)
     if not dims:
         dims = list(range(len(X)))
@@ -735,7 +744,7 @@ def _reduced(ctx: FlowContext, node: fx.Node, dims: Any, keepdim: bool, exact_if
         red = [_norm_dim(int(d), n) for d in ([dims] if isinstance(dims, int) else dims)]
     for d in red:
         if exact_if_zero:
-            ctx.require_zero([(node.args[0], d)], f"summed over by {node.target}")
+            ctx.require_zero([(_args(node)[0], d)], f"summed over by {node.target}")
         else:
             ctx.pin(X[d], f"reduced over by {node.target} (the result depends on how many channels there are)")
     out = [ctx.fresh(1) if i in red else X[i] for i in range(n)] if keepdim else \
@@ -773,7 +782,7 @@ def var(ctx: FlowContext, node: fx.Node) -> Any:
 def softmax(ctx: FlowContext, node: fx.Node) -> Dims:
     X = ctx.dims(node.args[0])
     assert X is not None
-    d = _norm_dim(int(node.args[1]), len(X))
+    d = _norm_dim(int(_args(node)[1]), len(X))
     ctx.pin(X[d], f"normalized over by {node.target}")
     return X
 

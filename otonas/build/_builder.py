@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -70,6 +70,11 @@ class BuildContext:
         return out
 
 
+def _input(node: fx.Node) -> fx.Node:
+    """The tensor ``node`` operates on: its first argument (a node, by the op's schema)."""
+    return cast(fx.Node, node.args[0])
+
+
 def _first(x: Any) -> Any:
     """The per-dim list of a single-output node (or of the first output of a multi-output one)."""
     return x if isinstance(x, list) and (not x or isinstance(x[0], (int, np.ndarray))) else x[0]
@@ -90,7 +95,7 @@ def _size_arg0(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[s
 
 @rule("aten.unflatten")
 def _unflatten(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    d = int(args[1]) % len(ctx.orig(node.args[0]))
+    d = int(args[1]) % len(ctx.orig(_input(node)))
     k = len(args[2])
     args[2] = ctx.size_list(list(args[2]), ctx.orig(node)[d:d + k], ctx.sizes(node)[d:d + k])
     return node.target, args, kwargs
@@ -98,7 +103,7 @@ def _unflatten(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[s
 
 @rule("aten.split", "aten.split_with_sizes", "aten.chunk", "aten.unsafe_split")
 def _split(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    src = node.args[0]
+    src = _input(node)
     ndim = len(ctx.orig(src))
     d = int(args[2] if len(args) > 2 else kwargs.pop("dim", 0)) % ndim
     pieces = [s[d] for s in ctx.sizes(node)]
@@ -114,7 +119,7 @@ def _kept_before(ctx: BuildContext, src: fx.Node, dim: int, index: int) -> int:
 
 @rule("aten.slice")
 def _slice(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    src = node.args[0]
+    src = _input(node)
     n = len(ctx.orig(src))
     d = int(args[1]) % n if len(args) > 1 else 0
     length = ctx.orig(src)[d]
@@ -130,7 +135,7 @@ def _slice(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str, 
 
 @rule("aten.select")
 def _select(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    src = node.args[0]
+    src = _input(node)
     d = int(args[1]) % len(ctx.orig(src))
     idx = int(args[2]) % ctx.orig(src)[d]
     args[2] = _kept_before(ctx, src, d, idx)
@@ -139,7 +144,7 @@ def _select(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str,
 
 @rule("aten.narrow")
 def _narrow(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    src = node.args[0]
+    src = _input(node)
     d = int(args[1]) % len(ctx.orig(src))
     start, length = int(args[2]) % ctx.orig(src)[d], int(args[3])
     keep = _first(ctx.masks(src))[d]
@@ -148,7 +153,7 @@ def _narrow(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str,
 
 
 def _scale_groups(ctx: BuildContext, node: fx.Node, groups: int) -> int:
-    src = node.args[0]
+    src = _input(node)
     orig, new = ctx.orig(src)[1], _first(ctx.sizes(src))[1]
     return groups * new // orig if orig else groups
 
@@ -179,7 +184,7 @@ def _group_norm(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[
 
 @rule("aten.scaled_dot_product_attention")
 def _sdpa(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    q = node.args[0]
+    q = _input(node)
     e_orig, e_new = ctx.orig(q)[-1], _first(ctx.sizes(q))[-1]
     scale = args[6] if len(args) > 6 else kwargs.get("scale")
     if e_orig != e_new and scale is None:
@@ -253,6 +258,7 @@ def build(space: SearchSpace, *, removed: np.ndarray | None = None, erased: np.n
                     if node.users and all(source.get(u.name) in dead for u in node.users):
                         continue  # only erased operators read it
                     if fqn not in done_attrs:
+                        value: torch.Tensor
                         if spec.kind == InputKind.PARAMETER:
                             value, is_param = params[fqn], True
                         elif spec.kind == InputKind.BUFFER and fqn in buffers:
