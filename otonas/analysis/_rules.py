@@ -720,7 +720,8 @@ def pad(ctx: FlowContext, node: fx.Node) -> Dims:
 def roll(ctx: FlowContext, node: fx.Node) -> Dims:
     X = ctx.dims(node.args[0])
     assert X is not None
-    dims = _args(node)[2] if str(node.target).startswith("aten.roll") else _args(node)[1]
+    # torch.roll without dims rolls the flattened tensor: every dim is reordered (dims = []).
+    dims = _arg(node, 2, "dims", []) if str(node.target).startswith("aten.roll") else _arg(node, 1, "dims")
     dims = [dims] if isinstance(dims, int) else list(dims)
     if not dims:
         dims = list(range(len(X)))

@@ -107,6 +107,25 @@ def test_unknown_op_pins_never_crashes():
     assert any("no channel rule" in p.reason for p in fam.pins)
 
 
+class _Rolled(nn.Module):
+    """Channels rolled along dim 1 (with dims), or the whole flattened tensor (without)."""
+
+    def __init__(self, dims: bool) -> None:
+        super().__init__()
+        self.a, self.b, self.dims = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 4, 1), dims
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.b(torch.roll(y, 1, 1) if self.dims else torch.roll(y, 1))
+
+
+@pytest.mark.parametrize("dims", [True, False])
+def test_roll_reorders_channels_with_or_without_dims(dims):
+    space = _space(_Rolled(dims))
+    fam = _family(space, "a")
+    assert not fam.prunable and any("reordered by aten.roll" in p.reason for p in fam.pins)
+
+
 def test_meta_device_analysis_needs_no_weights():
     with torch.device("meta"):
         model = Residual()
