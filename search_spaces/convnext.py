@@ -16,7 +16,7 @@ logits ``(num_classes,)``, ``num_classes=1000`` by default.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -117,7 +117,7 @@ def convnext_tiny(size: str = "default", num_classes: int | None = None, in_chan
     if num_classes is None:
         num_classes = 1000 if check_size(size) == "default" else 10
     if check_size(size) == "default":
-        cfg = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
+        cfg: dict[str, Any] = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
     else:
         cfg = dict(depths=(1, 1, 2, 1), dims=(8, 12, 16, 24))
     cfg.update(kwargs)
