@@ -88,6 +88,7 @@ class ConvNeXt(nn.Module):
     def _init(m: nn.Module) -> None:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.trunc_normal_(m.weight, std=0.02)
+            assert m.bias is not None  # every conv and linear here is built with a bias
             nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

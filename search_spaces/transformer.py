@@ -54,6 +54,9 @@ class TransformerLM(nn.Module):
         dropout: attention dropout (0 by default).
     """
 
+    causal_mask: torch.Tensor  # buffer (max_len, max_len), True = may not attend
+    positions: torch.Tensor  # buffer arange(max_len)
+
     def __init__(self, vocab_size: int = 256, dim: int = 256, heads: int = 4, depth: int = 4, *,
                  mlp_ratio: int = 4, max_len: int = 128, causal: bool = True,
                  dropout: float = 0.0) -> None:
