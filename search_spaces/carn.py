@@ -74,6 +74,8 @@ class CARN(nn.Module):
         in_chans: image channels (input and output).
     """
 
+    rgb_mean: torch.Tensor  # buffer (1, in_chans, 1, 1)
+
     def __init__(self, channels: int = 64, blocks: int = 3, units: int = 3, *, scale: int = 2,
                  in_chans: int = 3) -> None:
         super().__init__()

@@ -16,7 +16,7 @@ logits ``(num_classes,)``, ``num_classes=1000`` by default.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -88,6 +88,7 @@ class ConvNeXt(nn.Module):
     def _init(m: nn.Module) -> None:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.trunc_normal_(m.weight, std=0.02)
+            assert m.bias is not None  # every conv and linear here is built with a bias
             nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,7 +118,7 @@ def convnext_tiny(size: str = "default", num_classes: int | None = None, in_chan
     if num_classes is None:
         num_classes = 1000 if check_size(size) == "default" else 10
     if check_size(size) == "default":
-        cfg = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
+        cfg: dict[str, Any] = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
     else:
         cfg = dict(depths=(1, 1, 2, 1), dims=(8, 12, 16, 24))
     cfg.update(kwargs)

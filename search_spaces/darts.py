@@ -29,7 +29,7 @@ by default; the tiny variant also takes 8x8 images. Output logits
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -285,7 +285,7 @@ def darts(size: str = "default", num_classes: int = 10, in_chans: int = 3, **kwa
     ``stem_multiplier``, ``candidates``.
     """
     if check_size(size) == "default":
-        cfg = dict(init_channels=16, layers=8, steps=4)
+        cfg: dict[str, Any] = dict(init_channels=16, layers=8, steps=4)
     else:
         cfg = dict(init_channels=4, layers=3, steps=2, stem_multiplier=2)
     cfg.update(kwargs)

@@ -13,7 +13,7 @@ Input ``(in_chans, 32, 32)`` float, output logits ``(num_classes,)``.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -106,7 +106,7 @@ class DenseNet(nn.Module):
 def densenet121(size: str = "default", num_classes: int = 10, in_chans: int = 3, **kwargs) -> DenseNet:
     """DenseNet-121 for CIFAR; tiny: growth 4, blocks [2, 3, 4, 2] (shallower, for test speed)."""
     if check_size(size) == "default":
-        cfg = dict(blocks=(6, 12, 24, 16), growth=32)
+        cfg: dict[str, Any] = dict(blocks=(6, 12, 24, 16), growth=32)
     else:
         cfg = dict(blocks=(2, 3, 4, 2), growth=4)
     cfg.update(kwargs)

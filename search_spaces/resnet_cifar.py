@@ -16,7 +16,7 @@ Input ``(in_chans, H, W)`` float, output logits ``(num_classes,)``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -135,14 +135,15 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-_CIFAR_DOC = dict(
+_CIFAR_DOC: dict[str, Any] = dict(
     input_shape=(3, 32, 32),
     tiny_input_shape=(3, 8, 8),
     output="logits (num_classes,)",
 )
 
 
-def _build(size, default, tiny, num_classes, in_chans, kwargs) -> ResNet:
+def _build(size: str, default: dict[str, Any], tiny: dict[str, Any], num_classes: int, in_chans: int,
+           kwargs: dict[str, Any]) -> ResNet:
     cfg = dict(default if check_size(size) == "default" else tiny)
     cfg.update(kwargs)
     return ResNet(num_classes=num_classes, in_chans=in_chans, **cfg)

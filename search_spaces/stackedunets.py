@@ -24,6 +24,8 @@ Input ``(in_chans, H, W)`` float with H and W divisible by ``2**depth``
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -141,7 +143,7 @@ class StackedUNets(nn.Module):
 def stackedunets(size: str = "default", num_classes: int = 2, in_chans: int = 3, **kwargs) -> StackedUNets:
     """Default: base 32, depth 4 (channels 32..512); tiny: base 4, depth 2."""
     if check_size(size) == "default":
-        cfg = dict(base=32, depth=4)
+        cfg: dict[str, Any] = dict(base=32, depth=4)
     else:
         cfg = dict(base=4, depth=2)
     cfg.update(kwargs)

@@ -14,6 +14,8 @@ Input: token ids ``(T,)`` of dtype ``torch.int64`` (batched ``(B, T)``),
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -51,6 +53,9 @@ class TransformerLM(nn.Module):
         causal: decoder-style causal self-attention if True, encoder-style if False.
         dropout: attention dropout (0 by default).
     """
+
+    causal_mask: torch.Tensor  # buffer (max_len, max_len), True = may not attend
+    positions: torch.Tensor  # buffer arange(max_len)
 
     def __init__(self, vocab_size: int = 256, dim: int = 256, heads: int = 4, depth: int = 4, *,
                  mlp_ratio: int = 4, max_len: int = 128, causal: bool = True,
@@ -93,7 +98,7 @@ def transformer(size: str = "default", **kwargs) -> TransformerLM:
     """Default: vocab 256 (bytes), dim 256, 4 heads, 4 causal blocks, max_len 128.
     Tiny: vocab 32, dim 16, 2 heads, 2 blocks, max_len 32."""
     if check_size(size) == "default":
-        cfg = dict(vocab_size=256, dim=256, heads=4, depth=4, max_len=128)
+        cfg: dict[str, Any] = dict(vocab_size=256, dim=256, heads=4, depth=4, max_len=128)
     else:
         cfg = dict(vocab_size=32, dim=16, heads=2, depth=2, max_len=32)
     cfg.update(kwargs)

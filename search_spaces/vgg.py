@@ -12,7 +12,7 @@ logits ``(num_classes,)``.
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import torch
 from torch import nn
@@ -84,7 +84,7 @@ class VGG(nn.Module):
 def vgg16_bn(size: str = "default", num_classes: int = 10, in_chans: int = 3, **kwargs) -> VGG:
     """VGG-16-BN for CIFAR; tiny: 4..16 channels, hidden layer of 16."""
     if check_size(size) == "default":
-        cfg = dict(cfg=VGG16_CFG, hidden=(512, 512))
+        cfg: dict[str, Any] = dict(cfg=VGG16_CFG, hidden=(512, 512))
     else:
         cfg = dict(cfg=VGG16_TINY_CFG, hidden=(16,))
     cfg.update(kwargs)
