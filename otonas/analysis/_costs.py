@@ -23,8 +23,9 @@ rule = FLOP_RULES.register
 @rule("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.convolution")
 def conv(node: fx.Node, out: list[int], ins: list[Any]) -> int:
     x, w = ins[0], ins[1]
-    groups = int(node.args[8] if str(node.target).startswith("aten.convolution") else
-                 (node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)))
+    groups_arg: Any = (node.args[8] if str(node.target).startswith("aten.convolution") else
+                       (node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)))
+    groups = int(groups_arg)
     transposed = str(node.target).startswith("aten.convolution") and bool(node.args[6])
     if transposed:
         return conv_transpose(node, out, ins)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -196,6 +196,7 @@ def _output(ctx: FlowContext, node: fx.Node, sig: Any) -> None:
     from torch.export.graph_signature import OutputKind
 
     outs = node.args[0]
+    assert isinstance(outs, (list, tuple))  # an exported graph returns a tuple/list of outputs
     kinds = [s.kind for s in sig.output_specs]
     for arg, kind in zip(outs, kinds):
         if kind == OutputKind.USER_OUTPUT:
@@ -212,7 +213,7 @@ def _call(ctx: FlowContext, node: fx.Node) -> None:
         src, idx = node.args
         d = ctx.result.dims.get(src.name) if isinstance(src, fx.Node) else None
         if isinstance(d, (list, tuple)) and d and not isinstance(d[0], np.ndarray):
-            item = d[idx]
+            item = d[cast(int, idx)]  # getitem of a multi-output op: an int index
             if item is not None:
                 ctx.result.dims[node.name] = item
             return
@@ -228,6 +229,7 @@ def _call(ctx: FlowContext, node: fx.Node) -> None:
         rule = FLOW_RULES.lookup("pointwise")
     if rule is None:
         rule = FLOW_RULES.lookup("unknown")
+    assert rule is not None  # the "unknown" fallback is registered by _rules, which the package imports
     out = rule(ctx, node)
     if out is None:
         return

@@ -17,7 +17,7 @@ nothing outside the dead part produces and that no pin guards.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import networkx as nx
 import numpy as np
@@ -75,7 +75,7 @@ def _packet(node: fx.Node) -> str:
     return op_key(node.target)[1]
 
 
-def _is_tensor(a: Any) -> bool:
+def _is_tensor(a: Any) -> TypeGuard[fx.Node]:
     return isinstance(a, fx.Node) and node_shape(a.meta.get("val")) is not None
 
 
@@ -175,7 +175,7 @@ class Segments:
                 b = node.args[bi] if len(node.args) > bi else None
                 res = (isinstance(w, fx.Node) and w.name in zero and isinstance(b, fx.Node) and b.name in zero)
             elif str(node.target) == "<built-in function getitem>":
-                res = node.args[1] == 0 and self._zero_when(node.args[0], zero, memo)
+                res = bool(node.args[1] == 0) and self._zero_when(node.args[0], zero, memo)
             elif p in _MUL:
                 res = any(self._zero_when(a, zero, memo) for a in tensors)
             elif p in _ADD or p in _CAT:
@@ -230,8 +230,8 @@ class Segments:
             parents.append(min(cands, key=lambda j: (len(found[j][3]), j)) if cands else None)
         depth = [0] * len(found)
         for i in range(len(found) - 1, -1, -1):  # larger first: parents are later in the list
-            p = parents[i]
-            depth[i] = 0 if p is None else depth[p] + 1
+            par = parents[i]
+            depth[i] = 0 if par is None else depth[par] + 1
         for i, (join, kind, u, cone) in enumerate(found):
             self.groups.append(ErasingGroup(
                 i, self._module_of(join, u, cone), join.name, kind, u.name, frozenset(cone),
@@ -240,10 +240,10 @@ class Segments:
         for i, g in enumerate(self.groups):
             if g.parent is not None:
                 d = 0
-                p: int | None = g.parent
-                while p is not None:
+                par = g.parent
+                while par is not None:
                     d += 1
-                    p = self.groups[p].parent
+                    par = self.groups[par].parent
                 self.groups[i] = ErasingGroup(g.index, g.module, g.join, g.join_kind, g.output, g.nodes, g.params,
                                               g.parent, d)
 
@@ -306,8 +306,11 @@ class Segments:
         return dead, None
 
     def _cat_drop_ok(self, cat: fx.Node, dead: set[str]) -> str | None:
-        tensors = [a for a in cat.args[0] if _is_tensor(a)]
-        d = int(cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0))
+        inputs = cat.args[0]
+        assert isinstance(inputs, (list, tuple))  # aten.cat's first argument is its list of inputs
+        tensors = [a for a in inputs if _is_tensor(a)]
+        dim: Any = cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)
+        d = int(dim)
         for a in tensors:
             if a.name not in dead:
                 continue
