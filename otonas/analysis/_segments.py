@@ -205,6 +205,10 @@ class Segments:
                 continue
             for u in inputs:
                 module = module_path(u)
+                if sum(v is u for v in inputs) > 1:  # y + y, cat([y, y]): not one operator of the join
+                    self.skipped.append(Skipped(module, join.name, u.name,
+                                                "the join takes it more than once: not erasable on its own"))
+                    continue
                 cone = self._cone(u)
                 if cone is None:
                     continue
@@ -226,7 +230,8 @@ class Segments:
                 containing.setdefault(n, []).append(i)
         parents: list[int | None] = []
         for i, (_, _, u, cone) in enumerate(found):
-            cands = [j for j in containing.get(u.name, []) if j != i and len(found[j][3]) >= len(cone)]
+            # (size, position) orders the groups strictly, so that nesting can never form a cycle
+            cands = [j for j in containing.get(u.name, []) if (len(found[j][3]), j) > (len(cone), i)]
             parents.append(min(cands, key=lambda j: (len(found[j][3]), j)) if cands else None)
         depth = [0] * len(found)
         for i in range(len(found) - 1, -1, -1):  # larger first: parents are later in the list

@@ -60,6 +60,29 @@ def test_parameter_free_branch_is_reported_not_erasable():
     assert space.is_valid(np.ones(1, dtype=bool))
 
 
+class Twice(nn.Module):
+    """A join that takes one branch twice: ``a(x) + (y + y)``, or ``cat([a(x), y, y])``."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+        self.c = nn.Conv2d(8 if kind == "add" else 24, 4, 1)
+
+    def forward(self, x):
+        y = self.b(x)
+        return self.c(self.a(x) + (y + y) if self.kind == "add" else torch.cat([self.a(x), y, y], 1))
+
+
+@pytest.mark.parametrize("kind", ["add", "cat"])
+def test_a_branch_taken_twice_by_a_join_is_not_erasable(kind):
+    """Such a branch once made the nesting of erasing groups loop forever."""
+    space = otonas.analyze(Twice(kind).eval(), (torch.randn(2, 3, 6, 6),))
+    assert [g.module for g in space.erasing_groups] == ["a"]
+    assert any("more than once" in s.reason and s.module == "b" for s in space.segments.skipped)
+    assert space.is_valid(np.ones(1, dtype=bool))
+
+
 def _check_seeds(name: str, seeds: range) -> None:
     model, x = _tiny(name)
     space = otonas.analyze(model, (x(2),))
