@@ -150,10 +150,10 @@ def verify(
     try:
         with torch.no_grad():
             module(*xs)
-    except Exception as e:
+    except Exception as err:
         shown = ", ".join(",".join(map(str, x.shape)) for x in xs)
-        raise UsageError(f"input shape {shown} does not fit {name}: {type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}. Fix: pass --input-shape with the shape "
+        raise UsageError(f"input shape {shown} does not fit {name}: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}. Fix: pass --input-shape with the shape "
                          "the model expects") from None
     t0 = time.perf_counter()
     space = analyze(module, xs, strict=strict)

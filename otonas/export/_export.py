@@ -46,7 +46,7 @@ class ExportResult:
 
 
 def _tensor_map(module: nn.Module, program: torch.export.ExportedProgram | None = None) -> dict[str, torch.Tensor]:
-    out = dict(module.named_parameters(remove_duplicate=False))
+    out: dict[str, torch.Tensor] = dict(module.named_parameters(remove_duplicate=False))
     out.update(dict(module.named_buffers(remove_duplicate=False)))
     if program is not None:
         out.update({k: v for k, v in program.constants.items() if isinstance(v, torch.Tensor)})
@@ -55,11 +55,12 @@ def _tensor_map(module: nn.Module, program: torch.export.ExportedProgram | None 
 
 def _crc(t: torch.Tensor) -> int:
     flat = t.detach().cpu().contiguous().reshape(-1)
-    return zlib.crc32(flat.view(torch.uint8).numpy()) if flat.numel() else 0
+    # an ndarray is a buffer; numpy's stubs do not say so
+    return zlib.crc32(flat.view(torch.uint8).numpy()) if flat.numel() else 0  # type: ignore[arg-type]
 
 
 def _write_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    seen: dict[tuple[int, int], str] = {}
+    seen: dict[tuple[int, int | torch.SymInt], str] = {}
     ready: dict[str, torch.Tensor] = {}
     for k, t in tensors.items():
         t = t.detach().cpu().contiguous()
@@ -276,7 +277,7 @@ def export(
 def _state(gen: Generated, gm: fx.GraphModule, modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
     """The tensors of model.py's state_dict, by name: the subnet's, plus what nn layers add
     (``num_batches_tracked``: the original module's count, else zero)."""
-    own = dict(gm.named_parameters(remove_duplicate=False))
+    own: dict[str, torch.Tensor] = dict(gm.named_parameters(remove_duplicate=False))
     own.update(dict(gm.named_buffers(remove_duplicate=False)))
     out: dict[str, torch.Tensor] = {}
     for key in gen.state:

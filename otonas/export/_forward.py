@@ -6,7 +6,7 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
@@ -98,7 +98,7 @@ class ForwardWriter:
         t = n.target
         if t is operator.getitem and isinstance(n.args[0], fx.Node) and self._unpacked(n.args[0]):
             return "item"
-        if getattr(t, "__module__", None) in ("_operator", "operator") and t.__name__ in _SYM_OPS:
+        if callable(t) and getattr(t, "__module__", None) in ("_operator", "operator") and t.__name__ in _SYM_OPS:
             return "sym"
         if packet(t) in _SIZES:
             return "size"
@@ -112,7 +112,7 @@ class ForwardWriter:
         if not n.users or not all(u.target is operator.getitem and isinstance(u.args[1], int) for u in n.users):
             return False
         count = self._count(n)
-        return count is not None and max(u.args[1] for u in n.users) < count
+        return count is not None and max(cast(int, u.args[1]) for u in n.users) < count
 
     def _count(self, n: fx.Node) -> int | None:
         schema = getattr(n.target, "_schema", None)
@@ -153,6 +153,7 @@ class ForwardWriter:
                 return Expr(self.names[v])
             k = self.kind[v]
             if k == "get_attr":
+                assert isinstance(v.target, str)  # a get_attr node's target is the attribute path
                 parent, name = v.target.rsplit(".", 1) if "." in v.target else ("", v.target)
                 owner = self.access(parent)
                 return Expr(f"{owner}.{name}" if is_identifier(name) else f'getattr({owner}, "{name}")')
@@ -267,6 +268,7 @@ class ForwardWriter:
             return {(self.names[v],): 1}
         if self.kind.get(v) != "sym":
             return None
+        assert callable(v.target)  # a "sym" node calls an operator function (see _kind)
         op = v.target.__name__
         args = [self._poly(a) for a in v.args]
         if any(a is None for a in args):
@@ -327,7 +329,7 @@ class ForwardWriter:
         if block:
             parts = block.split(".")
             scopes = [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
-            for a in sorted({a for m in now for a in m.all_input_nodes if a in self.names}, key=self.pos.get):
+            for a in sorted({a for m in now for a in m.all_input_nodes if a in self.names}, key=lambda a: self.pos[a]):
                 for scope in scopes:
                     if a.op == "placeholder" or not _within(self.block.get(a), scope):
                         known = self.block_inputs.setdefault(scope, [])

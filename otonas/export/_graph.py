@@ -92,5 +92,10 @@ def supported(target: Any) -> bool:
 
 def flat_args(args: Any, kwargs: Any) -> list[Any]:
     out: list[Any] = []
-    fx.node.map_arg((args, kwargs), lambda a: out.append(a) or a)
+
+    def add(a: fx.Node) -> fx.Node:
+        out.append(a)
+        return a
+
+    fx.node.map_arg((args, kwargs), add)
     return out

@@ -530,7 +530,7 @@ _MODES = {"upsample_nearest": "nearest", "_upsample_nearest_exact": "nearest-exa
 def _interpolate(c: Call) -> Expr:
     op = str(c.target).split(".")[1]
     mode = next(m for k, m in _MODES.items() if op.startswith(k))
-    args = [c.e("input")]
+    args: list[Expr | str] = [c.e("input")]
     if c["output_size"] is not None:
         args.append(f"size={c.render(squash(c['output_size'])).text}")
     if c["scale_factors"] is not None:
@@ -551,8 +551,8 @@ def _interpolate_size(c: Call) -> Expr | None:
         return None  # output size and scales both given: F.interpolate takes only one
     op = str(c.target).split(".")[1]
     mode = next(m for k, m in _MODES.items() if op.startswith(k))
-    args = [c.e("input" if "input" in c.values else "self"), f"size={c.render(squash(c['output_size'])).text}",
-            f'mode="{mode}"']
+    args: list[Expr | str] = [c.e("input" if "input" in c.values else "self"),
+                              f"size={c.render(squash(c['output_size'])).text}", f'mode="{mode}"']
     if "align_corners" in c.values:
         args.append(f"align_corners={c.t('align_corners')}")
     return fn("F.interpolate", *args)

@@ -96,7 +96,12 @@ def drop_identities(graph: fx.Graph) -> None:
 
 def _flat_nodes(args: Any) -> list[fx.Node]:
     out: list[fx.Node] = []
-    fx.node.map_arg(args, lambda a: out.append(a) or a)
+
+    def add(a: fx.Node) -> fx.Node:
+        out.append(a)
+        return a
+
+    fx.node.map_arg(args, add)
     return out
 
 

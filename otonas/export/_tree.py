@@ -93,7 +93,7 @@ class ModuleTree:
                          rank=self.facts.rank(first) if first is not None else None)
 
     def _find_layers(self) -> None:
-        found: dict[str, list[tuple[fx.Node, LayerSpec | None]]] = {}
+        found: dict[str, list[tuple[fx.Node, LayerSpec]]] = {}
         for n in self.nodes:
             if n.op != "call_function":
                 continue

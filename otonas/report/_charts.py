@@ -130,7 +130,7 @@ def line_chart(
                        f'fill="{s.colour if r else "transparent"}" stroke="#fff" stroke-width="{0.8 if r else 0}">'
                        f'<title>{escape(f"{s.name}, {x_label} {human(x)}: {y_format(v)}")}</title></circle>')
     if len(series) > 1:
-        lx = left + pw
+        lx: float = left + pw
         for s in reversed(series):
             w = len(s.name) * 6.4 + 24
             lx -= w

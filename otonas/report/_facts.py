@@ -106,8 +106,8 @@ def graph_facts(space: Any, *, removed: Any = None, erased: Any = None) -> Graph
         if n in dead or short_op(graph.nodes[n]["op"]) not in ("cat", "concat", "concatenate"):
             continue
         for p in graph.predecessors(n):
-            if p in dead and dims[p] is not None:
-                ids = np.concatenate([g[g >= 0] for g in dims[p]])
+            if p in dead and (dp := dims[p]) is not None:
+                ids = np.concatenate([g[g >= 0] for g in dp])
                 removed_mask[ids] = True
 
     pins: dict[str, list[str]] = {}

@@ -204,7 +204,7 @@ def _cards(report: dict[str, Any], used: set[str]) -> list[str]:
     gs = _num(report.get("group_sparsity"))
     if gs is not None:
         used.add("group_sparsity")
-        n = report.get("prunable_groups")
+        n: Any = report.get("prunable_groups")
         detail = f"of {int(n):,} prunable channels" if _num(n) else ""
         if _num(n):
             used.add("prunable_groups")

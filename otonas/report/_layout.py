@@ -200,7 +200,8 @@ def _dfs_order(nodes: Sequence[Hashable], succs: dict[Hashable, list[Hashable]],
 def _crossings(upper: list[Hashable], lower: list[Hashable], succs: dict[Hashable, list[Hashable]]) -> int:
     where = {n: i for i, n in enumerate(lower)}
     pairs = sorted((i, where[s]) for i, n in enumerate(upper) for s in succs[n] if s in where)
-    count, seen_ends = 0, []  # ends seen so far, sorted: each later edge ending left of one crosses it
+    count = 0
+    seen_ends: list[int] = []  # ends seen so far, sorted: each later edge ending left of one crosses it
     for _, j in pairs:
         count += len(seen_ends) - bisect_right(seen_ends, j)
         insort(seen_ends, j)

@@ -150,7 +150,7 @@ def _parent(path: str) -> str:
 
 
 def _make_boxes(space: Any, facts: GraphFacts,
-                max_nodes: int) -> tuple[dict[str, _Box], list[tuple[str, str]], bool, dict[str, str]]:
+                max_nodes: int) -> tuple[dict[str, _Box], list[tuple[str, str]], bool, dict[Hashable, Hashable]]:
     graph = space.graph
     key, collapsed = _box_keys(graph, facts, max_nodes)
     boxes: dict[str, _Box] = {}
@@ -160,7 +160,7 @@ def _make_boxes(space: Any, facts: GraphFacts,
             module = k[4:].split("#")[0] if k[:4] in ("mod:", "own:") else facts.ops[n].module
             boxes[k] = _Box(k, [], module, False)
         boxes[k].ops.append(n)
-    cluster: dict[str, str] = {}
+    cluster: dict[Hashable, Hashable] = {}  # box -> the module it is kept beside (see layered_layout)
     for k, b in boxes.items():
         b.collapsed = len(b.ops) > 1
         cluster[k] = b.module if k.startswith("own:") else _parent(b.module)

@@ -7,9 +7,9 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -142,7 +142,8 @@ def _make_optimizer(cfg: SearchConfig, space: Any, steps_per_epoch: int) -> Any:
     # warm-up, then projection, then the rest trains the survivors; each phase at least a step
     start = min(max(1, int(round(warm * steps_per_epoch))), total - 1)
     end = min(max(start + 1, int(round((warm + proj) * steps_per_epoch))), total)
-    common = dict(lr=cfg.lr, variant="sgd", momentum=cfg.momentum, weight_decay=cfg.weight_decay, lmbda=cfg.lmbda)
+    common: dict[str, Any] = dict(lr=cfg.lr, variant="sgd", momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                  lmbda=cfg.lmbda)
     if cfg.optimizer == "dhspg":
         return optim.DHSPG(space, target_group_sparsity=cfg.target_sparsity, start_step=start, end_step=end,
                            **common)
@@ -211,7 +212,7 @@ def search(cfg: SearchConfig, *, on_epoch: Callable[[dict[str, Any]], None] | No
         raise UsageError(f"{cfg.model} has no erasable operators; use --mode prune, or a supernet whose "
                          "candidate operators are summed or concatenated")
     model.to(device)
-    steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(cast(Sized, data.train)) / cfg.batch_size)
     opt = _make_optimizer(cfg, space, steps_per_epoch)
     history: list[dict[str, Any]] = []
     start_epoch, elapsed = 0, 0.0
@@ -367,14 +368,14 @@ def _finish(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, dev
         try:
             from ..export import export
         except ImportError:
-            export = None
+            export = None  # type: ignore[assignment]  # the export package is optional
         if export is not None:
             export(space, cfg.out, architecture={"command": " ".join(sys.argv), "config": asdict(cfg)})
     atomic_write_text(os.path.join(cfg.out, "report.json"), json.dumps(report, indent=1))
     try:
         from ..report import write_report_html
     except ImportError:
-        write_report_html = None
+        write_report_html = None  # type: ignore[assignment]  # the report package is optional
     if write_report_html is not None:
         write_report_html(os.path.join(cfg.out, "report.html"), report=report, history=history, space=space,
                           removed=removed, erased=erased)

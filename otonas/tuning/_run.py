@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -273,7 +273,8 @@ def _sampler(cfg: TuneConfig, objs: list[str], worker: str, n_seed: int) -> Any:
 def _open_study(cfg: TuneConfig, objs: list[str], worker: str) -> Any:
     import optuna
 
-    directions = ["maximize"] + ["minimize"] * (len(objs) - 1)
+    directions: list[Literal["minimize", "maximize"]] = ["maximize"]
+    directions += ["minimize"] * (len(objs) - 1)
     url = cfg.storage_url()
     try:
         storage = _rdb_storage(url)
