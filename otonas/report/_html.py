@@ -204,9 +204,9 @@ def _cards(report: dict[str, Any], used: set[str]) -> list[str]:
     gs = _num(report.get("group_sparsity"))
     if gs is not None:
         used.add("group_sparsity")
-        n: Any = report.get("prunable_groups")
-        detail = f"of {int(n):,} prunable channels" if _num(n) else ""
-        if _num(n):
+        n = _num(report.get("prunable_groups"))  # a number, or a string that reads as one
+        detail = f"of {int(n):,} prunable channels" if n else ""
+        if n:
             used.add("prunable_groups")
         cards.append(_card("channels removed", _pct(gs), detail))
     if "erased_operators" in report:
