@@ -362,7 +362,13 @@ def test_unused_parameters_are_still_projected() -> None:
 # ---------------------------------------------------------------------------- checkpoints
 @pytest.mark.parametrize("variant", ["sgd", "adam", "adamw"])
 @pytest.mark.parametrize("cut", [2, 5, 9])  # warm-up, projection phase, after it
-def test_resume_is_bit_exact(variant: str, cut: int) -> None:
+@pytest.mark.parametrize("kernels", [False, True])
+def test_resume_is_bit_exact(variant: str, cut: int, kernels: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the PyTorch path and with the fused loops (which then take conv2's weight)."""
+    if kernels and not _kernels.enabled():
+        pytest.skip(f"numba is not usable here: {_kernels._failed}")
+    monkeypatch.setattr(_kernels, "enabled", lambda: kernels)
+    monkeypatch.setattr(_kernels, "MIN_NUMEL", 0)
     kw = dict(lr=0.05, variant=variant, momentum=0.9, weight_decay=1e-2, target_group_sparsity=0.5, start_step=3,
               end_step=8, lmbda=0.5, epsilon=0.05)
     batches = [tiny_batch(seed=s) for s in range(12)]
