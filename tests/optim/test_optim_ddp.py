@@ -16,10 +16,12 @@ ROOT = HERE.parents[1]
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo")
-def test_ranks_agree_on_groups_and_parameters(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loops", [False, True], ids=["pytorch-path", "fused-loops"])
+def test_ranks_agree_on_groups_and_parameters(tmp_path: Path, loops: bool) -> None:
     variants = ["sgd", "adamw"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", OTONAS_KERNELS="1" if loops else "0",
+               OTONAS_TEST_LOOPS_FOR_SMALL="1" if loops else "0")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
            str(HERE / "ddp_worker.py"), str(tmp_path), *variants]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
