@@ -63,13 +63,20 @@ class SGDRule(BaseRule):
         wd, momentum = hp["weight_decay"], hp["momentum"]
         if momentum != 0 and not hp["nesterov"] and wd != 0:
             bufs = []
-            for p, g, s in zip(params, grads, states):
+            small: list[int] = []  # many small tensors: multi-tensor calls (a Python loop costs more there)
+            for i, (p, g, s) in enumerate(zip(params, grads, states)):
                 buf = s.get("momentum_buffer")
                 if buf is None:
                     buf = s["momentum_buffer"] = torch.add(g, p, alpha=wd).detach()
+                elif p.numel() < _SCRATCH_MIN:
+                    small.append(i)
                 else:
                     buf.mul_(momentum).add_(self._decayed(g, p, wd), alpha=1 - hp["dampening"])
                 bufs.append(buf)
+            if small:
+                decayed = torch._foreach_add([grads[i] for i in small], [params[i] for i in small], alpha=wd)
+                torch._foreach_mul_([bufs[i] for i in small], momentum)
+                torch._foreach_add_([bufs[i] for i in small], decayed, alpha=1 - hp["dampening"])
             return bufs
         if wd != 0:
             grads = list(torch._foreach_add(grads, list(params), alpha=wd))
@@ -92,6 +99,11 @@ class SGDRule(BaseRule):
         if hp["nesterov"]:
             return list(torch._foreach_add(grads, bufs, alpha=momentum))
         return bufs
+
+
+_SCRATCH_MIN = 1 << 14
+"""Tensors with fewer elements take SGD's momentum step through multi-tensor calls (a fresh
+weight-decayed gradient each, cheap when small) instead of one at a time through the scratch."""
 
 
 class AdamRule(BaseRule):

@@ -17,7 +17,7 @@ from optim_helpers import (RefDHSPG, StubSpace, TinyNet, group_slices, params_of
 
 from otonas._errors import OtonasError
 from otonas.optim import DHSPG, CosineMagnitudeScore, ForcedProjectionWarning, GroupStats, RedundancyScore
-from otonas.optim import _dhspg, _kernels, _layout
+from otonas.optim import _base, _dhspg, _kernels, _layout
 from otonas.optim._dhspg import _fill_zero, group_lambdas
 
 _fusable = DHSPG._fusable
@@ -53,7 +53,12 @@ def quiet_step(opt: DHSPG) -> None:
 @pytest.mark.parametrize("kw", [dict(momentum=0.0), dict(momentum=0.9, weight_decay=1e-2),
                                 dict(momentum=0.9, nesterov=True, weight_decay=1e-3),
                                 dict(momentum=0.5, dampening=0.3)])
-def test_warmup_is_torch_sgd_bit_for_bit(kw: dict) -> None:
+@pytest.mark.parametrize("scratch_min", [None, 1])
+def test_warmup_is_torch_sgd_bit_for_bit(kw: dict, scratch_min: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small tensors take multi-tensor calls, large ones a reused scratch (every tensor here with
+    ``scratch_min=1``): both are torch.optim.SGD's arithmetic."""
+    if scratch_min is not None:
+        monkeypatch.setattr(_base, "_SCRATCH_MIN", scratch_min)
     a, b = tiny_space(), tiny_space()
     opt = DHSPG(a, lr=0.05, target_group_sparsity=0.5, start_step=6, **kw)
     ref = torch.optim.SGD(b.model.parameters(), lr=0.05, foreach=True, **kw)
