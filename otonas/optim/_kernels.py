@@ -13,7 +13,8 @@ step plus two passes over the weights (see ``docs/optim.md``, Cost).
 numba is optional: without it (or with ``OTONAS_KERNELS=0`` in the environment) the
 optimizers use the PyTorch path in ``_layout.block_sums`` and ``DHSPG._step_in_blocks``,
 which computes the same sums (summed in another order, so the last bits differ). The loops
-are compiled on first use (about a second per dtype) and cached on disk by numba.
+are compiled on first use (about 4 s per dtype) and cached on disk by numba (compiled again in
+each process where numba finds no writable place for its cache).
 Only contiguous float32 / float64 tensors on the CPU come here; elsewhere the PyTorch path runs.
 """
 
@@ -66,9 +67,17 @@ _state: bool | None = None  # enabled(), once known
 
 def _load() -> None:
     global _jit
+    try:
+        _jit = _define(cache=True)
+    except RuntimeError:  # numba found no writable place for its cache: compile in each process
+        _jit = _define(cache=False)
+
+
+def _define(cache: bool) -> tuple[Any, ...]:
+    """The loops, compiled on their first call; ``cache``: machine code kept on disk by numba."""
     import numba
 
-    jit = numba.njit(fastmath=_FLAGS, nogil=True, cache=True)
+    jit = numba.njit(fastmath=_FLAGS, nogil=True, cache=cache)
 
     @jit
     def stats_rows(x: Any, d: Any, g: Any, momentum: Any, damp1: Any, wd: Any, update: bool, with_abs: bool,
@@ -124,7 +133,7 @@ def _load() -> None:
     # One block of rows per thread, each with its own column sums (``cols[b]``, ``colc[b]``).
     # A single block is run without a parallel region: an OpenMP barrier waiting for an idle
     # worker thread that another process holds the core of costs milliseconds.
-    @numba.njit(fastmath=_FLAGS, nogil=True, cache=True, parallel=True)
+    @numba.njit(fastmath=_FLAGS, nogil=True, cache=cache, parallel=True)
     def stats_blocks(x: Any, d: Any, g: Any, momentum: Any, damp1: Any, wd: Any, update: bool, with_abs: bool,
                      rows: Any, cols: Any) -> None:  # pragma: no cover - compiled
         n, chunks = x.shape[0], cols.shape[0]
@@ -132,14 +141,14 @@ def _load() -> None:
             stats_rows(x, d, g, momentum, damp1, wd, update, with_abs, rows, cols[b], b * n // chunks,
                        (b + 1) * n // chunks)
 
-    @numba.njit(fastmath=_FLAGS, nogil=True, cache=True, parallel=True)
+    @numba.njit(fastmath=_FLAGS, nogil=True, cache=cache, parallel=True)
     def step_blocks(x: Any, d: Any, has_d: bool, u0: Any, v1: Any, c0: Any, c1: Any, lr: Any, rowc: Any,
                     colc: Any) -> None:  # pragma: no cover - compiled
         n, chunks = x.shape[0], colc.shape[0]
         for b in numba.prange(chunks):
             step_rows(x, d, has_d, u0, v1, c0, c1, lr, rowc, colc[b], b * n // chunks, (b + 1) * n // chunks)
 
-    _jit = (stats_rows, step_rows, stats_blocks, step_blocks)
+    return stats_rows, step_rows, stats_blocks, step_blocks
 
 
 def _loops() -> Any:

@@ -199,3 +199,20 @@ def test_rows_only_and_columns_only_weights_match_reference(momentum: float, thr
             torch.testing.assert_close(p.detach(), x[n], rtol=1e-10, atol=1e-12, msg=f"step {t}, {n}")
         assert set(torch.nonzero(opt._zero[:-1]).flatten().tolist()) == ref.zero, f"step {t}"
     assert any(fused) == (momentum > 0)
+
+
+def test_without_a_disk_cache_the_loops_still_compile() -> None:
+    """numba refuses ``cache=True`` where it finds no writable place (a read-only install):
+    the loops are then compiled without it."""
+    code = ("import numba, torch\n"
+            "real = numba.njit\n"
+            "def njit(*a, **k):\n"
+            "    if k.get('cache'):\n"
+            "        raise RuntimeError('cannot cache function: no locator available')\n"
+            "    return real(*a, **k)\n"
+            "numba.njit = njit\n"
+            "from otonas.optim import _kernels\n"
+            "x = torch.randn(6, 5)\n"
+            "rows, cols = _kernels.stats(x, x.clone(), 1, with_abs=False)\n"
+            "print(_kernels.enabled(), torch.allclose(rows[1], (x * x).sum(1)))")
+    assert _python(code) == "True True"
