@@ -234,23 +234,13 @@ class Segments:
             cands = [j for j in containing.get(u.name, []) if (len(found[j][3]), j) > (len(cone), i)]
             parents.append(min(cands, key=lambda j: (len(found[j][3]), j)) if cands else None)
         depth = [0] * len(found)
-        for i in range(len(found) - 1, -1, -1):  # larger first: parents are later in the list
+        for i in range(len(found) - 1, -1, -1):  # a parent is always later in the list (ordered above)
             par = parents[i]
             depth[i] = 0 if par is None else depth[par] + 1
         for i, (join, kind, u, cone) in enumerate(found):
             self.groups.append(ErasingGroup(
                 i, self._module_of(join, u, cone), join.name, kind, u.name, frozenset(cone),
                 tuple(sorted(self.param_nodes[n] for n in cone if n in self.param_nodes)), parents[i], depth[i]))
-        # a parent is listed before its children when read by depth
-        for i, g in enumerate(self.groups):
-            if g.parent is not None:
-                d = 0
-                par = g.parent
-                while par is not None:
-                    d += 1
-                    par = self.groups[par].parent
-                self.groups[i] = ErasingGroup(g.index, g.module, g.join, g.join_kind, g.output, g.nodes, g.params,
-                                              g.parent, d)
 
     def _module_of(self, join: fx.Node, u: fx.Node, cone: set[str]) -> str:
         """The module the user wrote for this operator: the shallowest module below the

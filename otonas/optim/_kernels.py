@@ -10,8 +10,8 @@ that reads it once (the row's reductions and the columns' running sums are taken
 row is in cache). On ResNet-50 this makes the projection step about as fast as the plain
 step plus two passes over the weights (see ``docs/optim.md``, Cost).
 
-numba is optional: without it (or with ``OTONAS_KERNELS=0`` in the environment) the
-optimizers use the PyTorch path in ``_layout.block_sums`` and ``DHSPG._step_in_blocks``,
+numba is a dependency, but the optimizers do not need it: where it does not import (or with
+``OTONAS_KERNELS=0`` in the environment) they use the PyTorch path in ``_layout.block_sums`` and ``DHSPG._step_in_blocks``,
 which computes the same sums (summed in another order, so the last bits differ). The loops
 are compiled on first use (about 4 s per dtype) and cached on disk by numba (compiled again in
 each process where numba finds no writable place for its cache).
@@ -31,7 +31,7 @@ from torch import Tensor
 __all__ = ["enabled", "usable", "stats", "step"]
 
 _FLAGS = {"reassoc", "contract"}  # reorder sums so that they vectorize; keep NaN / inf semantics
-_jit: Any = None  # the compiled loops, (stats, step), once loaded
+_jit: Any = None  # the loops (see _define), once loaded
 _failed: str | None = None  # why numba could not be used, if it could not
 
 
@@ -163,9 +163,9 @@ def _np(t: Tensor) -> Any:
 
 
 def _run(loop: Any, *args: Any) -> None:
-    """Call a compiled parallel loop (or numba's thread setting). Starting numba's OpenMP layer
-    sets the OpenMP thread count that PyTorch shares to numba's (the number of cores): PyTorch's
-    count is put back."""
+    """Call ``loop`` (loading the loops, a parallel loop, numba's thread setting): starting
+    numba's OpenMP layer sets the OpenMP thread count that PyTorch shares to numba's (the number
+    of cores), so PyTorch's count is put back."""
     threads = torch.get_num_threads()
     loop(*args)
     if torch.get_num_threads() != threads:
