@@ -58,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", choices=["prune", "erase", "both"], help="default: erase for supernets, else prune")
     s.add_argument("--target-sparsity", type=float, help="share of prunable channel groups to remove (default 0.5)")
     s.add_argument("--erase-budget", type=float, help="share of erasing groups to erase (default 0.5)")
+    s.add_argument("--target-flops", type=float, metavar="F",
+                   help="fraction of the dense FLOPs to keep, met within 1%% by per-family quotas (prune mode; "
+                        "replaces --target-sparsity)")
+    s.add_argument("--target-params", type=float, metavar="F", help="fraction of the dense parameters to keep "
+                   "(likewise)")
+    s.add_argument("--schedule", choices=["progressive", "half_space"],
+                   help="how selected groups reach zero: progressive (default; shrunk to exactly zero period by "
+                        "period, re-selected each period) or half_space (the OTOv2/v3 projection)")
+    s.add_argument("--periods", type=int, help="periods of the progressive schedule (default 5)")
     s.add_argument("--epochs", type=int)
     s.add_argument("--batch-size", type=int)
     s.add_argument("--lr", type=float)

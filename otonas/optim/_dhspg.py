@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -49,6 +50,7 @@ from .._errors import OtonasError
 from . import _kernels
 from ._base import SGDRule, make_rule
 from ._layout import BLAS, BLOCK, Entry, GroupLayout, ParamPlan, SearchSpaceLike, block_sums, slice_index
+from ._schedule import SCHEDULES, cost_quotas, period_bounds, select_in_cells, split_quota
 from ._score import CosineMagnitudeScore, GroupStats, RedundancyScore
 
 __all__ = ["DHSPG", "ForcedProjectionWarning", "group_lambdas"]
@@ -163,7 +165,7 @@ class DHSPG(torch.optim.Optimizer):
         space: SearchSpaceLike,
         *,
         lr: float,
-        target_group_sparsity: float | Mapping[str, float],
+        target_group_sparsity: float | Mapping[str, float] | None = None,
         start_step: int,
         end_step: int | None = None,
         variant: str = "sgd",
@@ -180,9 +182,26 @@ class DHSPG(torch.optim.Optimizer):
         score: RedundancyScore | None = None,
         keep_one_per_family: bool = True,
         process_group: Any = None,
+        schedule: str = "progressive",
+        periods: int = 5,
+        target_flops: float | None = None,
+        target_params: float | None = None,
     ) -> None:
         start_step = int(start_step)
         end_step = 2 * start_step + 1 if end_step is None else int(end_step)
+        budgets = [k for k, v in (("target_group_sparsity", target_group_sparsity), ("target_flops", target_flops),
+                                  ("target_params", target_params)) if v is not None]
+        if len(budgets) != 1:
+            raise OtonasError("DHSPG: give exactly one budget: target_group_sparsity (share of the prunable groups "
+                              "to zero), target_flops or target_params (share of the FLOPs or parameters to keep)"
+                              + (f"; got {' and '.join(budgets)}" if budgets else ""))
+        if schedule not in SCHEDULES:
+            raise OtonasError(f"DHSPG: schedule={schedule!r} is invalid; expected one of "
+                              + ", ".join(repr(v) for v in SCHEDULES))
+        if not (isinstance(periods, int) and periods >= 1):
+            raise OtonasError(f"DHSPG: periods={periods!r} is invalid; expected an int >= 1")
+        if target_group_sparsity is None:
+            target_group_sparsity = 0.0  # the quotas come from the cost budget below
         if isinstance(target_group_sparsity, Mapping):
             stage_targets: dict[str, float] | None = dict(target_group_sparsity)
             target = 0.0  # checked per stage by stage_quotas
@@ -200,7 +219,8 @@ class DHSPG(torch.optim.Optimizer):
                         lmbda_amplify=lmbda_amplify, hat_lmbda_coeff=hat_lmbda_coeff, epsilon=epsilon,
                         target_group_sparsity=stage_targets if stage_targets is not None else target,
                         start_step=start_step,
-                        end_step=end_step)
+                        end_step=end_step, schedule=schedule, periods=int(periods), target_flops=target_flops,
+                        target_params=target_params)
         super().__init__(params, defaults)
         self._layout = GroupLayout(space, params)
         self._rule = make_rule(variant)
@@ -216,10 +236,31 @@ class DHSPG(torch.optim.Optimizer):
             self.target_zero_groups = sum(self._stage_quota)
         else:
             self.target_zero_groups = _count(n, target)
-        self._family = family_ids(space, n, self.target_zero_groups,
-                                  self.target_zero_groups / max(n, 1) if stage_targets is not None else target,
-                                  keep_one_per_family,
-                                  self._layout.device)
+        cost_metric, cost_target = (("flops", target_flops) if target_flops is not None else
+                                    ("params", target_params) if target_params is not None else (None, None))
+        if cost_metric is None:
+            self._family = family_ids(space, n, self.target_zero_groups,
+                                      self.target_zero_groups / max(n, 1) if stage_targets is not None else target,
+                                      keep_one_per_family,
+                                      self._layout.device)
+        else:
+            self._family = family_ids(space, n, 0, 0.0, keep_one_per_family, self._layout.device)
+        # Cells (a family, or a family within a stage) and their quotas: the progressive schedule
+        # and cost budgets select within cells, never across them.
+        self._cells: list[np.ndarray] | None = None
+        self._quota: list[int] = []
+        self.kept_fraction: float | None = None  # of the FLOPs / parameters, with a cost budget
+        if schedule == "progressive" or cost_metric is not None:
+            self._cells, caps = _cells(space, n, self._stage, keep_one_per_family)
+            if cost_metric is not None:
+                assert cost_target is not None
+                self._quota, self.kept_fraction = cost_quotas(space, self._cells, caps, target=float(cost_target),
+                                                              metric=cost_metric)
+            elif self._stage is not None:
+                self._quota = _stage_split(self._cells, caps, self._stage, self._stage_quota)
+            else:
+                self._quota = split_quota(self.target_zero_groups, [len(c) for c in self._cells], caps)
+            self.target_zero_groups = int(sum(self._quota))
         # On CPU reading a value back costs nothing: zero slices are then written one by one
         # instead of masking whole tensors (elsewhere a read would stall the device).
         self._host_reads = self._layout.device.type == "cpu"
@@ -242,6 +283,12 @@ class DHSPG(torch.optim.Optimizer):
         self._zero_slices: list[tuple[int, Entry, Tensor]] | None = None
         self._buffers: dict[Any, Tensor] = {}  # scratch and x² buffers of the projection phase
         self._fused: dict[int, Tensor] = {}  # this step: momentum buffers _stats updates (see _fusable)
+        # The progressive schedule: the groups selected at the start of the current period (bool
+        # [N + 1]; None between periods) and the parameter slices they touch.
+        self._shrinking: Tensor | None = None
+        self._shrink_plans: tuple[ParamPlan, ...] = ()
+        self._shrink_index = torch.zeros(0, dtype=torch.int64, device=dev)
+        self._period = -1
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self.param_groups:
@@ -274,7 +321,8 @@ class DHSPG(torch.optim.Optimizer):
             self._mask_grads(params, static=t >= end)
         # In the projection phase, the momentum of some weights is updated inside the loop that
         # takes their statistics (``_kernels.stats``); the base rule does the rest.
-        self._fused = self._fusable(params, hp) if self._redundant is not None and start <= t < end else {}
+        self._fused = (self._fusable(params, hp) if self._redundant is not None and start <= t < end
+                       and hp["schedule"] == "half_space" else {})
         with_grad = [i for i, p in enumerate(params) if p.grad is not None and i not in self._fused]
         grads = [g for i in with_grad if (g := params[i].grad) is not None]  # all of them
         dirs = self._rule.directions([params[i] for i in with_grad], grads, [self.state[params[i]] for i in with_grad],
@@ -284,11 +332,14 @@ class DHSPG(torch.optim.Optimizer):
             d[i] = di
         for i, buf in self._fused.items():
             d[i] = buf  # updated by _stats before anything reads it
+        progressive = hp["schedule"] == "progressive"
         if t < start:
             self._observe(params, d)
-        elif self._redundant is None:
+        elif self._redundant is None and not progressive:
             self._partition(params, d)
-        if start <= t < end:
+        if start <= t < end and progressive:
+            self._progressive_step(params, d, hp, t)
+        elif start <= t < end:
             self._hybrid_step(params, d, hp, last=t == end - 1)
         else:
             self._plain_step(params, d, hp["lr"], skip=frozenset())
@@ -681,6 +732,105 @@ class DHSPG(torch.optim.Optimizer):
         if last:
             self._buffers.clear()
 
+    # ------------------------------------------------------------------ the progressive schedule
+    def _progressive_step(self, params: Sequence[Tensor], d: Sequence[Tensor | None], hp: dict[str, Any],
+                          t: int) -> None:
+        """One step of the projection window under the progressive schedule (see ``_schedule``):
+        at a period start select the period's groups; take the base step everywhere; shrink the
+        period's groups by ``(r − 1)/r`` (r: steps left in the period), which is 0 at its last step."""
+        bounds = period_bounds(hp["start_step"], hp["end_step"], hp["periods"])
+        p = max(i for i in range(len(bounds) - 1) if bounds[i] <= t)
+        if t == bounds[p] and self._period != p:
+            self._select_period(params, d, p, len(bounds) - 1)
+            self._period = p
+        self._plain_step(params, d, hp["lr"], skip=frozenset())
+        if self._shrinking is None:
+            return
+        r = bounds[p + 1] - t
+        factor = (r - 1) / r
+        self._scale_groups(params, factor)
+        if r == 1:  # the period's groups are exactly zero now: freeze them, clear their optimizer state
+            newly = self._shrinking
+            self._zero = self._zero | newly
+            self._shrinking, self._shrink_plans = None, ()
+            self._shrink_index = self._shrink_index[:0]
+            self._zero_slices = None
+            keys = self._rule.state_keys
+            self._zero_slices_of(newly, [[params[q.position], *(self.state[params[q.position]].get(k) for k in keys)]
+                                         for q in self._active], host=self._host_reads)
+
+    def _scale_groups(self, params: Sequence[Tensor], factor: float) -> None:
+        """Multiply every slice of the period's groups by ``factor`` (an element in two of them,
+        by its square)."""
+        assert self._shrinking is not None
+        one = torch.ones((), dtype=self._acc_dtype, device=self._shrinking.device)
+        per_group = torch.where(self._shrinking, one * factor, one)
+        flat = per_group[self._shrink_index]
+        parts = iter(flat.split([e.size for q in self._shrink_plans for e in q.entries]))
+        xs: list[Tensor] = []
+        fs: list[Tensor] = []
+        for q in self._shrink_plans:
+            x = params[q.position]
+            for e in q.entries:
+                f = next(parts).to(x.dtype)
+                if q.is_vector and len(q.entries) == 1:
+                    xs.append(x.view(-1))
+                    fs.append(f)
+                else:
+                    x.mul_(f.view(e.view))
+        if xs:
+            torch._foreach_mul_(xs, fs)
+
+    def _period_scores(self, params: Sequence[Tensor], d: Sequence[Tensor | None]) -> np.ndarray:
+        """This step's redundancy score of every group (rank 0's under torch.distributed); one host read."""
+        n = self.num_groups
+        stats, _, _ = self._stats(self._layout.plans, self._layout.slice_index, params, d, with_abs=True,
+                                  keep_xx=False)
+        s = stats[:, :n]
+        score = self._score(GroupStats(dot=s[0], x_sq=s[1], d_sq=s[2], x_abs=s[3],
+                                       size=self._layout.group_size.to(s.dtype), family=self._family))
+        return self._broadcast_tensor(score.to(torch.float64)).cpu().numpy()
+
+    def _cumulative(self, p: int, periods: int) -> list[int]:
+        """How many groups of each cell are selected once period ``p`` has started."""
+        return [q * (p + 1) // periods for q in self._quota]
+
+    def _select_period(self, params: Sequence[Tensor], d: Sequence[Tensor | None], p: int, periods: int) -> None:
+        """At the start of period ``p``: re-score, and in every cell select its most redundant groups
+        not yet zero, up to the cell's cumulative quota."""
+        assert self._cells is not None
+        n = self.num_groups
+        score = self._period_scores(params, d)
+        zero = self._zero[:n].cpu().numpy()
+        have = [int(zero[c].sum()) for c in self._cells]
+        new = select_in_cells(score, ~zero, self._cells, self._cumulative(p, periods), have)
+        self._begin_period(new)
+
+    def _begin_period(self, new: Sequence[int]) -> None:
+        """Make ``new`` the groups shrunk in this period (group ids in ``[0, num_groups)``)."""
+        dev = self._layout.device
+        shrinking = torch.zeros(self.num_groups + 1, dtype=torch.bool)
+        shrinking[list(new)] = True
+        shrinking = shrinking.to(dev)
+        self._set_redundant(self._zero | shrinking)
+        self._buffers.clear()
+        if not new:
+            self._shrinking, self._shrink_plans = None, ()
+            return
+        self._shrinking = shrinking
+        touched = (torch.stack([shrinking[e.index].any() for q in self._active for e in q.entries]).tolist()
+                   if self._active else [])
+        plans: list[ParamPlan] = []
+        i = 0
+        for q in self._active:
+            r = q.restricted(touched[i:i + len(q.entries)])
+            i += len(q.entries)
+            if r is not None:
+                plans.append(r)
+        self._shrink_plans = tuple(plans)
+        self._shrink_index = (slice_index(self._shrink_plans) if plans
+                              else torch.zeros(0, dtype=torch.int64, device=dev))
+
     def _forced_message(self, rest: Tensor, end_step: int) -> str:
         """The warning for the G_r groups (mask ``rest``) forced to zero at the end of the phase."""
         return (f"DHSPG: {self._forced} of the {self.target_zero_groups} redundant groups had not reached zero "
@@ -729,6 +879,9 @@ class DHSPG(torch.optim.Optimizer):
             "lambda_max": float(live.max()) if live.numel() else math.nan,
             "forced_projection": bool(self._forced),
             "num_forced_groups": self._forced or 0,
+            "schedule": hp["schedule"],
+            "period": self._period + 1 if hp["schedule"] == "progressive" else None,
+            "num_shrinking_groups": 0 if self._shrinking is None else int(self._shrinking.sum()),
         }
 
     # ------------------------------------------------------------------ checkpoints
@@ -742,6 +895,8 @@ class DHSPG(torch.optim.Optimizer):
             "redundant_norm": self._redundant_norm.clone(),
             "forced": self._forced,
             "num_groups": self.num_groups,
+            "shrinking": None if self._shrinking is None else self._shrinking.clone(),
+            "period": self._period,
         }
         return sd
 
@@ -767,6 +922,10 @@ class DHSPG(torch.optim.Optimizer):
         self._forced = extra["forced"]
         if extra["redundant"] is not None:
             self._set_redundant(extra["redundant"].to(dev))
+        self._period = int(extra.get("period", -1))
+        shrinking = extra.get("shrinking")
+        if shrinking is not None:
+            self._begin_period(torch.nonzero(shrinking[:-1]).flatten().tolist())
 
 
 @dataclass(frozen=True, eq=False)
@@ -799,6 +958,33 @@ def _dims(plans: Sequence[ParamPlan], n: int, device: torch.device) -> tuple[tup
     index = torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1]), value=n) for r in rows]) if rows else (
         torch.zeros(0, width, dtype=torch.int64, device=device))
     return tuple(dims), index
+
+
+def _cells(space: Any, n: int, stage: Tensor | None, keep_one_per_family: bool) -> tuple[list[np.ndarray], list[int]]:
+    """The cells the progressive schedule and cost budgets select within — a family, or a family
+    within a stage when per-stage targets are given (one cell of all groups when the space gives
+    no families) — and the most groups each may give (all but one with ``keep_one_per_family``)."""
+    family = getattr(space, "group_family", None)
+    fam = (np.asarray(list(family), dtype=np.int64) if family is not None and len(family) == n
+           else np.zeros(n, dtype=np.int64))
+    st = stage.cpu().numpy().astype(np.int64) if stage is not None else np.zeros(n, dtype=np.int64)
+    key = st * (int(fam.max(initial=0)) + 1) + fam
+    cells = [np.nonzero(key == k)[0] for k in np.unique(key)]
+    if stage is not None:
+        cells = [c for c in cells if st[c[0]] >= 0]  # groups in no stage stay
+    one = 1 if keep_one_per_family and family is not None else 0
+    return cells, [max(0, len(c) - one) for c in cells]
+
+
+def _stage_split(cells: Sequence[np.ndarray], caps: Sequence[int], stage: Tensor, quota: Sequence[int]) -> list[int]:
+    """Each stage's quota spread over its cells in proportion to their sizes."""
+    st = stage.cpu().numpy()
+    out = [0] * len(cells)
+    for b, k in enumerate(quota):
+        mine = [i for i, c in enumerate(cells) if st[c[0]] == b]
+        for i, q in zip(mine, split_quota(k, [len(cells[i]) for i in mine], [caps[i] for i in mine])):
+            out[i] = q
+    return out
 
 
 def _in_blocks(q: ParamPlan, x: Tensor) -> bool:

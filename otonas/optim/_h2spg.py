@@ -37,7 +37,8 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import OtonasError
-from ._dhspg import DHSPG, _caller_level, _count, family_ids
+from ._dhspg import DHSPG, _caller_level, _cells, _count, family_ids
+from ._schedule import select_in_cells, split_quota
 from ._score import GroupStats, RedundancyScore
 
 __all__ = ["H2SPG", "BudgetWarning", "SkippedCandidate", "select_erasure", "ErasureSpaceLike"]
@@ -247,6 +248,8 @@ class H2SPG(DHSPG):
         score: RedundancyScore | None = None,
         keep_one_per_family: bool = True,
         process_group: Any = None,
+        schedule: str = "progressive",
+        periods: int = 5,
     ) -> None:
         if isinstance(target_group_sparsity, Mapping):
             raise OtonasError("H2SPG: per-stage target_group_sparsity is not supported yet; pass one fraction, "
@@ -275,12 +278,15 @@ class H2SPG(DHSPG):
                          end_step=end_step, variant=variant, momentum=momentum, dampening=dampening,
                          nesterov=nesterov, weight_decay=weight_decay, betas=betas, eps=eps, lmbda=lmbda,
                          lmbda_amplify=lmbda_amplify, hat_lmbda_coeff=hat_lmbda_coeff, epsilon=epsilon, score=score,
-                         keep_one_per_family=False, process_group=process_group)
+                         keep_one_per_family=False, process_group=process_group, schedule=schedule,
+                         periods=periods)
         for store in (self.param_groups[0], self.defaults):
             store.update(target_group_sparsity=float(target_group_sparsity), erase_budget=float(erase_budget),
                          ema=float(ema))
         self._pfamily = family_ids(space, n, self.target_pruned_groups, target_group_sparsity, keep_one_per_family,
                                    self._layout.device)
+        self._pcells, _ = _cells(space, n, None, keep_one_per_family)
+        self._keep_one = bool(keep_one_per_family and self._pfamily is not None)
 
     # ------------------------------------------------------------------ bookkeeping
     def _reset_run_state(self) -> None:
@@ -373,6 +379,56 @@ class H2SPG(DHSPG):
         self.target_zero_groups = len(self._pruned) + len(accepted)
         self._set_redundant(redundant.to(self._layout.device))
         self._buffers.clear()
+
+    def _select_period(self, params: Sequence[Tensor], d: Sequence[Tensor | None], p: int, periods: int) -> None:
+        """Progressive schedule, at the start of period ``p``: fold this step into the averaged
+        scores; extend the accepted erasing groups (the earlier ones first, then the walk of
+        :func:`select_erasure`) to the period's share of the erasure budget; then, within each
+        family, select prunable groups outside the erased operators up to the family's share of
+        the pruning budget."""
+        self._observe(params, d)
+        assert self._ema is not None
+        self._ema = self._broadcast_tensor(self._ema)
+        n, e = self.num_pruning_groups, self.num_erasing_groups
+        ema = self._ema.cpu().numpy()
+        budget = self.target_erased_groups * (p + 1) // periods
+        previous = list(self._accepted)
+        scores = ema[n:].copy()
+        scores[previous] = np.inf  # zero already: they stay accepted
+        accepted, skipped = select_erasure(self._space, scores.tolist(), max(budget, len(previous)))
+        lost = set(previous) - set(accepted)
+        if lost:  # cannot happen for a valid earlier set; never let a zero operator go unaccounted
+            raise OtonasError(f"H2SPG: the erasing groups {sorted(lost)} accepted in an earlier period were not "
+                              "accepted again; please report this")
+        new_ops = [i for i in accepted if i not in set(previous)]
+        last = p == periods - 1
+        if last and len(accepted) < self.target_erased_groups:
+            msg = (f"H2SPG: erase_budget={self.param_groups[0]['erase_budget']} asks for {self.target_erased_groups} "
+                   f"of the {e} erasing groups, but the walk found only {len(accepted)} that can be erased together "
+                   f"({len(skipped)} skipped: nested in an accepted one, or erasing them breaks the network; see "
+                   "opt.skipped); erasing those")
+            logger.warning(msg)
+            warnings.warn(msg, BudgetWarning, stacklevel=_caller_level())
+        self._accepted, self._skipped = accepted, skipped
+        self._moot = self._moot_groups(accepted)
+        zero = self._zero[:n].cpu().numpy()
+        live = ~self._moot
+        sizes = [int(live[c].sum()) for c in self._pcells]
+        caps = [max(0, k - 1) if self._keep_one else k for k in sizes]
+        quota = split_quota(self.target_pruned_groups, sizes, caps)
+        if last and sum(quota) < self.target_pruned_groups:
+            msg = (f"H2SPG: target_group_sparsity={self.param_groups[0]['target_group_sparsity']} asks for "
+                   f"{self.target_pruned_groups} zero prunable groups, but only {sum(caps)} are left outside the "
+                   f"erased operators ({int(self._moot.sum())} live inside them) after keeping a channel per family; "
+                   "zeroing those")
+            logger.warning(msg)
+            warnings.warn(msg, BudgetWarning, stacklevel=_caller_level())
+        have = [int((zero & live)[c].sum()) for c in self._pcells]
+        want = [q * (p + 1) // periods for q in quota]
+        new_groups = select_in_cells(ema[:n], live & ~zero, self._pcells, want, have)
+        self._pruned = sorted(set(self._pruned) | set(new_groups))
+        self.target_zero_groups = len(self._pruned) + len(accepted)
+        self._begin_period(new_groups + [n + i for i in new_ops])
 
     def _moot_groups(self, accepted: Sequence[int]) -> np.ndarray:
         """Prunable groups inside the accepted erasing groups: those of the families under them in

@@ -35,6 +35,10 @@ class SearchConfig:
     optimizer: str | None = None  # dhspg | h2spg; default from the mode
     target_sparsity: float | dict[str, float] = 0.5  # or stage -> fraction (see otonas._stages)
     erase_budget: float = 0.5  # share of the erasing groups to erase
+    target_flops: float | None = None  # fraction of the dense FLOPs to keep (prune mode; replaces target_sparsity)
+    target_params: float | None = None  # fraction of the dense parameters to keep (likewise)
+    schedule: str = "progressive"  # progressive (groups shrunk to zero period by period) | half_space (OTOv2/v3)
+    periods: int = 5  # periods of the progressive schedule
     epochs: int = 12
     batch_size: int = 64
     lr: float = 0.05
@@ -67,6 +71,16 @@ class SearchConfig:
                 raise UsageError(f"--target-sparsity {t!r}{where} must be a number in [0, 1), e.g. 0.5")
         if not 0.0 <= self.erase_budget < 1.0:
             raise UsageError(f"--erase-budget {self.erase_budget} must be in [0, 1), e.g. 0.5")
+        for key in ("target_flops", "target_params"):
+            v = getattr(self, key)
+            if v is not None and not (isinstance(v, (int, float)) and 0.0 < v <= 1.0):
+                raise UsageError(f"--{key.replace('_', '-')} {v!r} must be the fraction to keep, in (0, 1], e.g. 0.5")
+        if self.target_flops is not None and self.target_params is not None:
+            raise UsageError("give one of --target-flops and --target-params, not both")
+        if self.schedule not in ("progressive", "half_space"):
+            raise UsageError(f"--schedule {self.schedule!r} is not one of progressive, half_space")
+        if not (isinstance(self.periods, int) and self.periods >= 1):
+            raise UsageError(f"--periods {self.periods!r} must be an integer >= 1, e.g. 5")
         if self.epochs < 1:
             raise UsageError(f"--epochs {self.epochs} must be at least 1")
         if self.batch_size < 1:
@@ -143,10 +157,15 @@ def _make_optimizer(cfg: SearchConfig, space: Any, steps_per_epoch: int) -> Any:
     start = min(max(1, int(round(warm * steps_per_epoch))), total - 1)
     end = min(max(start + 1, int(round((warm + proj) * steps_per_epoch))), total)
     common: dict[str, Any] = dict(lr=cfg.lr, variant="sgd", momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                  lmbda=cfg.lmbda)
+                                  lmbda=cfg.lmbda, schedule=cfg.schedule, periods=cfg.periods)
+    cost = (dict(target_flops=cfg.target_flops) if cfg.target_flops is not None else
+            dict(target_params=cfg.target_params) if cfg.target_params is not None else None)
     if cfg.optimizer == "dhspg":
-        return optim.DHSPG(space, target_group_sparsity=cfg.target_sparsity, start_step=start, end_step=end,
-                           **common)
+        budget_kw: dict[str, Any] = cost if cost is not None else dict(target_group_sparsity=cfg.target_sparsity)
+        return optim.DHSPG(space, start_step=start, end_step=end, **budget_kw, **common)
+    if cost is not None:
+        raise UsageError("--target-flops / --target-params set the channel budget of --mode prune (DHSPG); with "
+                         "operator erasure give --erase-budget (and --target-sparsity) instead")
     H2SPG = getattr(optim, "H2SPG", None)
     if H2SPG is None:
         raise OtonasError("the H2SPG optimizer (operator erasure) is not available in this version of otonas; "

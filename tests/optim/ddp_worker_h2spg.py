@@ -38,7 +38,7 @@ def main(out: str) -> None:
     model = Supernet(PLAN)
     space = otonas.analyze(model, (batch(0)[0],))
     ddp = DistributedDataParallel(model)
-    opt = H2SPG(space, lr=0.05, momentum=0.9, weight_decay=1e-3, erase_budget=0.3, target_group_sparsity=0.2,
+    opt = H2SPG(space, schedule="half_space", lr=0.05, momentum=0.9, weight_decay=1e-3, erase_budget=0.3, target_group_sparsity=0.2,
                 warmup_steps=3, end_step=7, lmbda=1.0, score=RankScore())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -60,7 +60,7 @@ def test_warmup_is_torch_sgd_bit_for_bit(kw: dict, scratch_min: int | None, monk
     if scratch_min is not None:
         monkeypatch.setattr(_base, "_SCRATCH_MIN", scratch_min)
     a, b = tiny_space(), tiny_space()
-    opt = DHSPG(a, lr=0.05, target_group_sparsity=0.5, start_step=6, **kw)
+    opt = DHSPG(a, schedule="half_space", lr=0.05, target_group_sparsity=0.5, start_step=6, **kw)
     ref = torch.optim.SGD(b.model.parameters(), lr=0.05, foreach=True, **kw)
     gen = torch.Generator().manual_seed(0)
     for _ in range(6):
@@ -77,7 +77,7 @@ def test_warmup_is_torch_sgd_bit_for_bit(kw: dict, scratch_min: int | None, monk
 @pytest.mark.parametrize("variant,cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
 def test_warmup_is_torch_adam(variant: str, cls: type) -> None:
     a, b = tiny_space(), tiny_space()
-    opt = DHSPG(a, lr=1e-2, variant=variant, weight_decay=0.1, betas=(0.8, 0.99), eps=1e-6,
+    opt = DHSPG(a, schedule="half_space", lr=1e-2, variant=variant, weight_decay=0.1, betas=(0.8, 0.99), eps=1e-6,
                 target_group_sparsity=0.5, start_step=5)
     ref = cls(b.model.parameters(), lr=1e-2, weight_decay=0.1, betas=(0.8, 0.99), eps=1e-6)
     gen = torch.Generator().manual_seed(1)
@@ -95,7 +95,7 @@ def test_warmup_is_torch_adam(variant: str, cls: type) -> None:
 @pytest.mark.parametrize("target,family", [(0.5, True), (0.3, True), (0.0, True), (1.0, False), (0.45, False)])
 def test_partition_is_the_k_most_redundant(target: float, family: bool) -> None:
     space = tiny_space(family=family)
-    opt = DHSPG(space, lr=0.1, momentum=0.0, target_group_sparsity=target, start_step=0, end_step=50)
+    opt = DHSPG(space, schedule="half_space", lr=0.1, momentum=0.0, target_group_sparsity=target, start_step=0, end_step=50)
     g = random_grads(space.model, torch.Generator().manual_seed(2))
     set_grads(space.model, g)
     x = params_of(space.model)
@@ -109,13 +109,13 @@ def test_partition_is_the_k_most_redundant(target: float, family: bool) -> None:
 
 def test_family_keeps_one_group_and_rejects_targets_that_empty_a_family() -> None:
     space = tiny_space()
-    opt = DHSPG(space, lr=0.1, target_group_sparsity=7 / 9, start_step=0)
+    opt = DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity=7 / 9, start_step=0)
     set_grads(space.model, random_grads(space.model, torch.Generator().manual_seed(0)))
     opt.step()
     chosen = opt.redundant_groups
     assert chosen is not None and not chosen[:6].all() and not chosen[6:].all()
     with pytest.raises(OtonasError, match="keep_one_per_family"):
-        DHSPG(tiny_space(), lr=0.1, target_group_sparsity=0.9, start_step=0)
+        DHSPG(tiny_space(), schedule="half_space", lr=0.1, target_group_sparsity=0.9, start_step=0)
 
 
 def test_custom_score_decides_the_partition() -> None:
@@ -124,7 +124,7 @@ def test_custom_score_decides_the_partition() -> None:
             return torch.arange(stats.dot.numel(), dtype=torch.float64)
 
     space = tiny_space(family=False)
-    opt = DHSPG(space, lr=0.1, target_group_sparsity=3 / 9, start_step=0, score=LastGroups())
+    opt = DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity=3 / 9, start_step=0, score=LastGroups())
     set_grads(space.model, random_grads(space.model, torch.Generator().manual_seed(0)))
     opt.step()
     assert torch.nonzero(opt.redundant_groups).flatten().tolist() == [6, 7, 8]
@@ -193,7 +193,7 @@ def test_projection_matches_group_by_group_reference(momentum: float, wd: float,
     space = tiny_space()
     model = space.model
     kw = dict(lr=0.1, start_step=2, end_step=14)
-    opt = DHSPG(space, momentum=momentum, weight_decay=wd, target_group_sparsity=0.5, lmbda=lmbda,
+    opt = DHSPG(space, schedule="half_space", momentum=momentum, weight_decay=wd, target_group_sparsity=0.5, lmbda=lmbda,
                 epsilon=epsilon, **kw)
     opt._host_reads = host_reads
     ref = RefDHSPG(space, k=opt.target_zero_groups, momentum=momentum, weight_decay=wd, lmbda=lmbda,
@@ -229,7 +229,7 @@ def test_half_space_test_zeroes_exactly_the_groups_below_epsilon() -> None:
     for seed in range(6):
         space = tiny_space(seed=seed, family=False)
         model = space.model
-        opt = DHSPG(space, lr=0.5, momentum=0.0, target_group_sparsity=1.0, start_step=0, end_step=5,
+        opt = DHSPG(space, schedule="half_space", lr=0.5, momentum=0.0, target_group_sparsity=1.0, start_step=0, end_step=5,
                     lmbda=1.0, hat_lmbda_coeff=3.0, epsilon=0.3)
         g = random_grads(model, torch.Generator().manual_seed(seed), scale=0.3)
         x = params_of(model)
@@ -251,7 +251,7 @@ def test_half_space_test_zeroes_exactly_the_groups_below_epsilon() -> None:
 # ---------------------------------------------------------------------------- phases and invariants
 def test_no_projection_before_start_step() -> None:
     space = tiny_space()
-    opt = DHSPG(space, lr=0.5, momentum=0.0, target_group_sparsity=0.5, start_step=10, lmbda=10.0, epsilon=0.9)
+    opt = DHSPG(space, schedule="half_space", lr=0.5, momentum=0.0, target_group_sparsity=0.5, start_step=10, lmbda=10.0, epsilon=0.9)
     gen = torch.Generator().manual_seed(0)
     for _ in range(10):
         x = params_of(space.model)
@@ -273,7 +273,7 @@ def test_no_projection_before_start_step() -> None:
 def test_zero_groups_never_revive(variant: str, host_reads: bool) -> None:
     space = tiny_space()
     model = space.model
-    opt = DHSPG(space, lr=0.05, variant=variant, momentum=0.9, weight_decay=0.1, target_group_sparsity=0.5,
+    opt = DHSPG(space, schedule="half_space", lr=0.05, variant=variant, momentum=0.9, weight_decay=0.1, target_group_sparsity=0.5,
                 start_step=2, end_step=12, lmbda=1.0, epsilon=0.1)
     opt._host_reads = host_reads
     batch = tiny_batch()
@@ -302,7 +302,7 @@ def test_zero_groups_never_revive(variant: str, host_reads: bool) -> None:
 @pytest.mark.parametrize("variant", ["sgd", "adam", "adamw"])
 def test_end_step_forces_exactly_k_and_says_so(variant: str) -> None:
     space = tiny_space()
-    opt = DHSPG(space, lr=1e-3, variant=variant, target_group_sparsity=0.5, start_step=1, end_step=4,
+    opt = DHSPG(space, schedule="half_space", lr=1e-3, variant=variant, target_group_sparsity=0.5, start_step=1, end_step=4,
                 lmbda=1e-6)
     batch = tiny_batch()
     for _ in range(3):
@@ -318,7 +318,7 @@ def test_end_step_forces_exactly_k_and_says_so(variant: str) -> None:
 def test_natural_projection_reaches_the_target_without_forcing() -> None:
     """With gradients too weak to hold the redundant groups up, λ drives them to zero before end_step."""
     space = tiny_space()
-    opt = DHSPG(space, lr=0.1, momentum=0.0, target_group_sparsity=0.5, start_step=2, end_step=40, lmbda=2.0)
+    opt = DHSPG(space, schedule="half_space", lr=0.1, momentum=0.0, target_group_sparsity=0.5, start_step=2, end_step=40, lmbda=2.0)
     gen = torch.Generator().manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ForcedProjectionWarning)
@@ -333,7 +333,7 @@ def test_natural_projection_reaches_the_target_without_forcing() -> None:
 
 def test_metrics_report_the_run() -> None:
     space = tiny_space()
-    opt = DHSPG(space, lr=0.1, target_group_sparsity=0.5, start_step=1, end_step=3, lmbda=0.1)
+    opt = DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity=0.5, start_step=1, end_step=3, lmbda=0.1)
     batch = tiny_batch()
     loss_step(space.model, opt, batch)
     loss_step(space.model, opt, batch)
@@ -352,7 +352,7 @@ def test_metrics_report_the_run() -> None:
 def test_unused_parameters_are_still_projected() -> None:
     """A grouped parameter that gets no gradient (an unused branch) is shrunk and zeroed with its group."""
     space = tiny_space(family=False)
-    opt = DHSPG(space, lr=0.1, target_group_sparsity=1.0, start_step=0, end_step=2, lmbda=0.1)
+    opt = DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity=1.0, start_step=0, end_step=2, lmbda=0.1)
     g = random_grads(space.model, torch.Generator().manual_seed(0))
     del g["bn1.bias"]
     for n, p in space.model.named_parameters():
@@ -379,7 +379,7 @@ def test_resume_is_bit_exact(variant: str, cut: int, kernels: bool, monkeypatch:
     batches = [tiny_batch(seed=s) for s in range(12)]
 
     space = tiny_space()
-    opt = DHSPG(space, **kw)
+    opt = DHSPG(space, schedule="half_space", **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ForcedProjectionWarning)
         for b in batches:
@@ -387,7 +387,7 @@ def test_resume_is_bit_exact(variant: str, cut: int, kernels: bool, monkeypatch:
     full = params_of(space.model)
 
     space = tiny_space()
-    opt = DHSPG(space, **kw)
+    opt = DHSPG(space, schedule="half_space", **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ForcedProjectionWarning)
         for b in batches[:cut]:
@@ -399,7 +399,7 @@ def test_resume_is_bit_exact(variant: str, cut: int, kernels: bool, monkeypatch:
         ckpt = torch.load(buf, weights_only=True)
         space = tiny_space(seed=123)  # other initial values: everything must come from the checkpoint
         space.model.load_state_dict(ckpt["model"])
-        opt = DHSPG(space, **kw)
+        opt = DHSPG(space, schedule="half_space", **kw)
         opt.load_state_dict(ckpt["opt"])
         assert opt.step_count == cut
         for b in batches[cut:]:
@@ -411,7 +411,7 @@ def test_resume_is_bit_exact(variant: str, cut: int, kernels: bool, monkeypatch:
 
 def test_state_dict_is_a_snapshot_and_checks_its_source() -> None:
     space = tiny_space()
-    opt = DHSPG(space, lr=0.1, target_group_sparsity=0.5, start_step=0, end_step=5)
+    opt = DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity=0.5, start_step=0, end_step=5)
     loss_step(space.model, opt, tiny_batch())
     sd = copy.deepcopy(opt.state_dict())
     assert sd["dhspg"]["redundant"].sum() == 5 and sd["dhspg"]["step"] == 1
@@ -419,7 +419,7 @@ def test_state_dict_is_a_snapshot_and_checks_its_source() -> None:
         opt.load_state_dict(torch.optim.SGD(space.model.parameters(), lr=0.1).state_dict())
     other = StubSpace(space.model, {"fc.weight": [(0, torch.arange(5))]}, 5)
     with pytest.raises(OtonasError, match="same search space"):
-        DHSPG(other, lr=0.1, target_group_sparsity=0.5, start_step=0).load_state_dict(sd)
+        DHSPG(other, schedule="half_space", lr=0.1, target_group_sparsity=0.5, start_step=0).load_state_dict(sd)
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -433,7 +433,7 @@ def test_state_dict_is_a_snapshot_and_checks_its_source() -> None:
 def test_bad_options_name_the_option(kw: dict, match: str) -> None:
     args = dict(lr=0.1, target_group_sparsity=0.5, start_step=0) | kw
     with pytest.raises(OtonasError, match=match):
-        DHSPG(tiny_space(), **args)
+        DHSPG(tiny_space(), schedule="half_space", **args)
 
 
 def test_bad_layouts_name_the_parameter() -> None:
@@ -450,13 +450,13 @@ def test_bad_layouts_name_the_parameter() -> None:
     ]
     for s, match in cases:
         with pytest.raises(OtonasError, match=match):
-            DHSPG(s, lr=0.1, target_group_sparsity=0.5, start_step=0)
+            DHSPG(s, schedule="half_space", lr=0.1, target_group_sparsity=0.5, start_step=0)
     frozen = tiny_space()
     frozen.model.bn1.weight.requires_grad_(False)
     with pytest.raises(OtonasError, match="bn1.weight.requires_grad"):
-        DHSPG(frozen, lr=0.1, target_group_sparsity=0.5, start_step=0)
+        DHSPG(frozen, schedule="half_space", lr=0.1, target_group_sparsity=0.5, start_step=0)
     with pytest.raises(OtonasError, match="one group"):
-        DHSPG(tiny_space(), lr=0.1, target_group_sparsity=0.5, start_step=0).add_param_group(
+        DHSPG(tiny_space(), schedule="half_space", lr=0.1, target_group_sparsity=0.5, start_step=0).add_param_group(
             {"params": [torch.zeros(1, requires_grad=True)]})
 
 
@@ -485,7 +485,7 @@ def test_any_layout_matches_reference(host_reads: bool, kernels: bool, monkeypat
     }
     space = StubSpace(model, layout, 10)
     kw = dict(lr=0.2, start_step=1, end_step=9)
-    opt = DHSPG(space, momentum=0.5, weight_decay=1e-2, target_group_sparsity=0.6, lmbda=2.0, epsilon=0.5, **kw)
+    opt = DHSPG(space, schedule="half_space", momentum=0.5, weight_decay=1e-2, target_group_sparsity=0.6, lmbda=2.0, epsilon=0.5, **kw)
     opt._host_reads = host_reads
     ref = RefDHSPG(space, k=6, momentum=0.5, weight_decay=1e-2, lmbda=2.0, epsilon=0.5, **kw)
     gen = torch.Generator().manual_seed(1)
@@ -509,7 +509,7 @@ def test_nothing_to_prune_is_plain_sgd(n_groups: int, target: float) -> None:
     a, b = tiny_space(family=False), tiny_space(family=False)
     if n_groups == 0:
         a = StubSpace(a.model, {}, 0)
-    opt = DHSPG(a, lr=0.05, momentum=0.9, target_group_sparsity=target, start_step=1, end_step=3)
+    opt = DHSPG(a, schedule="half_space", lr=0.05, momentum=0.9, target_group_sparsity=target, start_step=1, end_step=3)
     ref = torch.optim.SGD(b.model.parameters(), lr=0.05, momentum=0.9, foreach=True)
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):
@@ -547,7 +547,7 @@ def test_channels_last_parameters_match_contiguous_ones() -> None:
     a, b = tiny_space(), tiny_space()
     b.model.to(memory_format=torch.channels_last)
     assert not b.model.conv2.weight.is_contiguous()
-    opt_a, opt_b = DHSPG(a, **kw), DHSPG(b, **kw)
+    opt_a, opt_b = DHSPG(a, schedule="half_space", **kw), DHSPG(b, schedule="half_space", **kw)
     for s in range(10):
         batch = tiny_batch(seed=s)
         loss_step(a.model, opt_a, batch)

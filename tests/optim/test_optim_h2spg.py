@@ -49,7 +49,7 @@ def make(space: otonas.SearchSpace, **kw) -> H2SPG:  # type: ignore[no-untyped-d
     args = dict(lr=0.05, momentum=0.9, weight_decay=1e-3, erase_budget=0.5, target_group_sparsity=0.3,
                 warmup_steps=3, end_step=9, lmbda=2.0)
     args.update(kw)
-    return H2SPG(space, **args)  # type: ignore[arg-type]
+    return H2SPG(space, schedule="half_space", **args)  # type: ignore[arg-type]
 
 
 def erased_now(space: otonas.SearchSpace) -> np.ndarray:
@@ -312,7 +312,7 @@ def test_load_rejects_other_spaces(space: otonas.SearchSpace) -> None:
     sd["h2spg"] = dict(sd["h2spg"], num_erasing_groups=sd["h2spg"]["num_erasing_groups"] + 1)
     with pytest.raises(OtonasError, match="erasing groups"):
         make(space).load_state_dict(sd)
-    dhspg = DHSPG(space, lr=0.1, target_group_sparsity=0.2, start_step=2)
+    dhspg = DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity=0.2, start_step=2)
     with pytest.raises(OtonasError, match="h2spg"):
         make(space).load_state_dict(dhspg.state_dict())
 
@@ -320,7 +320,7 @@ def test_load_rejects_other_spaces(space: otonas.SearchSpace) -> None:
 # ---------------------------------------------------------------------------- options
 def test_the_search_command_call_works(space: otonas.SearchSpace) -> None:
     """The call ``otonas search`` makes (otonas/search/_run.py)."""
-    opt = H2SPG(space, target_group_sparsity=0.0, erase_budget=0.4, warmup_steps=2, end_step=6, lr=0.05,
+    opt = H2SPG(space, schedule="half_space", target_group_sparsity=0.0, erase_budget=0.4, warmup_steps=2, end_step=6, lr=0.05,
                 variant="sgd", momentum=0.9, weight_decay=5e-4, lmbda=1.0)
     train_steps(space.model, opt, range(8))
     m = opt.metrics()
@@ -441,7 +441,7 @@ def test_h2spg_erases_half_of_a_darts_supernet_on_digits() -> None:
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ForcedProjectionWarning)
-        opt = train(model, data, lambda m: H2SPG(space, lr=0.1, momentum=0.9, weight_decay=5e-4, erase_budget=0.5,
+        opt = train(model, data, lambda m: H2SPG(space, schedule="half_space", lr=0.1, momentum=0.9, weight_decay=5e-4, erase_budget=0.5,
                                                  warmup_steps=3 * spe, end_step=8 * spe), epochs=epochs)
     t_h2 = time.perf_counter() - t0
     acc_h2 = accuracy(model, data.x_test, data.y_test)

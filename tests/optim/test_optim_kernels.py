@@ -181,7 +181,7 @@ def test_rows_only_and_columns_only_weights_match_reference(momentum: float, thr
     real = DHSPG._fusable
     monkeypatch.setattr(DHSPG, "_fusable", lambda self, *a: fused.append(r := real(self, *a)) or r)
     kw = dict(lr=0.2, start_step=1, end_step=9)
-    opt = DHSPG(space, momentum=momentum, weight_decay=1e-2, target_group_sparsity=0.5,
+    opt = DHSPG(space, schedule="half_space", momentum=momentum, weight_decay=1e-2, target_group_sparsity=0.5,
                 lmbda=2.0, epsilon=0.3, **kw)
     ref = RefDHSPG(space, k=opt.target_zero_groups, momentum=momentum, weight_decay=1e-2,
                    lmbda=2.0, epsilon=0.3, **kw)

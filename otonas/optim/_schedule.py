@@ -1,0 +1,158 @@
+"""The progressive projection schedule and the budgets it spends.
+
+With the *progressive* schedule (the default of ``otonas search`` and ``otonas tune``; the
+scheme of OTO's later optimizer HESSO, arXiv 2409.09085) the projection window
+``[start_step, end_step)`` is split into P periods. At the start of period p the groups not
+yet selected are re-scored and, in every *cell* (a family, or a family within a stage), the
+most redundant of them are selected until the cell holds ``round(quota · (p + 1) / P)``
+selected groups. During the period every group selected at its start is multiplied after
+each step by ``(r − 1) / r``, r the steps left in the period counting this one: the last step
+multiplies by exactly 0, so every selected group is zero at the end of its period by
+construction — nothing is ever forced — and stays zero from then on.
+
+Quotas come from a budget: a fraction of the prunable groups (spread over the families in
+proportion to their sizes, largest remainders first) or a fraction of the FLOPs or parameters
+to keep (:func:`cost_quotas`: one common share of every family, found by bisection over the
+search space's own cost model ``space.costs``). Selection never crosses a cell: a layer cannot
+be stripped because its weights are small next to another layer's (a global normalisation
+would rate the wide late layers' small-init channels most redundant and empty the classifier's
+input), and with ``keep_one_per_family`` a cell never gives its last group.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .._errors import OtonasError
+
+__all__ = ["SCHEDULES", "period_bounds", "split_quota", "cost_quotas", "select_in_cells"]
+
+SCHEDULES = ("progressive", "half_space")
+
+
+def period_bounds(start: int, end: int, periods: int) -> list[int]:
+    """The first step of each period and ``end``: ``P + 1`` increasing step numbers (fewer
+    periods when the window has fewer than ``periods`` steps)."""
+    p = max(1, min(int(periods), end - start))
+    return [start + (i * (end - start)) // p for i in range(p + 1)]
+
+
+def split_quota(total: int, sizes: Sequence[int], caps: Sequence[int]) -> list[int]:
+    """``total`` spread over cells in proportion to ``sizes``, each at most its cap: largest
+    remainders first, what a capped cell cannot take goes to the others. Sums to
+    ``min(total, sum(caps))``."""
+    sizes_a = np.asarray(sizes, dtype=np.float64)
+    caps_a = np.asarray(caps, dtype=np.int64)
+    out = np.zeros(len(sizes_a), dtype=np.int64)
+    left = min(int(total), int(caps_a.sum()))
+    while left > 0:
+        open_ = out < caps_a
+        weight = np.where(open_, sizes_a, 0.0)
+        if weight.sum() <= 0:
+            weight = open_.astype(np.float64)
+        share = left * weight / weight.sum()
+        add = np.minimum(np.floor(share).astype(np.int64), caps_a - out)
+        rest = left - int(add.sum())
+        if rest > 0:  # largest remainders, ties by position, among cells with room after ``add``
+            frac = np.where(open_ & (out + add < caps_a), share - np.floor(share), -1.0)
+            order = np.argsort(-frac, kind="stable")
+            for i in order[:rest]:
+                if frac[i] >= 0:
+                    add[i] += 1
+        if not add.any():
+            break
+        out += add
+        left -= int(add.sum())
+    return out.tolist()
+
+
+def cost_quotas(space: Any, cells: Sequence[Sequence[int]], caps: Sequence[int], *, target: float,
+                metric: str) -> tuple[list[int], float]:
+    """Per-cell quotas that keep at most ``target`` of the dense network's FLOPs (``metric`` =
+    "flops") or parameters ("params"), as close to it as one common share of every cell allows.
+
+    ``cells`` lists the prunable groups of each cell, ``caps`` the most each may give. Every
+    cell gives ``round(share · size)`` groups (capped); ``share`` is bisected on
+    ``space.costs(removed)``, then single channels are given back while the budget allows. Within a cell the groups of a family cost alike, so the first
+    ones stand for any choice. Returns the quotas and the fraction they keep.
+    """
+    costs = getattr(space, "costs", None)
+    if costs is None:
+        raise OtonasError(f"target_{metric} needs a search space with a cost model (space.costs): pass the "
+                          "SearchSpace from otonas.analyze, or give target_group_sparsity instead")
+    if not 0.0 < target <= 1.0:
+        raise OtonasError(f"target_{metric}={target!r} is invalid; expected the fraction of {metric} to keep, "
+                          "in (0, 1]")
+    n = int(space.num_prunable_groups)
+    dense = getattr(costs(), metric)
+    if dense <= 0:
+        raise OtonasError(f"the model has no {metric} that otonas counts; give target_group_sparsity instead")
+
+    def quotas(share: float) -> list[int]:
+        return [min(int(c), int(math.floor(share * len(m) + 0.5))) for m, c in zip(cells, caps)]
+
+    def kept(q: Sequence[int]) -> float:
+        removed = np.zeros(n, dtype=bool)
+        for members, k in zip(cells, q):
+            removed[list(members)[:k]] = True
+        return getattr(costs(removed), metric) / dense
+
+    if target >= 1.0:
+        return [0] * len(cells), 1.0
+    most = quotas(1.0)
+    least_kept = kept(most)
+    if least_kept > target + 1e-12:
+        raise OtonasError(
+            f"target_{metric}={target} cannot be reached by pruning channels: removing every removable channel "
+            f"keeps {least_kept:.3f} of the {metric} (the rest is in pinned or unprunable layers, or in the one "
+            f"channel each family keeps); raise target_{metric} to at least {least_kept:.3f}")
+    lo, hi = 0.0, 1.0  # kept(quotas(lo)) > target >= kept(quotas(hi))
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if kept(quotas(mid)) <= target:
+            hi = mid
+        else:
+            lo = mid
+    q = quotas(hi)
+    now = kept(q)
+    # One common share moves in steps of whole channels of every family at once; give channels
+    # back one at a time, the one that brings the kept fraction closest to the target without
+    # passing it, while any fits (a bounded number of cost evaluations).
+    evaluations = 0
+    while now < target and evaluations < 600:
+        best: tuple[float, int] | None = None
+        for c in range(len(q)):
+            if q[c] == 0:
+                continue
+            q[c] -= 1
+            k = kept(q)
+            q[c] += 1
+            evaluations += 1
+            if k <= target and (best is None or k > best[0]):
+                best = (k, c)
+        if best is None:
+            break
+        now, c = best
+        q[c] -= 1
+    return q, now
+
+
+def select_in_cells(score: np.ndarray, eligible: np.ndarray, cells: Sequence[Sequence[int]],
+                    want: Sequence[int], have: Sequence[int]) -> list[int]:
+    """The groups to add so that cell c holds ``want[c]`` selected groups (it holds ``have[c]``):
+    its most redundant eligible groups (higher ``score`` first, ties by index; NaN last)."""
+    score = np.where(np.isnan(score), -np.inf, score)
+    out: list[int] = []
+    for members, w, h in zip(cells, want, have):
+        k = int(w) - int(h)
+        if k <= 0:
+            continue
+        m = np.asarray(members, dtype=np.int64)
+        m = m[eligible[m]]
+        order = m[np.argsort(-score[m], kind="stable")]
+        out.extend(int(g) for g in order[:k])
+    return sorted(out)
