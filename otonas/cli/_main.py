@@ -93,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
                    "postgresql://user:pass@host/db lets several machines share one study")
     t.add_argument("--study", help="study name (default otonas)")
     t.add_argument("--objectives", help="accuracy,flops (default), accuracy,params, accuracy,latency or accuracy")
+    t.add_argument("--target-flops", metavar="LO,HI",
+                   help="trials draw the fraction of FLOPs to keep from [LO, HI] (prune mode; the front's cost "
+                        "axis is then what users mean) instead of a group sparsity; overrides --space's ranges")
     t.add_argument("--space", metavar="TOML", help="budget space: ranges of sparsity/erase, per = \"global\"|\"stage\"")
     t.add_argument("--trial-epochs", type=int, help="epochs of each trial's short search (default 4)")
     t.add_argument("--epochs", type=int, help="epochs of the full search run by --export-best (default 12)")
@@ -154,6 +157,25 @@ def _tune_config(args: argparse.Namespace) -> Any:
         if v is not None:
             search[name] = v
     values["search"] = search
+    flops = getattr(args, "target_flops", None)
+    if flops is not None:
+        from ..tuning._budgets import BudgetSpace
+
+        parts = [p.strip() for p in str(flops).split(",")]
+        try:
+            lo, hi = (float(parts[0]), float(parts[1])) if len(parts) == 2 else (None, None)
+        except ValueError:
+            lo, hi = None, None
+        if lo is None or hi is None:
+            raise UsageError(f"--target-flops {flops!r}: give the range of FLOPs fractions to keep as LO,HI, "
+                             "e.g. 0.2,0.8")
+        base = values.get("space")
+        raw = (dict(base) if isinstance(base, dict) else
+               BudgetSpace.load(base).to_dict() if isinstance(base, str) else {})
+        raw["flops"] = [lo, hi]
+        raw.pop("stages", None)
+        raw["per"] = "global"
+        values["space"] = raw
     try:
         return TuneConfig(**values)
     except TypeError as e:

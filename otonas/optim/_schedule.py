@@ -70,7 +70,7 @@ def split_quota(total: int, sizes: Sequence[int], caps: Sequence[int]) -> list[i
     return out.tolist()
 
 
-def cost_quotas(space: Any, cells: Sequence[Sequence[int]], caps: Sequence[int], *, target: float,
+def cost_quotas(space: Any, cells: Sequence[Any], caps: Sequence[int], *, target: float,
                 metric: str) -> tuple[list[int], float]:
     """Per-cell quotas that keep at most ``target`` of the dense network's FLOPs (``metric`` =
     "flops") or parameters ("params"), as close to it as one common share of every cell allows.
@@ -141,7 +141,7 @@ def cost_quotas(space: Any, cells: Sequence[Sequence[int]], caps: Sequence[int],
     return q, now
 
 
-def select_in_cells(score: np.ndarray, eligible: np.ndarray, cells: Sequence[Sequence[int]],
+def select_in_cells(score: np.ndarray, eligible: np.ndarray, cells: Sequence[Any],
                     want: Sequence[int], have: Sequence[int]) -> list[int]:
     """The groups to add so that cell c holds ``want[c]`` selected groups (it holds ``have[c]``):
     its most redundant eligible groups (higher ``score`` first, ties by index; NaN last)."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["GroupStats", "RedundancyScore", "CosineMagnitudeScore"]
+__all__ = ["GroupStats", "RedundancyScore", "CosineMagnitudeScore", "TaylorScore", "make_score", "SCORES"]
 
 
 @dataclass(frozen=True)
@@ -66,3 +66,28 @@ class CosineMagnitudeScore(RedundancyScore):
 def _scale(t: Tensor) -> Tensor:
     m = t.abs().amax() if t.numel() else t.new_ones(())
     return torch.where(m > 0, m, torch.ones_like(m))
+
+
+class TaylorScore(RedundancyScore):
+    """First-order Taylor saliency: removing group g changes the loss by about ``⟨x_g, d_g⟩``
+    (d the base step direction, a running gradient), so ``−|⟨x_g, d_g⟩|`` ranks the groups whose
+    removal costs least first. Unlike a magnitude term it needs no normalisation across groups:
+    it estimates the same quantity (a loss change) for a channel and for a whole operator, and
+    for operators of different kinds (a convolution and a pooling's affine output). An all-zero
+    group scores ``+inf``. H2SPG averages it over the warm-up steps, which steadies it."""
+
+    def __call__(self, stats: GroupStats) -> Tensor:
+        score = -stats.dot.abs()
+        return torch.where(stats.x_abs == 0, torch.inf, score)
+
+
+SCORES = ("taylor", "cosine_magnitude")
+
+
+def make_score(name: str) -> RedundancyScore:
+    """The score named ``name`` (one of ``SCORES``)."""
+    if name == "taylor":
+        return TaylorScore()
+    if name == "cosine_magnitude":
+        return CosineMagnitudeScore()
+    raise ValueError(f"unknown score {name!r}; expected one of {', '.join(SCORES)}")

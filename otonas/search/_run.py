@@ -39,6 +39,7 @@ class SearchConfig:
     target_params: float | None = None  # fraction of the dense parameters to keep (likewise)
     schedule: str = "progressive"  # progressive (groups shrunk to zero period by period) | half_space (OTOv2/v3)
     periods: int = 5  # periods of the progressive schedule
+    score: str = "cosine_magnitude"  # redundancy score: cosine_magnitude (OTOv2) | taylor (|<x, d>|)
     epochs: int = 12
     batch_size: int = 64
     lr: float = 0.05
@@ -147,6 +148,7 @@ def evaluate(model: nn.Module, ds: Any, cfg: SearchConfig, device: torch.device)
 
 def _make_optimizer(cfg: SearchConfig, space: Any, steps_per_epoch: int) -> Any:
     from .. import optim
+    from ..optim._score import make_score
 
     total = cfg.epochs * steps_per_epoch
     warm = cfg.warmup_epochs if cfg.warmup_epochs is not None else 0.25 * cfg.epochs
@@ -157,7 +159,8 @@ def _make_optimizer(cfg: SearchConfig, space: Any, steps_per_epoch: int) -> Any:
     start = min(max(1, int(round(warm * steps_per_epoch))), total - 1)
     end = min(max(start + 1, int(round((warm + proj) * steps_per_epoch))), total)
     common: dict[str, Any] = dict(lr=cfg.lr, variant="sgd", momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                  lmbda=cfg.lmbda, schedule=cfg.schedule, periods=cfg.periods)
+                                  lmbda=cfg.lmbda, schedule=cfg.schedule, periods=cfg.periods,
+                                  score=make_score(cfg.score))
     cost = (dict(target_flops=cfg.target_flops) if cfg.target_flops is not None else
             dict(target_params=cfg.target_params) if cfg.target_params is not None else None)
     if cfg.optimizer == "dhspg":

@@ -3,6 +3,8 @@
 A budget file (``--space budgets.toml``)::
 
     sparsity = [0.1, 0.8]   # target group sparsity (channel pruning), low and high
+    flops = [0.2, 0.9]      # or: the fraction of FLOPs to keep (channel pruning), low and high;
+                            # trials then draw ``flops`` instead of ``sparsity`` (per = "global")
     erase = [0.0, 0.7]      # erase budget (share of erasing groups), low and high
     per = "global"          # "global": one sparsity; "stage": one sparsity per stage
     step = 0.05             # optional: draw on a grid of this step
@@ -28,7 +30,7 @@ from .._stages import group_stages, stage_of
 
 __all__ = ["BudgetSpace", "group_stages", "stage_of"]
 
-_KEYS = {"sparsity", "erase", "per", "step", "stages"}
+_KEYS = {"sparsity", "erase", "per", "step", "stages", "flops"}
 
 
 def _range(value: Any, what: str, source: str) -> tuple[float, float]:
@@ -50,6 +52,7 @@ class BudgetSpace:
     per: str = "global"
     step: float | None = None
     stages: dict[str, tuple[float, float]] = field(default_factory=dict)
+    flops: tuple[float, float] | None = None  # fraction of FLOPs kept; replaces ``sparsity`` when set
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str = "budget space") -> BudgetSpace:
@@ -70,12 +73,24 @@ class BudgetSpace:
             if not isinstance(step, (int, float)) or isinstance(step, bool) or not 0 < step < 1:
                 raise UsageError(f"{source}: step = {step!r} must be a number in (0, 1), e.g. 0.05")
             out.step = float(step)
+        if "flops" in raw:
+            value = raw["flops"]
+            if (not isinstance(value, (list, tuple)) or len(value) != 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+                raise UsageError(f"{source}: flops must be [low, high], the fraction of FLOPs to keep, e.g. "
+                                 f"[0.2, 0.9]; got {value!r}")
+            lo, hi = float(value[0]), float(value[1])
+            if not 0.0 < lo <= hi <= 1.0:
+                raise UsageError(f"{source}: flops = [{lo}, {hi}] must satisfy 0 < low <= high <= 1")
+            out.flops = (lo, hi)
         if "stages" in raw:
             if not isinstance(raw["stages"], Mapping):
                 raise UsageError(f"{source}: [stages] must be a table of stage = [low, high]")
             out.stages = {str(k): _range(v, f"stages.{k!r}", source) for k, v in raw["stages"].items()}
             if out.stages and out.per != "stage":
                 raise UsageError(f"{source}: [stages] ranges need per = \"stage\"")
+        if out.flops is not None and out.per != "global":
+            raise UsageError(f"{source}: flops ranges are global; use per = \"global\" (or sparsity ranges per stage)")
         return out
 
     @classmethod
@@ -95,6 +110,8 @@ class BudgetSpace:
             d["step"] = self.step
         if self.stages:
             d["stages"] = {k: list(v) for k, v in self.stages.items()}
+        if self.flops is not None:
+            d["flops"] = list(self.flops)
         return d
 
     def check_stages(self, stages: Mapping[str, Any]) -> None:
@@ -117,12 +134,16 @@ class BudgetSpace:
                 limits: Mapping[str, float] | None = None) -> tuple[float | dict[str, float], float]:
         """Draw a trial's budgets: (target sparsity — a float, or stage -> float with
         ``per = "stage"`` — and the erase budget). Parameter names: ``sparsity``,
-        ``sparsity:STAGE`` and ``erase``. ``limits`` caps the sparsity ranges (``"*"``: the
+        ``sparsity:STAGE``, ``flops`` (with a flops range: the fraction of FLOPs to keep; the
+        returned sparsity is then unused) and ``erase``. ``limits`` caps the sparsity ranges (``"*"``: the
         global one, else per stage): the most the optimizer can remove while every family
         keeps a channel."""
         limits = limits or {}
         sparsity: float | dict[str, float] = 0.0
-        if prune:
+        if prune and self.flops is not None:
+            sparsity = 0.0  # the trial's ``flops`` parameter is its budget (see ``tuning._run``)
+            self._suggest(trial, "flops", self.flops)
+        elif prune:
             if self.per == "stage":
                 sparsity = {s: self._suggest(trial, f"sparsity:{s}", self.stages.get(s, self.sparsity),
                                              limits.get(s, 1.0)) for s in stages}

@@ -87,7 +87,8 @@ class TuneConfig:
         from ..search import SearchConfig
 
         known = {f.name for f in dataclasses.fields(SearchConfig)}
-        owned = {"out", "model", "data", "epochs", "target_sparsity", "erase_budget", "resume", "seed"}
+        owned = {"out", "model", "data", "epochs", "target_sparsity", "erase_budget", "target_flops", "target_params",
+                 "resume", "seed"}
         for key in self.search:
             if key not in known:
                 raise UsageError(f"[search] option {key!r} is not a search option; known: "
@@ -109,7 +110,7 @@ class TuneConfig:
 # --- the pruner ---------------------------------------------------------------------------
 
 def _budget_params(params: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in params.items() if k == "erase" or k.startswith("sparsity")}
+    return {k: float(v) for k, v in params.items() if k in ("erase", "flops") or k.startswith("sparsity")}
 
 
 class BudgetAwareMedianPruner:
@@ -140,7 +141,9 @@ class BudgetAwareMedianPruner:
             if t.number == trial.number or step not in t.intermediate_values:
                 continue
             theirs = _budget_params(t.params)
-            if set(theirs) == set(mine) and all(theirs[k] >= mine[k] - 1e-12 for k in mine):
+            # "removes at least as much": a higher sparsity or erase budget, a lower share of FLOPs kept
+            if set(theirs) == set(mine) and all(
+                    (theirs[k] <= mine[k] + 1e-12) if k == "flops" else (theirs[k] >= mine[k] - 1e-12) for k in mine):
                 peers.append(t.intermediate_values[step])
         if len(peers) < self.n_startup_trials:
             return False
@@ -350,14 +353,21 @@ def _mine_finished(study: Any, worker: str) -> int:
 
 
 def _trial_config(cfg: TuneConfig, info: dict[str, Any], sparsity: Any, erase: float, out: str,
-                  epochs: int, *, export: bool, latency: bool) -> Any:
+                  epochs: int, *, export: bool, latency: bool, flops: float | None = None) -> Any:
     from ..search import SearchConfig
 
     return SearchConfig(**{**cfg.search, "out": out, "model": cfg.model, "data": cfg.data, "epochs": epochs,
                            "seed": cfg.seed, "mode": info["mode"], "target_sparsity": sparsity,
-                           "erase_budget": erase, "export": export, "measure_latency": latency,
+                           "target_flops": flops, "erase_budget": erase, "export": export, "measure_latency": latency,
                            "resume": os.path.exists(os.path.join(out, "checkpoint", "run.json")),
                            "progress": cfg.progress and cfg.search.get("progress", True)})
+
+
+def _flops_of(params: Mapping[str, Any], info: dict[str, Any]) -> float | None:
+    """The fraction of FLOPs to keep that a trial drew (a ``flops`` budget range), else None."""
+    if "flops" in params and info["mode"] == "prune":
+        return float(params["flops"])
+    return None
 
 
 def _budgets_of(params: Mapping[str, Any], info: dict[str, Any]) -> tuple[Any, float]:
@@ -384,6 +394,7 @@ def _run_trial(cfg: TuneConfig, study: Any, trial: Any, objs: list[str], space: 
     sparsity, erase = _budgets_of(trial.params, info)
     out = os.path.join(cfg.out, "trials", f"trial-{trial.number:04d}")
     scfg = _trial_config(cfg, info, sparsity, erase, out, cfg.trial_epochs, export=False,
+                         flops=_flops_of(trial.params, info),
                          latency="latency" in objs)
     storage = study._storage
     multi = len(objs) > 1
@@ -454,6 +465,9 @@ def tune(cfg: TuneConfig | None = None, /, **options: Any) -> dict[str, Any]:
             raise UsageError(f"{cfg.model} has no prunable channel groups; run `otonas analyze` to see why")
         if info["mode"] in ("erase", "both") and not info["erasing_groups"]:
             raise UsageError(f"{cfg.model} has no erasable operators; pass search mode = \"prune\"")
+        if space.flops is not None and info["mode"] != "prune":
+            raise UsageError(f"a flops budget range needs --mode prune (this study's mode is {info['mode']}); "
+                             "with operator erasure use sparsity and erase ranges")
         if space.per == "stage":
             if info["mode"] != "prune":
                 raise UsageError(f"per = \"stage\" budgets need mode prune (this run's mode is {info['mode']}): "
@@ -615,7 +629,8 @@ def export_best(cfg: TuneConfig, number: int) -> dict[str, Any]:
     info = _model_info(cfg)
     sparsity, erase = _budgets_of(t.params, info)
     out = os.path.join(cfg.out, f"best-trial-{number}")
-    scfg = _trial_config(cfg, info, sparsity, erase, out, cfg.epochs, export=True, latency="latency" in objs)
+    scfg = _trial_config(cfg, info, sparsity, erase, out, cfg.epochs, export=True, latency="latency" in objs,
+                         flops=_flops_of(t.params, info))
     _say(f"full search for trial {number} ({cfg.epochs} epochs, budgets {_budget_params(t.params)}) into {out}")
     return search(scfg)
 

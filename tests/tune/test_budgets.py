@@ -72,3 +72,17 @@ def test_unknown_stage_is_refused():
     s = BudgetSpace.from_dict({"per": "stage", "stages": {"layer9": [0.1, 0.2]}})
     with pytest.raises(UsageError, match="layer9.*stem"):
         s.check_stages({"stem": [0], "stages.0": [1]})
+
+
+def test_flops_range_replaces_the_sparsity_draw():
+    space = BudgetSpace.from_dict({"flops": [0.2, 0.6]})
+    assert space.flops == (0.2, 0.6) and space.to_dict()["flops"] == [0.2, 0.6]
+    study = optuna.create_study()
+    trial = study.ask()
+    space.suggest(trial, prune=True, erase=False, stages={})
+    assert set(trial.params) == {"flops"} and 0.2 <= trial.params["flops"] <= 0.6
+    for bad in ([0.0, 0.5], [0.6, 0.2], [0.2, 1.5], "0.5"):
+        with pytest.raises(UsageError, match="flops"):
+            BudgetSpace.from_dict({"flops": bad})
+    with pytest.raises(UsageError, match="global"):
+        BudgetSpace.from_dict({"flops": [0.2, 0.6], "per": "stage"})

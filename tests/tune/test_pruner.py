@@ -42,3 +42,22 @@ def test_waits_for_enough_peers():
     assert not pruner.prune(study, _frozen(0.5, [0.5, 0.1]))
     _add(study, 0.65, [0.5, 0.8])
     assert pruner.prune(study, _frozen(0.5, [0.5, 0.1]))  # pruned trials count as peers too
+
+
+def test_a_flops_budget_compares_with_trials_that_keep_no_more():
+    def add(flops, curve):
+        study.add_trial(optuna.trial.create_trial(
+            params={"flops": flops}, distributions={"flops": FloatDistribution(0, 1)},
+            values=[curve[-1], flops], intermediate_values=dict(enumerate(curve))))
+
+    def frozen(flops, curve):
+        return optuna.trial.create_trial(params={"flops": flops}, distributions={"flops": FloatDistribution(0, 1)},
+                                         intermediate_values=dict(enumerate(curve)),
+                                         state=optuna.trial.TrialState.RUNNING)
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for f in (0.2, 0.3, 0.4):  # cheaper trials (keep fewer FLOPs), all good at epoch 2
+        add(f, [0.5, 0.8, 0.9])
+    pruner = BudgetAwareMedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    assert pruner.prune(study, frozen(0.5, [0.5, 0.6]))        # beaten by trials that keep less
+    assert not pruner.prune(study, frozen(0.1, [0.1, 0.2]))    # nobody keeps as little: no peers
