@@ -53,8 +53,8 @@ def _parser() -> argparse.ArgumentParser:
                    "flags given on the command line override it")
     s.add_argument("--model", help="torchvision:NAME, search_spaces:NAME or package.module:callable "
                    "(default search_spaces:darts)")
-    s.add_argument("--data", help="digits (built in, default), synthetic, imagefolder:PATH, cifar10:ROOT, "
-                   "fashionmnist:ROOT")
+    s.add_argument("--data", help="digits (built in, default), fashionmnist (Debian's dataset-fashion-mnist), "
+                   "fashionmnist:ROOT, synthetic, imagefolder:PATH, cifar10:ROOT")
     s.add_argument("--mode", choices=["prune", "erase", "both"], help="default: erase for supernets, else prune")
     s.add_argument("--target-sparsity", type=float, help="share of prunable channel groups to remove (default 0.5)")
     s.add_argument("--erase-budget", type=float, help="share of erasing groups to erase (default 0.5)")
@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="how selected groups reach zero: progressive (default; shrunk to exactly zero period by "
                         "period, re-selected each period) or half_space (the OTOv2/v3 projection)")
     s.add_argument("--periods", type=int, help="periods of the progressive schedule (default 5)")
+    s.add_argument("--score", choices=["taylor", "cosine_magnitude"],
+                   help="how redundant a group is: taylor (default; -|<x, d>|, the first-order loss change of "
+                        "removing it) or cosine_magnitude (OTOv2's cos(x, d) + 1/mean|x|)")
     s.add_argument("--epochs", type=int)
     s.add_argument("--batch-size", type=int)
     s.add_argument("--lr", type=float)
@@ -86,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
                    "passes options to every trial's search, a [space] table is the budget space); flags override it")
     t.add_argument("--model", help="torchvision:NAME, search_spaces:NAME or package.module:callable "
                    "(default search_spaces:darts)")
-    t.add_argument("--data", help="digits (default), synthetic, imagefolder:PATH, cifar10:ROOT, fashionmnist:ROOT")
+    t.add_argument("--data", help="digits (default), fashionmnist, synthetic, imagefolder:PATH, cifar10:ROOT, fashionmnist:ROOT")
     t.add_argument("--trials", type=int, help="finished trials this process contributes to the study (default 10); "
                    "the same command run again continues up to this number")
     t.add_argument("--storage", metavar="URL", help="Optuna RDB URL (default sqlite:///OUT/study.db); "

@@ -39,16 +39,16 @@ class SearchConfig:
     target_params: float | None = None  # fraction of the dense parameters to keep (likewise)
     schedule: str = "progressive"  # progressive (groups shrunk to zero period by period) | half_space (OTOv2/v3)
     periods: int = 5  # periods of the progressive schedule
-    score: str = "cosine_magnitude"  # redundancy score: cosine_magnitude (OTOv2) | taylor (|<x, d>|)
+    score: str = "taylor"  # redundancy score: taylor (-|<x, d>|, the default) | cosine_magnitude (OTOv2)
     epochs: int = 12
     batch_size: int = 64
-    lr: float = 0.05
+    lr: float = 0.1
     lr_schedule: str = "cosine"  # cosine (to 0 at the last step) | constant
     momentum: float = 0.9
     weight_decay: float = 1e-4
     lmbda: float = 2.0  # the optimizers' group-shrinking strength; 2.0 lets groups reach zero in short runs
-    warmup_epochs: float | None = None  # default: 25% of the epochs
-    projection_epochs: float | None = None  # default: 50% of the epochs
+    warmup_epochs: float | None = None  # default: 1/6 of the epochs
+    projection_epochs: float | None = None  # default: 1/4 of the epochs; the rest trains the final structure
     device: str = "auto"
     seed: int = 0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -82,6 +82,10 @@ class SearchConfig:
             raise UsageError(f"--schedule {self.schedule!r} is not one of progressive, half_space")
         if not (isinstance(self.periods, int) and self.periods >= 1):
             raise UsageError(f"--periods {self.periods!r} must be an integer >= 1, e.g. 5")
+        from ..optim._score import SCORES
+
+        if self.score not in SCORES:
+            raise UsageError(f"--score {self.score!r} is not one of {', '.join(SCORES)}")
         if self.epochs < 1:
             raise UsageError(f"--epochs {self.epochs} must be at least 1")
         if self.batch_size < 1:
@@ -151,8 +155,11 @@ def _make_optimizer(cfg: SearchConfig, space: Any, steps_per_epoch: int) -> Any:
     from ..optim._score import make_score
 
     total = cfg.epochs * steps_per_epoch
-    warm = cfg.warmup_epochs if cfg.warmup_epochs is not None else 0.25 * cfg.epochs
-    proj = cfg.projection_epochs if cfg.projection_epochs is not None else 0.5 * cfg.epochs
+    # Measured on digits (tiny ResNet-20 at 30% FLOPs, DARTS erase, 3 seeds): a short warm-up and
+    # projection leave the final structure more epochs to train, which matters more than a longer
+    # look at the dense network (1/4 + 1/3: 86 ± 5%; 1/6 + 1/4: 90 ± 3%).
+    warm = cfg.warmup_epochs if cfg.warmup_epochs is not None else cfg.epochs / 6
+    proj = cfg.projection_epochs if cfg.projection_epochs is not None else cfg.epochs / 4
     if total < 2:
         raise UsageError(f"{total} training step(s) is too short to train and project; raise --epochs")
     # warm-up, then projection, then the rest trains the survivors; each phase at least a step
@@ -381,6 +388,8 @@ def _finish(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, dev
                              for i in np.nonzero(erased)[0]] if erased is not None else [],
         "erasing_groups": space.num_erasing_groups, "prunable_groups": space.num_prunable_groups,
         "max_abs_diff": max_diff, "epochs": cfg.epochs, "seed": cfg.seed,
+        "flops_kept": after.flops / max(before.flops, 1), "params_kept": after.params / max(before.params, 1),
+        "schedule": cfg.schedule, "forced_groups": int(_metrics(opt).get("num_forced_groups", 0) or 0),
         "latency_ms": _latency_ms(subnet, data) if cfg.measure_latency else None,
         "seconds": elapsed + (time.time() - t0),
         "config": asdict(cfg),

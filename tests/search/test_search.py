@@ -134,3 +134,19 @@ def test_erase_search_on_darts_is_exact_and_exports(tmp_path):
     x = torch.randn(3, 1, 8, 8)
     assert net(x).shape == (3, 10)
     assert (tmp_path / "report.html").exists() and (tmp_path / "architecture.json").exists()
+
+
+def test_flops_target_is_met_and_nothing_is_forced(tmp_path):
+    report = search(SearchConfig(out=str(tmp_path), model="search_spaces:resnet20", model_kwargs={"size": "tiny"},
+                                 data="digits", mode="prune", target_flops=0.5, epochs=2, batch_size=128,
+                                 progress=False, export=False, seed=2))
+    assert 0.49 <= report["flops_kept"] <= 0.5
+    assert report["flops_after"] / report["flops_before"] == pytest.approx(report["flops_kept"])
+    assert report["forced_groups"] == 0 and report["schedule"] == "progressive"
+    assert report["accuracy_subnet"] == report["accuracy_full"] and report["max_abs_diff"] < 1e-4
+
+
+def test_flops_target_with_erasure_is_a_usage_error(tmp_path):
+    p = _cli("--mode", "erase", "--target-flops", "0.5", "--out", str(tmp_path), "--epochs", "1")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 2 and "--erase-budget" in err and "Traceback" not in err
