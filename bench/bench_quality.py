@@ -1,22 +1,76 @@
-"""Accuracy against FLOPs kept on sklearn's digits (8×8, 10 classes; 1,347 train / 450 test images),
-tiny ``search_spaces:resnet20``, for three ways of pruning at the same total epochs:
+"""Quality side by side: test accuracy against FLOPs kept, otonas beside four baselines, at the
+same total epochs, data, batch size and lr schedule.
 
-- **otonas**: DHSPG trains once (projection from 8/30 to 20/30 of the epochs, λ = 2) to the target
-  group sparsity; the built subnet is evaluated;
-- **tp**: plain SGD for 2/3 of the epochs, Torch-Pruning ``MagnitudePruner`` (L2, pruning ratio
-  = the level, classifier ignored), fine-tune for the last 1/3 (lr 0.01, cosine);
-- **random**: channels chosen at random at initialisation (Torch-Pruning, ``RandomImportance``,
-  pruning ratio = the level, the same shapes rule as **tp**), then trained for all the epochs.
+Data (fixed, stratified):
 
-All use SGD momentum 0.9, weight decay 1e-4, batch 64, one-cycle lr up to 0.1 (fine-tune
-excepted). FLOPs are counted the same way for every network (``otonas.analyze(net).costs()``).
+- ``fashionmnist``: a subset of Fashion-MNIST read from the four IDX ``.gz`` files in
+  ``/usr/share/datasets/fashion-mnist``: 5,000 training images (500 per class) out of the 60k
+  training set, 2,000 test images (200 per class) out of the 10k test set, 28×28, picked once
+  with ``numpy.random.default_rng(0)``; 6 epochs (78 steps each).
+- ``digits``: sklearn's ``load_digits`` (8×8), 1,347 train / 450 test (stratified split,
+  ``random_state=0``); 30 epochs (21 steps each: digits is cheap and needs the steps).
 
-    python bench/bench_quality.py [--levels 0.3,0.5,0.7] [--seeds 0,1,2] [--epochs 30] [--methods ...]
+Model: tiny ``search_spaces:resnet20`` (widths 4/8/16, 17,462 parameters, one input channel).
+
+Methods, at the same total epochs E per data set; the same initialisation and batch order per
+seed; SGD momentum 0.9, weight decay 5e-4, batch 64; one lr schedule for all, over the E·steps
+steps: one-cycle (linear warm-up over the first 15 % from 0.004 to 0.1, then cosine to 0):
+
+- ``dense``: the unpruned network.
+- ``otonas``: ``DHSPG(target_flops=t, schedule="progressive", periods=5)``, warm-up 20 % of the
+  steps, projection 20–60 %, the rest trains the final structure; the built subnet
+  (``otonas.build``) is evaluated; ``forced_groups`` is ``metrics()["num_forced_groups"]``.
+- ``random_train``: at initialisation, in every family ("cell") of otonas' search space, as many
+  random groups as DHSPG's per-family quota for ``t`` (``opt._quota`` / ``opt._cells``) are zeroed
+  and kept at zero for all E epochs; then built and evaluated.
+- ``prune_finetune``: dense for round(2E/3) epochs, then in every family the quota's groups of
+  lowest L2 norm (over all their slices) are zeroed and kept at zero for the rest (fresh SGD
+  momentum, the lr schedule continues); then built and evaluated.
+- ``torch_pruning``: dense for round(2E/3) epochs, Torch-Pruning ``MagnitudePruner`` (L2
+  importance, ``global_pruning=True``, classifier ignored) at the pruning ratio bisected on
+  copies of the trained network so that the FLOPs kept are the largest not above ``t`` (within
+  0.2 points when reachable), fine-tune for the rest (fresh SGD momentum, the lr schedule
+  continues). Global ranking because on a network this narrow (4/8/16 channels) one per-layer
+  ratio only reaches 56.5 % or 36.6 % of the FLOPs near 50 %, 27.4 % or 25.4 % near 25 %.
+
+``random_train`` and ``prune_finetune`` train the full network with the chosen groups held at
+exactly zero (weights, BatchNorm scale and shift) rather than the built subnet: the network they
+compute is the subnet's, but ``otonas.build`` returns an inference graph (BatchNorm on running
+statistics even in ``train()`` mode), which cannot be trained as it is. The subnet is built at the
+end and it is what is evaluated and counted.
+
+FLOPs and parameters of every evaluated network are counted the same way,
+``otonas.analyze(net, example).costs()``, relative to the dense network's.
+
+Runs go to ``bench/results/quality.json`` (``{"config": ..., "runs": [...]}``) after every run;
+a second invocation skips the runs already there (same data, method, target, seed, epochs) when
+the config matches, and refuses a file with another config. At the end the summary (mean ± std
+per data, target and method; paired differences otonas − each baseline over the seeds) is
+printed, written into the Quality section of ``bench/README.md`` and drawn in
+``bench/figures/quality.png``. Threads: 1 by default (``--threads``): on this 2-core machine,
+shared with other jobs, two intra-op threads made a training step 40× slower than one.
+
+Budget: the default grid is 2 data sets × (dense + 4 methods × 2 targets) × 5 seeds = 90 runs.
+Timed at load average ≈ 5 (one thread): a Fashion-MNIST run took 37–53 s at 6,000 training
+images (≈ 45 minutes for the grid, too close), a digits run 12–16 s; at 5,000 images the
+estimate is ≈ 40 minutes.
+
+    python bench/bench_quality.py                      # the whole default grid: 90 runs, ≈ 40 min
+    python bench/bench_quality.py --quick              # smoke test: 1 seed, 1 epoch, small subset
+    python bench/bench_quality.py --summary-only       # re-draw the summary from the JSON
+    options: --data fashionmnist,digits --targets 0.5,0.25 --seeds 0,1,2,3,4 --epochs N
+             --methods dense,otonas,random_train,prune_finetune,torch_pruning --out PATH
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import gzip
+import json
+import math
+import os
+import re
 import statistics
 import sys
 import time
@@ -24,6 +78,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,152 +90,485 @@ sys.path.insert(0, str(ROOT))
 
 import otonas  # noqa: E402
 import search_spaces  # noqa: E402
-from otonas.optim import DHSPG, ForcedProjectionWarning  # noqa: E402
+from otonas.optim import DHSPG  # noqa: E402
 
-BATCH = 64
+MODEL = "resnet20-tiny"
+METHODS = ("dense", "otonas", "random_train", "prune_finetune", "torch_pruning")
+BASELINES = ("dense", "random_train", "prune_finetune", "torch_pruning")
+DATASETS = ("fashionmnist", "digits")
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_OUT = ROOT / "bench" / "results" / "quality.json"
+README = ROOT / "bench" / "README.md"
+FIGURE = ROOT / "bench" / "figures" / "quality.png"
+BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
+
+# Settings every run of one results file shares (the "config" of the JSON).
+FULL: dict[str, Any] = {
+    "model": MODEL, "batch": 64, "lr_max": 0.1, "lr_warmup": 0.15, "momentum": 0.9, "weight_decay": 5e-4,
+    "otonas": {"warmup": 0.2, "projection_end": 0.6, "periods": 5, "schedule": "progressive"},
+    "prune_at": "round(2/3 of the epochs)",
+    "fashionmnist": {"train": 5000, "test": 2000, "subset_seed": 0, "epochs": 6},
+    "digits": {"train": 1347, "test": 450, "split_random_state": 0, "epochs": 30},
+    "flops": "otonas.analyze(net, example).costs().flops / dense",
+}
+QUICK: dict[str, Any] = {**FULL, "fashionmnist": {"train": 1000, "test": 500, "subset_seed": 0, "epochs": 1},
+         "digits": {"train": 1347, "test": 450, "split_random_state": 0, "epochs": 1}}
 
 
+# ---------------------------------------------------------------------------------- data
 @dataclass(frozen=True)
-class Digits:
+class Data:
     x_train: Tensor
     y_train: Tensor
     x_test: Tensor
     y_test: Tensor
 
 
-def load_digits() -> Digits:
-    from sklearn.datasets import load_digits as sk_digits
-    from sklearn.model_selection import train_test_split
-
-    data = sk_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target)
-    tr, te = train_test_split(np.arange(len(y)), test_size=0.25, random_state=0, stratify=data.target)
-    x = (x - x[tr].mean()) / x[tr].std()
-    return Digits(x[tr], y[tr], x[te], y[te])
+def _idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+def _stratified(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    per = n // 10
+    return np.sort(np.concatenate([rng.permutation(np.nonzero(y == c)[0])[:per] for c in range(10)]))
+
+
+def load(name: str, cfg: dict[str, Any]) -> Data:
+    if name == "fashionmnist":
+        c = cfg["fashionmnist"]
+        rng = np.random.default_rng(c["subset_seed"])
+        xs, ys = _idx(FASHION_DIR / "train-images-idx3-ubyte.gz"), _idx(FASHION_DIR / "train-labels-idx1-ubyte.gz")
+        xt, yt = _idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz"), _idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")
+        tr, te = _stratified(ys, c["train"], rng), _stratified(yt, c["test"], rng)
+        x_train = torch.tensor(xs[tr], dtype=torch.float32).unsqueeze(1) / 255.0
+        x_test = torch.tensor(xt[te], dtype=torch.float32).unsqueeze(1) / 255.0
+        y_train, y_test = torch.tensor(ys[tr], dtype=torch.int64), torch.tensor(yt[te], dtype=torch.int64)
+    elif name == "digits":
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        d = load_digits()
+        x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        y = torch.tensor(d.target, dtype=torch.int64)
+        tr, te = train_test_split(np.arange(len(y)), test_size=0.25, random_state=cfg["digits"]["split_random_state"],
+                                  stratify=d.target)
+        x_train, y_train, x_test, y_test = x[tr], y[tr], x[te], y[te]
+    else:
+        raise SystemExit(f"unknown data set {name!r}; expected one of {', '.join(DATASETS)}")
+    mean, std = x_train.mean(), x_train.std()
+    return Data((x_train - mean) / std, y_train, (x_test - mean) / std, y_test)
+
+
+# ---------------------------------------------------------------------------------- training
 def make_net() -> nn.Module:
     return search_spaces.create("resnet20", size="tiny", in_chans=1, num_classes=10)
 
 
-def flops(net: nn.Module, x: Tensor) -> int:
-    return otonas.analyze(net, (x,)).costs().flops
+def lr_at(step: int, total: int, cfg: dict[str, Any]) -> float:
+    """One-cycle: linear warm-up from lr_max/25 to lr_max, then cosine to 0."""
+    top, warm = cfg["lr_max"], max(1, round(cfg["lr_warmup"] * total))
+    if step < warm:
+        return top / 25 + (top - top / 25) * step / warm
+    return 0.5 * top * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
-def accuracy(net: nn.Module, d: Digits) -> float:
+class Trainer:
+    """The epochs of one run: one batch order per seed, one lr schedule over all the steps."""
+
+    def __init__(self, d: Data, cfg: dict[str, Any], epochs: int, seed: int) -> None:
+        self.d, self.cfg, self.epochs = d, cfg, epochs
+        self.per_epoch = len(d.y_train) // cfg["batch"]
+        self.total = epochs * self.per_epoch
+        self.gen = torch.Generator().manual_seed(seed)
+        self.step = 0
+
+    def run(self, net: nn.Module, opt: torch.optim.Optimizer, epochs: int,
+            after_step: Callable[[], None] | None = None) -> None:
+        b, n = self.cfg["batch"], len(self.d.y_train)
+        for _ in range(epochs):
+            net.train()
+            perm = torch.randperm(n, generator=self.gen)
+            for i in range(self.per_epoch):
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(self.step, self.total, self.cfg)
+                idx = perm[i * b:(i + 1) * b]
+                F.cross_entropy(net(self.d.x_train[idx]), self.d.y_train[idx]).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if after_step is not None:
+                    after_step()
+                self.step += 1
+
+
+def sgd(net: nn.Module, cfg: dict[str, Any]) -> torch.optim.SGD:
+    return torch.optim.SGD(net.parameters(), lr=cfg["lr_max"], momentum=cfg["momentum"],
+                           weight_decay=cfg["weight_decay"])
+
+
+class Mask:
+    """Holds the slices of a set of groups at exactly zero (parameters and momentum buffers)."""
+
+    def __init__(self, space: Any, selected: np.ndarray) -> None:
+        params = dict(space.model.named_parameters(remove_duplicate=False))
+        sel = torch.from_numpy(np.asarray(selected, dtype=bool))
+        self.slices: list[tuple[Tensor, int, Tensor]] = []
+        for fqn, entries in space.group_layout().items():
+            for dim, g in entries:
+                hit = (g >= 0) & sel[g.clamp(min=0)]
+                if hit.any():
+                    self.slices.append((params[fqn], dim, torch.nonzero(hit).flatten()))
+        self.opt: torch.optim.Optimizer | None = None
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        for p, dim, where in self.slices:
+            p.index_fill_(dim, where, 0.0)
+            buf = self.opt.state.get(p, {}).get("momentum_buffer") if self.opt is not None else None
+            if buf is not None:
+                buf.index_fill_(dim, where, 0.0)
+
+
+def group_norms(space: Any) -> np.ndarray:
+    """The L2 norm of each prunable group over all its parameter slices."""
+    sq = np.zeros(space.num_prunable_groups)
+    params = dict(space.model.named_parameters(remove_duplicate=False))
+    for fqn, entries in space.group_layout().items():
+        p = params[fqn].detach()
+        for dim, g in entries:
+            other = [k for k in range(p.dim()) if k != dim]
+            s = (p.pow(2).sum(dim=other) if other else p.pow(2)).double().numpy()
+            keep = g.numpy() >= 0
+            np.add.at(sq, g.numpy()[keep], s[keep])
+    return np.sqrt(sq)
+
+
+# ---------------------------------------------------------------------------------- per-target caches
+class Context:
+    """What one data set shares across runs: the data, the dense costs, quotas and TP ratios."""
+
+    def __init__(self, name: str, cfg: dict[str, Any]) -> None:
+        self.name, self.cfg = name, cfg
+        self.d = load(name, cfg)
+        self.example = self.d.x_train[:2]
+        dense = otonas.analyze(make_net(), (self.example,)).costs()
+        self.dense_flops, self.dense_params = dense.flops, dense.params
+        self._quotas: dict[float, tuple[list[np.ndarray], list[int]]] = {}
+
+    def costs(self, net: nn.Module) -> tuple[float, float]:
+        c = otonas.analyze(net, (self.example,)).costs()
+        return c.flops / self.dense_flops, c.params / self.dense_params
+
+    def quotas(self, target: float) -> tuple[list[np.ndarray], list[int]]:
+        """DHSPG's cells and per-cell quotas for ``target`` (they depend on the shapes only)."""
+        if target not in self._quotas:
+            net = make_net()
+            opt = DHSPG(otonas.analyze(net, (self.example,)), lr=0.1, target_flops=target, start_step=1, end_step=2,
+                        schedule="progressive")
+            assert opt._cells is not None
+            self._quotas[target] = ([np.asarray(c) for c in opt._cells], list(opt._quota))
+        return self._quotas[target]
+
+
+def tp_prune(net: nn.Module, example: Tensor, ratio: float) -> None:
+    """Torch-Pruning's MagnitudePruner, L2 importance, global ranking, the classifier ignored."""
+    import torch_pruning as tp
+
+    head = [m for m in net.modules() if isinstance(m, nn.Linear) and m.out_features == 10]
+    tp.pruner.MagnitudePruner(net, example, importance=tp.importance.MagnitudeImportance(p=2),
+                              pruning_ratio=ratio, global_pruning=True, ignored_layers=head).step()
+
+
+def tp_ratio(ctx: Context, net: nn.Module, target: float) -> tuple[float, float]:
+    """The pruning ratio, bisected on copies of the trained ``net``, whose FLOPs kept are the
+    largest not above ``target``; and those FLOPs. (Ratios up to 0.8 only: near 0.9 Torch-Pruning
+    starts to refuse layers and the FLOPs kept grow again.)"""
+    def kept(r: float) -> float:
+        trial = copy.deepcopy(net)
+        tp_prune(trial, ctx.example, r)
+        return ctx.costs(trial)[0]
+
+    lo, hi = 0.0, 0.8
+    best = kept(hi)
+    if best > target:
+        raise SystemExit(f"torch_pruning keeps {best:.3f} of the FLOPs at ratio {hi}, above the target {target}")
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        k = kept(mid)
+        if k <= target:
+            hi, best = mid, k
+            if k >= target - 0.002:
+                break
+        else:
+            lo = mid
+    return hi, best
+
+
+def selection(cells: list[np.ndarray], quota: list[int], n: int, pick: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+    sel = np.zeros(n, dtype=bool)
+    for members, k in zip(cells, quota):
+        if k:
+            sel[pick(members, k)] = True
+    return sel
+
+
+# ---------------------------------------------------------------------------------- methods
+# Each returns (the network to evaluate, forced groups or None).
+def run_dense(ctx: Context, target: float, epochs: int, seed: int) -> tuple[nn.Module, int | None]:
+    torch.manual_seed(seed)
+    net = make_net()
+    Trainer(ctx.d, ctx.cfg, epochs, seed).run(net, sgd(net, ctx.cfg), epochs)
+    return net, None
+
+
+def run_otonas(ctx: Context, target: float, epochs: int, seed: int) -> tuple[nn.Module, int | None]:
+    torch.manual_seed(seed)
+    net = make_net()
+    tr = Trainer(ctx.d, ctx.cfg, epochs, seed)
+    space = otonas.analyze(net, (ctx.example,))
+    o = ctx.cfg["otonas"]
+    opt = DHSPG(space, lr=ctx.cfg["lr_max"], momentum=ctx.cfg["momentum"], weight_decay=ctx.cfg["weight_decay"],
+                target_flops=target, start_step=round(o["warmup"] * tr.total),
+                end_step=round(o["projection_end"] * tr.total), schedule=o["schedule"], periods=o["periods"])
+    tr.run(net, opt, epochs)
+    forced = int(opt.metrics()["num_forced_groups"])
+    return otonas.build(space), forced
+
+
+def run_random_train(ctx: Context, target: float, epochs: int, seed: int) -> tuple[nn.Module, int | None]:
+    torch.manual_seed(seed)
+    net = make_net()
+    space = otonas.analyze(net, (ctx.example,))
+    cells, quota = ctx.quotas(target)
+    rng = np.random.default_rng(seed)
+    mask = Mask(space, selection(cells, quota, space.num_prunable_groups,
+                                 lambda m, k: rng.choice(m, size=k, replace=False)))
+    mask()
+    opt = sgd(net, ctx.cfg)
+    mask.opt = opt
+    Trainer(ctx.d, ctx.cfg, epochs, seed).run(net, opt, epochs, after_step=mask)
+    return otonas.build(space), None
+
+
+def _pre(epochs: int) -> int:
+    return max(1, round(epochs * 2 / 3)) if epochs > 1 else 1
+
+
+def run_prune_finetune(ctx: Context, target: float, epochs: int, seed: int) -> tuple[nn.Module, int | None]:
+    torch.manual_seed(seed)
+    net = make_net()
+    space = otonas.analyze(net, (ctx.example,))
+    tr = Trainer(ctx.d, ctx.cfg, epochs, seed)
+    pre = _pre(epochs)
+    tr.run(net, sgd(net, ctx.cfg), pre)
+    cells, quota = ctx.quotas(target)
+    norms = group_norms(space)
+    mask = Mask(space, selection(cells, quota, space.num_prunable_groups,
+                                 lambda m, k: m[np.argsort(norms[m], kind="stable")[:k]]))
+    mask()
+    opt = sgd(net, ctx.cfg)
+    mask.opt = opt
+    tr.run(net, opt, epochs - pre, after_step=mask)
+    return otonas.build(space), None
+
+
+def run_torch_pruning(ctx: Context, target: float, epochs: int, seed: int) -> tuple[nn.Module, int | None]:
+    torch.manual_seed(seed)
+    net = make_net()
+    tr = Trainer(ctx.d, ctx.cfg, epochs, seed)
+    pre = _pre(epochs)
+    tr.run(net, sgd(net, ctx.cfg), pre)
+    net.eval()
+    ratio, _ = tp_ratio(ctx, net, target)
+    tp_prune(net, ctx.example, ratio)
+    tr.run(net, sgd(net, ctx.cfg), epochs - pre)
+    return net, None
+
+
+RUNNERS: dict[str, Callable[[Context, float, int, int], tuple[nn.Module, int | None]]] = {
+    "dense": run_dense, "otonas": run_otonas, "random_train": run_random_train,
+    "prune_finetune": run_prune_finetune, "torch_pruning": run_torch_pruning}
+
+
+def accuracy(net: nn.Module, d: Data) -> float:
     net.eval()
     with torch.no_grad():
-        return float((net(d.x_test).argmax(1) == d.y_test).float().mean()) * 100
+        pred = torch.cat([net(d.x_test[i:i + 500]).argmax(1) for i in range(0, len(d.y_test), 500)])
+    return float((pred == d.y_test).float().mean()) * 100
 
 
-def train(net: nn.Module, d: Digits, opt: torch.optim.Optimizer, epochs: int, seed: int, *, one_cycle: bool = True) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    n = len(d.y_train)
-    total = epochs * (n // BATCH)
-    sched: torch.optim.lr_scheduler.LRScheduler
-    if one_cycle:
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=total, pct_start=0.15, cycle_momentum=False)
+# ---------------------------------------------------------------------------------- results
+def key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["data"], r["model"], r["method"], float(r["flops_target"]), int(r["seed"]), int(r["epochs"]))
+
+
+def load_results(path: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    if not path.exists():
+        return {"config": cfg, "runs": []}
+    res = json.loads(path.read_text())
+    if res.get("config") != cfg:
+        raise SystemExit(f"{path} holds runs of another config; pass another --out or remove it.\n"
+                         f"  its config: {json.dumps(res.get('config'))}\n  this one:   {json.dumps(cfg)}")
+    return res
+
+
+def save(path: Path, res: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _ms(xs: list[float], fmt: str = ".2f") -> str:
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.mean(xs):{fmt}} ± {sd:{fmt.lstrip('+')}}"
+
+
+def summary(runs: list[dict[str, Any]]) -> str:
+    """Markdown: per (data, target, method) mean ± std; paired differences otonas − baseline."""
+    lines = ["| data | FLOPs target | method | FLOPs kept (%) | params kept (%) | test accuracy (%) | seeds | epochs | s per run |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    cells: dict[tuple[str, float, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        cells.setdefault((r["data"], float(r["flops_target"]), r["method"]), []).append(r)
+    order = {m: i for i, m in enumerate(METHODS)}
+    datas = sorted({k[0] for k in cells}, key=lambda s: DATASETS.index(s) if s in DATASETS else 99)
+    for data in datas:
+        for t in sorted({k[1] for k in cells if k[0] == data}, reverse=True):
+            for m in sorted({k[2] for k in cells if k[:2] == (data, t)}, key=lambda m: order.get(m, 99)):
+                rs = cells[(data, t, m)]
+                forced = sum(r["forced_groups"] or 0 for r in rs)
+                lines.append(f"| {data} | {t:g} | {m}{f' (forced {forced})' if forced else ''} | "
+                             f"{_ms([100 * r['flops_kept'] for r in rs], '.1f')} | "
+                             f"{_ms([100 * r['params_kept'] for r in rs], '.1f')} | {_ms([r['accuracy'] for r in rs])} | "
+                             f"{len(rs)} | {rs[0]['epochs']} | {statistics.mean(r['seconds'] for r in rs):.1f} |")
+    lines += ["", "Paired differences, otonas − baseline, test accuracy in points (mean ± std over the seeds both have; "
+              "dense: the dense run of the same seed):", "",
+              "| data | FLOPs target | − dense | − random_train | − prune_finetune | − torch_pruning |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for data in datas:
+        for t in sorted({k[1] for k in cells if k[0] == data and k[2] == "otonas"}, reverse=True):
+            ours = {r["seed"]: r["accuracy"] for r in cells[(data, t, "otonas")]}
+            row = [data, f"{t:g}"]
+            for b in BASELINES:
+                other = {r["seed"]: r["accuracy"] for r in cells.get((data, 1.0 if b == "dense" else t, b), [])}
+                both = sorted(set(ours) & set(other))
+                row.append(f"{_ms([ours[s] - other[s] for s in both], '+.2f')} (n={len(both)})" if both else "—")
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def figure(runs: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datas = [d for d in DATASETS if any(r["data"] == d for r in runs)]
+    if not datas:
+        return
+    fig, axes = plt.subplots(1, len(datas), figsize=(5.5 * len(datas), 4.2), squeeze=False)
+    marks = dict(zip(METHODS, "o*sD^"))
+    for ax, data in zip(axes[0], datas):
+        for m in METHODS:
+            pts: dict[float, list[dict[str, Any]]] = {}
+            for r in runs:
+                if r["data"] == data and r["method"] == m:
+                    pts.setdefault(float(r["flops_target"]), []).append(r)
+            if not pts:
+                continue
+            ts = sorted(pts)
+            x = [100 * statistics.mean(r["flops_kept"] for r in pts[t]) for t in ts]
+            y = [statistics.mean(r["accuracy"] for r in pts[t]) for t in ts]
+            e = [statistics.stdev([r["accuracy"] for r in pts[t]]) if len(pts[t]) > 1 else 0.0 for t in ts]
+            if m == "dense":
+                ax.axhline(y[0], color="gray", ls="--", lw=1, label=f"dense ({y[0]:.1f} %)")
+                continue
+            ax.errorbar(x, y, yerr=e, marker=marks[m], capsize=3, label=m, ms=8 if m == "otonas" else 6)
+        ep = sorted({r["epochs"] for r in runs if r["data"] == data})
+        ax.set_title(f"{data}, tiny ResNet-20, {'/'.join(map(str, ep))} epochs")
+        ax.set_xlabel("FLOPs kept (%)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_readme(table: str, command: str) -> None:
+    text = README.read_text()
+    block = f"{BEGIN}\n`{command}`\n\n{table}\n{END}"
+    if BEGIN in text and END in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
     else:
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    for _ in range(epochs):
-        net.train()
-        perm = torch.randperm(n, generator=gen)
-        for i in range(n // BATCH):
-            b = perm[i * BATCH:(i + 1) * BATCH]
-            F.cross_entropy(net(d.x_train[b]), d.y_train[b]).backward()
-            opt.step()
-            opt.zero_grad()
-            sched.step()
+        raise SystemExit(f"bench/README.md has no {BEGIN} … {END} block in its Quality section")
+    README.write_text(text)
 
 
-def sgd(net: nn.Module, lr: float = 0.1) -> torch.optim.SGD:
-    return torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-
-
-def run_dense(d: Digits, level: float, epochs: int, seed: int) -> tuple[nn.Module, nn.Module]:
-    torch.manual_seed(seed)
-    net = make_net()
-    train(net, d, sgd(net), epochs, seed)
-    return net, net
-
-
-def run_otonas(d: Digits, level: float, epochs: int, seed: int) -> tuple[nn.Module, nn.Module]:
-    torch.manual_seed(seed)
-    net = make_net()
-    space = otonas.analyze(net, (d.x_train[:2],))
-    spe = len(d.y_train) // BATCH
-    opt = DHSPG(space, lr=0.1, momentum=0.9, weight_decay=1e-4, lmbda=2.0, target_group_sparsity=level,
-                start_step=round(epochs * 8 / 30) * spe, end_step=round(epochs * 20 / 30) * spe)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ForcedProjectionWarning)
-        train(net, d, opt, epochs, seed)
-    return net, otonas.build(space)
-
-
-def run_tp(d: Digits, level: float, epochs: int, seed: int) -> tuple[nn.Module, nn.Module]:
-    import torch_pruning as tp
-
-    torch.manual_seed(seed)
-    net = make_net()
-    pre = round(epochs * 2 / 3)
-    train(net, d, sgd(net), pre, seed)
-    net.eval()
-    head = [m for m in net.modules() if isinstance(m, nn.Linear) and m.out_features == 10]
-    pruner = tp.pruner.MagnitudePruner(net, d.x_train[:2], importance=tp.importance.MagnitudeImportance(p=2),
-                                       pruning_ratio=level, ignored_layers=head)
-    pruner.step()
-    train(net, d, sgd(net, lr=0.01), epochs - pre, seed + 1, one_cycle=False)
-    return net, net
-
-
-def run_random(d: Digits, level: float, epochs: int, seed: int) -> tuple[nn.Module, nn.Module]:
-    # Torch-Pruning with random importance at initialisation: an ordinary nn.Module whose BatchNorm
-    # still trains (otonas.build returns an inference graph, BatchNorm on running statistics).
-    import torch_pruning as tp
-
-    torch.manual_seed(seed)
-    net = make_net().eval()
-    head = [m for m in net.modules() if isinstance(m, nn.Linear) and m.out_features == 10]
-    tp.pruner.MagnitudePruner(net, d.x_train[:2], importance=tp.importance.RandomImportance(),
-                              pruning_ratio=level, ignored_layers=head).step()
-    train(net, d, sgd(net), epochs, seed)
-    return net, net
-
-
-METHODS: dict[str, Callable[[Digits, float, int, int], tuple[nn.Module, nn.Module]]] = {
-    "dense SGD": run_dense, "otonas DHSPG": run_otonas, "TP magnitude + fine-tune": run_tp, "random + train": run_random}
-
-
+# ---------------------------------------------------------------------------------- main
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--levels", default="0.3,0.5,0.7")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--epochs", type=int, default=30)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=",".join(DATASETS))
+    ap.add_argument("--targets", default="0.5,0.25", help="fractions of the FLOPs to keep")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--epochs", type=int, default=None, help="for every data set (default: 6 fashionmnist, 30 digits)")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--out", default=None, help=f"results JSON (default {DEFAULT_OUT.relative_to(ROOT)}; "
+                                                "with --quick /tmp/quality_quick.json)")
+    ap.add_argument("--quick", action="store_true", help="smoke test: one seed, 1 epoch, a small Fashion-MNIST subset")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--methods", default=",".join(METHODS), help="a comma-separated subset of: " + ", ".join(METHODS))
+    ap.add_argument("--summary-only", action="store_true", help="print / write the summary of --out, run nothing")
+    ap.add_argument("--no-report", action="store_true", help="do not write bench/README.md and the figure")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    d = load_digits()
-    base = flops(make_net(), d.x_train[:2])
-    seeds = [int(s) for s in args.seeds.split(",")]
-    print(f"| method | level | FLOPs kept | params kept | test accuracy (%) | seeds | s per run |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    p_full = sum(p.numel() for p in make_net().parameters())
-    for method in args.methods.split(","):
-        fn = METHODS[method]
-        for level in ([0.0] if method == "dense SGD" else [float(s) for s in args.levels.split(",")]):
-            accs, kept, pk, secs = [], [], [], []
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")
+    cfg = QUICK if args.quick else FULL
+    out = Path(args.out) if args.out else (Path("/tmp/quality_quick.json") if args.quick else DEFAULT_OUT)
+    seeds = [0] if args.quick and args.seeds == ap.get_default("seeds") else [int(s) for s in args.seeds.split(",")]
+    methods = args.methods.split(",")
+    for m in methods:
+        if m not in RUNNERS:
+            raise SystemExit(f"unknown method {m!r}; expected some of {', '.join(METHODS)}")
+    targets = [float(t) for t in args.targets.split(",")]
+    res = load_results(out, cfg)
+    if not args.summary_only:
+        done = {key(r) for r in res["runs"]}
+        for data in args.data.split(","):
+            ctx = Context(data, cfg)
+            epochs = args.epochs if args.epochs is not None else cfg[data]["epochs"]
             for seed in seeds:
-                t = time.perf_counter()
-                trained, sub = fn(d, level, args.epochs, seed)
-                secs.append(time.perf_counter() - t)
-                accs.append(accuracy(sub, d))
-                kept.append(flops(sub, d.x_train[:2]) / base)
-                pk.append(sum(p.numel() for p in sub.parameters()) / p_full)
-            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            print(f"| {method} | {level:.1f} | {statistics.mean(kept):.1%} | {statistics.mean(pk):.1%} | "
-                  f"{statistics.mean(accs):.2f} ± {sd:.2f} | {len(seeds)} | {statistics.mean(secs):.1f} |", flush=True)
+                for m in methods:
+                    for t in ([1.0] if m == "dense" else targets):
+                        k = (data, MODEL, m, t, seed, epochs)
+                        if k in done:
+                            continue
+                        t0 = time.perf_counter()
+                        net, forced = RUNNERS[m](ctx, t, epochs, seed)
+                        secs = time.perf_counter() - t0
+                        acc = accuracy(net, ctx.d)
+                        fk, pk = ctx.costs(net)
+                        r = {"data": data, "model": MODEL, "method": m, "flops_target": t, "flops_kept": fk,
+                             "params_kept": pk, "accuracy": acc, "seed": seed, "epochs": epochs,
+                             "forced_groups": forced, "seconds": round(secs, 2)}
+                        res["runs"].append(r)
+                        done.add(k)
+                        save(out, res)
+                        print(f"{data:12s} {m:14s} target {t:4.2f} seed {seed}  FLOPs kept {fk:6.1%}  params kept "
+                              f"{pk:6.1%}  acc {acc:6.2f}%  forced {forced if forced is not None else '-'}  "
+                              f"{secs:6.1f} s", flush=True)
+    table = summary(res["runs"])
+    print(table)
+    if not args.quick and not args.no_report and out.resolve() == DEFAULT_OUT.resolve():
+        figure(res["runs"], FIGURE)
+        write_readme(table, "python bench/bench_quality.py")
+        print(f"wrote {FIGURE.relative_to(ROOT)} and the Quality section of bench/README.md")
+    elif args.quick:
+        figure(res["runs"], out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
