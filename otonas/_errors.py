@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["OtonasError", "CaptureError", "AnalysisError", "BuildError", "UsageError"]
+__all__ = ["OtonasError", "CaptureError", "AnalysisError", "BuildError", "UsageError", "BusyError"]
 
 
 class OtonasError(Exception):
@@ -23,3 +23,7 @@ class BuildError(OtonasError):
 
 class UsageError(OtonasError):
     """Bad input from the user: a model string, a shape, an option."""
+
+
+class BusyError(OtonasError):
+    """A run folder is held by another process (its ``.lock`` names the holder)."""

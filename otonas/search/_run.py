@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sized
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from .._errors import OtonasError, UsageError
 from ._data import DataSpec, load_data
-from ._state import atomic_write_text, load_state, save_state
+from ._state import atomic_write_text, folder_lock, load_state, save_state
 
 __all__ = ["SearchConfig", "search"]
 
@@ -55,11 +56,14 @@ class SearchConfig:
     download: bool = False
     val_fraction: float = 0.2
     resume: bool = False
+    overwrite: bool = False  # start anew in a folder that holds a run (removes otonas's own files there)
     export: bool = True
     progress: bool = True
     measure_latency: bool = False  # time the built subnet (batch 1, CPU) into report["latency_ms"]
 
     def validate(self) -> None:
+        if self.resume and self.overwrite:
+            raise UsageError("give --resume (continue the run in --out) or --overwrite (start it anew), not both")
         if self.mode not in (None, "prune", "erase", "both"):
             raise UsageError(f"--mode {self.mode!r} is not one of prune, erase, both")
         if self.optimizer not in (None, "dhspg", "h2spg"):
@@ -194,11 +198,14 @@ def _set_lr(opt: Any, cfg: SearchConfig, step: int, total: int) -> None:
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
+    """A bar on a terminal; None elsewhere (a log, a pipe), where each epoch is one plain line."""
+    if not enabled or not sys.stderr.isatty():
+        return None
     try:
         from tqdm import tqdm
-    except ImportError:  # tqdm comes with optuna; without it, no bar
+    except ImportError:  # tqdm comes with optuna; without it, plain lines
         return None
-    return tqdm(total=total, desc=desc, leave=True, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, leave=True, file=sys.stderr, dynamic_ncols=True)
 
 
 def _metrics(opt: Any) -> dict[str, Any]:
@@ -208,14 +215,60 @@ def _metrics(opt: Any) -> dict[str, Any]:
         return {}
 
 
+# files otonas writes in a run folder; --overwrite removes these and nothing else
+OWN_FILES = ("report.json", "report.html", "model.py", "model.safetensors", "architecture.json")
+
+
+def _finished(out: str) -> str | None:
+    """What shows that ``out`` holds a finished run (report.json, a checkpoint at its last epoch), or None."""
+    if os.path.exists(os.path.join(out, "report.json")):
+        return "report.json"
+    try:
+        with open(os.path.join(out, "checkpoint", "run.json")) as f:
+            run = json.load(f)
+        if int(run["epoch"]) >= int(run["config"]["epochs"]):
+            return f"a checkpoint at its last epoch, {int(run['epoch'])}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _prepare_folder(cfg: SearchConfig) -> None:
+    """Refuse to start anew over a finished run unless told to; ``overwrite`` clears the old
+    run's checkpoint and outputs first (otonas's own files only: the user's stay)."""
+    if cfg.overwrite:
+        ckpt = os.path.join(cfg.out, "checkpoint")
+        if os.path.isdir(ckpt) and not os.path.islink(ckpt):
+            shutil.rmtree(ckpt)
+        for name in OWN_FILES:
+            path = os.path.join(cfg.out, name)
+            if os.path.isfile(path) or os.path.islink(path):
+                os.remove(path)
+        return
+    done = None if cfg.resume else _finished(cfg.out)
+    if done:
+        raise UsageError(f"{cfg.out} holds a finished run ({done}); pass --resume to rebuild its outputs from the "
+                         "checkpoint, or --overwrite to start a new run there (removes otonas's files only)")
+
+
 def search(cfg: SearchConfig, *, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run a search to the end (or resume one) and write DIR: checkpoint/, the export,
     report.json and report.html. Returns the report.
+
+    DIR is locked for the run (``DIR/.lock``: another process's search there raises
+    ``otonas._errors.BusyError``, an ``OtonasError``); a DIR holding a finished run is refused
+    unless ``cfg.resume`` (rebuild its outputs) or ``cfg.overwrite`` (start anew) is set.
 
     ``on_epoch`` is called with each epoch's history row (``epoch``, ``val_accuracy``,
     ``flops``, ...) after the epoch's checkpoint is written; an exception it raises (e.g.
     ``optuna.TrialPruned``) ends the search there, with the checkpoint kept."""
     cfg.validate()
+    with folder_lock(cfg.out, "otonas search"):
+        _prepare_folder(cfg)
+        return _search(cfg, on_epoch)
+
+
+def _search(cfg: SearchConfig, on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
@@ -292,6 +345,10 @@ def search(cfg: SearchConfig, *, on_epoch: Callable[[dict[str, Any]], None] | No
                             sparsity=f"{row['group_sparsity']:.2f}", erased=row["erased_ops"],
                             flops=f"{costs.flops / max(full_costs.flops, 1):.0%}")
             bar.close()
+        elif cfg.progress:
+            erasing = f", erased {row['erased_ops']}" if cfg.mode != "prune" else ""
+            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.3f}, val acc {val_acc:.3f}, "
+                  f"FLOPs kept {costs.flops / max(full_costs.flops, 1):.1%}{erasing}", file=sys.stderr, flush=True)
         elapsed += time.time() - t0
         _save_checkpoint(ckpt, model, opt, cfg, epoch + 1, history, elapsed)
         if on_epoch is not None:
