@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,8 +33,20 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("otonas")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        from .. import __version__
+
+        return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otonas", description="Train once, prune and erase, export a smaller network.")
+    parser.add_argument("--version", action="version", version=f"otonas {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     v = sub.add_parser("verify", help="analyze MODEL, zero random groups, build, and check the outputs match")
     _model_args(v)
@@ -79,8 +94,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--model-kwargs", metavar="JSON", help="keyword arguments for the model, as JSON")
     s.add_argument("--download", action="store_true", default=None, help="let torchvision download cifar10/fashionmnist")
-    s.add_argument("--resume", action="store_true", default=None, help="continue the run in --out from its checkpoint")
-    s.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    s.add_argument("--resume", action="store_true", default=None,
+                   help="continue the run in --out from its checkpoint, with the options stored there")
+    s.add_argument("--overwrite", action="store_true", default=None,
+                   help="start anew in an --out that holds a run: its checkpoint and outputs are removed first "
+                        "(otonas's own files only)")
+    s.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bar (on a terminal) or line per epoch (elsewhere)")
+    s.add_argument("-q", "--quiet", action="store_true", help="print only the final summary (and errors, warnings)")
     s.add_argument("--out", help="output folder (default otonas-out)")
     s.add_argument("--json", action="store_true", help="print report.json at the end")
     s.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -317,6 +338,43 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+# options that may differ from the checkpoint's on --resume (--quiet, --json, --debug are not stored)
+RESUME_FREE = ("out", "resume", "progress", "device", "download")
+
+
+def _resumed(values: dict[str, Any], config_class: type) -> dict[str, Any]:
+    """``--resume``: every option from the checkpoint's run.json; one given again must be the
+    stored value, except those of ``RESUME_FREE``. Without a checkpoint, ``values`` as given
+    (search says it starts from scratch)."""
+    import dataclasses
+
+    out = str(values.get("out", getattr(config_class, "out")))
+    path = os.path.join(out, "checkpoint", "run.json")
+    try:
+        with open(path) as f:
+            stored = json.load(f)["config"]
+        if not isinstance(stored, dict):
+            raise TypeError("config is not a table")
+    except FileNotFoundError:
+        return values
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise OtonasError(f"the checkpoint in {os.path.join(out, 'checkpoint')} is corrupt ({type(e).__name__}: "
+                          f"{e}); delete the folder to start again") from None
+    for key, given in values.items():
+        if key in RESUME_FREE or key == "overwrite" or key not in stored:
+            continue
+        if given != stored[key]:
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"cannot resume: the run in {out} was started with {flag} {json.dumps(stored[key])}, "
+                             f"this command gives {flag} {json.dumps(given)}; drop {flag} to continue it as it "
+                             "was, or use another --out")
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    merged = {k: v for k, v in stored.items() if k in fields}
+    merged.update({k: values[k] for k in RESUME_FREE if k in values})
+    merged.update(out=out, resume=True, overwrite=bool(values.get("overwrite", False)))
+    return merged
+
+
 def _search_config(args: argparse.Namespace) -> Any:
     from ..search import SearchConfig
 
@@ -326,6 +384,10 @@ def _search_config(args: argparse.Namespace) -> Any:
             values["model_kwargs"] = json.loads(values["model_kwargs"]) if values["model_kwargs"].strip() else {}
         except json.JSONDecodeError as e:
             raise UsageError(f"--model-kwargs is not valid JSON ({e.msg})") from None
+    if values.get("resume"):
+        values = _resumed(values, SearchConfig)
+    if args.quiet:
+        values["progress"] = False
     try:
         return SearchConfig(**values)
     except TypeError as e:
@@ -336,11 +398,18 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from ..search import search
 
     cfg = _search_config(args)
+    run_json = os.path.join(cfg.out, "checkpoint", "run.json")
+    before = _mtime(run_json)
     try:
         report = search(cfg)
     except KeyboardInterrupt:
-        print(f"otonas: interrupted; the last finished epoch is saved: rerun with --resume --out {cfg.out}",
-              file=sys.stderr)
+        after = _mtime(run_json)
+        if after is not None and (cfg.resume or after != before):
+            print(f"otonas: interrupted; the last finished epoch is saved; to continue: "
+                  f"otonas search --resume --out {shlex.quote(cfg.out)}", file=sys.stderr)
+        else:
+            print("otonas: interrupted before an epoch was saved; nothing to resume: run the same command again",
+                  file=sys.stderr)
         return 130
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "config"}))
@@ -356,9 +425,32 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime_ns / 1e9
+    except OSError:
+        return None
+
+
+def _showwarning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+    """A warning as one line, without the source line it was raised from."""
+    text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    try:
+        print(f"otonas: warning: {text}", file=file if file is not None else sys.stderr, flush=True)
+    except OSError:  # stderr closed: a warning must never end a run
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _showwarning
+        return _dispatch(parser, args)
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         if args.command == "verify":
             return _cmd_verify(args)
