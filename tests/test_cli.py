@@ -86,3 +86,23 @@ def test_analyze_prints_the_families():
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["prunable_groups"] > 0 and out["families"]
+
+
+def test_version_flag():
+    import otonas
+
+    p = run("--version")
+    assert p.returncode == 0 and p.stdout.strip() == f"otonas {otonas.__version__}"
+
+
+def test_a_warning_is_one_line_without_the_source(tmp_path, monkeypatch):
+    (tmp_path / "warny.py").write_text(
+        "import warnings\n"
+        "import torch.nn as nn\n"
+        "def net():\n"
+        "    warnings.warn('this net is\\nexperimental', UserWarning)\n"
+        "    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    p = run("analyze", "warny:net", "--input-shape", "2,4")
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.strip() == "otonas: warning: this net is experimental"
