@@ -17,8 +17,9 @@ seed; SGD momentum 0.9, weight decay 5e-4, batch 64; one lr schedule for all, ov
 steps: one-cycle (linear warm-up over the first 15 % from 0.004 to 0.1, then cosine to 0):
 
 - ``dense``: the unpruned network.
-- ``otonas``: ``DHSPG(target_flops=t, schedule="progressive", periods=5)``, warm-up 20 % of the
-  steps, projection 20–60 %, the rest trains the final structure; the built subnet
+- ``otonas``: ``DHSPG(target_flops=t, schedule="progressive", periods=5, score=TaylorScore())``
+  with ``otonas search``'s defaults: warm-up 1/6 of the steps, projection to 5/12, the rest
+  trains the final structure; the built subnet
   (``otonas.build``) is evaluated; ``forced_groups`` is ``metrics()["num_forced_groups"]``.
 - ``random_train``: at initialisation, in every family ("cell") of otonas' search space, as many
   random groups as DHSPG's per-family quota for ``t`` (``opt._quota`` / ``opt._cells``) are zeroed
@@ -90,7 +91,8 @@ sys.path.insert(0, str(ROOT))
 
 import otonas  # noqa: E402
 import search_spaces  # noqa: E402
-from otonas.optim import DHSPG  # noqa: E402
+from otonas.optim import DHSPG
+from otonas.optim._score import make_score  # noqa: E402
 
 MODEL = "resnet20-tiny"
 METHODS = ("dense", "otonas", "random_train", "prune_finetune", "torch_pruning")
@@ -105,7 +107,8 @@ BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 # Settings every run of one results file shares (the "config" of the JSON).
 FULL: dict[str, Any] = {
     "model": MODEL, "batch": 64, "lr_max": 0.1, "lr_warmup": 0.15, "momentum": 0.9, "weight_decay": 5e-4,
-    "otonas": {"warmup": 0.2, "projection_end": 0.6, "periods": 5, "schedule": "progressive"},
+    # otonas search's defaults: warm-up 1/6 of the steps, projection to 5/12, Taylor score
+    "otonas": {"warmup": 1 / 6, "projection_end": 5 / 12, "periods": 5, "schedule": "progressive", "score": "taylor"},
     "prune_at": "round(2/3 of the epochs)",
     "fashionmnist": {"train": 5000, "test": 2000, "subset_seed": 0, "epochs": 6},
     "digits": {"train": 1347, "test": 450, "split_random_state": 0, "epochs": 30},
@@ -332,7 +335,8 @@ def run_otonas(ctx: Context, target: float, epochs: int, seed: int) -> tuple[nn.
     o = ctx.cfg["otonas"]
     opt = DHSPG(space, lr=ctx.cfg["lr_max"], momentum=ctx.cfg["momentum"], weight_decay=ctx.cfg["weight_decay"],
                 target_flops=target, start_step=round(o["warmup"] * tr.total),
-                end_step=round(o["projection_end"] * tr.total), schedule=o["schedule"], periods=o["periods"])
+                end_step=round(o["projection_end"] * tr.total), schedule=o["schedule"], periods=o["periods"],
+                score=make_score(o["score"]))
     tr.run(net, opt, epochs)
     forced = int(opt.metrics()["num_forced_groups"])
     return otonas.build(space), forced
