@@ -296,8 +296,20 @@ def tp_ratio(ctx: Context, net: nn.Module, target: float) -> tuple[float, float]
 
     lo, hi = 0.0, 0.8
     best = kept(hi)
-    if best > target:
-        raise SystemExit(f"torch_pruning keeps {best:.3f} of the FLOPs at ratio {hi}, above the target {target}")
+    if best > target:  # a narrow net: look a little further before settling for the fewest FLOPs reachable
+        tried = {hi: best}
+        for r in (0.85, 0.9, 0.93):
+            tried[r] = kept(r)
+            if tried[r] <= target:
+                break
+        hi = min(tried, key=lambda r: (tried[r] > target, -tried[r] if tried[r] <= target else tried[r]))
+        best = tried[hi]
+        if best > target:
+            print(f"torch_pruning: no ratio up to 0.93 keeps <= {target} of the FLOPs; the fewest reachable, "
+                  f"{best:.3f} at ratio {hi}, is recorded (more FLOPs than the others: an advantage to it)",
+                  flush=True)
+            return hi, best
+        lo = max(r for r in tried if tried[r] > target) if any(tried[r] > target for r in tried) else 0.0
     for _ in range(14):
         mid = (lo + hi) / 2
         k = kept(mid)
