@@ -42,7 +42,7 @@ QUICK = {
     "analysis": ["bench_analysis.py"],
     "optimizer": ["bench_optim.py", "--threads", "1", "--repeat", "5"],
     "latency": ["bench_latency.py", "--models", "resnet50", "--levels", "0.5", "--batches", "1,8", "--repeat", "3"],
-    "quality": ["bench_quality.py", "--levels", "0.5", "--seeds", "0", "--epochs", "10"],
+    "quality": ["bench_quality.py", "--quick"],
     "export": ["bench_export.py", "--repeat", "3"],
     "tune": ["bench_tune.py", "front", "--out", "{tmp}/tune", "--trials", "6", "--trial-epochs", "6"],
 }
@@ -52,7 +52,7 @@ TITLES = {
     "analysis": "Analysis of ResNet-50 and a 6.7 B decoder on the meta device (otonas alone)",
     "optimizer": "Optimizer overhead: DHSPG step against torch.optim.SGD",
     "latency": "Real speed-up: CPU latency of built subnets",
-    "quality": "Quality on digits: accuracy against FLOPs kept",
+    "quality": "Quality: accuracy against FLOPs kept, otonas beside four baselines",
     "export": "Export of ResNet-50",
     "tune": "Tuning: the Pareto front of search_spaces:resnet20 on digits (global budget)",
     "tune-stages": "Tuning: per-stage against global budget at <= 50% FLOPs",
