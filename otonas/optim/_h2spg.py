@@ -364,12 +364,7 @@ class H2SPG(DHSPG):
         for s in skipped:
             logger.info("H2SPG skipped erasing group %s: %s", _name(self._space.erasing_groups, s.index), s.reason)
         if len(accepted) < self.target_erased_groups:
-            msg = (f"H2SPG: erase_budget={self.param_groups[0]['erase_budget']} asks for {self.target_erased_groups} "
-                   f"of the {e} erasing groups, but the walk found only {len(accepted)} that can be erased together "
-                   f"({len(skipped)} skipped: nested in an accepted one, or erasing them breaks the network; see "
-                   "opt.skipped); erasing those")
-            logger.warning(msg)
-            warnings.warn(msg, BudgetWarning, stacklevel=_caller_level())
+            self._warn_budget(len(accepted), len(skipped))
         self._accepted, self._skipped = accepted, skipped
         self._moot = self._moot_groups(accepted)
         self._pruned = self._select_pruning(ema[:n], self._moot)
@@ -389,7 +384,7 @@ class H2SPG(DHSPG):
         self._observe(params, d)
         assert self._ema is not None
         self._ema = self._broadcast_tensor(self._ema)
-        n, e = self.num_pruning_groups, self.num_erasing_groups
+        n = self.num_pruning_groups
         ema = self._ema.cpu().numpy()
         budget = self.target_erased_groups * (p + 1) // periods
         previous = list(self._accepted)
@@ -403,12 +398,7 @@ class H2SPG(DHSPG):
         new_ops = [i for i in accepted if i not in set(previous)]
         last = p == periods - 1
         if last and len(accepted) < self.target_erased_groups:
-            msg = (f"H2SPG: erase_budget={self.param_groups[0]['erase_budget']} asks for {self.target_erased_groups} "
-                   f"of the {e} erasing groups, but the walk found only {len(accepted)} that can be erased together "
-                   f"({len(skipped)} skipped: nested in an accepted one, or erasing them breaks the network; see "
-                   "opt.skipped); erasing those")
-            logger.warning(msg)
-            warnings.warn(msg, BudgetWarning, stacklevel=_caller_level())
+            self._warn_budget(len(accepted), len(skipped))
         self._accepted, self._skipped = accepted, skipped
         self._moot = self._moot_groups(accepted)
         zero = self._zero[:n].cpu().numpy()
@@ -429,6 +419,15 @@ class H2SPG(DHSPG):
         self._pruned = sorted(set(self._pruned) | set(new_groups))
         self.target_zero_groups = len(self._pruned) + len(accepted)
         self._begin_period(new_groups + [n + i for i in new_ops])
+
+    def _warn_budget(self, accepted: int, skipped: int) -> None:
+        """The erasure walk found fewer valid erasing groups than the budget asks: say so."""
+        msg = (f"H2SPG: erase_budget={self.param_groups[0]['erase_budget']} asks for {self.target_erased_groups} "
+               f"of the {self.num_erasing_groups} erasing groups, but the walk found only {accepted} that can be "
+               f"erased together ({skipped} skipped: nested in an accepted one, or erasing them breaks the "
+               "network; see opt.skipped); erasing those")
+        logger.warning(msg)
+        warnings.warn(msg, BudgetWarning, stacklevel=_caller_level())
 
     def _moot_groups(self, accepted: Sequence[int]) -> np.ndarray:
         """Prunable groups inside the accepted erasing groups: those of the families under them in

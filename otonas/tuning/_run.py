@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .._errors import OtonasError, UsageError
-from ..search._state import atomic_write_text
+from ..search._state import atomic_write_text, pid_alive
 from ._budgets import BudgetSpace, group_stages
 
 __all__ = ["TuneConfig", "tune", "export_best", "pareto_front", "BudgetAwareMedianPruner", "OBJECTIVES"]
@@ -177,16 +177,6 @@ def _worker_lock(out: str) -> Iterator[str]:
         f.close()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _requeue_stale(study: Any, stale_after: float) -> list[int]:
     """Put trials whose process is gone back to WAITING; returns their numbers."""
     import optuna
@@ -196,7 +186,7 @@ def _requeue_stale(study: Any, stale_after: float) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         attrs = t.user_attrs
         beat = float(attrs.get(f"{_ATTR}:heartbeat", 0.0))
-        dead_here = attrs.get(f"{_ATTR}:host") == host and not _pid_alive(int(attrs.get(f"{_ATTR}:pid", -1)))
+        dead_here = attrs.get(f"{_ATTR}:host") == host and not pid_alive(int(attrs.get(f"{_ATTR}:pid", -1)))
         if dead_here or (beat and now - beat > stale_after) or (not beat and t.datetime_start is not None and
                                                               now - t.datetime_start.timestamp() > stale_after):
             try:
