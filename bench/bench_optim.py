@@ -1,33 +1,57 @@
-"""Step time of DHSPG and H2SPG against torch.optim.SGD(foreach=True).
+"""Step time of DHSPG and H2SPG against torch.optim.SGD(foreach=True), each optimizer on its own model.
 
-    python bench/bench_optim.py [--repeat 15] [--models resnet50,transformer] [--synthetic] [--variant adam]
-    OTONAS_KERNELS=0 python bench/bench_optim.py ...   # the PyTorch path, without the fused loops
-    python bench/bench_optim.py --h2spg [--supernets darts,superresnet] [--erase-budget 0.5]
+    python bench/bench_optim.py                       # ResNet-50 and the DARTS supernets, 1 and 2 threads, wd 1e-4 and 0
+    python bench/bench_optim.py --quick               # a look in under a minute
+    python bench/bench_optim.py --models resnet50 --threads 1 --weight-decays 1e-4 --repeat 60
+    python bench/bench_optim.py --h2spg [--supernets darts,superresnet]   # H2SPG only, on supernets
+    OTONAS_KERNELS=0 python bench/bench_optim.py ...  # the PyTorch path, without the fused loops
 
-Groups come from ``otonas.analyze`` (``--synthetic``: every conv / linear output channel its
-own group over weight dim 0, with its BN weight and bias and the consumers' input columns).
-Gradients are fixed random tensors, so only ``opt.step()`` is timed. DHSPG is timed in its
-three phases: warm-up (base step), projection (start_step ≤ step < end_step: group
-statistics, λ step and half-space projection every step) and after the projection (base
-step with the zero groups held at zero). Both optimizers use momentum 0.9 and weight decay
-1e-4 (``--weight-decay``); timings alternate between the optimizers so that machine noise hits both alike; each
-figure is a median. Prints one markdown table row per model and phase.
+How it measures. Every optimizer gets its own deep copy of the model, hence its own parameters,
+``.grad`` tensors and state: DHSPG writes into ``.grad`` (it masks the entries of zero groups)
+and zeroes groups of its parameters, so optimizers that share parameters would step over
+each other's zeros and masked gradients, and under-report the cost. The gradients are computed
+once, by a real forward and backward pass on a batch of 8 (cross entropy on random labels), and
+before every step a fresh clone of them is put into the stepping copy's ``.grad`` (not timed).
+Only ``opt.step()`` is timed. The optimizers take their steps in turn, one each per round (the
+order rotated every round), in one process, so that machine noise hits them alike; each figure
+is the median over the rounds.
 
-``--h2spg`` times H2SPG instead, on supernets from ``search_spaces`` at their default size
-(analysed by ``otonas.analyze``): warm-up (base step plus the per-step redundancy scores of
-every prunable and erasing group for the moving average), projection (on the selected
-erasing groups and channels) and after it; the one-time selection is reported as well.
+Phases, each an optimizer of its own (DHSPG, or H2SPG on a supernet):
+
+* warm-up: a step before ``start_step`` (H2SPG: its scores and their moving average every step);
+* progressive (the default schedule): a projection window of P periods (``--periods``) over
+  the timed rounds, its steps told apart as period start (the groups re-scored and the period's
+  selected: one host read), mid-period (the groups shrunk by (r − 1)/r) and period end (shrunk
+  to exactly zero, then frozen);
+* half_space: a projection-phase step of the old schedule (λ step and half-space test);
+* after projection: after a progressive window, the zero groups held at zero.
+
+Every ratio is that step's median over the median of the SGD step on the same model, settings
+and rounds: ``torch.optim.SGD(lr, momentum=0.9, weight_decay, foreach=True)`` (the same
+hyper-parameters as the DHSPG). ``--threads 1,2`` and ``--weight-decays 1e-4,0`` give every
+combination. ``run average`` weighs the phases by the step counts of the default ``otonas
+search`` job (12 epochs of 23 steps: 46 warm-up, 69 projection in 5 periods, 161 after).
+
+Models: ``resnet50`` (torchvision, 224×224), ``darts-tiny`` (``search_spaces`` DARTS as the
+default ``otonas search`` job builds it for digits: ``size="tiny"``, 1 channel 8×8, 10 classes),
+``darts`` / ``superresnet`` / ... (a ``search_spaces`` entry at its default size) and
+``transformer`` (one encoder block). Prints markdown tables, with the load average.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import gc
+import os
 import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -35,43 +59,25 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from otonas.optim import DHSPG, H2SPG, BudgetWarning, ForcedProjectionWarning, _kernels  # noqa: E402
+from otonas.optim._schedule import period_bounds  # noqa: E402
+
+HUGE = 10**9
+# The default `otonas search` job's schedule (digits, 12 epochs of 23 steps, warm-up 1/6 and
+# projection 1/4 of the epochs, 5 periods): its step counts weigh the phases in "run average".
+JOB_STEPS, JOB_START, JOB_END, JOB_PERIODS = 276, 46, 115, 5
 
 
-class _Space:
-    def __init__(self, model: nn.Module, layout: dict[str, list[tuple[int, Tensor]]], n: int) -> None:
-        self.model = model
-        self.num_prunable_groups = n
-        self._layout = layout
-
-    def group_layout(self) -> dict[str, list[tuple[int, Tensor]]]:
-        return self._layout
+def load() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
 
 
-def synthetic_space(model: nn.Module) -> _Space:
-    """Each conv / linear output channel is a group: its weight row, bias, the following BN's
-    weight and bias, and the input column of the next conv / linear of matching width."""
-    layout: dict[str, list[tuple[int, Tensor]]] = {}
-    n = 0
-    last: Tensor | None = None
-    for name, mod in model.named_modules():
-        if isinstance(mod, (nn.Conv2d, nn.Linear)):
-            w = mod.weight
-            if last is not None and w.shape[1] == last.numel() and (not isinstance(mod, nn.Conv2d) or mod.groups == 1):
-                layout.setdefault(f"{name}.weight", []).append((1, last))
-            ids = torch.arange(n, n + w.shape[0])
-            n += w.shape[0]
-            layout.setdefault(f"{name}.weight", []).append((0, ids))
-            if mod.bias is not None:
-                layout[f"{name}.bias"] = [(0, ids)]
-            last = ids
-        elif isinstance(mod, (nn.BatchNorm2d, nn.LayerNorm)) and last is not None and mod.weight is not None:
-            if mod.weight.shape[0] == last.numel() and isinstance(mod, nn.BatchNorm2d):
-                layout[f"{name}.weight"] = [(0, last)]
-                layout[f"{name}.bias"] = [(0, last)]
-    return _Space(model, layout, n)
-
-
+# ---------------------------------------------------------------------------- models and gradients
 def make_model(name: str) -> tuple[nn.Module, tuple[Tensor, ...]]:
+    """The model and an example input (batch 1) for ``otonas.analyze``."""
     if name == "resnet50":
         from otonas._torchvision import import_torchvision
 
@@ -80,144 +86,345 @@ def make_model(name: str) -> tuple[nn.Module, tuple[Tensor, ...]]:
         block = nn.TransformerEncoderLayer(d_model=768, nhead=12, dim_feedforward=3072, batch_first=True,
                                            dropout=0.0)
         return block, (torch.randn(1, 16, 768),)
-    raise SystemExit(f"unknown model {name!r}; expected resnet50 or transformer")
-
-
-def build_space(model: nn.Module, inputs: tuple[Tensor, ...], synthetic: bool) -> tuple[object, str]:
-    if not synthetic:
-        try:
-            import otonas
-
-            return otonas.analyze(model, inputs), "otonas.analyze"
-        except Exception as e:  # noqa: BLE001 - fall back, and say so in the output
-            print(f"# otonas.analyze failed ({type(e).__name__}: {e}); using the synthetic layout", file=sys.stderr)
-    return synthetic_space(model), "synthetic"
-
-
-def median_ms(fns: list[Callable[[], None]], repeat: int) -> list[float]:
-    times: list[list[float]] = [[] for _ in fns]
-    for f in fns:
-        f()
-    for _ in range(repeat):
-        for i, f in enumerate(fns):
-            t0 = time.perf_counter()
-            f()
-            times[i].append(time.perf_counter() - t0)
-    return [1e3 * statistics.median(t) for t in times]
-
-
-def bench(name: str, repeat: int, synthetic: bool, target: float, weight_decay: float,
-          variant: str = "sgd") -> list[str]:
-    torch.manual_seed(0)
-    rows = []
-    model, inputs = make_model(name)
-    space, source = build_space(model, inputs, synthetic)
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.grad = torch.randn_like(p) * 1e-3
-    nparams = sum(p.numel() for p in params)
-    if variant == "sgd":
-        kw = dict(lr=1e-3, momentum=0.9, weight_decay=weight_decay)
-        sgd = torch.optim.SGD(params, foreach=True, **kw)
-    else:  # DHSPG's Adam / AdamW against torch's, same settings
-        kw = dict(lr=1e-3, weight_decay=weight_decay, variant=variant)
-        cls = torch.optim.Adam if variant == "adam" else torch.optim.AdamW
-        sgd = cls(params, lr=1e-3, weight_decay=weight_decay, foreach=True)
-    huge = 10**9
-    warm = DHSPG(space, target_group_sparsity=target, start_step=huge, end_step=huge + 1, **kw)  # type: ignore[arg-type]
-    proj = DHSPG(space, target_group_sparsity=target, start_step=0, end_step=huge, **kw)  # type: ignore[arg-type]
-    done = DHSPG(space, target_group_sparsity=target, start_step=0, end_step=1, **kw)  # type: ignore[arg-type]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ForcedProjectionWarning)
-        proj.step()  # the partition (once)
-        done.step()  # partition + forced projection: G_r is zero from here on
-    t_sgd, t_warm, t_proj, t_done = median_ms([sgd.step, warm.step, proj.step, done.step], repeat)
-    n = proj.num_groups
-    for phase, t in (("warm-up", t_warm), ("projection", t_proj), ("after projection", t_done)):
-        rows.append(f"| {name} | {nparams / 1e6:.1f} M | {n} ({source}) | {phase} | {t_sgd:.1f} | {t:.1f} | "
-                    f"{t / t_sgd:.2f}x |")
-    return rows
-
-
-def bench_h2spg(name: str, repeat: int, budget: float, target: float, weight_decay: float) -> list[str]:
     import search_spaces
 
-    torch.manual_seed(0)
-    model = search_spaces.create(name)
-    inputs = (torch.randn(2, *search_spaces.info(name).input_shape),)
-    return time_h2spg(name, model, inputs, repeat, budget, target, weight_decay)
+    if name == "darts-tiny":  # as otonas.search._make_model builds the default job's model for digits
+        return (search_spaces.create("darts", num_classes=10, in_chans=1, size="tiny"),
+                (torch.randn(1, 1, 8, 8),))
+    if name in search_spaces.list():
+        return search_spaces.create(name), (torch.randn(1, *search_spaces.info(name).input_shape),)
+    raise SystemExit(f"unknown model {name!r}; expected resnet50, transformer, darts-tiny or a search_spaces "
+                     f"entry ({', '.join(search_spaces.list())})")
 
 
-def time_h2spg(name: str, model: torch.nn.Module, inputs: tuple, repeat: int, budget: float, target: float,
-               weight_decay: float) -> list[str]:
-    """Table rows: H2SPG's step in each phase (and its selection, once) against SGD's."""
-    import otonas
-
-    space = otonas.analyze(model, inputs)
+def real_grads(model: nn.Module, example: tuple[Tensor, ...], batch: int = 8) -> list[Tensor]:
+    """Gradients of every trainable parameter from one forward and backward pass on ``batch``
+    inputs shaped like ``example`` (cross entropy on random labels; mean of squares for
+    outputs that are not logits); the model's ``.grad`` is cleared again."""
+    torch.manual_seed(1)
+    model.train()
+    xs = tuple(torch.randn(batch, *t.shape[1:]) for t in example)
+    out = model(*xs)
+    if out.dim() == 2:
+        loss = nn.functional.cross_entropy(out, torch.randint(0, out.shape[1], (batch,)))
+    else:
+        loss = out.float().pow(2).mean()
+    loss.backward()
     params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
     for p in params:
-        p.grad = torch.randn_like(p) * 1e-3
-    nparams = sum(p.numel() for p in params)
-    kw = dict(lr=1e-3, momentum=0.9, weight_decay=weight_decay, erase_budget=budget, target_group_sparsity=target)
-    sgd = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=weight_decay, foreach=True)
-    huge = 10**9
-    warm = H2SPG(space, warmup_steps=huge, end_step=huge + 1, **kw)  # type: ignore[arg-type]
-    proj = H2SPG(space, warmup_steps=0, end_step=huge, **kw)  # type: ignore[arg-type]
-    done = H2SPG(space, warmup_steps=0, end_step=1, **kw)  # type: ignore[arg-type]
+        p.grad = None
+    return grads
+
+
+class _OnCopy:
+    """``space`` seen over a copy of its model (layouts name parameters, so they carry over)."""
+
+    def __init__(self, space: Any, model: nn.Module) -> None:
+        self.__dict__.update(_space=space, model=model)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._space, name)
+
+
+# ---------------------------------------------------------------------------- the timed optimizers
+@dataclass
+class Arm:
+    """One optimizer on its own copy of the model, and its step times per phase."""
+
+    label: str
+    opt: torch.optim.Optimizer
+    params: list[Tensor]
+    phase: Callable[[int], str | None]  # step number -> the phase it is timed as (None: not timed)
+    prep: int = 0  # untimed steps first (to reach the phase; first use of the loops)
+    steps: int = 0
+    times: dict[str, list[float]] = field(default_factory=dict)
+
+    def step(self, grads: Sequence[Tensor], timed: bool = True) -> None:
+        for p, g in zip(self.params, grads):
+            p.grad = g.clone()  # fresh: DHSPG masks .grad in place
+        t0 = time.perf_counter()
+        self.opt.step()
+        dt = time.perf_counter() - t0
+        ph = self.phase(self.steps) if timed else None
+        if ph is not None:
+            self.times.setdefault(ph, []).append(dt)
+        self.steps += 1
+
+
+def _progressive_phase(start: int, end: int, periods: int) -> Callable[[int], str | None]:
+    bounds = period_bounds(start, end, periods)
+
+    def phase(t: int) -> str | None:
+        if not start <= t < end:
+            return None
+        p = max(i for i in range(len(bounds) - 1) if bounds[i] <= t)
+        if t == bounds[p]:
+            return "progressive: period start"
+        if t == bounds[p + 1] - 1:
+            return "progressive: period end"
+        return "progressive: mid-period"
+
+    return phase
+
+
+def build_arms(kind: str, model: nn.Module, space: Any, *, rounds: int, periods: int, lr: float, wd: float,
+               target: float, h2_target: float, budget: float, variant: str) -> list[Arm]:
+    """The baseline and the optimizer ``kind`` ("dhspg" or "h2spg") in each phase, each on a deep copy."""
+
+    def fresh() -> tuple[nn.Module, list[Tensor]]:
+        m = copy.deepcopy(model)
+        return m, [p for p in m.parameters() if p.requires_grad]
+
+    base_kw: dict[str, Any] = dict(lr=lr, weight_decay=wd, variant=variant)
+    if variant == "sgd":
+        base_kw["momentum"] = 0.9
+
+    def make(start: int, end: int, schedule: str) -> tuple[torch.optim.Optimizer, list[Tensor]]:
+        m, params = fresh()
+        s = _OnCopy(space, m)
+        if kind == "dhspg":
+            opt: torch.optim.Optimizer = DHSPG(s, target_group_sparsity=target, start_step=start, end_step=end,
+                                               schedule=schedule, periods=periods, **base_kw)
+        else:
+            opt = H2SPG(s, target_group_sparsity=h2_target, erase_budget=budget, warmup_steps=start, end_step=end,
+                        schedule=schedule, periods=periods, **base_kw)
+        return opt, params
+
+    name = kind.upper()
+    m, params = fresh()
+    if variant == "sgd":
+        base: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd, foreach=True)
+    else:
+        cls = torch.optim.Adam if variant == "adam" else torch.optim.AdamW
+        base = cls(params, lr=lr, weight_decay=wd, foreach=True)
+    arms = [Arm("base", base, params, lambda t: "base", prep=2)]
+    opt, params = make(HUGE, HUGE + 1, "progressive")
+    arms.append(Arm(name, opt, params, lambda t: "warm-up", prep=2))
+    prep = 2  # warm-up steps, untimed; then the window of `rounds` timed steps
+    opt, params = make(prep, prep + rounds, "progressive")
+    arms.append(Arm(name, opt, params, _progressive_phase(prep, prep + rounds, periods), prep=prep))
+    # half_space: step 0 warm-up, step 1 the partition (once), then projection steps
+    opt, params = make(1, HUGE, "half_space")
+    arms.append(Arm(name, opt, params, lambda t: "half_space: projection", prep=2))
+    # after: a window of one step per period (every group zero by construction), then held at zero
+    opt, params = make(0, periods, "progressive")
+    arms.append(Arm(name, opt, params, lambda t: "after projection", prep=periods + 2))
+    return arms
+
+
+def run_arms(arms: list[Arm], grads: Sequence[Tensor], rounds: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ForcedProjectionWarning)
         warnings.simplefilter("ignore", BudgetWarning)
-        t0 = time.perf_counter()
-        proj.step()  # the selection (once)
-        t_select = 1e3 * (time.perf_counter() - t0)
-        done.step()  # selection + forced projection: everything selected is zero from here on
-    t_sgd, t_warm, t_proj, t_done = median_ms([sgd.step, warm.step, proj.step, done.step], repeat)
-    m = proj.metrics()
-    groups = (f"{space.num_prunable_groups} + {space.num_erasing_groups} erasing "
-              f"({m['num_accepted_erasing_groups']} accepted)")
-    rows = []
-    for phase, t in (("warm-up (scores + EMA)", t_warm), ("projection", t_proj), ("after projection", t_done)):
-        rows.append(f"| {name} | {nparams / 1e6:.1f} M | {groups} | {phase} | {t_sgd:.1f} | {t:.1f} | "
-                    f"{t / t_sgd:.2f}x |")
-    rows.append(f"| {name} | {nparams / 1e6:.1f} M | {groups} | selection (once) | | {t_select:.0f} | |")
+        for a in arms:
+            for _ in range(a.prep):
+                a.step(grads, timed=False)
+        for r in range(rounds):
+            k = r % len(arms)
+            for a in arms[k:] + arms[:k]:
+                a.step(grads)
+
+
+PHASES = ("warm-up", "progressive: mid-period", "progressive: period start", "progressive: period end",
+          "half_space: projection", "after projection")
+
+
+def _ms(ts: Sequence[float]) -> float:
+    return 1e3 * statistics.median(ts)
+
+
+def run_average(t: dict[str, float]) -> float:
+    """A step's mean time over the default job's schedule, from the per-phase medians."""
+    bounds = period_bounds(JOB_START, JOB_END, JOB_PERIODS)
+    starts = len(bounds) - 1
+    ends = starts
+    mids = (JOB_END - JOB_START) - starts - ends
+    total = (JOB_START * t["warm-up"] + starts * t["progressive: period start"]
+             + ends * t["progressive: period end"] + mids * t["progressive: mid-period"]
+             + (JOB_STEPS - JOB_END) * t["after projection"])
+    return total / JOB_STEPS
+
+
+@dataclass
+class Result:
+    model: str
+    kind: str
+    threads: int
+    wd: float
+    load_before: str
+    load_after: str
+    base_ms: float
+    base_n: int
+    phases: dict[str, tuple[float, int]]  # phase -> (median ms, samples)
+    forced: int
+    zero_groups: float
+
+
+def measure(model_name: str, kind: str, model: nn.Module, space: Any, grads: Sequence[Tensor], *, threads: int,
+            wd: float, rounds: int, periods: int, lr: float, target: float, h2_target: float, budget: float,
+            variant: str) -> Result:
+    torch.set_num_threads(threads)
+    before = load()
+    arms = build_arms(kind, model, space, rounds=rounds, periods=periods, lr=lr, wd=wd, target=target,
+                      h2_target=h2_target, budget=budget, variant=variant)
+    run_arms(arms, grads, rounds)
+    after = load()
+    base = arms[0].times["base"]
+    phases: dict[str, tuple[float, int]] = {}
+    for a in arms[1:]:
+        for ph, ts in a.times.items():
+            phases[ph] = (_ms(ts), len(ts))
+    done = arms[-1].opt
+    m = done.metrics()  # type: ignore[attr-defined]
+    res = Result(model_name, kind, threads, wd, before, after, _ms(base), len(base), phases,
+                 int(m["num_forced_groups"]), float(m["group_sparsity"]))
+    del arms
+    gc.collect()
+    return res
+
+
+def table(results: Sequence[Result], base: str) -> list[str]:
+    rows = [f"| model | optimizer | threads | weight decay | phase | {base} step (ms) | step (ms) | ratio | "
+            "samples | load before → after |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for ph in PHASES:
+            if ph not in r.phases:
+                continue
+            t, n = r.phases[ph]
+            rows.append(f"| {r.model} | {r.kind.upper()} | {r.threads} | {r.wd:g} | {ph} | {r.base_ms:.2f} | "
+                        f"{t:.2f} | {t / r.base_ms:.2f}x | {n} | {r.load_before} → {r.load_after} |")
+        if all(ph in r.phases for ph in PHASES if ph != "half_space: projection"):
+            avg = run_average({k: v[0] for k, v in r.phases.items()})
+            rows.append(f"| {r.model} | {r.kind.upper()} | {r.threads} | {r.wd:g} | run average (default job's "
+                        f"schedule) | {r.base_ms:.2f} | {avg:.2f} | {avg / r.base_ms:.2f}x | | |")
     return rows
 
 
+def summary(results: Sequence[Result]) -> list[str]:
+    """Per model and optimizer: the range of each phase's ratio over threads and weight decays."""
+    out = ["| model | optimizer | " + " | ".join(PHASES) + " | worst |", "|---" * (len(PHASES) + 3) + "|"]
+    keys = list(dict.fromkeys((r.model, r.kind) for r in results))
+    for model, kind in keys:
+        rs = [r for r in results if (r.model, r.kind) == (model, kind)]
+        cells, worst = [], 0.0
+        for ph in PHASES:
+            ratios = [r.phases[ph][0] / r.base_ms for r in rs if ph in r.phases]
+            if not ratios:
+                cells.append("")
+                continue
+            lo, hi = min(ratios), max(ratios)
+            worst = max(worst, hi)
+            cells.append(f"{lo:.2f}–{hi:.2f}x" if len(ratios) > 1 else f"{lo:.2f}x")
+        out.append(f"| {model} | {kind.upper()} | " + " | ".join(cells) + f" | {worst:.2f}x |")
+    return out
+
+
+# ---------------------------------------------------------------------------- bench_optim_h2spg.py's entry
+def time_h2spg(name: str, model: nn.Module, inputs: tuple, repeat: int, budget: float, target: float,
+               weight_decay: float) -> list[str]:
+    """Table rows ``| model | params | groups | H2SPG phase | SGD step (ms) | H2SPG step (ms) | ratio |``
+    for H2SPG on ``model``, measured as ``measure`` does (own copies, real gradients)."""
+    import otonas
+
+    space = otonas.analyze(model, inputs)
+    grads = real_grads(model, inputs)
+    rounds = max(repeat, 3 * 5)
+    r = measure(name, "h2spg", model, space, grads, threads=torch.get_num_threads(), wd=weight_decay,
+                rounds=rounds, periods=5, lr=0.1, target=target, h2_target=target, budget=budget, variant="sgd")
+    nparams = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    groups = f"{space.num_prunable_groups} + {space.num_erasing_groups} erasing"
+    return [f"| {name} | {nparams / 1e6:.1f} M | {groups} | {ph} | {r.base_ms:.1f} | {r.phases[ph][0]:.1f} | "
+            f"{r.phases[ph][0] / r.base_ms:.2f}x |" for ph in PHASES if ph in r.phases]
+
+
+# ---------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="resnet50,transformer")
-    ap.add_argument("--repeat", type=int, default=15)
-    ap.add_argument("--target", type=float, default=0.5)
-    ap.add_argument("--weight-decay", type=float, default=1e-4)
-    ap.add_argument("--synthetic", action="store_true", help="hand-made layout instead of otonas.analyze")
-    ap.add_argument("--variant", default="sgd", choices=("sgd", "adam", "adamw"),
-                    help="DHSPG's base optimizer, timed against torch's (SGD, Adam or AdamW, foreach)")
-    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
-    ap.add_argument("--h2spg", action="store_true", help="time H2SPG on supernets instead of DHSPG")
-    ap.add_argument("--supernets", default="darts,superresnet")
+    ap.add_argument("--models", default=None,
+                    help="comma-separated (default resnet50,darts-tiny,darts; --quick: resnet50,darts-tiny)")
+    ap.add_argument("--optimizers", default=None,
+                    help="dhspg,h2spg (default: dhspg on every model, h2spg too on supernets)")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="timed rounds per setting, each optimizer one step per round (default 40; --quick 9); "
+                         "at least 3 per period")
+    ap.add_argument("--threads", default=None, help="torch.set_num_threads values, comma-separated (default 1,2)")
+    ap.add_argument("--weight-decays", default=None, help="comma-separated (default 1e-4,0)")
+    ap.add_argument("--weight-decay", type=float, default=None, help="one weight decay (same as --weight-decays X)")
+    ap.add_argument("--periods", type=int, default=None, help="periods of the progressive window (default 5; --quick 3)")
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--target", type=float, default=0.5, help="DHSPG's target_group_sparsity")
+    ap.add_argument("--h2spg-target", type=float, default=0.0,
+                    help="H2SPG's target_group_sparsity (0: the default job's erase mode)")
     ap.add_argument("--erase-budget", type=float, default=0.5)
+    ap.add_argument("--variant", default="sgd", choices=("sgd", "adam", "adamw"),
+                    help="the base rule, timed against torch's SGD (momentum 0.9), Adam or AdamW (foreach)")
+    ap.add_argument("--h2spg", action="store_true", help="H2SPG only, on --supernets")
+    ap.add_argument("--supernets", default="darts,superresnet")
+    ap.add_argument("--quick", action="store_true",
+                    help="DHSPG on resnet50 and darts-tiny, 2 threads, weight decay 1e-4, 3 periods of 3 rounds")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.h2spg:
-        print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, erase_budget={args.erase_budget}, "
-              f"target_group_sparsity={args.target}, momentum 0.9, weight_decay={args.weight_decay}, "
-              f"median of {args.repeat} steps")
-        print("| supernet | params | groups | H2SPG phase | SGD step (ms) | H2SPG step (ms) | ratio |")
-        print("|---|---|---|---|---|---|---|")
-        for name in args.supernets.split(","):
-            for row in bench_h2spg(name.strip(), args.repeat, args.erase_budget, args.target, args.weight_decay):
-                print(row, flush=True)
-        return
+
+    import otonas
+    import search_spaces
+
+    if args.quick:
+        models = (args.models or "resnet50,darts-tiny").split(",")
+        args.periods = args.periods or 3
+        args.optimizers = args.optimizers or "dhspg"
+        rounds = args.repeat or 3 * args.periods
+        threads = [int(t) for t in (args.threads or "2").split(",")]
+        wds = [args.weight_decay if args.weight_decay is not None else 1e-4] if args.weight_decays is None else [
+            float(w) for w in args.weight_decays.split(",")]
+    else:
+        models = (args.models or (args.supernets if args.h2spg else "resnet50,darts-tiny,darts")).split(",")
+        args.periods = args.periods or 5
+        rounds = args.repeat or 40
+        threads = [int(t) for t in (args.threads or "1,2").split(",")]
+        wds = ([args.weight_decay] if args.weight_decay is not None else
+               [float(w) for w in (args.weight_decays or "1e-4,0").split(",")])
+    rounds = max(rounds, 3 * args.periods)
     base = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[args.variant]
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, target_group_sparsity={args.target}, "
-          f"{'momentum 0.9, ' if args.variant == 'sgd' else ''}weight_decay={args.weight_decay}, "
-          f"median of {args.repeat} steps, otonas' fused loops {'on' if _kernels.enabled() else 'off'}")
-    print(f"| model | params | groups | DHSPG phase | {base} step (ms) | DHSPG step (ms) | ratio |")
-    print("|---|---|---|---|---|---|---|")
-    for name in args.models.split(","):
-        for row in bench(name.strip(), args.repeat, args.synthetic, args.target, args.weight_decay, args.variant):
-            print(row, flush=True)
+    print(f"# torch {torch.__version__}, {os.cpu_count()} cores, otonas' fused loops "
+          f"{'on' if _kernels.enabled() else 'off'}; lr {args.lr}, {'momentum 0.9, ' if args.variant == 'sgd' else ''}"
+          f"DHSPG target_group_sparsity {args.target}, H2SPG erase_budget {args.erase_budget} and "
+          f"target_group_sparsity {args.h2spg_target}, {args.periods} periods; median of {rounds} rounds "
+          f"(each optimizer on its own model copy, real batch-8 gradients cloned into .grad before every step); "
+          f"load average {load()} at {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
+    t_start = time.time()
+    results: list[Result] = []
+    for name in (m.strip() for m in models):
+        torch.manual_seed(0)
+        model, example = make_model(name)
+        supernet = name == "darts-tiny" or (name in search_spaces.list() and search_spaces.info(name).kind == "supernet")
+        kinds = (args.optimizers.split(",") if args.optimizers else
+                 ["h2spg"] if args.h2spg else (["dhspg", "h2spg"] if supernet else ["dhspg"]))
+        space = otonas.analyze(model, example)
+        grads = real_grads(model, example)
+        nparams = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"# {name}: {nparams / 1e6:.2f} M parameters in {len(grads)} tensors, {space.num_prunable_groups} "
+              f"prunable groups, {space.num_erasing_groups} erasing groups", flush=True)
+        for kind in kinds:
+            for th in threads:
+                for wd in wds:
+                    r = measure(name, kind, model, space, grads, threads=th, wd=wd, rounds=rounds,
+                                periods=args.periods, lr=args.lr, target=args.target, h2_target=args.h2spg_target,
+                                budget=args.erase_budget, variant=args.variant)
+                    results.append(r)
+                    print("\n".join(table([r], base)[2:]), flush=True)
+                    if r.forced:
+                        print(f"# warning: {r.forced} groups forced to zero in the progressive window", flush=True)
+        del model, space, grads
+        gc.collect()
+    print()
+    print("\n".join(table(results, base)))
+    print()
+    print(f"Ratio ranges over threads {','.join(map(str, threads))} and weight decays "
+          f"{','.join(f'{w:g}' for w in wds)}:")
+    print()
+    print("\n".join(summary(results)))
+    print(f"\n# {time.time() - t_start:.0f} s; load average {load()} at {time.strftime('%H:%M:%S')}")
 
 
 if __name__ == "__main__":
