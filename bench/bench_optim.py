@@ -363,7 +363,7 @@ def main() -> None:
     ap.add_argument("--h2spg", action="store_true", help="H2SPG only, on --supernets")
     ap.add_argument("--supernets", default="darts,superresnet")
     ap.add_argument("--quick", action="store_true",
-                    help="DHSPG on resnet50 and darts-tiny, 2 threads, weight decay 1e-4, 3 periods of 3 rounds")
+                    help="DHSPG on resnet50 and darts-tiny, 1 thread, weight decay 1e-4, 3 periods of 3 rounds")
     args = ap.parse_args()
 
     import otonas
@@ -374,7 +374,7 @@ def main() -> None:
         args.periods = args.periods or 3
         args.optimizers = args.optimizers or "dhspg"
         rounds = args.repeat or 3 * args.periods
-        threads = [int(t) for t in (args.threads or "2").split(",")]
+        threads = [int(t) for t in (args.threads or "1").split(",")]
         wds = [args.weight_decay if args.weight_decay is not None else 1e-4] if args.weight_decays is None else [
             float(w) for w in args.weight_decays.split(",")]
     else:
