@@ -288,6 +288,8 @@ class DHSPG(torch.optim.Optimizer):
         self._shrinking: Tensor | None = None
         self._shrink_plans: tuple[ParamPlan, ...] = ()
         self._shrink_index = torch.zeros(0, dtype=torch.int64, device=dev)
+        self._shrink_lists: list[tuple[list[Tensor], list[Tensor], list[Tensor]]] = []
+        self._shrink_indexed: list[tuple[Tensor, int, Tensor]] = []
         self._period = -1
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -754,6 +756,7 @@ class DHSPG(torch.optim.Optimizer):
             self._zero = self._zero | newly
             self._shrinking, self._shrink_plans = None, ()
             self._shrink_index = self._shrink_index[:0]
+            self._shrink_lists, self._shrink_indexed = [], []
             self._zero_slices = None
             keys = self._rule.state_keys
             self._zero_slices_of(newly, [[params[q.position], *(self.state[params[q.position]].get(k) for k in keys)]
@@ -763,23 +766,10 @@ class DHSPG(torch.optim.Optimizer):
         """Multiply every slice of the period's groups by ``factor`` (an element in two of them,
         by its square)."""
         assert self._shrinking is not None
-        one = torch.ones((), dtype=self._acc_dtype, device=self._shrinking.device)
-        per_group = torch.where(self._shrinking, one * factor, one)
-        flat = per_group[self._shrink_index]
-        parts = iter(flat.split([e.size for q in self._shrink_plans for e in q.entries]))
-        xs: list[Tensor] = []
-        fs: list[Tensor] = []
-        for q in self._shrink_plans:
-            x = params[q.position]
-            for e in q.entries:
-                f = next(parts).to(x.dtype)
-                if q.is_vector and len(q.entries) == 1:
-                    xs.append(x.view(-1))
-                    fs.append(f)
-                else:
-                    x.mul_(f.view(e.view))
-        if xs:
-            torch._foreach_mul_(xs, fs)
+        for targets, masks, rests in self._shrink_lists:
+            torch._foreach_mul_(targets, torch._foreach_add(rests, masks, alpha=factor))
+        for x, dim, where in self._shrink_indexed:
+            x.index_copy_(dim, where, x.index_select(dim, where).mul_(factor))
 
     def _period_scores(self, params: Sequence[Tensor], d: Sequence[Tensor | None]) -> np.ndarray:
         """This step's redundancy score of every group (rank 0's under torch.distributed); one host read."""
@@ -830,6 +820,37 @@ class DHSPG(torch.optim.Optimizer):
         self._shrink_plans = tuple(plans)
         self._shrink_index = (slice_index(self._shrink_plans) if plans
                               else torch.zeros(0, dtype=torch.int64, device=dev))
+        # How a step scales the period's slices. Along the leading dim of a large parameter: only the
+        # selected rows, found once here (one host read, at the period start), by index_select /
+        # index_copy_. Every other entry: a 0/1 membership s and 1 − s shaped to broadcast against
+        # the parameter, the factors being rest + factor·s, in multi-tensor calls; lists by entry
+        # rank, so that no call multiplies one parameter twice (CUDA's fused path would race).
+        params = self.param_groups[0]["params"]
+        flat = shrinking[self._shrink_index]
+        sizes = [e.size for q in plans for e in q.entries]
+        on = iter(flat.split(sizes))
+        hits = iter(flat.cpu().split(sizes))
+        lists: list[tuple[list[Tensor], list[Tensor], list[Tensor]]] = []
+        indexed: list[tuple[Tensor, int, Tensor]] = []
+        for q in plans:
+            x = params[q.position]
+            rank = 0  # this parameter's entries in the lists so far
+            for e in q.entries:
+                m, hit = next(on), next(hits)
+                if x.numel() >= _INDEXED_MIN and e.pre == 1:
+                    where = hit.nonzero().flatten()
+                    if where.numel():
+                        indexed.append((x, e.dim, where.to(x.device)))  # dim: 0 or a leading size-1 dim
+                    continue
+                if rank == len(lists):
+                    lists.append(([], [], []))
+                m = m.to(x.dtype).view(e.view)
+                lists[rank][0].append(x)
+                lists[rank][1].append(m)
+                lists[rank][2].append(1 - m)
+                rank += 1
+        self._shrink_lists = lists
+        self._shrink_indexed = indexed
 
     def _forced_message(self, rest: Tensor, end_step: int) -> str:
         """The warning for the G_r groups (mask ``rest``) forced to zero at the end of the phase."""
@@ -985,6 +1006,12 @@ def _stage_split(cells: Sequence[np.ndarray], caps: Sequence[int], stage: Tensor
         for i, q in zip(mine, split_quota(k, [len(cells[i]) for i in mine], [caps[i] for i in mine])):
             out[i] = q
     return out
+
+
+_INDEXED_MIN = 1 << 14
+"""Parameters with at least this many elements have only their selected rows (slices along the
+leading dim) scaled by the progressive schedule (index_select / index_copy_); other entries go
+through multi-tensor calls."""
 
 
 def _in_blocks(q: ParamPlan, x: Tensor) -> bool:
