@@ -659,18 +659,8 @@ class DHSPG(torch.optim.Optimizer):
     def _set_redundant(self, redundant: Tensor) -> None:
         """Record G_r and restrict the work of later steps to the slices it touches."""
         self._redundant = redundant
-        plans = self._layout.plans
         # One host read, here only: which parameter slices G_r touches decides what later steps visit.
-        touched = (torch.stack([redundant[e.index].any() for q in plans for e in q.entries]).tolist()
-                   if plans else [])
-        active: list[ParamPlan] = []
-        i = 0
-        for q in plans:
-            r = q.restricted(touched[i:i + len(q.entries)])
-            i += len(q.entries)
-            if r is not None:
-                active.append(r)
-        self._active = tuple(active)
+        self._active = _touching(self._layout.plans, redundant)
         self._active_index = (slice_index(self._active) if self._active
                               else torch.zeros(0, dtype=torch.int64, device=redundant.device))
         self._active_dims, self._dim_index = _dims(self._active, self.num_groups, redundant.device)
@@ -808,16 +798,8 @@ class DHSPG(torch.optim.Optimizer):
             self._shrinking, self._shrink_plans = None, ()
             return
         self._shrinking = shrinking
-        touched = (torch.stack([shrinking[e.index].any() for q in self._active for e in q.entries]).tolist()
-                   if self._active else [])
-        plans: list[ParamPlan] = []
-        i = 0
-        for q in self._active:
-            r = q.restricted(touched[i:i + len(q.entries)])
-            i += len(q.entries)
-            if r is not None:
-                plans.append(r)
-        self._shrink_plans = tuple(plans)
+        plans = _touching(self._active, shrinking)
+        self._shrink_plans = plans
         self._shrink_index = (slice_index(self._shrink_plans) if plans
                               else torch.zeros(0, dtype=torch.int64, device=dev))
         # How a step scales the period's slices. Along the leading dim of a large parameter: only the
@@ -979,6 +961,19 @@ def _dims(plans: Sequence[ParamPlan], n: int, device: torch.device) -> tuple[tup
     index = torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1]), value=n) for r in rows]) if rows else (
         torch.zeros(0, width, dtype=torch.int64, device=device))
     return tuple(dims), index
+
+
+def _touching(plans: Sequence[ParamPlan], groups: Tensor) -> tuple[ParamPlan, ...]:
+    """``plans`` restricted to the entries with a slice in ``groups`` (bool ``[N + 1]``); one host read."""
+    touched = torch.stack([groups[e.index].any() for q in plans for e in q.entries]).tolist() if plans else []
+    out: list[ParamPlan] = []
+    i = 0
+    for q in plans:
+        r = q.restricted(touched[i:i + len(q.entries)])
+        i += len(q.entries)
+        if r is not None:
+            out.append(r)
+    return tuple(out)
 
 
 def _cells(space: Any, n: int, stage: Tensor | None, keep_one_per_family: bool) -> tuple[list[np.ndarray], list[int]]:

@@ -143,6 +143,12 @@ def select_erasure(space: ErasureSpaceLike, scores: Sequence[float],
     return accepted, skipped
 
 
+def _budget_warning(msg: str) -> None:
+    """A budget the selection cannot fill: a WARNING log line and a ``BudgetWarning`` at the user's step."""
+    logger.warning(msg)
+    warnings.warn(msg, BudgetWarning, stacklevel=_caller_level())
+
+
 def _key(score: float) -> float:
     return -math.inf if math.isnan(score) else score
 
@@ -411,8 +417,7 @@ class H2SPG(DHSPG):
                    f"{self.target_pruned_groups} zero prunable groups, but only {sum(caps)} are left outside the "
                    f"erased operators ({int(self._moot.sum())} live inside them) after keeping a channel per family; "
                    "zeroing those")
-            logger.warning(msg)
-            warnings.warn(msg, BudgetWarning, stacklevel=_caller_level())
+            _budget_warning(msg)
         have = [int((zero & live)[c].sum()) for c in self._pcells]
         want = [q * (p + 1) // periods for q in quota]
         new_groups = select_in_cells(ema[:n], live & ~zero, self._pcells, want, have)
@@ -426,8 +431,7 @@ class H2SPG(DHSPG):
                f"of the {self.num_erasing_groups} erasing groups, but the walk found only {accepted} that can be "
                f"erased together ({skipped} skipped: nested in an accepted one, or erasing them breaks the "
                "network; see opt.skipped); erasing those")
-        logger.warning(msg)
-        warnings.warn(msg, BudgetWarning, stacklevel=_caller_level())
+        _budget_warning(msg)
 
     def _moot_groups(self, accepted: Sequence[int]) -> np.ndarray:
         """Prunable groups inside the accepted erasing groups: those of the families under them in
@@ -475,8 +479,7 @@ class H2SPG(DHSPG):
             msg = (f"H2SPG: target_group_sparsity={self.param_groups[0]['target_group_sparsity']} asks for {k} zero "
                    f"prunable groups, but only {len(cand)} are left outside the erased operators "
                    f"({int(moot.sum())} live inside them) after keeping a channel per family; zeroing those")
-            logger.warning(msg)
-            warnings.warn(msg, BudgetWarning, stacklevel=_caller_level())
+            _budget_warning(msg)
         return sorted(int(g) for g in cand[:k])
 
     def _forced_message(self, rest: Tensor, end_step: int) -> str:
