@@ -95,7 +95,9 @@ from otonas.optim import DHSPG
 from otonas.optim._score import make_score  # noqa: E402
 
 MODEL = "resnet20-tiny"
+SUPERNET = "darts-tiny"  # the DARTS supernet of the main job, in erase mode
 METHODS = ("dense", "otonas", "random_train", "prune_finetune", "torch_pruning")
+ERASE_METHODS = ("dense", "otonas", "random_erase")
 BASELINES = ("dense", "random_train", "prune_finetune", "torch_pruning")
 DATASETS = ("fashionmnist", "digits")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -113,9 +115,12 @@ FULL: dict[str, Any] = {
     "fashionmnist": {"train": 5000, "test": 2000, "subset_seed": 0, "epochs": 6},
     "digits": {"train": 1347, "test": 450, "split_random_state": 0, "epochs": 30},
     "flops": "otonas.analyze(net, example).costs().flops / dense",
+    # the supernet in erase mode (H2SPG, otonas search's default job) against random valid erasure
+    "darts": {"data": "digits", "epochs": 12, "erase_budget": 0.5},
 }
 QUICK: dict[str, Any] = {**FULL, "fashionmnist": {"train": 1000, "test": 500, "subset_seed": 0, "epochs": 1},
-         "digits": {"train": 1347, "test": 450, "split_random_state": 0, "epochs": 1}}
+         "digits": {"train": 1347, "test": 450, "split_random_state": 0, "epochs": 1},
+         "darts": {"data": "digits", "epochs": 1, "erase_budget": 0.5}}
 
 
 # ---------------------------------------------------------------------------------- data
@@ -253,13 +258,14 @@ def group_norms(space: Any) -> np.ndarray:
 class Context:
     """What one data set shares across runs: the data, the dense costs, quotas and TP ratios."""
 
-    def __init__(self, name: str, cfg: dict[str, Any]) -> None:
+    def __init__(self, name: str, cfg: dict[str, Any], make: Callable[[], nn.Module] | None = None) -> None:
         self.name, self.cfg = name, cfg
         self.d = load(name, cfg)
         self.example = self.d.x_train[:2]
-        dense = otonas.analyze(make_net(), (self.example,)).costs()
+        dense = otonas.analyze((make or make_net)(), (self.example,)).costs()
         self.dense_flops, self.dense_params = dense.flops, dense.params
         self._quotas: dict[float, tuple[list[np.ndarray], list[int]]] = {}
+        self.flops_of: dict[tuple[str, str, int], float] = {}  # (model, method, seed) -> FLOPs kept
 
     def costs(self, net: nn.Module) -> tuple[float, float]:
         c = otonas.analyze(net, (self.example,)).costs()
@@ -404,6 +410,87 @@ def run_torch_pruning(ctx: Context, target: float, epochs: int, seed: int) -> tu
     return net, None
 
 
+def make_supernet() -> nn.Module:
+    return search_spaces.create("darts", size="tiny", in_chans=1, num_classes=10)
+
+
+def run_supernet_dense(ctx: Context, budget: float, epochs: int, seed: int) -> tuple[nn.Module, int | None]:
+    torch.manual_seed(seed)
+    net = make_supernet()
+    Trainer(ctx.d, ctx.cfg, epochs, seed).run(net, sgd(net, ctx.cfg), epochs)
+    return net, None
+
+
+def run_supernet_otonas(ctx: Context, budget: float, epochs: int, seed: int) -> tuple[nn.Module, int | None]:
+    """H2SPG with otonas search's erase-mode settings: ``budget`` of the erasing groups, no channel pruning."""
+    from otonas.optim import H2SPG
+
+    torch.manual_seed(seed)
+    net = make_supernet()
+    tr = Trainer(ctx.d, ctx.cfg, epochs, seed)
+    space = otonas.analyze(net, (ctx.example,))
+    o = ctx.cfg["otonas"]
+    opt = H2SPG(space, lr=ctx.cfg["lr_max"], momentum=ctx.cfg["momentum"], weight_decay=ctx.cfg["weight_decay"],
+                target_group_sparsity=0.0, erase_budget=budget, warmup_steps=round(o["warmup"] * tr.total),
+                end_step=round(o["projection_end"] * tr.total), schedule=o["schedule"], periods=o["periods"],
+                score=make_score(o["score"]), lmbda=2.0)
+    tr.run(net, opt, epochs)
+    return otonas.build(space), int(opt.metrics()["num_forced_groups"])
+
+
+class EraseMask:
+    """Holds every parameter of a set of erasing groups at exactly zero (and its momentum)."""
+
+    def __init__(self, space: Any, chosen: np.ndarray) -> None:
+        params = dict(space.model.named_parameters(remove_duplicate=False))
+        self.params = [params[f] for i in np.nonzero(chosen)[0] for f in space.erasing_groups[i].params]
+        self.opt: torch.optim.Optimizer | None = None
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        for p in self.params:
+            p.zero_()
+            buf = self.opt.state.get(p, {}).get("momentum_buffer") if self.opt is not None else None
+            if buf is not None:
+                buf.zero_()
+
+
+def run_random_erase(ctx: Context, budget: float, epochs: int, seed: int) -> tuple[nn.Module, int | None]:
+    """At initialisation, a random valid erasure at the FLOPs of otonas' run of the same seed: the
+    erasing groups in a random order, each kept when the set stays valid (``space.is_valid``, not
+    inside an erased one) and the FLOPs kept stay at or above otonas' (an advantage to the
+    baseline); held at zero for all epochs, then built. (A random valid erasure of as many
+    operators as otonas erases keeps far fewer FLOPs — whole cells go — so the count is not matched.)"""
+    key_ = (SUPERNET, "otonas", seed)
+    if key_ not in ctx.flops_of:
+        raise SystemExit("random_erase needs the otonas run of the same seed first (its FLOPs kept)")
+    floor = ctx.flops_of[key_] * ctx.dense_flops
+    torch.manual_seed(seed)
+    net = make_supernet()
+    space = otonas.analyze(net, (ctx.example,))
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros(space.num_erasing_groups, dtype=bool)
+    for i in rng.permutation(space.num_erasing_groups):
+        p = space.erasing_groups[i].parent
+        while p is not None and not chosen[p]:
+            p = space.erasing_groups[p].parent
+        if p is not None:
+            continue
+        chosen[i] = True
+        if not space.is_valid(chosen) or space.costs(erased=chosen).flops < floor:
+            chosen[i] = False
+    mask = EraseMask(space, chosen)
+    mask()
+    opt = sgd(net, ctx.cfg)
+    mask.opt = opt
+    Trainer(ctx.d, ctx.cfg, epochs, seed).run(net, opt, epochs, after_step=mask)
+    return otonas.build(space), None
+
+
+ERASE_RUNNERS: dict[str, Callable[[Context, float, int, int], tuple[nn.Module, int | None]]] = {
+    "dense": run_supernet_dense, "otonas": run_supernet_otonas, "random_erase": run_random_erase}
+
+
 RUNNERS: dict[str, Callable[[Context, float, int, int], tuple[nn.Module, int | None]]] = {
     "dense": run_dense, "otonas": run_otonas, "random_train": run_random_train,
     "prune_finetune": run_prune_finetune, "torch_pruning": run_torch_pruning}
@@ -417,18 +504,41 @@ def accuracy(net: nn.Module, d: Data) -> float:
 
 
 # ---------------------------------------------------------------------------------- results
+def _target(r: dict[str, Any]) -> float:
+    """The budget of a run: its FLOPs target, or (supernet erase runs) its erase budget."""
+    return float(r["flops_target"] if r.get("flops_target") is not None else r["erase_budget"])
+
+
 def key(r: dict[str, Any]) -> tuple[Any, ...]:
-    return (r["data"], r["model"], r["method"], float(r["flops_target"]), int(r["seed"]), int(r["epochs"]))
+    return (r["data"], r["model"], r["method"], _target(r), int(r["seed"]), int(r["epochs"]))
+
+
+def _depends(r: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``cfg`` a run's result depends on: the shared training settings, its data set's,
+    otonas' settings for otonas runs, the supernet's for supernet runs."""
+    part = {k: cfg.get(k) for k in ("model", "batch", "lr_max", "lr_warmup", "momentum", "weight_decay", "flops")}
+    part[r["data"]] = cfg.get(r["data"])
+    if r["method"] == "otonas":
+        part["otonas"] = cfg.get("otonas")
+    if r["model"] == SUPERNET:
+        part["darts"] = cfg.get("darts")
+    elif r["method"] in ("prune_finetune", "torch_pruning"):
+        part["prune_at"] = cfg.get("prune_at")
+    return part
 
 
 def load_results(path: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The runs in ``path`` whose settings are this config's; runs made under other settings (e.g.
+    otonas' schedule changed: only its own runs) are dropped, with a line saying how many."""
     if not path.exists():
         return {"config": cfg, "runs": []}
     res = json.loads(path.read_text())
-    if res.get("config") != cfg:
-        raise SystemExit(f"{path} holds runs of another config; pass another --out or remove it.\n"
-                         f"  its config: {json.dumps(res.get('config'))}\n  this one:   {json.dumps(cfg)}")
-    return res
+    old = res.get("config") or {}
+    keep = [r for r in res["runs"] if _depends(r, old) == _depends(r, cfg)]
+    if len(keep) < len(res["runs"]):
+        print(f"{path}: {len(res['runs']) - len(keep)} of {len(res['runs'])} runs were made under other settings "
+              "and will be run again", flush=True)
+    return {"config": cfg, "runs": keep}
 
 
 def save(path: Path, res: dict[str, Any]) -> None:
@@ -444,7 +554,10 @@ def _ms(xs: list[float], fmt: str = ".2f") -> str:
 
 
 def summary(runs: list[dict[str, Any]]) -> str:
-    """Markdown: per (data, target, method) mean ± std; paired differences otonas − baseline."""
+    """Markdown: per (data, target, method) mean ± std; paired differences otonas − baseline; then
+    the supernet's erase runs."""
+    erase = [r for r in runs if r["model"] == SUPERNET]
+    runs = [r for r in runs if r["model"] != SUPERNET]
     lines = ["| data | FLOPs target | method | FLOPs kept (%) | params kept (%) | test accuracy (%) | seeds | epochs | s per run |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     cells: dict[tuple[str, float, str], list[dict[str, Any]]] = {}
@@ -474,6 +587,28 @@ def summary(runs: list[dict[str, Any]]) -> str:
                 both = sorted(set(ours) & set(other))
                 row.append(f"{_ms([ours[s] - other[s] for s in both], '+.2f')} (n={len(both)})" if both else "—")
             lines.append("| " + " | ".join(row) + " |")
+    if erase:
+        lines += ["", f"Supernet ({SUPERNET}, erase mode: H2SPG against a random valid erasure at "
+                  "initialisation keeping at least the FLOPs of otonas' run of the same seed, then trained; digits):", "",
+                  "| method | erase budget | FLOPs kept (%) | params kept (%) | test accuracy (%) | seeds | epochs | "
+                  "s per run |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        by: dict[str, list[dict[str, Any]]] = {}
+        for r in erase:
+            by.setdefault(r["method"], []).append(r)
+        for m in [m for m in ERASE_METHODS if m in by]:
+            rs = by[m]
+            forced = sum(r["forced_groups"] or 0 for r in rs)
+            lines.append(f"| {m}{f' (forced {forced})' if forced else ''} | {rs[0]['erase_budget']:g} | "
+                         f"{_ms([100 * r['flops_kept'] for r in rs], '.1f')} | "
+                         f"{_ms([100 * r['params_kept'] for r in rs], '.1f')} | {_ms([r['accuracy'] for r in rs])} | "
+                         f"{len(rs)} | {rs[0]['epochs']} | {statistics.mean(r['seconds'] for r in rs):.1f} |")
+        ours = {r["seed"]: r["accuracy"] for r in by.get("otonas", [])}
+        for b in ("random_erase", "dense"):
+            other = {r["seed"]: r["accuracy"] for r in by.get(b, [])}
+            both = sorted(set(ours) & set(other))
+            if both:
+                lines.append(f"\nPaired difference otonas − {b}: {_ms([ours[s] - other[s] for s in both], '+.2f')} "
+                             f"points (n={len(both)}).")
     return "\n".join(lines)
 
 
@@ -483,6 +618,7 @@ def figure(runs: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs = [r for r in runs if r["model"] != SUPERNET]
     datas = [d for d in DATASETS if any(r["data"] == d for r in runs)]
     if not datas:
         return
@@ -533,7 +669,11 @@ def main() -> None:
     ap.add_argument("--targets", default="0.5,0.25", help="fractions of the FLOPs to keep")
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--epochs", type=int, default=None, help="for every data set (default: 6 fashionmnist, 30 digits)")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(METHODS), help="for the ResNet-20 runs (the supernet runs "
+                    f"are always {', '.join(ERASE_METHODS)})")
+    ap.add_argument("--models", default=f"{MODEL},{SUPERNET}",
+                    help=f"{MODEL}: channel pruning at --targets; {SUPERNET}: the DARTS supernet in erase mode "
+                         "on digits")
     ap.add_argument("--out", default=None, help=f"results JSON (default {DEFAULT_OUT.relative_to(ROOT)}; "
                                                 "with --quick /tmp/quality_quick.json)")
     ap.add_argument("--quick", action="store_true", help="smoke test: one seed, 1 epoch, a small Fashion-MNIST subset")
@@ -554,29 +694,47 @@ def main() -> None:
     res = load_results(out, cfg)
     if not args.summary_only:
         done = {key(r) for r in res["runs"]}
+
+        def record(ctx: Context, model: str, m: str, runner: Callable[..., tuple[nn.Module, int | None]], t: float,
+                   epochs: int, seed: int, budget: dict[str, Any]) -> None:
+            k = (ctx.name, model, m, t, seed, epochs)
+            if k in done:
+                ctx.flops_of[(model, m, seed)] = next(r["flops_kept"] for r in res["runs"] if key(r) == k)
+                return
+            t0 = time.perf_counter()
+            net, forced = runner(ctx, t, epochs, seed)
+            secs = time.perf_counter() - t0
+            acc = accuracy(net, ctx.d)
+            fk, pk = ctx.costs(net)
+            r = {"data": ctx.name, "model": model, "method": m, **budget, "flops_kept": fk, "params_kept": pk,
+                 "accuracy": acc, "seed": seed, "epochs": epochs, "forced_groups": forced, "seconds": round(secs, 2)}
+            res["runs"].append(r)
+            ctx.flops_of[(model, m, seed)] = fk
+            done.add(k)
+            save(out, res)
+            print(f"{ctx.name:12s} {model:14s} {m:14s} target {t:4.2f} seed {seed}  FLOPs kept {fk:6.1%}  "
+                  f"params kept {pk:6.1%}  acc {acc:6.2f}%  forced {forced if forced is not None else '-'}  "
+                  f"{secs:6.1f} s", flush=True)
+
+        models = args.models.split(",")
         for data in args.data.split(","):
+            if MODEL not in models:
+                break
             ctx = Context(data, cfg)
             epochs = args.epochs if args.epochs is not None else cfg[data]["epochs"]
             for seed in seeds:
                 for m in methods:
                     for t in ([1.0] if m == "dense" else targets):
-                        k = (data, MODEL, m, t, seed, epochs)
-                        if k in done:
-                            continue
-                        t0 = time.perf_counter()
-                        net, forced = RUNNERS[m](ctx, t, epochs, seed)
-                        secs = time.perf_counter() - t0
-                        acc = accuracy(net, ctx.d)
-                        fk, pk = ctx.costs(net)
-                        r = {"data": data, "model": MODEL, "method": m, "flops_target": t, "flops_kept": fk,
-                             "params_kept": pk, "accuracy": acc, "seed": seed, "epochs": epochs,
-                             "forced_groups": forced, "seconds": round(secs, 2)}
-                        res["runs"].append(r)
-                        done.add(k)
-                        save(out, res)
-                        print(f"{data:12s} {m:14s} target {t:4.2f} seed {seed}  FLOPs kept {fk:6.1%}  params kept "
-                              f"{pk:6.1%}  acc {acc:6.2f}%  forced {forced if forced is not None else '-'}  "
-                              f"{secs:6.1f} s", flush=True)
+                        record(ctx, MODEL, m, RUNNERS[m], t, epochs, seed, {"flops_target": t})
+        if SUPERNET in models:
+            sc = cfg["darts"]
+            ctx = Context(sc["data"], cfg, make=make_supernet)
+            epochs = args.epochs if args.epochs is not None else sc["epochs"]
+            for seed in seeds:
+                for m in ERASE_METHODS:
+                    b = 0.0 if m == "dense" else sc["erase_budget"]
+                    record(ctx, SUPERNET, m, ERASE_RUNNERS[m], b, epochs, seed, {"flops_target": None,
+                                                                                 "erase_budget": b})
     table = summary(res["runs"])
     print(table)
     if not args.quick and not args.no_report and out.resolve() == DEFAULT_OUT.resolve():

@@ -50,7 +50,8 @@ from .._errors import OtonasError
 from . import _kernels
 from ._base import SGDRule, make_rule
 from ._layout import BLAS, BLOCK, Entry, GroupLayout, ParamPlan, SearchSpaceLike, block_sums, slice_index
-from ._schedule import SCHEDULES, cost_quotas, period_bounds, select_in_cells, split_quota
+from ._schedule import (SCHEDULES, align_quota, cell_alignment, cost_quotas, period_bounds, select_in_cells,
+                        split_quota)
 from ._score import CosineMagnitudeScore, GroupStats, RedundancyScore
 
 __all__ = ["DHSPG", "ForcedProjectionWarning", "group_lambdas"]
@@ -60,6 +61,11 @@ _VARIANTS = ("sgd", "adam", "adamw")
 
 class ForcedProjectionWarning(UserWarning):
     """Some redundant groups had not reached zero by ``end_step`` and were set to zero at once."""
+
+
+class BudgetWarning(UserWarning):
+    """The selection found fewer valid erasing groups (or prunable groups) than the budget asks,
+    or a cost budget could not be met within 1% (e.g. with ``round_to``)."""
 
 
 def group_lambdas(dot: Tensor, x_norm: Tensor, d_sq: Tensor, *, lmbda: float, amplify: float,
@@ -186,8 +192,12 @@ class DHSPG(torch.optim.Optimizer):
         periods: int = 5,
         target_flops: float | None = None,
         target_params: float | None = None,
+        round_to: int = 1,
     ) -> None:
         start_step = int(start_step)
+        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+            raise OtonasError(f"DHSPG: round_to={round_to!r} is invalid; expected an int >= 1 (every family keeps a "
+                              "multiple of round_to channels, or all of them)")
         end_step = 2 * start_step + 1 if end_step is None else int(end_step)
         budgets = [k for k, v in (("target_group_sparsity", target_group_sparsity), ("target_flops", target_flops),
                                   ("target_params", target_params)) if v is not None]
@@ -220,7 +230,7 @@ class DHSPG(torch.optim.Optimizer):
                         target_group_sparsity=stage_targets if stage_targets is not None else target,
                         start_step=start_step,
                         end_step=end_step, schedule=schedule, periods=int(periods), target_flops=target_flops,
-                        target_params=target_params)
+                        target_params=target_params, round_to=round_to)
         super().__init__(params, defaults)
         self._layout = GroupLayout(space, params)
         self._rule = make_rule(variant)
@@ -250,16 +260,26 @@ class DHSPG(torch.optim.Optimizer):
         self._cells: list[np.ndarray] | None = None
         self._quota: list[int] = []
         self.kept_fraction: float | None = None  # of the FLOPs / parameters, with a cost budget
-        if schedule == "progressive" or cost_metric is not None:
+        self.round_to = int(round_to)
+        if schedule == "progressive" or cost_metric is not None or round_to > 1:
             self._cells, caps = _cells(space, n, self._stage, keep_one_per_family)
+            align = cell_alignment(space, self._cells, round_to) if round_to > 1 else None
             if cost_metric is not None:
                 assert cost_target is not None
                 self._quota, self.kept_fraction = cost_quotas(space, self._cells, caps, target=float(cost_target),
-                                                              metric=cost_metric)
-            elif self._stage is not None:
-                self._quota = _stage_split(self._cells, caps, self._stage, self._stage_quota)
+                                                              metric=cost_metric, align=align)
+                if align is not None and self.kept_fraction < float(cost_target) - 0.01:
+                    msg = (f"DHSPG: with round_to={round_to} the closest the quotas come to target_{cost_metric}="
+                           f"{cost_target} is {self.kept_fraction:.3f} (more than 1% under); the families are "
+                           f"too narrow for steps of {round_to} channels: lower round_to")
+                    warnings.warn(msg, BudgetWarning, stacklevel=2)
             else:
-                self._quota = split_quota(self.target_zero_groups, [len(c) for c in self._cells], caps)
+                if self._stage is not None:
+                    self._quota = _stage_split(self._cells, caps, self._stage, self._stage_quota)
+                else:
+                    self._quota = split_quota(self.target_zero_groups, [len(c) for c in self._cells], caps)
+                if align is not None:  # the fraction is then met only as closely as whole steps allow
+                    self._quota = [align_quota(align, i, q, caps[i]) for i, q in enumerate(self._quota)]
             self.target_zero_groups = int(sum(self._quota))
         # On CPU reading a value back costs nothing: zero slices are then written one by one
         # instead of masking whole tensors (elsewhere a read would stall the device).
@@ -628,7 +648,11 @@ class DHSPG(torch.optim.Optimizer):
             score = torch.where(first[self._family] == pos, -torch.inf, score)
         order = torch.sort(score, descending=True, stable=True).indices
         redundant = torch.zeros(n + 1, dtype=torch.bool, device=score.device)
-        if self._stage is None:
+        if self._cells is not None:  # a cost budget or round_to: each cell gives exactly its quota
+            chosen = select_in_cells(score.cpu().numpy(), np.ones(n, dtype=bool), self._cells, self._quota,
+                                     [0] * len(self._cells))
+            redundant[torch.as_tensor(chosen, dtype=torch.int64, device=score.device)] = True
+        elif self._stage is None:
             redundant[order[:k]] = True
         else:  # per-stage targets: the most redundant groups of each stage, up to its quota
             stage = self._stage[order]

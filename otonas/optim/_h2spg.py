@@ -37,17 +37,13 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import OtonasError
-from ._dhspg import DHSPG, _caller_level, _cells, _count, family_ids
-from ._schedule import select_in_cells, split_quota
+from ._dhspg import DHSPG, BudgetWarning, _caller_level, _cells, _count, family_ids
+from ._schedule import Alignment, align_quota, cell_alignment, select_in_cells, split_quota
 from ._score import GroupStats, RedundancyScore
 
 __all__ = ["H2SPG", "BudgetWarning", "SkippedCandidate", "select_erasure", "ErasureSpaceLike"]
 
 logger = logging.getLogger("otonas.h2spg")
-
-
-class BudgetWarning(UserWarning):
-    """The selection found fewer valid erasing groups (or prunable groups) than the budget asks."""
 
 
 class SkippedCandidate(NamedTuple):
@@ -87,8 +83,8 @@ class ErasureSpaceLike(Protocol):
     def check_erasure(self, erased: Any) -> str | None: ...
 
 
-def select_erasure(space: ErasureSpaceLike, scores: Sequence[float],
-                   budget: int) -> tuple[list[int], list[SkippedCandidate]]:
+def select_erasure(space: ErasureSpaceLike, scores: Sequence[float], budget: int,
+                   first: Sequence[int] = ()) -> tuple[list[int], list[SkippedCandidate]]:
     """The greedy, validity-checked choice of erasing groups.
 
     Walks the groups by decreasing score (ties: lower index first; NaN ranks last) and accepts
@@ -103,11 +99,15 @@ def select_erasure(space: ErasureSpaceLike, scores: Sequence[float],
 
     and stops once ``budget`` groups are accepted. So each accepted group is a distinct
     erasure, and the accepted set is exactly what ``SearchSpace.erasable`` finds once their
-    parameters are zero. Returns the accepted indices in the order accepted and the skipped
+    parameters are zero. ``first`` (an earlier walk's accepted groups, in their order) is walked
+    before the rest, whatever the scores: walked in the same order, a set accepted before is
+    accepted again. Returns the accepted indices in the order accepted and the skipped
     candidates with their reasons (groups after the stop are neither).
     """
     groups = space.erasing_groups
-    order = sorted(range(len(groups)), key=lambda i: (-_key(scores[i]), i))
+    head = list(dict.fromkeys(int(i) for i in first))
+    rest = set(head)
+    order = head + sorted((i for i in range(len(groups)) if i not in rest), key=lambda i: (-_key(scores[i]), i))
     accepted: list[int] = []
     skipped: list[SkippedCandidate] = []
     taken: set[int] = set()
@@ -256,6 +256,7 @@ class H2SPG(DHSPG):
         process_group: Any = None,
         schedule: str = "progressive",
         periods: int = 5,
+        round_to: int = 1,
     ) -> None:
         if isinstance(target_group_sparsity, Mapping):
             raise OtonasError("H2SPG: per-stage target_group_sparsity is not supported yet; pass one fraction, "
@@ -293,6 +294,15 @@ class H2SPG(DHSPG):
                                    self._layout.device)
         self._pcells, _ = _cells(space, n, None, keep_one_per_family)
         self._keep_one = bool(keep_one_per_family and self._pfamily is not None)
+        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+            raise OtonasError(f"H2SPG: round_to={round_to!r} is invalid; expected an int >= 1")
+        if round_to > 1 and schedule != "progressive":
+            raise OtonasError("H2SPG: round_to needs schedule='progressive' (the half-space mode picks channels "
+                              "across families)")
+        self.round_to = int(round_to)
+        self._palign = cell_alignment(space, self._pcells, round_to) if round_to > 1 else None
+        for store in (self.param_groups[0], self.defaults):
+            store.update(round_to=self.round_to)
 
     # ------------------------------------------------------------------ bookkeeping
     def _reset_run_state(self) -> None:
@@ -394,9 +404,9 @@ class H2SPG(DHSPG):
         ema = self._ema.cpu().numpy()
         budget = self.target_erased_groups * (p + 1) // periods
         previous = list(self._accepted)
-        scores = ema[n:].copy()
-        scores[previous] = np.inf  # zero already: they stay accepted
-        accepted, skipped = select_erasure(self._space, scores.tolist(), max(budget, len(previous)))
+        # zero already, they stay accepted: walked first, in the order they were accepted (a group
+        # scored +inf elsewhere, e.g. one whose parameters are all zero, must not come before them)
+        accepted, skipped = select_erasure(self._space, ema[n:].tolist(), max(budget, len(previous)), first=previous)
         lost = set(previous) - set(accepted)
         if lost:  # cannot happen for a valid earlier set; never let a zero operator go unaccounted
             raise OtonasError(f"H2SPG: the erasing groups {sorted(lost)} accepted in an earlier period were not "
@@ -418,7 +428,16 @@ class H2SPG(DHSPG):
                    f"erased operators ({int(self._moot.sum())} live inside them) after keeping a channel per family; "
                    "zeroing those")
             _budget_warning(msg)
+        if self._palign is not None:  # kept channels in steps of round_to, on the live groups
+            al = Alignment(self.round_to, sizes, self._palign.pinned, self._palign.blocks)
+            quota = [align_quota(al, i, q, caps[i]) for i, q in enumerate(quota)]
         have = [int((zero & live)[c].sum()) for c in self._pcells]
+        if self._palign is not None and last:  # an earlier period took more than the final aligned quota
+            for i, h in enumerate(have):
+                q = quota[i]
+                while q < h or (q < caps[i] and not al.aligned(i, q)):
+                    q += 1
+                quota[i] = q
         want = [q * (p + 1) // periods for q in quota]
         new_groups = select_in_cells(ema[:n], live & ~zero, self._pcells, want, have)
         self._pruned = sorted(set(self._pruned) | set(new_groups))

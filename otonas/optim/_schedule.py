@@ -29,7 +29,8 @@ import numpy as np
 
 from .._errors import OtonasError
 
-__all__ = ["SCHEDULES", "period_bounds", "split_quota", "cost_quotas", "select_in_cells"]
+__all__ = ["SCHEDULES", "period_bounds", "split_quota", "cost_quotas", "select_in_cells", "Alignment",
+           "cell_alignment", "align_quota"]
 
 SCHEDULES = ("progressive", "half_space")
 
@@ -70,15 +71,89 @@ def split_quota(total: int, sizes: Sequence[int], caps: Sequence[int]) -> list[i
     return out.tolist()
 
 
+class Alignment:
+    """How ``round_to`` applies to each cell: its channels besides its prunable groups (pinned
+    ones), and whether its groups are channels at all (a group spanning several positions in
+    every slice — an attention head — is removed whole; such cells are not rounded)."""
+
+    def __init__(self, round_to: int, sizes: Sequence[int], pinned: Sequence[int], blocks: Sequence[bool]) -> None:
+        self.round_to = int(round_to)
+        self.sizes = [int(v) for v in sizes]
+        self.pinned = [int(v) for v in pinned]
+        self.blocks = [bool(v) for v in blocks]
+
+    def kept_channels(self, c: int, q: int) -> int:
+        return self.sizes[c] + self.pinned[c] - int(q)
+
+    def aligned(self, c: int, q: int) -> bool:
+        return (self.round_to <= 1 or self.blocks[c] or q == 0 or self.kept_channels(c, q) % self.round_to == 0)
+
+
+def cell_alignment(space: Any, cells: Sequence[Any], round_to: int) -> Alignment:
+    """The :class:`Alignment` of ``cells`` in ``space`` (a SearchSpace: families and group layout;
+    other spaces: no pinned channels, every group a channel)."""
+    n = sum(len(c) for c in cells)
+    pinned = [0] * len(cells)
+    blocks = [False] * len(cells)
+    families = getattr(space, "families", None)
+    group_family = getattr(space, "group_family", None)
+    if families and group_family is not None and len(group_family) >= n:
+        for i, c in enumerate(cells):
+            fam = families[int(group_family[int(c[0])])]
+            if len(c) == len(fam.groups):  # a whole family (with per-stage cells a family may be split)
+                pinned[i] = int(fam.num_channels) - len(fam.groups)
+    layout = getattr(space, "group_layout", None)
+    if layout is not None and round_to > 1:
+        width = np.full(int(getattr(space, "num_prunable_groups", n)) + 1, np.iinfo(np.int64).max, dtype=np.int64)
+        for entries in layout().values():
+            for _, g in entries:
+                ids = np.asarray(g)
+                ids = ids[ids >= 0]
+                if ids.size:
+                    u, k = np.unique(ids, return_counts=True)
+                    width[u] = np.minimum(width[u], k)
+        for i, c in enumerate(cells):
+            w = width[np.asarray(c, dtype=np.int64)]
+            blocks[i] = bool((w[w < np.iinfo(np.int64).max] > 1).any())
+    return Alignment(round_to, [len(c) for c in cells], pinned, blocks)
+
+
+def align_quota(al: Alignment, c: int, q: int, cap: int) -> int:
+    """``q`` groups removed from cell ``c``, moved to the nearest count whose kept channels are a
+    multiple of ``round_to`` (at least ``round_to`` of them, at most ``cap`` removed), or 0 (the
+    cell keeps all its channels) when none is."""
+    q = max(0, min(int(q), int(cap)))
+    n = al.round_to
+    if n <= 1 or al.blocks[c] or q == 0:
+        return q
+    total = al.sizes[c] + al.pinned[c]
+    kept = n * int(math.floor((total - q) / n + 0.5))
+    least = max(n, total - int(cap))  # the fewest channels the cell may keep
+    kept = max(kept, n * math.ceil(least / n))
+    return 0 if kept >= total else total - kept
+
+
+def _give_back(al: Alignment | None, c: int, q: int) -> int:
+    """Cell ``c``'s quota with the fewest channels more kept (one, or ``round_to``)."""
+    if al is None or al.round_to <= 1 or al.blocks[c]:
+        return q - 1
+    kept = al.kept_channels(c, q) + al.round_to
+    kept = al.round_to * math.ceil(kept / al.round_to)
+    total = al.sizes[c] + al.pinned[c]
+    return 0 if kept >= total else total - kept
+
+
 def cost_quotas(space: Any, cells: Sequence[Any], caps: Sequence[int], *, target: float,
-                metric: str) -> tuple[list[int], float]:
+                metric: str, align: Alignment | None = None) -> tuple[list[int], float]:
     """Per-cell quotas that keep at most ``target`` of the dense network's FLOPs (``metric`` =
     "flops") or parameters ("params"), as close to it as one common share of every cell allows.
 
     ``cells`` lists the prunable groups of each cell, ``caps`` the most each may give. Every
     cell gives ``round(share · size)`` groups (capped); ``share`` is bisected on
     ``space.costs(removed)``, then single channels are given back while the budget allows. Within a cell the groups of a family cost alike, so the first
-    ones stand for any choice. Returns the quotas and the fraction they keep.
+    ones stand for any choice. With ``align`` (``round_to``) every quota is moved to one whose
+    kept channels are a multiple of ``round_to`` (or 0), and channels are given back
+    ``round_to`` at a time. Returns the quotas and the fraction they keep.
     """
     costs = getattr(space, "costs", None)
     if costs is None:
@@ -93,7 +168,8 @@ def cost_quotas(space: Any, cells: Sequence[Any], caps: Sequence[int], *, target
         raise OtonasError(f"the model has no {metric} that otonas counts; give target_group_sparsity instead")
 
     def quotas(share: float) -> list[int]:
-        return [min(int(c), int(math.floor(share * len(m) + 0.5))) for m, c in zip(cells, caps)]
+        q = [min(int(c), int(math.floor(share * len(m) + 0.5))) for m, c in zip(cells, caps)]
+        return q if align is None else [align_quota(align, i, v, caps[i]) for i, v in enumerate(q)]
 
     def kept(q: Sequence[int]) -> float:
         removed = np.zeros(n, dtype=bool)
@@ -128,16 +204,17 @@ def cost_quotas(space: Any, cells: Sequence[Any], caps: Sequence[int], *, target
         for c in range(len(q)):
             if q[c] == 0:
                 continue
-            q[c] -= 1
+            old = q[c]
+            q[c] = _give_back(align, c, old)
             k = kept(q)
-            q[c] += 1
+            q[c] = old
             evaluations += 1
             if k <= target and (best is None or k > best[0]):
                 best = (k, c)
         if best is None:
             break
         now, c = best
-        q[c] -= 1
+        q[c] = _give_back(align, c, q[c])
     return q, now
 
 

@@ -191,6 +191,14 @@ def test_select_erasure_on_a_stub() -> None:
     accepted, skipped = select_erasure(S(), [0.9, 0.8, 0.1, math.nan, 0.7, 0.2], 2)  # type: ignore[arg-type]
     assert accepted == [0, 4] and [s.index for s in skipped] == [1]
     assert "inside the accepted erasing group 0" in skipped[0].reason
+    # an earlier period's accepted set, walked first, is accepted again whatever the scores: here an
+    # outer group scoring +inf (all its parameters zero) would otherwise come first and shut out 1
+    inf = math.inf
+    accepted, skipped = select_erasure(S(), [inf, 0.1, 0.2, 0.3, 0.4, 0.5], 2)  # type: ignore[arg-type]
+    assert accepted[0] == 0  # without `first`, the +inf outer group wins
+    accepted, skipped = select_erasure(S(), [inf, 0.1, 0.2, 0.3, 0.4, 0.5], 3, first=[1, 3])  # type: ignore[arg-type]
+    assert accepted[:2] == [1, 3] and 0 in [s.index for s in skipped]
+    assert "encloses the accepted erasing group 1" in next(s.reason for s in skipped if s.index == 0)
 
 
 # ---------------------------------------------------------------------------- budgets and zeros

@@ -225,3 +225,52 @@ def test_h2spg_progressive_erases_validly_without_forcing() -> None:
     x = batch(7)[0]
     model.eval()
     torch.testing.assert_close(subnet(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("schedule", ["progressive", "half_space"])
+def test_round_to_keeps_multiples_and_meets_the_flops_target(schedule: str) -> None:
+    """round_to=8: every layer of the built subnet keeps a multiple of 8 channels (or all of them),
+    the FLOPs target is met within 1 %, and the subnet computes what the trained network does."""
+    import search_spaces
+
+    torch.manual_seed(0)
+    model = search_spaces.create("resnet20", in_chans=1, num_classes=10)  # widths 16/32/64
+    space = otonas.analyze(model, (torch.randn(2, 1, 16, 16),))
+    dense = space.costs().flops
+    opt = DHSPG(space, lr=0.05, start_step=2, end_step=7, periods=5, target_flops=0.5, round_to=8,
+                schedule=schedule, lmbda=10.0)
+    assert opt.kept_fraction is not None and 0.49 <= opt.kept_fraction <= 0.5
+    gen = torch.Generator().manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ForcedProjectionWarning)  # the half-space mode may force a few
+        for _ in range(9):
+            x = torch.randn(4, 1, 16, 16, generator=gen)
+            y = torch.randint(0, 10, (4,), generator=gen)
+            loss_step(space.model, opt, (x, y))
+    kept = space.costs(space.removable(space.zero_groups())).flops / dense
+    assert 0.49 <= kept <= 0.5 + 1e-9, kept
+    subnet = otonas.build(space)
+    before = dict(model.state_dict())
+    changed = 0
+    for name, t in subnet.state_dict().items():  # every weight dim pruned: to a multiple of 8
+        orig = before[name].shape
+        assert len(t.shape) == len(orig), name
+        for d, (now, was) in enumerate(zip(t.shape, orig)):
+            assert now % 8 == 0 or now == was, (name, d, now, was)
+            changed += int(now != was)
+    assert changed > 0
+    x = torch.randn(3, 1, 16, 16, generator=gen)
+    space.model.eval()
+    torch.testing.assert_close(subnet(x), space.model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_round_to_is_checked_and_skips_narrow_families() -> None:
+    with pytest.raises(OtonasError, match="round_to"):
+        DHSPG(tiny_space(), lr=0.1, target_group_sparsity=0.5, start_step=1, round_to=0)
+    from otonas.optim._schedule import Alignment, align_quota
+
+    al = Alignment(8, sizes=[30, 4, 12], pinned=[2, 0, 0], blocks=[False, False, True])
+    assert align_quota(al, 0, 10, 29) == 8  # 32 channels: 22 kept -> 24 kept, 8 removed
+    assert (32 - align_quota(al, 0, 20, 29)) % 8 == 0
+    assert align_quota(al, 1, 3, 3) == 0  # 4 channels: fewer than 8 kept is not a multiple: keep all
+    assert align_quota(al, 2, 5, 11) == 5  # attention heads: removed whole, not rounded
