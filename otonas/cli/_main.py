@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="how selected groups reach zero: progressive (default; shrunk to exactly zero period by "
                         "period, re-selected each period) or half_space (the OTOv2/v3 projection)")
     s.add_argument("--periods", type=int, help="periods of the progressive schedule (default 5)")
+    s.add_argument("--round-to", type=int, metavar="N", help="every layer keeps a multiple of N channels (or all "
+                   "of them; attention heads stay whole): counts that CPU/GPU kernels run fastest on, e.g. 8 "
+                   "(default 1)")
     s.add_argument("--score", choices=["taylor", "cosine_magnitude"],
                    help="how redundant a group is: taylor (default; -|<x, d>|, the first-order loss change of "
                         "removing it) or cosine_magnitude (OTOv2's cos(x, d) + 1/mean|x|)")
@@ -129,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--mode", choices=["prune", "erase", "both"], help="what trials remove (default: erase for "
                    "supernets, else prune)")
     t.add_argument("--lr", type=float, help="learning rate of every trial's search")
+    t.add_argument("--round-to", type=int, metavar="N", help="every trial's layers keep a multiple of N channels "
+                   "(or all of them)")
     t.add_argument("--batch-size", type=int, help="batch size of every trial's search")
     t.add_argument("--seed", type=int)
     t.add_argument("--export-best", type=int, metavar="TRIAL", help="run the full search (--epochs) with TRIAL's "
@@ -176,7 +181,7 @@ def _tune_config(args: argparse.Namespace) -> Any:
     if isinstance(values.get("search"), dict):
         values["search"] = {k.replace("-", "_"): v for k, v in values["search"].items()}
     search = dict(values.get("search", {}))
-    for name in ("mode", "lr", "batch_size"):
+    for name in ("mode", "lr", "batch_size", "round_to"):
         v = getattr(args, name, None)
         if v is not None:
             search[name] = v

@@ -40,6 +40,7 @@ class SearchConfig:
     target_params: float | None = None  # fraction of the dense parameters to keep (likewise)
     schedule: str = "progressive"  # progressive (groups shrunk to zero period by period) | half_space (OTOv2/v3)
     periods: int = 5  # periods of the progressive schedule
+    round_to: int = 1  # every family keeps a multiple of round_to channels (or all of them); 8/16/32 suit kernels
     score: str = "taylor"  # redundancy score: taylor (-|<x, d>|, the default) | cosine_magnitude (OTOv2)
     epochs: int = 12
     batch_size: int = 64
@@ -86,6 +87,10 @@ class SearchConfig:
             raise UsageError(f"--schedule {self.schedule!r} is not one of progressive, half_space")
         if not (isinstance(self.periods, int) and self.periods >= 1):
             raise UsageError(f"--periods {self.periods!r} must be an integer >= 1, e.g. 5")
+        if isinstance(self.round_to, bool) or not (isinstance(self.round_to, int) and self.round_to >= 1):
+            raise UsageError(f"--round-to {self.round_to!r} must be an integer >= 1, e.g. 8")
+        if self.round_to > 1 and self.schedule != "progressive" and self.mode in ("erase", "both"):
+            raise UsageError("--round-to with operator erasure needs --schedule progressive")
         from ..optim._score import SCORES
 
         if self.score not in SCORES:
@@ -171,7 +176,7 @@ def _make_optimizer(cfg: SearchConfig, space: Any, steps_per_epoch: int) -> Any:
     end = min(max(start + 1, int(round((warm + proj) * steps_per_epoch))), total)
     common: dict[str, Any] = dict(lr=cfg.lr, variant="sgd", momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                   lmbda=cfg.lmbda, schedule=cfg.schedule, periods=cfg.periods,
-                                  score=make_score(cfg.score))
+                                  score=make_score(cfg.score), round_to=cfg.round_to)
     cost = (dict(target_flops=cfg.target_flops) if cfg.target_flops is not None else
             dict(target_params=cfg.target_params) if cfg.target_params is not None else None)
     if cfg.optimizer == "dhspg":
@@ -446,7 +451,7 @@ def _finish(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, dev
         "erasing_groups": space.num_erasing_groups, "prunable_groups": space.num_prunable_groups,
         "max_abs_diff": max_diff, "epochs": cfg.epochs, "seed": cfg.seed,
         "flops_kept": after.flops / max(before.flops, 1), "params_kept": after.params / max(before.params, 1),
-        "schedule": cfg.schedule, "forced_groups": int(_metrics(opt).get("num_forced_groups", 0) or 0),
+        "schedule": cfg.schedule, "round_to": cfg.round_to, "forced_groups": int(_metrics(opt).get("num_forced_groups", 0) or 0),
         "latency_ms": _latency_ms(subnet, data) if cfg.measure_latency else None,
         "seconds": elapsed + (time.time() - t0),
         "config": asdict(cfg),

@@ -146,6 +146,33 @@ def test_flops_target_is_met_and_nothing_is_forced(tmp_path):
     assert report["accuracy_subnet"] == report["accuracy_full"] and report["max_abs_diff"] < 1e-4
 
 
+def test_round_to_keeps_multiples_of_n_channels(tmp_path):
+    """--round-to 8 through the CLI: report.json records it, every weight dim the run pruned is a
+    multiple of 8 in the exported weights, the FLOPs target holds within 1 %, nothing is forced and
+    the subnet equals the network."""
+    import search_spaces
+    from safetensors.torch import load_file
+
+    p = _cli("--model", "search_spaces:resnet20", "--model-kwargs", '{"size": "default"}', "--mode", "prune",
+             "--target-flops", "0.5", "--round-to", "8", "--epochs", "1", "--batch-size", "128",
+             "--out", str(tmp_path), "--no-progress")
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["round_to"] == 8 and report["forced_groups"] == 0
+    assert 0.49 <= report["flops_kept"] <= 0.5
+    assert report["max_abs_diff"] < 1e-4
+    dense = search_spaces.create("resnet20", size="default", in_chans=1, num_classes=10).state_dict()
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    assert set(weights) <= set(dense)
+    pruned = 0
+    for k, v in weights.items():
+        for d, (now, was) in enumerate(zip(v.shape, dense[k].shape)):
+            assert now == was or now % 8 == 0, (k, d, now, was)
+            pruned += int(now != was)
+    assert pruned > 0
+
+
 def test_flops_target_with_erasure_is_a_usage_error(tmp_path):
     p = _cli("--mode", "erase", "--target-flops", "0.5", "--out", str(tmp_path), "--epochs", "1")
     _, err = p.communicate(timeout=300)

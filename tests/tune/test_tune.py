@@ -184,3 +184,15 @@ def test_config_file_with_search_and_space_tables(tmp_path):
     bad.write_text("trails = 3\n")
     res = run([*tune_cmd(tmp_path / "u"), "--config", str(bad)])
     assert res.returncode == 2 and "unknown key 'trails'" in res.stderr
+
+
+def test_round_to_reaches_every_trial(tmp_path):
+    """--round-to is passed to each trial's search: its report records it and the trial's FLOPs
+    target still holds."""
+    out = tmp_path / "t"
+    res = run([*tune_cmd(out), "--trials", "1", "--trial-epochs", "1", "--pruner", "none", "--round-to", "2",
+               "--target-flops", "0.5,0.5", "--json"])
+    assert res.returncode == 0, res.stderr
+    report = json.loads((out / "trials" / "trial-0000" / "report.json").read_text())
+    assert report["config"]["round_to"] == 2 and report["round_to"] == 2
+    assert report["flops_kept"] <= 0.5 and report["forced_groups"] == 0
