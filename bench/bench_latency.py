@@ -1,9 +1,15 @@
 """Real speed-up on CPU: latency of built subnets against the full model, beside the FLOPs ratio.
 
-    python bench/bench_latency.py [--models resnet50,mobilenet_v2] [--levels 0.3,0.5,0.7]
-                                  [--batches 1,32] [--repeat 5] [--threads 1]
+    python bench/bench_latency.py [--models resnet50,mobilenet_v2] [--flops 0.5,0.25]
+                                  [--round-to 1,8,16] [--batches 1,32] [--repeat 5] [--threads 1]
+    python bench/bench_latency.py --levels 0.3,0.5,0.7 ...   # the older mode: random group shares
 
-For each level a random set of that share of the prunable groups is zeroed
+Default mode: for each FLOPs target and ``round_to`` the per-family quotas are DHSPG's
+(``DHSPG(space, target_flops=t, round_to=r)``: one common share bisected on ``space.costs``,
+kept channels in multiples of ``round_to``), the first groups of each family up to its quota
+are zeroed (within a family any choice costs alike), and the subnet is built.
+
+With ``--levels`` a random set of that share of the prunable groups is zeroed
 (``otonas._verify.zero_groups_``), ``space.removable`` says what the builder takes out and
 ``otonas.build`` builds the subnet. Latency is the median of ``--repeat`` forward passes under
 ``torch.inference_mode`` after one warm-up pass; the full model and its subnets are timed in
@@ -52,6 +58,39 @@ def subnets(name: str, levels: list[float], seed: int = 0) -> tuple[list[tuple[s
     return out, shape
 
 
+def flops_subnets(name: str, targets: list[float], round_tos: list[int],
+                  seed: int = 0) -> tuple[list[tuple[str, torch.nn.Module, float]], tuple[int, ...]]:
+    """The full model and one subnet per (FLOPs target, round_to), with DHSPG's aligned quotas."""
+    import warnings
+
+    from otonas.optim import DHSPG
+
+    torch.manual_seed(seed)
+    resolved = resolve_model(f"torchvision:{name}")
+    model, shape = resolved.model.eval(), resolved.input_shapes[0]
+    full = copy.deepcopy(model)
+    space = otonas.analyze(model, (torch.randn(2, *shape[1:]),))
+    state = copy.deepcopy(model.state_dict())
+    base = space.costs()
+    out = [("full", full, 1.0)]
+    for t in targets:
+        for r in round_tos:
+            model.load_state_dict(state)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                opt = DHSPG(space, lr=0.1, target_flops=t, round_to=r, start_step=1, end_step=2)
+            assert opt._cells is not None
+            mask = np.zeros(space.num_prunable_groups, dtype=bool)
+            for members, k in zip(opt._cells, opt._quota):
+                mask[np.asarray(members)[:k]] = True
+            zero_groups_(space, mask)
+            removed = space.removable(mask)
+            out.append((f"FLOPs {t:g}, round_to {r}", otonas.build(space).eval(),
+                        space.costs(removed=removed).flops / base.flops))
+    model.load_state_dict(state)
+    return out, shape
+
+
 def measure(nets: list[tuple[str, torch.nn.Module, float]], shape: tuple[int, ...], batch: int, repeat: int) -> list[float]:
     x = torch.randn(batch, *shape[1:])
     times: list[list[float]] = [[] for _ in nets]
@@ -69,25 +108,30 @@ def measure(nets: list[tuple[str, torch.nn.Module, float]], shape: tuple[int, ..
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="resnet50,mobilenet_v2")
-    ap.add_argument("--levels", default="0.3,0.5,0.7")
+    ap.add_argument("--levels", default=None, help="older mode: random shares of the groups zeroed")
+    ap.add_argument("--flops", default="0.5,0.25", help="FLOPs fractions to keep (default mode)")
+    ap.add_argument("--round-to", default="1,8,16", help="round_to values of the default mode")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 1 is steadiest on a shared machine")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    levels = [float(s) for s in args.levels.split(",")]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| model | groups zeroed | FLOPs kept | params kept | batch | latency (ms) | speed-up | FLOPs ratio (full/subnet) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | subnet | FLOPs kept | params kept | batch | latency (ms) | speed-up | FLOPs ratio (full/subnet) | FLOPs ratio / speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.models.split(","):
-        nets, shape = subnets(name, levels)
+        if args.levels:
+            nets, shape = subnets(name, [float(v) for v in args.levels.split(",")])
+        else:
+            nets, shape = flops_subnets(name, [float(v) for v in args.flops.split(",")],
+                                        [int(v) for v in args.round_to.split(",")])
         p_full = sum(p.numel() for p in nets[0][1].parameters())
         for batch in (int(b) for b in args.batches.split(",")):
             lat = measure(nets, shape, batch, args.repeat)
             for (label, net, kept), t in zip(nets, lat):
                 p = sum(q.numel() for q in net.parameters()) / p_full
                 print(f"| {name} | {label} | {kept:.1%} | {p:.1%} | {batch} | {t * 1e3:.1f} | {lat[0] / t:.2f}× | "
-                      f"{1 / kept:.2f}× |", flush=True)
+                      f"{1 / kept:.2f}× | {(1 / kept) / (lat[0] / t):.2f} |", flush=True)
 
 
 if __name__ == "__main__":
