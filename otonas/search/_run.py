@@ -124,6 +124,73 @@ def _make_model(cfg: SearchConfig, data: DataSpec) -> nn.Module:
     return resolve_model(cfg.model, kwargs=kwargs).model
 
 
+# constructor arguments that set a model's input channels, by the names libraries use
+_CHANNEL_ARGS = ("in_chans", "in_channels", "input_channels", "num_channels", "in_ch", "channels")
+
+
+def _channel_argument(spec: str) -> str | None:
+    """The argument of MODEL's constructor that sets its input channels, where one is recognisable."""
+    import inspect
+
+    if spec.startswith(("torchvision:", "search_spaces:")):
+        return None
+    from .._models import user_callable
+
+    try:
+        names = inspect.signature(user_callable(spec)).parameters
+    except (OtonasError, TypeError, ValueError):
+        return None
+    return next((n for n in _CHANNEL_ARGS if n in names), None)
+
+
+def _check_fits(model: nn.Module, example: torch.Tensor, cfg: SearchConfig) -> None:
+    """Run ``model`` on a batch of the data (eval mode, no grad): when it fails and the first
+    layer it reached expects another number of input channels than the data has, say so and
+    name the ``--model-kwargs`` that fixes it."""
+    first: list[tuple[str, nn.Module, torch.Tensor]] = []
+    layers: dict[nn.Module, str] = {m: n for n, m in model.named_modules()
+                                    if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        if not first and args and isinstance(args[0], torch.Tensor):
+            first.append((layers[module], module, args[0]))
+
+    handles = [m.register_forward_pre_hook(hook) for m in layers]
+    training = model.training
+    shape = ",".join(map(str, example.shape))
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    except Exception as e:
+        given = int(example.shape[1]) if example.dim() > 1 else None
+        if first and given is not None:
+            name, layer, x = first[0]
+            expected = getattr(layer, "in_channels", None)
+            if expected is None:
+                expected = getattr(layer, "in_features", None)
+                dim_given = int(x.shape[-1])
+            else:
+                dim_given = int(x.shape[1]) if x.dim() > 1 else given
+            if expected is not None and dim_given != expected and x is example:
+                arg = _channel_argument(cfg.model)
+                fix = (f"pass --model-kwargs '{{\"{arg}\": {given}}}'" if arg else
+                       f"pass the model's argument for its input channels, e.g. --model-kwargs "
+                       f"'{{\"in_chans\": {given}}}' (whatever its constructor calls it), or use data with "
+                       f"{expected} channels")
+                raise UsageError(f"MODEL {cfg.model!r} does not fit --data {cfg.data!r}: the data has {given} input "
+                                 f"channel(s) (a batch is {shape}), the model's first layer {name or '(root)'} "
+                                 f"({type(layer).__name__}) expects {expected}; {fix}") from e
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UsageError(f"MODEL {cfg.model!r} fails on a batch of --data {cfg.data!r} (shape {shape}): "
+                         f"{type(e).__name__}: {text}; check that the model's --model-kwargs fit the data "
+                         "(input channels, classes, image size)") from e
+    finally:
+        model.train(training)
+        for h in handles:
+            h.remove()
+
+
 def _is_supernet(cfg: SearchConfig) -> bool:
     if cfg.model.startswith("search_spaces:"):
         import search_spaces
@@ -245,10 +312,22 @@ def _prepare_folder(cfg: SearchConfig) -> None:
             if os.path.isfile(path) or os.path.islink(path):
                 os.remove(path)
         return
-    done = None if cfg.resume else _finished(cfg.out)
+    if cfg.resume:
+        return
+    done = _finished(cfg.out)
     if done:
         raise UsageError(f"{cfg.out} holds a finished run ({done}); pass --resume to rebuild its outputs from the "
                          "checkpoint, or --overwrite to start a new run there (removes otonas's files only)")
+    run_json = os.path.join(cfg.out, "checkpoint", "run.json")
+    if os.path.exists(run_json):
+        try:
+            with open(run_json) as f:
+                run = json.load(f)
+            where = f" (checkpoint at epoch {int(run['epoch'])} of {int(run['config']['epochs'])})"
+        except (OSError, ValueError, KeyError, TypeError):
+            where = ""
+        raise UsageError(f"{cfg.out} holds an unfinished run{where}; pass --resume to continue it, or --overwrite "
+                         "to start again (removes otonas's files only)")
 
 
 def search(cfg: SearchConfig, *, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -286,6 +365,7 @@ def _search(cfg: SearchConfig, on_epoch: Callable[[dict[str, Any]], None] | None
     from ..analysis import analyze
 
     example = torch.stack([data.train[i][0] for i in range(2)])
+    _check_fits(model, example, cfg)
     space = analyze(model, (example,))
     if cfg.mode in ("prune", "both") and space.num_prunable_groups == 0:
         raise UsageError(f"{cfg.model} has no prunable channels ({'; '.join(p.reason for p in space.pins[:3])}); "
