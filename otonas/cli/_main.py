@@ -416,8 +416,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         after = _mtime(run_json)
         if after is not None and (cfg.resume or after != before):
-            print(f"otonas: interrupted; the last finished epoch is saved; to continue: "
-                  f"otonas search --resume --out {shlex.quote(cfg.out)}", file=sys.stderr)
+            print(f"otonas: interrupted; the last finished epoch is saved (report.html is a partial report); "
+                  f"to continue: otonas search --resume --out {shlex.quote(cfg.out)}", file=sys.stderr)
         else:
             print("otonas: interrupted before an epoch was saved; nothing to resume: run the same command again",
                   file=sys.stderr)
@@ -430,8 +430,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
               f"(max abs diff {r['max_abs_diff']:.2g})")
         print(f"params          {r['params_before']:,} -> {r['params_after']:,}")
         print(f"FLOPs (MACs)    {r['flops_before']:,} -> {r['flops_after']:,}")
-        print(f"group sparsity  {r['group_sparsity']:.3f}; erased {len(r['erased_operators'])} of "
-              f"{r['erasing_groups']} erasing groups")
+        print(f"channel groups  {r['removed_groups']:,} of {r['prunable_groups']:,} prunable removed "
+              f"(group sparsity {r['group_sparsity']:.3f})" + ("" if r["mode"] == "prune" else
+                                                              f"; erased {len(r['erased_operators'])} of "
+                                                              f"{r['erasing_groups']} erasing groups"))
         print(f"written to      {cfg.out}/ (report.html, report.json, model.py, model.safetensors, architecture.json)")
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -383,6 +384,61 @@ def _search(cfg: SearchConfig, on_epoch: Callable[[dict[str, Any]], None] | None
     elif cfg.resume:
         print(f"otonas: no checkpoint in {ckpt}; starting from scratch", file=sys.stderr)
     full_costs = space.costs()
+    elapsed_box = [elapsed]
+    try:
+        _train(cfg, model, space, data, device, opt, history, start_epoch, elapsed_box, on_epoch, steps_per_epoch,
+               full_costs)
+    except BaseException as e:  # Ctrl-C, an error, a pruned trial: the finished epochs still get a report
+        if history:
+            _partial_report(cfg, history, space, e)
+        raise
+    return _finish(cfg, model, space, data, device, history, elapsed_box[0], opt)
+
+
+def _partial_report(cfg: SearchConfig, history: list[dict[str, Any]], space: Any, error: BaseException) -> None:
+    """report.html (marked partial) from the history of the finished epochs; no report.json,
+    which marks a finished run. Never masks the exception that ended the run."""
+    try:
+        from ..report import write_report_html
+    except ImportError:
+        return
+    try:  # the epochs the checkpoint holds: what --resume continues from
+        with open(os.path.join(cfg.out, "checkpoint", "run.json")) as f:
+            saved = list(json.load(f)["history"])
+    except (OSError, ValueError, KeyError, TypeError):
+        saved = []
+    hint = ("Continue with: otonas search --resume --out " + shlex.quote(cfg.out) if saved else
+            "No checkpoint was saved, so there is nothing to resume.")
+    history = saved or history
+    last = history[-1]
+    why = ("it was interrupted" if isinstance(error, KeyboardInterrupt) else
+           f"it stopped on {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}")
+    before = space.costs()
+    report = {"model": cfg.model, "data": cfg.data, "mode": cfg.mode, "optimizer": cfg.optimizer,
+              "status": "partial", "epochs_finished": int(last["epoch"]),
+              "params_before": before.params, "params_after": last.get("params"),
+              "flops_before": before.flops, "flops_after": last.get("flops"),
+              "group_sparsity": last.get("group_sparsity"), "prunable_groups": space.num_prunable_groups,
+              "removed_groups": last.get("removed_groups"),
+              "erased_operators": int(last.get("erased_ops") or 0), "erasing_groups": space.num_erasing_groups,
+              "epochs": cfg.epochs, "seconds": sum(float(h.get("seconds") or 0.0) for h in history),
+              "config": asdict(cfg)}
+    text = (f"The run stopped after epoch {int(last['epoch'])} of {cfg.epochs}: {why}. The figures are those of "
+            f"epoch {int(last['epoch'])} (FLOPs and parameters as the zero groups then would leave them; no subnet "
+            f"was built or exported yet). {hint}")
+    try:
+        write_report_html(os.path.join(cfg.out, "report.html"), report=report, history=history, partial=text)
+    except OSError:  # the disk that ended the run, most likely: its error says so
+        pass
+    except Exception as e:  # the report must never hide why the run ended
+        print(f"otonas: warning: could not write the partial report: {type(e).__name__}: {e}", file=sys.stderr)
+
+
+def _train(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, device: torch.device, opt: Any,
+           history: list[dict[str, Any]], start_epoch: int, elapsed_box: list[float],
+           on_epoch: Callable[[dict[str, Any]], None] | None, steps_per_epoch: int, full_costs: Any) -> None:
+    """The epochs from ``start_epoch``: train, evaluate, append to ``history``, checkpoint."""
+    elapsed = elapsed_box[0]
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
         model.train()
@@ -417,8 +473,10 @@ def _search(cfg: SearchConfig, on_epoch: Callable[[dict[str, Any]], None] | None
         row = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                "val_accuracy": val_acc, "val_loss": val_loss,
                "group_sparsity": float(removed.mean()) if removed is not None else 0.0,
+               "removed_groups": int(removed.sum()) if removed is not None else 0,
                "erased_ops": int(erased.sum()) if erased is not None else 0,
-               "flops": costs.flops, "params": costs.params, "seconds": time.time() - t0}
+               "flops": costs.flops, "params": costs.params, "lr": float(opt.param_groups[0]["lr"]),
+               "seconds": time.time() - t0}
         history.append(row)
         if bar is not None:
             bar.set_postfix(loss=f"{row['loss']:.3f}", val_acc=f"{val_acc:.3f}",
@@ -430,10 +488,10 @@ def _search(cfg: SearchConfig, on_epoch: Callable[[dict[str, Any]], None] | None
             print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.3f}, val acc {val_acc:.3f}, "
                   f"FLOPs kept {costs.flops / max(full_costs.flops, 1):.1%}{erasing}", file=sys.stderr, flush=True)
         elapsed += time.time() - t0
-        _save_checkpoint(ckpt, model, opt, cfg, epoch + 1, history, elapsed)
+        elapsed_box[0] = elapsed
+        _save_checkpoint(os.path.join(cfg.out, "checkpoint"), model, opt, cfg, epoch + 1, history, elapsed)
         if on_epoch is not None:
             on_epoch(dict(row))
-    return _finish(cfg, model, space, data, device, history, elapsed, opt)
 
 
 def _save_checkpoint(ckpt: str, model: nn.Module, opt: Any, cfg: SearchConfig, epoch: int,
@@ -521,6 +579,7 @@ def _finish(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, dev
         "params_before": before.params, "params_after": after.params,
         "flops_before": before.flops, "flops_after": after.flops,
         "group_sparsity": float(removed.mean()) if removed is not None else 0.0,
+        "removed_groups": int(removed.sum()) if removed is not None else 0,
         "erased_operators": [space.erasing_groups[i].module or space.erasing_groups[i].output
                              for i in np.nonzero(erased)[0]] if erased is not None else [],
         "erasing_groups": space.num_erasing_groups, "prunable_groups": space.num_prunable_groups,
