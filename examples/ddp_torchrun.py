@@ -1,9 +1,10 @@
 """Train once under torchrun + DistributedDataParallel: every rank takes the same pruning
 decisions, so every rank ends with the same zero groups and builds the same subnet.
 
-    torchrun --nproc_per_node 2 examples/ddp_torchrun.py        # CPU (gloo) or one GPU per rank (nccl)
+    torchrun --nproc_per_node 2 examples/ddp_torchrun.py [--epochs N]  # CPU (gloo) or one GPU per rank (nccl)
 """
 
+import argparse
 import os
 
 import torch
@@ -14,6 +15,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import otonas
 import search_spaces
+
+parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+parser.add_argument("--epochs", type=int, default=6, help="training epochs (default 6)")
+args = parser.parse_args()
 
 backend = "nccl" if torch.cuda.is_available() else "gloo"
 dist.init_process_group(backend)
@@ -29,7 +34,7 @@ space = otonas.analyze(model, (x[:2],))  # analysis sees the plain model, before
 model.to(device)
 ddp = DDP(model)
 
-epochs, batch = 6, 32  # per rank
+epochs, batch = args.epochs, 32  # per rank
 shard = torch.arange(rank, len(y), world)  # each rank its own slice of the data
 steps = epochs * (len(shard) // batch)
 opt = otonas.DHSPG(space, lr=0.1, momentum=0.9, lmbda=2.0, target_group_sparsity=0.5,

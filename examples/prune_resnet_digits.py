@@ -1,7 +1,9 @@
 """Prune a ResNet on scikit-learn's digits from Python: analyze, train once with DHSPG, build.
 
-    python examples/prune_resnet_digits.py
+    python examples/prune_resnet_digits.py [--epochs N]
 """
+
+import argparse
 
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,10 @@ from sklearn.datasets import load_digits
 
 import otonas
 import search_spaces
+
+parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+parser.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
+args = parser.parse_args()
 
 torch.manual_seed(0)
 digits = load_digits()
@@ -21,7 +27,7 @@ model = search_spaces.create("resnet20", size="tiny", in_chans=1, num_classes=10
 space = otonas.analyze(model, (x[:2],))          # which channels can go, found from the graph
 print(space.summary())
 
-epochs, batch = 12, 64
+epochs, batch = args.epochs, 64
 steps = epochs * (len(train) // batch)
 opt = otonas.DHSPG(space, lr=0.1, momentum=0.9, weight_decay=1e-4, target_group_sparsity=0.5,
                    start_step=steps // 4, end_step=3 * steps // 4)

@@ -1,8 +1,10 @@
 """Search the DARTS-style supernet from Python: H2SPG erases half of the candidate operators
 while it trains, keeping the network connected, then the discovered network is built.
 
-    python examples/search_darts.py
+    python examples/search_darts.py [--epochs N]
 """
+
+import argparse
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,10 @@ from sklearn.datasets import load_digits
 import otonas
 import search_spaces
 from otonas.optim import H2SPG
+
+parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+parser.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
+args = parser.parse_args()
 
 torch.manual_seed(0)
 digits = load_digits()
@@ -23,7 +29,7 @@ supernet = search_spaces.create("darts", size="tiny", in_chans=1, num_classes=10
 space = otonas.analyze(supernet, (x[:2],))
 print(f"{space.num_erasing_groups} erasing groups, e.g. {space.erasing_groups[0].module}")
 
-epochs, batch = 12, 64
+epochs, batch = args.epochs, 64
 steps = epochs * (len(train) // batch)
 opt = H2SPG(space, lr=0.05, momentum=0.9, weight_decay=1e-4, erase_budget=0.5,
             warmup_steps=steps // 4, end_step=3 * steps // 4)

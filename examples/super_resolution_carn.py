@@ -1,8 +1,10 @@
 """A task other than classification, through the Python API with your own loop:
 ×2 super-resolution with CARN, channel-pruned by DHSPG, on digits (8×8 → 16×16).
 
-    python examples/super_resolution_carn.py
+    python examples/super_resolution_carn.py [--epochs N]
 """
+
+import argparse
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,10 @@ from sklearn.datasets import load_digits
 
 import otonas
 import search_spaces
+
+parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+parser.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
+args = parser.parse_args()
 
 torch.manual_seed(0)
 hr = torch.tensor(load_digits().images, dtype=torch.float32).unsqueeze(1) / 16.0
@@ -19,7 +25,7 @@ train, val = torch.arange(1400), torch.arange(1400, len(hr))
 
 model = search_spaces.create("carn", size="tiny")
 space = otonas.analyze(model, (lr_img[:2],))
-epochs, batch = 8, 50
+epochs, batch = args.epochs, 50
 steps = epochs * (len(train) // batch)
 opt = otonas.DHSPG(space, lr=0.01, variant="adam", target_group_sparsity=0.4,
                    start_step=steps // 4, end_step=3 * steps // 4)

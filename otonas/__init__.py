@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ._errors import AnalysisError, BuildError, CaptureError, OtonasError, UsageError
+from ._errors import AnalysisError, BuildError, BusyError, CaptureError, OtonasError, UsageError, UserCodeError
 from .analysis import SearchSpace, analyze
 from .build import build
 from ._verify import VerifyReport, verify
@@ -14,4 +14,4 @@ from .export import load
 from .tuning import TuneConfig, tune
 
 __all__ = ["__version__", "analyze", "build", "verify", "DHSPG", "export", "load", "ExportResult", "ExportError", "VerifyReport", "SearchSpace", "OtonasError", "CaptureError", "AnalysisError", "BuildError",
-           "UsageError", "tune", "TuneConfig"]
+           "UsageError", "BusyError", "UserCodeError", "tune", "TuneConfig"]

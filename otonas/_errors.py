@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["OtonasError", "CaptureError", "AnalysisError", "BuildError", "UsageError", "BusyError"]
+__all__ = ["OtonasError", "CaptureError", "AnalysisError", "BuildError", "UsageError", "BusyError", "UserCodeError"]
 
 
 class OtonasError(Exception):
@@ -10,7 +10,10 @@ class OtonasError(Exception):
 
 
 class CaptureError(OtonasError):
-    """The model could not be captured with ``torch.export``."""
+    """The model could not be captured with ``torch.export``. ``details`` holds what torch printed
+    while failing (the partial graph it traced), which ``otonas --debug`` shows."""
+
+    details: str = ""
 
 
 class AnalysisError(OtonasError):
@@ -27,3 +30,8 @@ class UsageError(OtonasError):
 
 class BusyError(OtonasError):
     """A run folder is held by another process (its ``.lock`` names the holder)."""
+
+
+class UserCodeError(OtonasError):
+    """The user's own code raised: importing the MODEL's module or calling its constructor. The
+    message names the MODEL and the exception; the original is chained (``--debug`` shows it)."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -11,9 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._errors import UsageError
+from ._errors import UsageError, UserCodeError
 
-__all__ = ["ResolvedModel", "resolve_model", "parse_shape", "example_inputs"]
+__all__ = ["ResolvedModel", "resolve_model", "user_callable", "parse_shape", "example_inputs"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,48 @@ def _torchvision_model(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, tu
     return model, (3, size, size)
 
 
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _call_args(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+def user_callable(spec: str) -> Any:
+    """The callable a ``package.module:callable`` MODEL names. Its module is imported after
+    torchvision is made importable (see :mod:`otonas._torchvision`), so that a module (or
+    transformers, under it) that imports torchvision gets the working one. A module that is not
+    found, or fails while importing, is a one-line error naming it."""
+    from ._torchvision import prepare_torchvision
+
+    prefix, _, name = spec.partition(":")
+    prepare_torchvision()
+    try:
+        module = importlib.import_module(prefix)
+    except ModuleNotFoundError as e:
+        if e.name is not None and (prefix == e.name or prefix.startswith(e.name + ".")):
+            raise UsageError(f"MODEL {spec!r}: cannot import module {prefix!r} ({e}); check the name and that "
+                             "it is on PYTHONPATH") from None
+        raise UserCodeError(f"MODEL {spec!r}: importing module {prefix!r} failed: {_one_line(e)}; install "
+                            f"{e.name!r} or fix the import (rerun with --debug for the traceback)") from e
+    except Exception as e:  # SyntaxError, an exception at import time, ...
+        where = ""
+        tb = e.__traceback__
+        while tb is not None:  # the innermost frame of the user's code
+            where = f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
+            tb = tb.tb_next
+        if isinstance(e, SyntaxError) and e.filename:
+            where = f" at {e.filename}:{e.lineno}"
+        raise UserCodeError(f"MODEL {spec!r}: importing module {prefix!r} failed{where}: {_one_line(e)} "
+                            "(rerun with --debug for the traceback)") from e
+    fn = getattr(module, name, None)
+    if fn is None or not callable(fn):
+        raise UsageError(f"MODEL {spec!r}: module {prefix!r} has no callable {name!r}")
+    return fn
+
+
 def resolve_model(spec: str, *, kwargs: dict[str, Any] | str | None = None) -> ResolvedModel:
     """Build the model a MODEL string names; the default input shape where it is known."""
     if isinstance(kwargs, str):
@@ -87,20 +130,28 @@ def resolve_model(spec: str, *, kwargs: dict[str, Any] | str | None = None) -> R
                 shape = (int(kwargs["in_chans"]), *shape[1:])
             dtype = info.input_dtype
         else:
+            fn = user_callable(spec)
             try:
-                module = importlib.import_module(prefix)
-            except ImportError as e:
-                raise UsageError(f"MODEL {spec!r}: cannot import module {prefix!r} ({e}); check the name and that "
-                                 "it is on PYTHONPATH") from None
-            fn = getattr(module, name, None)
-            if fn is None or not callable(fn):
-                raise UsageError(f"MODEL {spec!r}: module {prefix!r} has no callable {name!r}")
-            model = fn(**kwargs)
+                inspect.signature(fn).bind(**kwargs)
+            except TypeError as e:
+                raise UsageError(f"MODEL {spec!r} does not accept --model-kwargs {json.dumps(kwargs)}: {e}") from None
+            except ValueError:  # no signature to read (a builtin): let the call say
+                pass
+            try:
+                model = fn(**kwargs)
+            except Exception as e:
+                raise UserCodeError(f"MODEL {spec!r}: {name}({_call_args(kwargs)}) raised {_one_line(e)} "
+                                    "(rerun with --debug for the traceback)") from e
             if not isinstance(model, nn.Module):
                 raise UsageError(f"MODEL {spec!r}: {name}() returned {type(model).__name__}, not an nn.Module")
             shape = None
     except TypeError as e:
         raise UsageError(f"MODEL {spec!r} does not accept --model-kwargs {json.dumps(kwargs)}: {e}") from None
+    except (UsageError, UserCodeError):
+        raise
+    except Exception as e:  # a torchvision / search_spaces constructor refusing its arguments
+        raise UserCodeError(f"MODEL {spec!r}: its constructor raised {_one_line(e)} "
+                            "(rerun with --debug for the traceback)") from e
     shapes = ((2, *shape),) if shape is not None else ()
     return ResolvedModel(spec, model, shapes, (dtype,) * len(shapes))
 

@@ -35,3 +35,16 @@ def import_torchvision() -> ModuleType:
         _schema_lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         _schema_lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     return importlib.import_module("torchvision")
+
+
+def prepare_torchvision() -> None:
+    """Import torchvision through :func:`import_torchvision` if it is installed, so that a later
+    ``import torchvision`` anywhere (a user's module, transformers' image utilities) finds it
+    loaded instead of failing on the op mismatch. Call before importing code that is not ours."""
+    if "torchvision" in sys.modules:
+        return
+    try:
+        import_torchvision()
+    except Exception:  # not installed, or broken another way: whoever imports it next gets torch's error
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]

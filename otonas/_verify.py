@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -13,8 +14,10 @@ from torch.utils import _pytree as pytree
 
 from ._errors import UsageError
 from ._models import example_inputs, resolve_model
-from .analysis import SearchSpace, analyze
+from .analysis import SearchSpace
+from .analysis._flow import run_flow
 from .build import build
+from .capture import capture
 
 __all__ = ["VerifyReport", "verify", "zero_groups_", "prunable_param_share"]
 
@@ -109,6 +112,7 @@ def verify(
     strict: bool | None = None,
     mode: str = "prune",
     export_dir: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> VerifyReport:
     """Capture, analyze, zero a random ``fraction`` of the prunable groups, build, compare.
 
@@ -121,7 +125,11 @@ def verify(
     inputs of another batch size (relative tolerance 1e-4) and it has fewer parameters.
     Parameters that are all zero at initialisation (a zero-initialised classifier) get
     small random values first, so that the comparison can fail.
+
+    ``progress`` is called with a line as each stage starts (capture, analyze, zero, build,
+    compare); ``otonas verify`` prints them to stderr, a large model takes a while.
     """
+    stage = _Stages(progress)
     if mode not in ("prune", "erase", "both"):
         raise UsageError(f"--mode {mode!r} is not one of prune, erase, both")
     if not 0.0 < fraction < 1.0:
@@ -156,13 +164,18 @@ def verify(
                          f"{str(err).splitlines()[0] if str(err) else ''}. Fix: pass --input-shape with the shape "
                          "the model expects") from None
     t0 = time.perf_counter()
-    space = analyze(module, xs, strict=strict)
+    stage("capture", f"torch.export of {name}")
+    cap = capture(module, xs, strict=strict)
+    stage("analyze", "channel flow, families and erasing groups")
+    space = SearchSpace(module, cap, run_flow(cap.program))
     t_analyze = time.perf_counter() - t0
     pinned = [{"op": e.op, "node": e.node, "reason": e.reason, "module": e.module} for e in space.pins]
     full = space.costs()
     n, e = space.num_prunable_groups, space.num_erasing_groups
     rng = np.random.default_rng(seed)
     erased = np.zeros(e, dtype=bool)
+    stage("zero", f"random {'groups' if mode == 'prune' else 'operators' if mode == 'erase' else 'groups and operators'}"
+          f" ({fraction:.0%})")
     if mode in ("erase", "both"):
         if e == 0:
             return _nothing(name, space, full, pinned, t_analyze, mode,
@@ -182,12 +195,14 @@ def verify(
         mask[rng.choice(n, size=max(1, int(round(fraction * n))), replace=False)] = True
         mask = space.removable(mask)
         zero_groups_(space, mask)
+    stage("build", f"the smaller network ({int(mask.sum())} groups zeroed, {int(erased.sum())} operators erased)")
     t1 = time.perf_counter()
     subnet = build(space)
     t_build = time.perf_counter() - t1
     test_batch = 3 if capture_batch != 3 else 4
     xt = example_inputs(module, shapes, dtypes, batch=test_batch if space.capture.dynamic_batch else capture_batch,
                         seed=seed + 1)
+    stage("compare", "outputs on fresh inputs")
     with torch.no_grad():
         ref = module(*xt)
         out = subnet(*xt)
@@ -213,6 +228,23 @@ def verify(
         after.flops, max_abs, max_rel, passed, prunable_param_share(space), t_analyze, t_build, pinned, msg, mode,
         export_dir or "", e,
         [space.erasing_groups[i].module or space.erasing_groups[i].output for i in np.nonzero(erased_now)[0]])
+
+
+class _Stages:
+    """Calls ``progress`` with "[i/5] stage: what (previous stage's seconds)" as a stage starts."""
+
+    NAMES = ("capture", "analyze", "zero", "build", "compare")
+
+    def __init__(self, progress: Callable[[str], None] | None) -> None:
+        self.progress = progress
+        self.last: tuple[str, float] | None = None
+
+    def __call__(self, name: str, what: str) -> None:
+        now = time.perf_counter()
+        if self.progress is not None:
+            took = f" ({self.last[0]} took {now - self.last[1]:.1f}s)" if self.last else ""
+            self.progress(f"[{self.NAMES.index(name) + 1}/{len(self.NAMES)}] {name}: {what}{took}")
+        self.last = (name, now)
 
 
 def random_valid_erasure(space: SearchSpace, fraction: float, rng: np.random.Generator) -> np.ndarray:

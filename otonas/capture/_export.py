@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import warnings
 from collections.abc import Sequence
@@ -143,20 +144,24 @@ def capture(
     inputs = tuple(example_inputs)
     modes = [False, True] if strict is None else [bool(strict)]
     errors: list[str] = []
+    printed = io.StringIO()  # a failing export prints its partial graph to stderr: kept for --debug
     with _eval_mode(model), _no_stack_traces(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for use_strict in modes:
             try:
-                ep = torch.export.export(model, inputs, strict=use_strict)
+                with contextlib.redirect_stderr(printed):
+                    ep = torch.export.export(model, inputs, strict=use_strict)
             except Exception as e:  # torch raises many kinds; all mean "did not export"
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 errors.append(f"{'strict' if use_strict else 'non-strict'}: {type(e).__name__}: {first[:300]}")
                 last = e
                 continue
             return Capture(ep, use_strict, inputs, model, dynamic_batch)
-    raise CaptureError(
+    err = CaptureError(
         f"torch.export could not capture {type(model).__name__}: "
         + " | ".join(errors)
         + ". Fix: make forward traceable (no data-dependent Python control flow, no .item()), "
         "check that the example input shapes fit the model, or try strict=True/False explicitly."
-    ) from last
+    )
+    err.details = printed.getvalue()
+    raise err from last

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .._errors import OtonasError, UsageError
+from ._explain import check_option_types, explain
 
 __all__ = ["main"]
 
@@ -56,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="write the verified subnet to DIR: model.py, model.safetensors, architecture.json")
     v.add_argument("--mode", choices=["prune", "erase", "both"], default="prune",
                    help="zero random channel groups (prune), erase random valid operators (erase), or both")
+    v.add_argument("-q", "--quiet", action="store_true", help="no progress lines for the stages on stderr")
     a = sub.add_parser("analyze", help="print the pruning families of MODEL and what pins the rest")
     _model_args(a)
     sh = sub.add_parser("show", help="draw MODEL's graph: families coloured, erasing groups outlined, pins marked")
@@ -168,6 +170,7 @@ def _options(args: argparse.Namespace, config_class: type) -> dict[str, Any]:
                 raise UsageError(f"--config {args.config!r}: unknown key {key!r}; known: "
                                  f"{', '.join(sorted(f.replace('_', '-') for f in fields))}")
             values[name] = value
+        check_option_types(values, config_class, source=f"--config {args.config!r}")
     for name in fields:
         v = getattr(args, name, None)
         if v is not None:
@@ -181,6 +184,10 @@ def _tune_config(args: argparse.Namespace) -> Any:
     values = _options(args, TuneConfig)
     if isinstance(values.get("search"), dict):
         values["search"] = {k.replace("-", "_"): v for k, v in values["search"].items()}
+    if isinstance(values.get("search"), dict):
+        from ..search import SearchConfig
+
+        check_option_types(values["search"], SearchConfig, source=f"--config {args.config!r} [search]")
     search = dict(values.get("search", {}))
     for name in ("mode", "lr", "batch_size", "round_to"):
         v = getattr(args, name, None)
@@ -260,7 +267,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     dtypes = [_dtype(d) for d in args.input_dtype] if args.input_dtype else None
     report = verify(args.model, input_shapes=shapes, input_dtypes=dtypes, model_kwargs=args.model_kwargs,
                     fraction=args.fraction, seed=args.seed, strict=_strict(args.strict), mode=args.mode,
-                    export_dir=args.export)
+                    export_dir=args.export, progress=None if args.quiet else _stage_line)
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
@@ -292,6 +299,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             print(f"export          {r.export_dir}/ (model.py, model.safetensors, architecture.json)")
         print(f"{'PASSED' if r.passed else 'FAILED'}: {r.message}")
     return 0 if report.passed else 1
+
+
+def _stage_line(text: str) -> None:
+    print(f"otonas: verify {text}", file=sys.stderr, flush=True)
 
 
 def _analyzed(args: argparse.Namespace) -> Any:
@@ -411,8 +422,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         after = _mtime(run_json)
         if after is not None and (cfg.resume or after != before):
-            print(f"otonas: interrupted; the last finished epoch is saved; to continue: "
-                  f"otonas search --resume --out {shlex.quote(cfg.out)}", file=sys.stderr)
+            print(f"otonas: interrupted; the last finished epoch is saved (report.html is a partial report); "
+                  f"to continue: otonas search --resume --out {shlex.quote(cfg.out)}", file=sys.stderr)
         else:
             print("otonas: interrupted before an epoch was saved; nothing to resume: run the same command again",
                   file=sys.stderr)
@@ -425,8 +436,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
               f"(max abs diff {r['max_abs_diff']:.2g})")
         print(f"params          {r['params_before']:,} -> {r['params_after']:,}")
         print(f"FLOPs (MACs)    {r['flops_before']:,} -> {r['flops_after']:,}")
-        print(f"group sparsity  {r['group_sparsity']:.3f}; erased {len(r['erased_operators'])} of "
-              f"{r['erasing_groups']} erasing groups")
+        print(f"channel groups  {r['removed_groups']:,} of {r['prunable_groups']:,} prunable removed "
+              f"(group sparsity {r['group_sparsity']:.3f})" + ("" if r["mode"] == "prune" else
+                                                              f"; erased {len(r['erased_operators'])} of "
+                                                              f"{r['erasing_groups']} erasing groups"))
         print(f"written to      {cfg.out}/ (report.html, report.json, model.py, model.safetensors, architecture.json)")
     return 0
 
@@ -468,19 +481,21 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return _cmd_show(args)
         if args.command == "tune":
             return _cmd_tune(args)
-    except OtonasError as e:
-        if getattr(args, "debug", False):
-            traceback.print_exc()
-        print(f"otonas: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("otonas: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # a bug of ours: still one line unless --debug
+    except Exception as e:  # one line (the traceback too with --debug); explain() says what it means
         if getattr(args, "debug", False):
             traceback.print_exc()
-        print(f"otonas: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-              "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+            details = getattr(e, "details", "")
+            if details.strip():
+                print(details.rstrip(), file=sys.stderr)
+        message = explain(e, out=getattr(args, "out", None) or None)
+        if message is not None:
+            print(f"otonas: error: {' '.join(message.splitlines())}", file=sys.stderr)
+        else:  # a bug of ours
+            print(f"otonas: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                  "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command}")
     return 2

@@ -9,12 +9,14 @@ from html import escape
 
 from ._svg import FONT
 
-__all__ = ["Series", "line_chart", "before_after_bars", "channel_bars", "human", "nice_ticks"]
+__all__ = ["Series", "line_chart", "before_after_bars", "channel_bars", "human", "nice_ticks", "log_ticks",
+           "wants_log_scale"]
 
 _AXIS = "#9aa5b1"
 _GRID = "#eef0f3"
 _INK = "#1f2933"
 _MUTED = "#67737f"
+_MARK = "#b26a00"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,29 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     return ticks
 
 
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Ticks for a log axis over [lo, hi] (0 < lo <= hi): 1, 2, 5 × 10^k, from the one at or below
+    lo to the one at or above hi; at least two."""
+    if not (lo > 0 and math.isfinite(lo) and math.isfinite(hi)):
+        return [1.0, 10.0]
+    hi = max(hi, lo)
+    steps = [m * 10.0 ** k for k in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 2)
+             for m in (1, 2, 5)]
+    below = max(t for t in steps if t <= lo * (1 + 1e-9))
+    above = min(t for t in steps if t >= hi * (1 - 1e-9))
+    ticks = [float(f"{t:.6g}") for t in steps if below <= t <= above]
+    if len(ticks) > 7:  # a wide range: the decades only (and the ends)
+        ticks = [t for i, t in enumerate(ticks) if i in (0, len(ticks) - 1) or f"{t:.6g}".lstrip("0.")[:1] == "1"]
+    return ticks if len(ticks) >= 2 else [below, above * 2]
+
+
+def wants_log_scale(values: Sequence[float | None], *, ratio: float = 5.0) -> bool:
+    """Whether a positive series spans so wide a range (max/min >= ``ratio``, e.g. a large first
+    loss) that a linear axis would squash the rest of it flat."""
+    vs = [v for v in values if v is not None and math.isfinite(v)]
+    return len(vs) >= 2 and min(vs) > 0 and max(vs) / min(vs) >= ratio
+
+
 def line_chart(
     title: str,
     xs: Sequence[float],
@@ -68,19 +93,29 @@ def line_chart(
     x_label: str = "epoch",
     y_min: float | None = None,
     y_max: float | None = None,
+    log_y: bool = False,
+    marker: tuple[float, str] | None = None,
 ) -> str:
-    """A line chart with axes, grid, tick labels, a legend and a tooltip on every point."""
+    """A line chart with axes, grid, tick labels, a legend and a tooltip on every point.
+
+    ``log_y`` draws the y axis on a log scale (values must be positive; others are left out);
+    ``marker`` = (x, label) draws a dashed vertical line at x with the label beside it."""
     left, right, top, bottom = 58, 16, 38, 40
     pw, ph = width - left - right, height - top - bottom
-    ys = [v for s in series for v in s.values if v is not None and math.isfinite(v)]
+    ys = [v for s in series for v in s.values if v is not None and math.isfinite(v) and (v > 0 or not log_y)]
     lo = min(ys) if ys else 0.0
     hi = max(ys) if ys else 1.0
-    if y_min is not None:
+    if y_min is not None and not log_y:
         lo = min(lo, y_min)
     if y_max is not None:
         hi = max(hi, y_max)
-    yt = nice_ticks(lo, hi)
-    y0, y1 = yt[0], yt[-1]
+    if log_y and ys:
+        yt = log_ticks(lo, hi)
+        y0, y1 = math.log10(yt[0]), math.log10(yt[-1])
+    else:
+        log_y = False
+        yt = nice_ticks(lo, hi)
+        y0, y1 = yt[0], yt[-1]
     x_lo, x_hi = (min(xs), max(xs)) if xs else (0.0, 1.0)
     if x_hi == x_lo:
         x_lo, x_hi = x_lo - 1, x_hi + 1
@@ -92,7 +127,12 @@ def line_chart(
         return left + (x - x_lo) / (x_hi - x_lo) * pw
 
     def py(y: float) -> float:
+        if log_y:
+            y = math.log10(y)
         return top + ph - (y - y0) / ((y1 - y0) or 1.0) * ph
+
+    def drawn(v: float | None) -> bool:
+        return v is not None and math.isfinite(v) and (v > 0 or not log_y)
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="otn-chart" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" font-family="{escape(FONT)}">',
@@ -109,13 +149,20 @@ def line_chart(
                f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + ph}" stroke="{_AXIS}"/>'
                f'<text x="{left + pw / 2:.1f}" y="{height - 6}" font-size="11" text-anchor="middle" '
                f'fill="{_MUTED}">{escape(x_label)}</text>')
+    if marker is not None and x_lo - 1e-9 <= marker[0] <= x_hi + 1e-9:
+        mx = px(marker[0])
+        anchor, dx = ("end", -4) if mx > left + pw * 0.7 else ("start", 4)
+        out.append(f'<g class="otn-marker"><line x1="{mx:.1f}" x2="{mx:.1f}" y1="{top}" y2="{top + ph}" '
+                   f'stroke="{_MARK}" stroke-width="1.2" stroke-dasharray="4 3"/>'
+                   f'<text x="{mx + dx:.1f}" y="{top + 11}" font-size="10.5" text-anchor="{anchor}" '
+                   f'fill="{_MARK}">{escape(marker[1])}</text></g>')
     for s in series:
-        pts = [(x, v) for x, v in zip(xs, s.values) if v is not None and math.isfinite(v)]
+        pts = [(x, v) for x, v in zip(xs, s.values) if drawn(v) and v is not None]
         if not pts:
             continue
         runs: list[list[tuple[float, float]]] = [[]]
         for x, v in zip(xs, s.values):
-            if v is None or not math.isfinite(v):
+            if v is None or not drawn(v):
                 runs.append([])
             else:
                 runs[-1].append((x, v))

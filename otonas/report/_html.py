@@ -13,7 +13,7 @@ from html import escape
 from typing import Any
 
 from .. import __version__
-from ._charts import Series, before_after_bars, channel_bars, human, line_chart
+from ._charts import Series, before_after_bars, channel_bars, human, line_chart, wants_log_scale
 from ._facts import LayerChannels, layer_channels
 from ._svg import FONT, draw_graph, family_colour
 
@@ -77,6 +77,7 @@ ul.ops{columns:190px;column-gap:20px;margin:0;padding-left:18px;font-size:12.5px
 ul.ops li{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;break-inside:avoid;
  white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 footer{margin-top:32px;color:#8a96a3;font-size:12px;text-align:center}
+.partial{background:#fff8e1;border-color:#f0c36d;color:#5f4400}
 """
 
 # pan with drag or wheel, zoom with ctrl/⌘+wheel or the buttons; the viewBox keeps the stage's aspect
@@ -177,7 +178,7 @@ def _card(label: str, value: str, detail: str = "", cls: str = "") -> str:
             + (f'<div class="detail">{detail}</div>' if detail else "") + "</div>")
 
 
-def _cards(report: dict[str, Any], used: set[str]) -> list[str]:
+def _cards(report: dict[str, Any], used: set[str], history: Sequence[dict[str, Any]] = ()) -> list[str]:
     cards = []
     full, sub = _num(report.get("accuracy_full")), _num(report.get("accuracy_subnet"))
     if sub is not None or full is not None:
@@ -203,12 +204,21 @@ def _cards(report: dict[str, Any], used: set[str]) -> list[str]:
             cards.append(_card(label, human(after), detail))
     gs = _num(report.get("group_sparsity"))
     if gs is not None:
+        # a channel group is one channel of a family: every layer it couples loses it together,
+        # so it counts once however many layers it spans (the per-layer table counts channels)
         used.add("group_sparsity")
         n = _num(report.get("prunable_groups"))  # a number, or a string that reads as one
-        detail = f"of {int(n):,} prunable channels" if n else ""
+        k = _num(report.get("removed_groups"))
+        if k is None and n:
+            k = round(gs * n)
+        detail = ""
         if n:
             used.add("prunable_groups")
-        cards.append(_card("channels removed", _pct(gs), detail))
+            detail = (f"{int(k or 0):,} of {int(n):,} prunable channel groups" if k is not None else
+                      f"of {int(n):,} prunable channel groups")
+        if k is not None:
+            used.add("removed_groups")
+        cards.append(_card("channel groups removed", _pct(gs), detail))
     if "erased_operators" in report:
         used.add("erased_operators")
         ops = report["erased_operators"]
@@ -216,7 +226,10 @@ def _cards(report: dict[str, Any], used: set[str]) -> list[str]:
         n = _num(report.get("erasing_groups"))
         if n is not None:
             used.add("erasing_groups")
-        cards.append(_card("operators erased", f"{count}", f"of {int(n)} erasing groups" if n is not None else ""))
+        # a prune-only run erases nothing by design: an "erased 0 of N" card would only mislead
+        if report.get("mode") != "prune" and (count or report.get("mode") in ("erase", "both")):
+            cards.append(_card("operators erased", f"{count}",
+                               f"of {int(n)} erasing groups" if n is not None else ""))
     diff = _num(report.get("max_abs_diff"))
     if diff is not None:
         used.add("max_abs_diff")
@@ -229,8 +242,22 @@ def _cards(report: dict[str, Any], used: set[str]) -> list[str]:
         used |= {"epochs", "seconds"}
         value = f"{int(epochs)} epoch{'s' * (epochs != 1)}" if epochs is not None else _duration(seconds or 0)
         detail = escape(_duration(seconds)) if seconds is not None and epochs is not None else ""
+        best = _best_epoch(history)
+        if best is not None:
+            detail += (" · " if detail else "") + escape(f"best val accuracy {_pct(best[1])} at epoch {best[0]:g}")
         cards.append(_card("training", value, detail))
     return cards
+
+
+def _best_epoch(history: Sequence[dict[str, Any]]) -> tuple[float, float] | None:
+    """(epoch, val accuracy) of the epoch with the highest validation accuracy (the first of ties)."""
+    best: tuple[float, float] | None = None
+    for i, h in enumerate(history):
+        acc = _num(h.get("val_accuracy"))
+        if acc is not None and (best is None or acc > best[1]):
+            epoch = _num(h.get("epoch"))
+            best = (epoch if epoch is not None else float(i + 1), acc)
+    return best
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -266,17 +293,26 @@ def _history_charts(history: Sequence[dict[str, Any]]) -> list[str]:
         return vals if any(v is not None for v in vals) else None
 
     charts = []
+    best = _best_epoch(history)
+    marker = (best[0], f"best val accuracy (epoch {best[0]:g})") if best is not None and len(history) > 1 else None
     loss, vloss = col("loss"), col("val_loss")
     if loss or vloss:
         series = [Series(n, v, c) for n, v, c in (("train loss", loss, _BLUE), ("val loss", vloss, _ORANGE)) if v]
-        charts.append(line_chart("Loss", xs, series, y_format=lambda v: f"{v:.3g}"))
+        # one large first value would flatten the rest of a linear axis: then a log axis, said in the title
+        log = wants_log_scale([v for s in series for v in s.values])
+        charts.append(line_chart("Loss (log scale)" if log else "Loss", xs, series, y_format=lambda v: f"{v:.3g}",
+                                 log_y=log, marker=marker))
     tr, va = col("train_accuracy"), col("val_accuracy")
     if tr or va:
         vals = [v for s in (tr or [], va or []) for v in s if v is not None]
         frac = bool(vals) and max(vals) <= 1.0
         fmt = (lambda v: f"{v * 100:.0f} %") if frac else (lambda v: f"{v:.3g} %")
         series = [Series(n, v, c) for n, v, c in (("train", tr, _BLUE), ("validation", va, _GREEN)) if v]
-        charts.append(line_chart("Accuracy", xs, series, y_format=fmt, y_min=0.0))
+        charts.append(line_chart("Accuracy", xs, series, y_format=fmt, y_min=0.0, marker=marker))
+    lr = col("lr")
+    if lr:
+        charts.append(line_chart("Learning rate (at each epoch's last step)", xs, [Series("learning rate", lr, _BLUE)],
+                                 y_format=lambda v: f"{v:.3g}", y_min=0.0))
     gs = col("group_sparsity")
     if gs:
         charts.append(line_chart("Channel groups removed", xs, [Series("group sparsity", gs, _PURPLE)],
@@ -318,7 +354,10 @@ def _layer_section(rows: list[LayerChannels]) -> str:
     erased = sum(1 for r in rows if r.erased)
     before = sum(r.channels_before for r in rows)
     after = sum(r.channels_after for r in rows)
-    summary = (f"{len(rows)} layers · {pruned} pruned · {erased} erased · channels {before:,} → {after:,}"
+    # output channels summed over the layers: a channel group that couples several layers counts
+    # once per layer here, which is why this differs from the count of channel groups above
+    summary = (f"{len(rows)} layers · {pruned} pruned" + (f" · {erased} erased" if erased else "")
+               + f" · output channels summed over the layers {before:,} → {after:,}"
                f" ({(after / before if before else 1):.0%} kept)")
     body = []
     for i, (r, c) in enumerate(zip(rows, colours)):
@@ -332,7 +371,7 @@ def _layer_section(rows: list[LayerChannels]) -> str:
     chart = channel_bars([(r.layer, r.channels_before, r.channels_after, r.erased) for r in rows], colours)
     return (f'<section><h2>Channels per layer</h2><div class="panel"><div class="muted" style="margin-bottom:8px">'
             f'{escape(summary)}</div>{chart}<div class="scroll" style="margin-top:10px"><table><thead><tr>'
-            f'<th>#</th><th>layer</th><th>op</th><th style="text-align:right">before</th>'
+            f'<th>#</th><th>layer</th><th>op</th><th style="text-align:right">output channels before</th>'
             f'<th style="text-align:right">after</th><th style="text-align:right">kept</th><th></th></tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div></div></section>')
 
@@ -347,6 +386,7 @@ def write_report_html(
     erased: Any = None,
     title: str | None = None,
     max_nodes: int = 200,
+    partial: str | None = None,
 ) -> None:
     """Write one self-contained HTML page about a run to ``path``.
 
@@ -357,16 +397,25 @@ def write_report_html(
     (from ``report["layers"]`` when present, else from ``space`` and ``removed``/``erased``),
     and the network graph with pruned and erased parts marked (when ``space`` is given;
     drawn one box per module above ``max_nodes`` ops, see :func:`render_graph_svg`).
+
+    ``partial`` marks the page as the report of a run that did not finish: the sentence is shown
+    in a banner at the top (and the title says "partial"); the figures are then those of the last
+    finished epoch in ``history``.
     """
     report = dict(report or {})
     used: set[str] = {"layers"}
     model = report.get("model")
     heading = title or (f"otonas report — {model}" if model else "otonas report")
+    if partial is not None:
+        heading += " (partial)"
     sub = " · ".join(f"{k} {report[k]}" for k in ("data", "mode", "optimizer") if report.get(k) is not None)
     if model:
         used.add("model")
     parts = [f'<header><h1>{escape(heading)}</h1><div class="sub">{escape(sub)}</div></header>']
-    cards = _cards(report, used)
+    if partial is not None:
+        parts.append(f'<section><div class="panel partial" data-otonas-report="partial"><strong>Partial report.'
+                     f'</strong> {escape(partial)}</div></section>')
+    cards = _cards(report, used, history)
     if cards:
         parts.append(f'<section><div class="cards">{"".join(cards)}</div></section>')
     bars = [(label, _num(report.get(f"{k}_before")), _num(report.get(f"{k}_after")))
@@ -404,7 +453,8 @@ def write_report_html(
     parts.append(f"<footer>written by otonas {escape(__version__)} · this page is self-contained and works "
                  f"offline</footer>")
     css = _CSS % {"font": FONT} + _REPORT_CSS
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+    status = '<meta name="otonas-report" content="partial">' if partial is not None else ""
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{status}'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{escape(heading)}</title><style>{css}</style></head><body><main>"
             + "\n".join(parts) + f"</main><script>{_JS}</script></body></html>\n")

@@ -11,6 +11,7 @@ from html import escape
 from typing import Any
 
 import networkx as nx
+import numpy as np
 
 from ._facts import GraphFacts, OpFacts, graph_facts, short_op
 from ._layout import Layout, layered_layout
@@ -445,7 +446,9 @@ def _group_outlines(space: Any, boxes: dict[str, _Box], layout: Layout, facts: G
 
 
 def _legend(space: Any, boxes: dict[str, _Box], facts: GraphFacts, width: float, collapsed: bool,
-            title: str | None) -> tuple[list[str], float]:
+            title: str | None, pruned: int) -> tuple[list[str], float]:
+    """``pruned``: the channel groups the removal mask names; ``facts.removed`` adds those that
+    go with the erased inputs of a concat."""
     out: list[str] = []
     ops_total = len(facts.ops)
     removed = int(facts.removed.sum())
@@ -455,13 +458,14 @@ def _legend(space: Any, boxes: dict[str, _Box], facts: GraphFacts, width: float,
     out.append(f'<text x="12" y="24" font-size="16" font-weight="700" fill="{_INK}">{escape(name)}</text>')
     stats = [f"{ops_total} ops" + (f" in {len(boxes)} boxes (one per module)" if collapsed else ""),
              f"{len(space.families)} channel families",
-             f"{space.num_prunable_groups}/{space.num_groups} channels prunable",
+             f"{space.num_prunable_groups}/{space.num_groups} channel groups prunable",
              f"{space.num_erasing_groups} erasing groups",
              f"{pinned_ops} pinned op{'s' * (pinned_ops != 1)}"]
     out.append(f'<text x="12" y="42" font-size="11.5" fill="{_MUTED}">{escape(" · ".join(stats))}</text>')
     done = []
     if removed:
-        done.append(f"{removed} channel{'s' * (removed != 1)} pruned")
+        done.append(f"{pruned} channel group{'s' * (pruned != 1)} pruned" + (
+            f" (+{removed - pruned} with erased concat inputs)" if removed > pruned else ""))
     if erased_groups:
         done.append(f"{erased_groups} erasing group{'s' * (erased_groups != 1)} erased ({len(facts.dead)} ops)")
     y = 60.0
@@ -618,7 +622,8 @@ def draw_graph(space: Any, *, removed: Any = None, erased: Any = None, max_nodes
     rects, labels = _group_outlines(space, boxes, layout, facts, box_of)
     width = layout.width + 20
     lw = legend_width or min(max(width, 820.0), 1400.0)
-    legend, legend_height = _legend(space, boxes, facts, lw, collapsed, title)
+    pruned = int(np.asarray(removed, dtype=bool).sum()) if removed is not None else 0
+    legend, legend_height = _legend(space, boxes, facts, lw, collapsed, title, pruned)
     routes = _ports(layout, edges)
     edge_svg = []
     for (u, v), pts in routes.items():

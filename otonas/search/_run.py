@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -129,6 +130,73 @@ def _make_model(cfg: SearchConfig, data: DataSpec) -> nn.Module:
     elif cfg.model.startswith("torchvision:"):
         kwargs.setdefault("num_classes", data.num_classes)
     return resolve_model(cfg.model, kwargs=kwargs).model
+
+
+# constructor arguments that set a model's input channels, by the names libraries use
+_CHANNEL_ARGS = ("in_chans", "in_channels", "input_channels", "num_channels", "in_ch", "channels")
+
+
+def _channel_argument(spec: str) -> str | None:
+    """The argument of MODEL's constructor that sets its input channels, where one is recognisable."""
+    import inspect
+
+    if spec.startswith(("torchvision:", "search_spaces:")):
+        return None
+    from .._models import user_callable
+
+    try:
+        names = inspect.signature(user_callable(spec)).parameters
+    except (OtonasError, TypeError, ValueError):
+        return None
+    return next((n for n in _CHANNEL_ARGS if n in names), None)
+
+
+def _check_fits(model: nn.Module, example: torch.Tensor, cfg: SearchConfig) -> None:
+    """Run ``model`` on a batch of the data (eval mode, no grad): when it fails and the first
+    layer it reached expects another number of input channels than the data has, say so and
+    name the ``--model-kwargs`` that fixes it."""
+    first: list[tuple[str, nn.Module, torch.Tensor]] = []
+    layers: dict[nn.Module, str] = {m: n for n, m in model.named_modules()
+                                    if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        if not first and args and isinstance(args[0], torch.Tensor):
+            first.append((layers[module], module, args[0]))
+
+    handles = [m.register_forward_pre_hook(hook) for m in layers]
+    training = model.training
+    shape = ",".join(map(str, example.shape))
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    except Exception as e:
+        given = int(example.shape[1]) if example.dim() > 1 else None
+        if first and given is not None:
+            name, layer, x = first[0]
+            expected = getattr(layer, "in_channels", None)
+            if expected is None:
+                expected = getattr(layer, "in_features", None)
+                dim_given = int(x.shape[-1])
+            else:
+                dim_given = int(x.shape[1]) if x.dim() > 1 else given
+            if expected is not None and dim_given != expected and x is example:
+                arg = _channel_argument(cfg.model)
+                fix = (f"pass --model-kwargs '{{\"{arg}\": {given}}}'" if arg else
+                       f"pass the model's argument for its input channels, e.g. --model-kwargs "
+                       f"'{{\"in_chans\": {given}}}' (whatever its constructor calls it), or use data with "
+                       f"{expected} channels")
+                raise UsageError(f"MODEL {cfg.model!r} does not fit --data {cfg.data!r}: the data has {given} input "
+                                 f"channel(s) (a batch is {shape}), the model's first layer {name or '(root)'} "
+                                 f"({type(layer).__name__}) expects {expected}; {fix}") from e
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UsageError(f"MODEL {cfg.model!r} fails on a batch of --data {cfg.data!r} (shape {shape}): "
+                         f"{type(e).__name__}: {text}; check that the model's --model-kwargs fit the data "
+                         "(input channels, classes, image size)") from e
+    finally:
+        model.train(training)
+        for h in handles:
+            h.remove()
 
 
 def _is_supernet(cfg: SearchConfig) -> bool:
@@ -263,10 +331,22 @@ def _prepare_folder(cfg: SearchConfig) -> None:
             if os.path.isfile(path) or os.path.islink(path):
                 os.remove(path)
         return
-    done = None if cfg.resume else _finished(cfg.out)
+    if cfg.resume:
+        return
+    done = _finished(cfg.out)
     if done:
         raise UsageError(f"{cfg.out} holds a finished run ({done}); pass --resume to rebuild its outputs from the "
                          "checkpoint, or --overwrite to start a new run there (removes otonas's files only)")
+    run_json = os.path.join(cfg.out, "checkpoint", "run.json")
+    if os.path.exists(run_json):
+        try:
+            with open(run_json) as f:
+                run = json.load(f)
+            where = f" (checkpoint at epoch {int(run['epoch'])} of {int(run['config']['epochs'])})"
+        except (OSError, ValueError, KeyError, TypeError):
+            where = ""
+        raise UsageError(f"{cfg.out} holds an unfinished run{where}; pass --resume to continue it, or --overwrite "
+                         "to start again (removes otonas's files only)")
 
 
 def search(cfg: SearchConfig, *, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -304,6 +384,7 @@ def _search(cfg: SearchConfig, on_epoch: Callable[[dict[str, Any]], None] | None
     from ..analysis import analyze
 
     example = torch.stack([data.train[i][0] for i in range(2)])
+    _check_fits(model, example, cfg)
     space = analyze(model, (example,))
     if cfg.mode in ("prune", "both") and space.num_prunable_groups == 0:
         raise UsageError(f"{cfg.model} has no prunable channels ({'; '.join(p.reason for p in space.pins[:3])}); "
@@ -321,6 +402,61 @@ def _search(cfg: SearchConfig, on_epoch: Callable[[dict[str, Any]], None] | None
     elif cfg.resume:
         print(f"otonas: no checkpoint in {ckpt}; starting from scratch", file=sys.stderr)
     full_costs = space.costs()
+    elapsed_box = [elapsed]
+    try:
+        _train(cfg, model, space, data, device, opt, history, start_epoch, elapsed_box, on_epoch, steps_per_epoch,
+               full_costs)
+    except BaseException as e:  # Ctrl-C, an error, a pruned trial: the finished epochs still get a report
+        if history:
+            _partial_report(cfg, history, space, e)
+        raise
+    return _finish(cfg, model, space, data, device, history, elapsed_box[0], opt)
+
+
+def _partial_report(cfg: SearchConfig, history: list[dict[str, Any]], space: Any, error: BaseException) -> None:
+    """report.html (marked partial) from the history of the finished epochs; no report.json,
+    which marks a finished run. Never masks the exception that ended the run."""
+    try:
+        from ..report import write_report_html
+    except ImportError:
+        return
+    try:  # the epochs the checkpoint holds: what --resume continues from
+        with open(os.path.join(cfg.out, "checkpoint", "run.json")) as f:
+            saved = list(json.load(f)["history"])
+    except (OSError, ValueError, KeyError, TypeError):
+        saved = []
+    hint = ("Continue with: otonas search --resume --out " + shlex.quote(cfg.out) if saved else
+            "No checkpoint was saved, so there is nothing to resume.")
+    history = saved or history
+    last = history[-1]
+    why = ("it was interrupted" if isinstance(error, KeyboardInterrupt) else
+           f"it stopped on {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}")
+    before = space.costs()
+    report = {"model": cfg.model, "data": cfg.data, "mode": cfg.mode, "optimizer": cfg.optimizer,
+              "status": "partial", "epochs_finished": int(last["epoch"]),
+              "params_before": before.params, "params_after": last.get("params"),
+              "flops_before": before.flops, "flops_after": last.get("flops"),
+              "group_sparsity": last.get("group_sparsity"), "prunable_groups": space.num_prunable_groups,
+              "removed_groups": last.get("removed_groups"),
+              "erased_operators": int(last.get("erased_ops") or 0), "erasing_groups": space.num_erasing_groups,
+              "epochs": cfg.epochs, "seconds": sum(float(h.get("seconds") or 0.0) for h in history),
+              "config": asdict(cfg)}
+    text = (f"The run stopped after epoch {int(last['epoch'])} of {cfg.epochs}: {why}. The figures are those of "
+            f"epoch {int(last['epoch'])} (FLOPs and parameters as the zero groups then would leave them; no subnet "
+            f"was built or exported yet). {hint}")
+    try:
+        write_report_html(os.path.join(cfg.out, "report.html"), report=report, history=history, partial=text)
+    except OSError:  # the disk that ended the run, most likely: its error says so
+        pass
+    except Exception as e:  # the report must never hide why the run ended
+        print(f"otonas: warning: could not write the partial report: {type(e).__name__}: {e}", file=sys.stderr)
+
+
+def _train(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, device: torch.device, opt: Any,
+           history: list[dict[str, Any]], start_epoch: int, elapsed_box: list[float],
+           on_epoch: Callable[[dict[str, Any]], None] | None, steps_per_epoch: int, full_costs: Any) -> None:
+    """The epochs from ``start_epoch``: train, evaluate, append to ``history``, checkpoint."""
+    elapsed = elapsed_box[0]
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
         model.train()
@@ -355,8 +491,10 @@ def _search(cfg: SearchConfig, on_epoch: Callable[[dict[str, Any]], None] | None
         row = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                "val_accuracy": val_acc, "val_loss": val_loss,
                "group_sparsity": float(removed.mean()) if removed is not None else 0.0,
+               "removed_groups": int(removed.sum()) if removed is not None else 0,
                "erased_ops": int(erased.sum()) if erased is not None else 0,
-               "flops": costs.flops, "params": costs.params, "seconds": time.time() - t0}
+               "flops": costs.flops, "params": costs.params, "lr": float(opt.param_groups[0]["lr"]),
+               "seconds": time.time() - t0}
         history.append(row)
         if bar is not None:
             bar.set_postfix(loss=f"{row['loss']:.3f}", val_acc=f"{val_acc:.3f}",
@@ -368,10 +506,10 @@ def _search(cfg: SearchConfig, on_epoch: Callable[[dict[str, Any]], None] | None
             print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.3f}, val acc {val_acc:.3f}, "
                   f"FLOPs kept {costs.flops / max(full_costs.flops, 1):.1%}{erasing}", file=sys.stderr, flush=True)
         elapsed += time.time() - t0
-        _save_checkpoint(ckpt, model, opt, cfg, epoch + 1, history, elapsed)
+        elapsed_box[0] = elapsed
+        _save_checkpoint(os.path.join(cfg.out, "checkpoint"), model, opt, cfg, epoch + 1, history, elapsed)
         if on_epoch is not None:
             on_epoch(dict(row))
-    return _finish(cfg, model, space, data, device, history, elapsed, opt)
 
 
 def _save_checkpoint(ckpt: str, model: nn.Module, opt: Any, cfg: SearchConfig, epoch: int,
@@ -459,6 +597,7 @@ def _finish(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, dev
         "params_before": before.params, "params_after": after.params,
         "flops_before": before.flops, "flops_after": after.flops,
         "group_sparsity": float(removed.mean()) if removed is not None else 0.0,
+        "removed_groups": int(removed.sum()) if removed is not None else 0,
         "erased_operators": [space.erasing_groups[i].module or space.erasing_groups[i].output
                              for i in np.nonzero(erased)[0]] if erased is not None else [],
         "erasing_groups": space.num_erasing_groups, "prunable_groups": space.num_prunable_groups,

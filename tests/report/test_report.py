@@ -214,7 +214,9 @@ def test_report_page(tmp_path):
     assert "darts &amp; friends" in html and "&lt;b&gt;not html&lt;/b&gt;" in html
     for text in ("91.2 %", "90.9 %", f"{len(erased_names)}", "1 h 02 min", "config.lr", "0.05"):
         assert text in html, text
-    for title in ("Loss", "Accuracy", "Channel groups removed", "Operators erased", "FLOPs (MACs / sample)"):
+    # the loss falls from 2.0 to 0.25: 8x, so a log axis (said in the title)
+    for title in ("Loss (log scale)", "Accuracy", "Channel groups removed", "Operators erased",
+                  "FLOPs (MACs / sample)"):
         assert f">{title}</text>" in html, title
     svgs = _svgs_in(html)  # every chart and the graph parse as XML
     graph = [s for s in svgs if "otn-graph" in s.get("class", "")]
@@ -285,3 +287,172 @@ def test_layout_keeps_a_chain_straight_beside_a_skip_edge():
     assert len(xs) == 1
     skip = lay.edges[("in", "add")]
     assert len(skip) > 2 and all(x > lay.pos["bn"][0] + 65 for x, _ in skip[1:-1])  # routed beside the boxes
+
+
+
+# --- the report's figures agree with report.json and architecture.json --------------------------
+
+def _card_texts(html: str) -> dict[str, tuple[str, str]]:
+    """label -> (value, detail text) of every card of a report page."""
+    cards = re.findall(r'<div class="card"><div class="label">(.*?)</div><div class="value[^"]*">(.*?)</div>'
+                       r'(?:<div class="detail">(.*?)</div>)?</div>', html)
+    return {label: (value, re.sub(r"<[^>]+>", "", detail).replace("&nbsp;", " ")) for label, value, detail in cards}
+
+
+def _chart(html: str, title: str) -> ET.Element:
+    return next(s for s in _svgs_in(html) if any(t.text == title for t in s.iter(f"{SVG_NS}text")))
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """A finished 3-epoch prune search on the tiny ResNet-20 (digits): its folder and report.json."""
+    import json
+
+    from otonas.search import SearchConfig, search
+
+    out = tmp_path_factory.mktemp("report") / "run"
+    search(SearchConfig(out=str(out), model="search_spaces:resnet20", model_kwargs={"size": "tiny"}, mode="prune",
+                        batch_size=256, epochs=3, progress=False))
+    return out, json.loads((out / "report.json").read_text()), json.loads((out / "architecture.json").read_text())
+
+
+def test_run_report_cards_match_report_json(run_folder):
+    out, report, _ = run_folder
+    html = (out / "report.html").read_text(encoding="utf-8")
+    cards = _card_texts(html)
+    assert report["removed_groups"] == round(report["group_sparsity"] * report["prunable_groups"]) > 0
+    value, detail = cards["channel groups removed"]
+    assert value == f"{report['group_sparsity'] * 100:.1f} %"
+    assert detail == f"{report['removed_groups']:,} of {report['prunable_groups']:,} prunable channel groups"
+    assert "operators erased" not in cards  # a prune-only run: no erasure card
+    assert cards["accuracy (subnet)"][0] == f"{report['accuracy_subnet'] * 100:.1f} %"
+    from otonas.report._charts import human
+
+    assert cards["parameters"][0] == human(report["params_after"])
+    assert cards["FLOPs (MACs / sample)"][0] == human(report["flops_after"])
+    assert "prunable channels" not in html and "channels prunable" not in html  # groups are named groups
+
+
+def test_run_report_graph_header_counts_groups_as_report_json(run_folder):
+    out, report, _ = run_folder
+    html = (out / "report.html").read_text(encoding="utf-8")
+    legend = next(s for s in _svgs_in(html) if any("channel families" in (t.text or "") for t in s.iter(f"{SVG_NS}text")))
+    texts = [t.text or "" for t in legend.iter(f"{SVG_NS}text")]
+    stats = next(t for t in texts if "channel groups prunable" in t)
+    assert re.search(rf"\b{report['prunable_groups']}/\d+ channel groups prunable", stats), stats
+    assert f"{report['removed_groups']} channel groups pruned" in texts
+
+
+def test_run_report_layer_table_matches_architecture_json(run_folder):
+    out, _, arch = run_folder
+    html = (out / "report.html").read_text(encoding="utf-8")
+    layers = {entry["name"]: entry for entry in arch["layers"]}
+    body = re.search(r"<tbody>(.*?)</tbody>", html, flags=re.S).group(1)
+    cells = re.findall(r'<td class="path">.*?</span>(.*?)</td><td>(.*?)</td><td class="num">(\d+)</td>'
+                       r'<td class="num">(\w+)</td>', body)
+    assert cells
+    total_before = total_after = 0
+    for layer, op, before, after in cells:
+        out_channels = layers[layer]["channels"]["out"]  # the layer's output channels, as model.py declares them
+        assert (int(before), int(after)) == (out_channels["before"], out_channels["after"]), layer
+        total_before, total_after = total_before + int(before), total_after + int(after)
+    summary = re.search(r"output channels summed over the layers ([\d,]+) → ([\d,]+)", html)
+    assert summary and (int(summary[1].replace(",", "")), int(summary[2].replace(",", ""))) == (total_before,
+                                                                                                total_after)
+    # the size before and after: the same totals as architecture.json's
+    _, report, _ = run_folder
+    assert (report["params_before"], report["params_after"]) == (arch["params"]["before"], arch["params"]["after"])
+    assert (report["flops_before"], report["flops_after"]) == (arch["flops"]["before"], arch["flops"]["after"])
+
+
+def test_run_report_has_the_lr_curve_and_the_best_epoch(run_folder):
+    import json
+
+    out, _, _ = run_folder
+    html = (out / "report.html").read_text(encoding="utf-8")
+    history = json.loads((out / "checkpoint" / "run.json").read_text())["history"]
+    lr_chart = _chart(html, "Learning rate (at each epoch's last step)")
+    tips = [c.find(f"{SVG_NS}title").text for c in lr_chart.iter(f"{SVG_NS}circle")]
+    assert tips == [f"learning rate, epoch {h['epoch']}: {h['lr']:.3g}" for h in history]
+    best = max(range(len(history)), key=lambda i: (history[i]["val_accuracy"], -i))
+    epoch = history[best]["epoch"]
+    acc = _chart(html, "Accuracy")
+    marker = next(g for g in acc.iter(f"{SVG_NS}g") if g.get("class") == "otn-marker")
+    assert marker.find(f"{SVG_NS}text").text == f"best val accuracy (epoch {epoch})"
+    point = next(c for c in acc.iter(f"{SVG_NS}circle")
+                 if c.find(f"{SVG_NS}title").text.startswith(f"validation, epoch {epoch}:"))
+    assert marker.find(f"{SVG_NS}line").get("x1") == point.get("cx")
+    assert f"at epoch {epoch}" in _card_texts(html)["training"][1]
+
+
+def test_loss_chart_is_log_scale_when_one_value_dwarfs_the_rest(tmp_path):
+    from otonas.report._charts import Series, line_chart
+
+    big_first = [{"epoch": e, "loss": v} for e, v in enumerate([9.0, 0.50, 0.45, 0.42, 0.40], 1)]
+    flat = [{"epoch": e, "loss": v} for e, v in enumerate([0.9, 0.7, 0.6, 0.55], 1)]
+    write_report_html(tmp_path / "a.html", report={}, history=big_first)
+    write_report_html(tmp_path / "b.html", report={}, history=flat)
+    assert ">Loss (log scale)</text>" in (tmp_path / "a.html").read_text()
+    assert ">Loss</text>" in (tmp_path / "b.html").read_text()
+
+    def spread(svg: str) -> float:  # the vertical extent of the last four points, in pixels
+        ys = [float(y) for y in re.findall(r'<circle cx="[\d.]+" cy="([\d.]+)"', svg)][1:]
+        return max(ys) - min(ys)
+
+    xs = [1.0, 2.0, 3.0, 4.0, 5.0]
+    values = [v["loss"] for v in big_first]
+    log, linear = (line_chart("L", xs, [Series("loss", values, "#000")], log_y=flag) for flag in (True, False))
+    assert spread(log) > 3 * spread(linear)
+    # on the log axis equal ratios are equal distances
+    ys = [float(y) for y in re.findall(r'<circle cx="[\d.]+" cy="([\d.]+)"', line_chart(
+        "L", [1.0, 2.0, 3.0], [Series("loss", [10.0, 1.0, 0.1], "#000")], log_y=True))]
+    assert ys[1] - ys[0] == pytest.approx(ys[2] - ys[1], abs=0.15)
+
+
+@pytest.mark.parametrize("mode,erased,card", [("prune", [], False), ("erase", [], True), ("both", ["cell.op"], True),
+                                              (None, [], False), (None, ["cell.op"], True)])
+def test_erasure_card_only_where_operators_can_be_erased(tmp_path, mode, erased, card):
+    report = {"mode": mode, "erased_operators": erased, "erasing_groups": 11, "group_sparsity": 0.25,
+              "prunable_groups": 40, "removed_groups": 10}
+    write_report_html(tmp_path / "r.html", report=report, history=[])
+    cards = _card_texts((tmp_path / "r.html").read_text())
+    assert ("operators erased" in cards) is card
+    if card:
+        assert cards["operators erased"] == (str(len(erased)), "of 11 erasing groups")
+    assert cards["channel groups removed"] == ("25.0 %", "10 of 40 prunable channel groups")
+
+
+def test_interrupted_run_gets_a_partial_report_then_the_full_one(tmp_path):
+    import json
+
+    from otonas.search import SearchConfig, search
+
+    out = tmp_path / "run"
+    cfg = dict(out=str(out), model="search_spaces:resnet20", model_kwargs={"size": "tiny"}, mode="prune",
+               batch_size=256, epochs=3, progress=False)
+
+    def stop_after_two(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        search(SearchConfig(**cfg), on_epoch=stop_after_two)
+    assert not (out / "report.json").exists()  # that would mark the run finished
+    html = (out / "report.html").read_text(encoding="utf-8")
+    history = json.loads((out / "checkpoint" / "run.json").read_text())["history"]
+    assert len(history) == 2
+    assert '<meta name="otonas-report" content="partial">' in html and "(partial)</h1>" in html
+    assert "The run stopped after epoch 2 of 3: it was interrupted." in html and "--resume" in html
+    cards = _card_texts(html)
+    last = history[-1]
+    assert cards["channel groups removed"][0] == f"{last['group_sparsity'] * 100:.1f} %"
+    assert cards["channel groups removed"][1].startswith(f"{last['removed_groups']:,} of ")
+    from otonas.report._charts import human
+
+    assert cards["FLOPs (MACs / sample)"][0] == human(last["flops"])
+    assert len(_chart(html, "Accuracy").findall(f".//{SVG_NS}circle")) == 2 * len(history)
+
+    report = search(SearchConfig(**{**cfg, "resume": True}))
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert 'name="otonas-report"' not in html and "Partial report" not in html and "(partial)" not in html
+    assert json.loads((out / "report.json").read_text())["removed_groups"] == report["removed_groups"]
