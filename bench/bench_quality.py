@@ -37,8 +37,9 @@ steps: one-cycle (linear warm-up over the first 15 % from 0.004 to 0.1, then cos
 The DARTS supernet (tiny, digits, 12 epochs, as the main job), in erase mode:
 
 - ``dense``: the whole supernet trained.
-- ``otonas``: ``H2SPG(erase_budget=0.5, schedule="progressive", score=TaylorScore())`` with the
-  same warm-up and projection fractions; the built subnet is evaluated.
+- ``otonas``: ``H2SPG(erase_budget=0.5, schedule="progressive", score=TaylorScore())`` with
+  ``otonas search``'s erase-mode fractions (warm-up 1/6, projection to 5/12); the built subnet
+  is evaluated.
 - ``random_erase``: at initialisation, a random valid erasure (random order, each erasing group
   kept when the set stays valid) that keeps at least the FLOPs of otonas' run of the same seed,
   held at zero and trained for all epochs, then built.
@@ -124,12 +125,13 @@ FULL: dict[str, Any] = {
     # channels (DHSPG), Taylor for operators (H2SPG, the supernet runs)
     "otonas": {"warmup": 0.1, "projection_end": 0.3, "periods": 5, "schedule": "progressive", "score": "magnitude",
                "erase_score": "taylor"},
+    # the supernet runs use otonas search's erase-mode fractions: warm-up 1/6, projection to 5/12
     "prune_at": "round(2/3 of the epochs)",
     "fashionmnist": {"train": 5000, "test": 2000, "subset_seed": 0, "epochs": 6},
     "digits": {"train": 1347, "test": 450, "split_random_state": 0, "epochs": 30},
     "flops": "otonas.analyze(net, example).costs().flops / dense",
     # the supernet in erase mode (H2SPG, otonas search's default job) against random valid erasure
-    "darts": {"data": "digits", "epochs": 12, "erase_budget": 0.5},
+    "darts": {"data": "digits", "epochs": 12, "erase_budget": 0.5, "warmup": 1 / 6, "projection_end": 5 / 12},
 }
 QUICK: dict[str, Any] = {**FULL, "fashionmnist": {"train": 1000, "test": 500, "subset_seed": 0, "epochs": 1},
          "digits": {"train": 1347, "test": 450, "split_random_state": 0, "epochs": 1},
@@ -442,10 +444,10 @@ def run_supernet_otonas(ctx: Context, budget: float, epochs: int, seed: int) -> 
     net = make_supernet()
     tr = Trainer(ctx.d, ctx.cfg, epochs, seed)
     space = otonas.analyze(net, (ctx.example,))
-    o = ctx.cfg["otonas"]
+    o, sc = ctx.cfg["otonas"], ctx.cfg["darts"]
     opt = H2SPG(space, lr=ctx.cfg["lr_max"], momentum=ctx.cfg["momentum"], weight_decay=ctx.cfg["weight_decay"],
-                target_group_sparsity=0.0, erase_budget=budget, warmup_steps=round(o["warmup"] * tr.total),
-                end_step=round(o["projection_end"] * tr.total), schedule=o["schedule"], periods=o["periods"],
+                target_group_sparsity=0.0, erase_budget=budget, warmup_steps=round(sc["warmup"] * tr.total),
+                end_step=round(sc["projection_end"] * tr.total), schedule=o["schedule"], periods=o["periods"],
                 score=make_score(o["erase_score"]), lmbda=2.0)
     tr.run(net, opt, epochs)
     return otonas.build(space), int(opt.metrics()["num_forced_groups"])
