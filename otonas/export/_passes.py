@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import fx
 
+from ..ops import op_key
+
 __all__ = ["copy_graph", "drop_identities", "out_of_place", "mutated_arg", "is_random"]
 
 _INT_MAX = 2**62
@@ -16,11 +18,6 @@ _ASSERTS = ("aten._assert_async", "aten._assert_scalar", "aten._assert_tensor_me
             "aten.sym_constrain_range_for_size", "aten._assert_tensor_metadata")
 _DROPOUTS = ("aten.dropout", "aten.dropout_", "aten.feature_dropout", "aten.feature_dropout_", "aten.alpha_dropout",
              "aten.alpha_dropout_", "aten.feature_alpha_dropout", "aten.feature_alpha_dropout_")
-
-
-def packet(target: Any) -> str:
-    name = str(target)
-    return name.rsplit(".", 1)[0] if name.startswith("aten.") and name.count(".") >= 2 else name
 
 
 def copy_graph(graph: fx.Graph) -> fx.Graph:
@@ -71,7 +68,7 @@ def drop_identities(graph: fx.Graph) -> None:
     for node in list(graph.nodes):
         if node.op != "call_function":
             continue
-        p = packet(node.target)
+        p = op_key(node.target).packet
         keep: Any = None
         if p in _ASSERTS and not node.users:
             graph.erase_node(node)
