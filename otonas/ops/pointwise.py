@@ -127,8 +127,26 @@ class PointwiseUntagged(Pointwise):
 
 
 @register("aten.prelu")
-class PRelu(Pointwise):
-    def code(self, c: Call) -> Expr:
+class PRelu(OpRule):
+    """``F.prelu(x, weight)``: one slope per channel of dim 1 (or one for all channels).
+
+    Not a broadcast: a ``(C,)`` weight belongs to dim 1 of ``x``, whatever the rank, so its
+    slope c is removed with channel c. ``prelu(0) == 0`` for any slope."""
+
+    zero_preserving = True
+    keeps_zero_tensor = True
+
+    def flow(self, ctx: FlowContext, node: fx.Node) -> Any:
+        X, W = ctx.dims(node.args[0]), ctx.dims(node.args[1])
+        if X is None or W is None or len(W) != 1:
+            return unknown(ctx, node)
+        if len(W[0]) > 1:  # per channel (a single slope is shared by all: nothing to tie)
+            if len(X) < 2 or len(X[1]) != len(W[0]):
+                return unknown(ctx, node)
+            ctx.union(W[0], X[1])
+        return X
+
+    def code(self, c: Call) -> Expr | None:
         return fn("F.prelu", c.e("self"), c.e("weight"))
 
     def layer(self, c: LayerCall) -> LayerSpec | None:
