@@ -45,6 +45,11 @@ class Costs:
     flops: int
 
 
+def _tensor_list(a: Any) -> bool:
+    """A list argument of tensors (einsum's operands): its sizes go to the FLOP rule as a list."""
+    return isinstance(a, (list, tuple)) and bool(a) and all(isinstance(t, fx.Node) for t in a)
+
+
 class SearchSpace:
     """Groups, families and pins of one captured model. Built by :func:`analyze`."""
 
@@ -301,10 +306,9 @@ class SearchSpace:
             out = self.kept_sizes(node.name, removed_root)
             if not isinstance(out, list) or (out and not isinstance(out[0], int)):
                 out = out[0]
-            ins = [self.kept_sizes(a.name, removed_root) if isinstance(a, fx.Node) and a.name in self._flow.dims
+            ins = [[self.kept_sizes(t.name, removed_root) for t in a] if _tensor_list(a) else
+                   self.kept_sizes(a.name, removed_root) if isinstance(a, fx.Node) and a.name in self._flow.dims
                    and isinstance(self._flow.dims[a.name], list) else None for a in node.args]
-            if str(node.target).startswith("aten.einsum"):
-                ins = [None, [self.kept_sizes(a.name, removed_root) for a in node.args[1]]]
             flops += int(rule.flops(node, out, ins) or 0)
         return Costs(params, flops // max(batch, 1))
 

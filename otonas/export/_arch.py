@@ -37,6 +37,11 @@ def record_shapes(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> tuple[Any, dic
     return out, rec.shapes
 
 
+def _tensor_list(a: Any) -> bool:
+    """A list argument of tensors (einsum's operands): its shapes go to the FLOP rule as a list."""
+    return isinstance(a, (list, tuple)) and bool(a) and all(isinstance(t, fx.Node) for t in a)
+
+
 def node_flops(graph: fx.Graph, shape_of: Callable[[fx.Node], Any], batch: int) -> dict[str, int]:
     """Per-sample FLOPs (MACs) of every op, summed per module path, by otonas' FLOP rules."""
     out: dict[str, int] = {}
@@ -51,9 +56,8 @@ def node_flops(graph: fx.Graph, shape_of: Callable[[fx.Node], Any], batch: int) 
             continue
         if shape and isinstance(shape[0], list):
             shape = shape[0]
-        ins = [shape_of(a) if isinstance(a, fx.Node) else None for a in node.args]
-        if str(node.target).startswith("aten.einsum"):
-            ins = [None, [shape_of(a) for a in node.args[1]]]
+        ins = [[shape_of(t) for t in a] if _tensor_list(a) else shape_of(a) if isinstance(a, fx.Node) else None
+               for a in node.args]
         try:
             flops = int(rule.flops(node, shape, ins) or 0)
         except (TypeError, IndexError, ValueError):

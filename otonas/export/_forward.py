@@ -23,7 +23,6 @@ __all__ = ["ForwardWriter", "RESERVED", "signature", "render_output"]
 RESERVED = {"self", "F", "nn", "torch", "super", "float", "int", "len", "range", "getattr", "tuple", "list", "dict"}
 _GENERIC = re.compile(r"^(x|h|y|out|hidden|input)_?\d*$")
 _SYM_OPS = {"add", "sub", "mul", "floordiv", "neg", "truediv", "mod", "pow"}
-_SIZES = {"aten.sym_size", "aten.sym_numel", "aten.sym_stride", "aten.sym_storage_offset"}
 
 Poly = dict[tuple[str, ...], int]
 
@@ -99,7 +98,7 @@ class ForwardWriter:
             return "item"
         if callable(t) and getattr(t, "__module__", None) in ("_operator", "operator") and t.__name__ in _SYM_OPS:
             return "sym"
-        if op_key(t).packet in _SIZES:
+        if rule_for(t).size_query:
             return "size"
         if n in self.tree.layer_nodes:
             return "layer"
@@ -117,14 +116,9 @@ class ForwardWriter:
         schema = getattr(n.target, "_schema", None)
         if schema is not None and len(schema.returns) > 1:
             return len(schema.returns)
-        if op_key(n.target).packet in ("aten.split_with_sizes", "aten.unsafe_split_with_sizes"):
-            sizes = n.args[1] if len(n.args) > 1 else n.kwargs.get("split_sizes")
-            return len(sizes) if isinstance(sizes, (list, tuple)) else None
         orig = self.tree.facts.original_node(n)
         val = orig.meta.get("val") if orig is not None else n.meta.get("val")
-        if op_key(n.target).packet in ("aten.unbind", "aten.chunk", "aten.split") and isinstance(val, (list, tuple)):
-            return len(val)
-        return None
+        return rule_for(n.target).num_outputs(n, val)
 
     def _impure(self, n: fx.Node) -> bool:
         if n.op != "call_function":

@@ -11,7 +11,7 @@ from torch import fx
 from ._code import Call, LayerCall, literal, squash
 from ._context import BuildContext, Dims, FlowContext
 
-__all__ = ["args_of", "arg", "norm_dim", "track_param", "tensor_args", "unknown", "broadcast", "grouped_union",
+__all__ = ["args_of", "arg", "mutated_arg", "norm_dim", "track_param", "tensor_args", "unknown", "broadcast", "grouped_union",
            "input_of", "first", "kept_before", "scale_groups", "resized", "layer_zero", "size_args", "dims_arg",
            "changed_kw", "nn_kw"]
 
@@ -37,6 +37,18 @@ def norm_dim(d: int, n: int) -> int:
 def tensor_args(node: fx.Node) -> list[fx.Node]:
     """Every node among ``node``'s arguments and keyword arguments (top level)."""
     return [a for a in list(node.args) + list(node.kwargs.values()) if isinstance(a, fx.Node)]
+
+
+def mutated_arg(node: fx.Node) -> int | None:
+    """Index of the argument an in-place op writes to; -1 when it writes to several or to one
+    we cannot tell; None for ops that write nothing."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        return None
+    written = [i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write]
+    if not written:
+        return None
+    return written[0] if len(written) == 1 else -1
 
 
 # --- flow ---------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ._code import Call, Expr, LayerCall, LayerSpec
     from ._context import BuildContext, FlowContext
 
-__all__ = ["OpRule", "OpKey", "op_key", "register", "lookup", "rule_for", "registered"]
+__all__ = ["OpRule", "OpKey", "op_key", "functional_of", "register", "lookup", "rule_for", "registered"]
 
 
 class OpKey(NamedTuple):
@@ -43,6 +43,25 @@ def op_key(target: Any) -> OpKey:
         packet, overload = name.rsplit(".", 1)
         return OpKey(name, packet, overload)
     return OpKey(name, name, "")
+
+
+def functional_of(target: Any) -> Any:
+    """The functional twin of an in-place ATen overload (``aten.relu_.default`` ->
+    ``aten.relu.default``), with the same arguments after the first; None for any other target."""
+    name = getattr(target, "_schema", None) and target._schema.name.split("::")[1]
+    if not name or not name.endswith("_") or name.endswith("__"):
+        return None
+    packet = getattr(torch.ops.aten, name[:-1], None)
+    if packet is None:
+        return None
+    base = getattr(packet, target._overloadname, None)
+    if base is None:
+        return None
+    # same arguments (the first may be called "self" in one and "input" in the other)
+    if [(a.name, str(a.type)) for a in base._schema.arguments][1:] != \
+            [(a.name, str(a.type)) for a in target._schema.arguments][1:]:
+        return None
+    return base
 
 
 class OpRule:
@@ -70,6 +89,10 @@ class OpRule:
     zero_if: ClassVar[str | None] = None
     #: the op is the identity when its output has its input's shape (a full slice, a no-op view)
     identity_if_same_shape: ClassVar[bool] = False
+    #: a runtime assert: the generated code leaves it out when nothing reads its result
+    runtime_check: ClassVar[bool] = False
+    #: reads a size off a tensor (``x.size(0)``): the generated code names it ``batch`` / ``size``
+    size_query: ClassVar[bool] = False
 
     def implements(self, facet: str) -> bool:
         """Whether this rule defines ``facet`` ("flow", "flops", "code", ...) itself."""
@@ -81,8 +104,7 @@ class OpRule:
         with several outputs, or ``None`` when no tensor flows out."""
         from ._common import broadcast, tensor_args, unknown
 
-        target = node.target
-        if isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags:
+        if _pointwise(node.target):
             return broadcast(ctx, node, tensor_args(node))
         return unknown(ctx, node)
 
@@ -90,6 +112,16 @@ class OpRule:
         """Is the output exactly zero once the placeholders named in ``zero`` are (a layer
         whose weight and bias are)? Operator erasure asks it of the last op of a branch."""
         return False
+
+    def passes_input(self, node: fx.Node) -> fx.Node | None:
+        """The argument this node returns unchanged (an alias, a full slice, dropout with
+        ``p=0``), which the generated code uses instead; ``None``: the node computes something."""
+        return None
+
+    def num_outputs(self, node: fx.Node, val: Any) -> int | None:
+        """How many tensors the node returns when its schema does not say (a list of them);
+        ``val`` is its recorded example value. ``None``: unknown."""
+        return None
 
     def rewrite(self, ctx: BuildContext, node: fx.Node, args: list[Any],
                 kwargs: dict[str, Any]) -> tuple[Any, list[Any], dict[str, Any]]:
@@ -110,6 +142,10 @@ class OpRule:
     def layer(self, c: LayerCall) -> LayerSpec | None:
         """The ``torch.nn`` layer this node is a call of, or ``None`` (written as a function)."""
         return None
+
+
+def _pointwise(target: Any) -> bool:
+    return isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags
 
 
 R = TypeVar("R", bound=type[OpRule])

@@ -1,5 +1,5 @@
 """New tensors: factories (``zeros``, ``full``, ``arange``, ``new_*``), ``*_like`` copies,
-and sizes and scalars read off tensors (``sym_size``, ``item``, ``one_hot``).
+sizes and scalars read off tensors (``sym_size``, ``item``, ``one_hot``), runtime asserts.
 
 A factory's dims carry fresh ids; the builder rewrites its size argument."""
 
@@ -47,7 +47,7 @@ class Zeros(_Factory):
 @register("aten.empty")
 class Empty(_Factory):
     def code(self, c: Call) -> Expr | None:
-        if op_key(c.target).overload not in ('memory_format',):
+        if op_key(c.target).overload not in ("memory_format",):
             return None
         name = str(c.target).split(".")[1]
         return fn(f"torch.{name}", c.render(tuple(c["size"])), *_factory_kw(c, like=False))
@@ -108,26 +108,43 @@ class FullLike(Identity):
         return fn("torch.full_like", c.e("self"), c.e("fill_value"), *_factory_kw(c, like=True))
 
 
+@register("aten._assert_async", "aten._assert_scalar", "aten._assert_tensor_metadata", "aten.sym_constrain_range",
+          "aten.sym_constrain_range_for_size")
+class RuntimeAssert(OpRule):
+    runtime_check = True
+
+
 @register("aten.sym_size")
 class SymSize(OpRule):
+    size_query = True
+
     def code(self, c: Call) -> Expr | None:
-        if op_key(c.target).overload not in ('int',):
+        if op_key(c.target).overload not in ("int",):
             return None
         return method(c.e("self"), "size", c.e("dim"))
 
 
 @register("aten.sym_numel")
 class SymNumel(OpRule):
+    size_query = True
+
     def code(self, c: Call) -> Expr:
         return method(c.e("self"), "numel")
 
 
 @register("aten.sym_stride")
 class SymStride(OpRule):
+    size_query = True
+
     def code(self, c: Call) -> Expr | None:
-        if op_key(c.target).overload not in ('int',):
+        if op_key(c.target).overload not in ("int",):
             return None
         return method(c.e("self"), "stride", c.e("dim"))
+
+
+@register("aten.sym_storage_offset")
+class SymStorageOffset(OpRule):
+    size_query = True
 
 
 @register("aten.item", "aten._local_scalar_dense")

@@ -6,7 +6,7 @@ positions. Indexing by a tensor or by position pins what it selects from."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import fx
@@ -49,6 +49,14 @@ class Slice(OpRule):
     keeps_zero_tensor = True
     identity_if_same_shape = True
 
+    def passes_input(self, node: fx.Node) -> fx.Node | None:
+        if str(node.target) != "aten.slice.Tensor":
+            return None
+        start, end, step = arg(node, 2, "start"), arg(node, 3, "end"), arg(node, 4, "step", 1)
+        if start in (None, 0) and (end is None or (isinstance(end, int) and end >= INT_MAX)) and step == 1:
+            return cast(fx.Node, node.args[0])
+        return None
+
     def flow(self, ctx: FlowContext, node: fx.Node) -> Dims:
         X = ctx.dims(node.args[0])
         assert X is not None
@@ -76,7 +84,7 @@ class Slice(OpRule):
         return node.target, args, kwargs
 
     def code(self, c: Call) -> Expr | None:
-        if op_key(c.target).overload not in ('Tensor',):
+        if op_key(c.target).overload not in ("Tensor",):
             return None
         start, end, step = c["start"], c["end"], c["step"]
         if start == 0:
@@ -132,7 +140,7 @@ class Select(OpRule):
         return node.target, args, kwargs
 
     def code(self, c: Call) -> Expr | None:
-        if op_key(c.target).overload not in ('int',):
+        if op_key(c.target).overload not in ("int",):
             return None
         return _subscript(c, int(c["dim"]), c.t("index"), merge=False)
 
@@ -154,7 +162,7 @@ class Index(OpRule):
         return unknown(ctx, node)
 
     def code(self, c: Call) -> Expr | None:
-        if op_key(c.target).overload not in ('Tensor',):
+        if op_key(c.target).overload not in ("Tensor",):
             return None
         items = [":" if i is None else c.render(i).text for i in c["indices"]]
         return Expr(f"{c.e('self').recv}[{', '.join(items)}]")
@@ -201,6 +209,15 @@ class _Split(OpRule):
         return tuple(outs)
 
 
+def _count_sizes(node: fx.Node) -> int | None:
+    sizes = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_sizes")
+    return len(sizes) if isinstance(sizes, (list, tuple)) else None
+
+
+def _count_val(val: Any) -> int | None:
+    return len(val) if isinstance(val, (list, tuple)) else None
+
+
 class _SplitRewrite(_Split):
     def rewrite(self, ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> Any:
         src = input_of(node)
@@ -217,8 +234,11 @@ class _SplitRewrite(_Split):
 class Split(_SplitRewrite):
     structural = True
 
+    def num_outputs(self, node: fx.Node, val: Any) -> int | None:
+        return _count_val(val)
+
     def code(self, c: Call) -> Expr | None:
-        if op_key(c.target).overload not in ('Tensor',):
+        if op_key(c.target).overload not in ("Tensor",):
             return None
         sizes = c["split_size"] if "split_size" in c.values else c["split_sizes"]
         dim = [] if c.is_default("dim") else [f"dim={c.t('dim')}"]
@@ -228,6 +248,9 @@ class Split(_SplitRewrite):
 @register("aten.split_with_sizes")
 class SplitWithSizes(_SplitRewrite):
     structural = True
+
+    def num_outputs(self, node: fx.Node, val: Any) -> int | None:
+        return _count_sizes(node)
 
     def code(self, c: Call) -> Expr:
         sizes = c["split_size"] if "split_size" in c.values else c["split_sizes"]
@@ -245,6 +268,9 @@ class UnsafeSplit(_SplitRewrite):
 
 @register("aten.unsafe_split_with_sizes")
 class UnsafeSplitWithSizes(OpRule):
+    def num_outputs(self, node: fx.Node, val: Any) -> int | None:
+        return _count_sizes(node)
+
     def code(self, c: Call) -> Expr:
         sizes = c["split_size"] if "split_size" in c.values else c["split_sizes"]
         dim = [] if c.is_default("dim") else [f"dim={c.t('dim')}"]
@@ -254,6 +280,9 @@ class UnsafeSplitWithSizes(OpRule):
 @register("aten.chunk")
 class Chunk(_SplitRewrite):
     structural = True
+
+    def num_outputs(self, node: fx.Node, val: Any) -> int | None:
+        return _count_val(val)
 
     def code(self, c: Call) -> Expr:
         return method(c.e("self"), "chunk", c.e("chunks"), *([] if c.is_default("dim") else [f"dim={c.t('dim')}"]))
@@ -268,12 +297,15 @@ class TensorSplit(_Split):
 class Unbind(OpRule):
     structural = True
 
+    def num_outputs(self, node: fx.Node, val: Any) -> int | None:
+        return _count_val(val)
+
     def flow(self, ctx: FlowContext, node: fx.Node) -> tuple[Dims, ...]:
         X, d, shapes = _pieces(ctx, node, int(arg(node, 1, "dim", 0)))
         ctx.pin(X[d], "unbound into separate tensors")
         return tuple([*X[:d], *X[d + 1:]] for _ in shapes)
 
     def code(self, c: Call) -> Expr | None:
-        if op_key(c.target).overload not in ('int',):
+        if op_key(c.target).overload not in ("int",):
             return None
         return method(c.e("self"), "unbind", *([] if c.is_default("dim") else [c.e("dim")]))

@@ -7,13 +7,13 @@ sub: all of them; div: the numerator)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from torch import fx
 
 from ._code import ADD, BAND, BOR, BXOR, CMP, MUL, POWER, UNARY, Call, Expr, LayerCall, LayerSpec, binop, fn, method
 from ._code import torch_module_class
-from ._common import broadcast, tensor_args, track_param, unknown
+from ._common import arg, broadcast, mutated_arg, tensor_args, track_param, unknown
 from ._context import Dims, FlowContext
 from ._rule import OpRule, op_key, register
 
@@ -120,8 +120,8 @@ class HardtanhInPlace(Pointwise):
     keeps_zero_tensor = True
 
 
-@register("aten.relu6_", "aten.clamp_", "aten.fill_", "aten.lerp", "aten.addcmul", "aten.addcdiv", "aten.copy_",
-          "aten.copy", "aten.rrelu")
+@register("aten.relu6_", "aten.clamp_", "aten.fill_", "aten.lerp", "aten.addcmul", "aten.addcdiv", "aten.copy_", "aten.copy",
+          "aten.rrelu")
 class PointwiseUntagged(Pointwise):
     """Elementwise ops torch does not tag pointwise."""
 
@@ -162,7 +162,7 @@ class PRelu(OpRule):
 @register("aten.where")
 class Where(Pointwise):
     def code(self, c: Call) -> Expr | None:
-        if op_key(c.target).overload not in ('self',):
+        if op_key(c.target).overload not in ("self",):
             return None
         return fn("torch.where", c.e("condition"), c.e("self"), c.e("other"))
 
@@ -300,16 +300,23 @@ class Alias(Identity):
     keeps_zero_tensor = True
     identity_if_same_shape = True
 
-
-@register("aten.dropout_")
-class DropoutInPlace(Identity):
-    zero_preserving = True
-    keeps_zero_tensor = True
+    def passes_input(self, node: fx.Node) -> fx.Node | None:
+        return cast(fx.Node, node.args[0])
 
 
-@register("aten.lift_fresh_copy", "aten.type_as", "aten.bernoulli", "aten.bernoulli_")
+@register("aten.type_as", "aten.bernoulli", "aten.bernoulli_")
 class PlainIdentity(Identity):
     pass
+
+
+@register("aten.lift_fresh_copy")
+class LiftFreshCopy(Identity):
+    def passes_input(self, node: fx.Node) -> fx.Node | None:
+        """A copy of a constant is the constant itself while nothing writes to the copy."""
+        written = any(mutated_arg(u) == 0 and u.args and u.args[0] is node for u in node.users)
+        if written or any(u.op == "output" for u in node.users):
+            return None
+        return cast(fx.Node, node.args[0])
 
 
 @register("aten.contiguous")
@@ -364,7 +371,7 @@ class To(Identity):
     zero_preserving = True
 
     def code(self, c: Call) -> Expr | None:
-        if op_key(c.target).overload not in ('dtype', 'dtype_layout', 'device'):
+        if op_key(c.target).overload not in ("dtype", "dtype_layout", "device"):
             return None
         kw = []
         if c["dtype"] is not None:
@@ -381,9 +388,17 @@ _DROPOUTS = {"aten.dropout": ("Dropout",), "aten.feature_dropout": ("Dropout1d",
              "aten.alpha_dropout": ("AlphaDropout",), "aten.feature_alpha_dropout": ("FeatureAlphaDropout",)}
 
 
+def _no_dropout(node: fx.Node) -> fx.Node | None:
+    """Dropout with p=0 is its input (and draws no random numbers either)."""
+    return cast(fx.Node, node.args[0]) if arg(node, 1, "p") == 0 else None
+
+
 class Dropout(Identity):
     """In eval the graph holds ``dropout(x, p, False)``: the layer (or ``self.training``)
     brings train mode back."""
+
+    def passes_input(self, node: fx.Node) -> fx.Node | None:
+        return _no_dropout(node)
 
     def code(self, c: Call) -> Expr:
         name = {"dropout": "F.dropout", "alpha_dropout": "F.alpha_dropout", "feature_dropout": "torch.feature_dropout",
@@ -412,6 +427,21 @@ class ZeroDropout(Dropout):
 @register("aten.feature_dropout")
 class FeatureDropout(Dropout):
     zero_preserving = True
+
+
+@register("aten.dropout_")
+class DropoutInPlace(Identity):
+    zero_preserving = True
+    keeps_zero_tensor = True
+
+    def passes_input(self, node: fx.Node) -> fx.Node | None:
+        return _no_dropout(node)
+
+
+@register("aten.feature_dropout_", "aten.alpha_dropout_", "aten.feature_alpha_dropout_")
+class OtherDropoutInPlace(OpRule):
+    def passes_input(self, node: fx.Node) -> fx.Node | None:
+        return _no_dropout(node)
 
 
 @register("aten.alpha_dropout", "aten.feature_alpha_dropout")
