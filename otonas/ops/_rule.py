@@ -104,7 +104,7 @@ class OpRule:
         with several outputs, or ``None`` when no tensor flows out."""
         from ._common import broadcast, tensor_args, unknown
 
-        if _pointwise(node.target):
+        if _pointwise(node.target) or _pointwise(functional_of(node.target)):
             return broadcast(ctx, node, tensor_args(node))
         return unknown(ctx, node)
 
@@ -173,9 +173,33 @@ def register(*names: str) -> Callable[[R], R]:
 
 
 def lookup(target: Any) -> OpRule | None:
-    """The rule registered for an fx node target (its overload first, then its packet), or None."""
+    """The rule registered for an fx node target (its overload first, then its packet), or None.
+
+    An in-place overload with no rule of its own (``aten.hardswish_.default``) takes its
+    functional op's rule, less the facets that write code: ``model.py`` keeps the in-place
+    call (``x.hardswish_()``), whose effect on ``x`` the functional form would lose."""
     full, packet, _ = op_key(target)
-    return _RULES.get(full) or _RULES.get(packet)
+    rule = _RULES.get(full) or _RULES.get(packet)
+    if rule is None:
+        base = functional_of(target)
+        found = lookup(base) if base is not None else None
+        if found is not None:
+            rule = _in_place(found)
+    return rule
+
+
+_IN_PLACE: dict[type[OpRule], OpRule] = {}
+
+
+def _in_place(rule: OpRule) -> OpRule:
+    """The rule of the in-place forms of ``rule``'s ops: every facet but ``code`` and ``layer``."""
+    cls = type(rule)
+    if cls not in _IN_PLACE:
+        derived = type(f"{cls.__name__}InPlace", (cls,), {
+            "code": OpRule.code, "layer": OpRule.layer,
+            "__doc__": f"The in-place forms of {cls.__qualname__}'s ops (derived by the registry)."})
+        _IN_PLACE[cls] = derived()
+    return _IN_PLACE[cls]
 
 
 def rule_for(target: Any) -> OpRule:

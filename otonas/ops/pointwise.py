@@ -37,8 +37,9 @@ _ACTIVATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-class Activation(OpRule):
-    """An activation written as its ``torch.nn.functional`` call."""
+class Activation(Pointwise):
+    """An activation, elementwise whether or not torch tags it pointwise (``hardswish`` and
+    ``log_sigmoid`` are not), written as its ``torch.nn.functional`` call."""
 
     def code(self, c: Call) -> Expr | None:
         fname, kw = _ACTIVATIONS[op_key(c.target).packet]
@@ -66,25 +67,11 @@ class Relu6(Activation):
     zero_preserving = True
     keeps_zero_tensor = True
 
-    def flow(self, ctx: FlowContext, node: fx.Node) -> Any:
-        return broadcast(ctx, node, tensor_args(node))
-
 
 @register("aten.glu")
 class Glu(Activation):
     def flow(self, ctx: FlowContext, node: fx.Node) -> Any:
         return unknown(ctx, node)  # halves a dim: not tracked
-
-
-@register("aten.relu_", "aten.silu_", "aten.hardswish_", "aten.leaky_relu_")
-class ZeroActivationInPlace(OpRule):
-    zero_preserving = True
-    keeps_zero_tensor = True
-
-
-@register("aten.gelu_", "aten.elu_", "aten.tanh_", "aten.mish_")
-class ZeroActivationInPlaceNotErased(OpRule):
-    zero_preserving = True
 
 
 @register("aten.sin", "aten.abs", "aten.square")
@@ -93,7 +80,7 @@ class ZeroPreserving(OpRule):
 
 
 @register("aten.elu")
-class Elu(OpRule):
+class Elu(Pointwise):
     zero_preserving = True
     keeps_zero_tensor = True
 
@@ -114,13 +101,7 @@ class Hardtanh(Pointwise):
         return fn("F.hardtanh", c.e("self"), c.e("min_val"), c.e("max_val"))
 
 
-@register("aten.hardtanh_")
-class HardtanhInPlace(Pointwise):
-    zero_preserving = True
-    keeps_zero_tensor = True
-
-
-@register("aten.relu6_", "aten.clamp_", "aten.fill_", "aten.lerp", "aten.addcmul", "aten.addcdiv", "aten.copy_", "aten.copy",
+@register("aten.fill_", "aten.lerp", "aten.addcmul", "aten.addcdiv", "aten.copy_", "aten.copy",
           "aten.rrelu")
 class PointwiseUntagged(Pointwise):
     """Elementwise ops torch does not tag pointwise."""
@@ -213,19 +194,8 @@ class Add(Binary):
     zero_if = "all"
 
 
-@register("aten.add_")
-class AddInPlace(OpRule):
-    join = "add"
-    zero_if = "all"
-
-
 @register("aten.sub")
 class Sub(Binary):
-    zero_if = "all"
-
-
-@register("aten.sub_")
-class SubInPlace(OpRule):
     zero_if = "all"
 
 
@@ -234,18 +204,8 @@ class Mul(Binary):
     zero_if = "any"
 
 
-@register("aten.mul_")
-class MulInPlace(OpRule):
-    zero_if = "any"
-
-
 @register("aten.div")
 class Div(Binary):
-    zero_if = "numerator"
-
-
-@register("aten.div_")
-class DivInPlace(OpRule):
     zero_if = "numerator"
 
 
@@ -427,21 +387,6 @@ class ZeroDropout(Dropout):
 @register("aten.feature_dropout")
 class FeatureDropout(Dropout):
     zero_preserving = True
-
-
-@register("aten.dropout_")
-class DropoutInPlace(Identity):
-    zero_preserving = True
-    keeps_zero_tensor = True
-
-    def passes_input(self, node: fx.Node) -> fx.Node | None:
-        return _no_dropout(node)
-
-
-@register("aten.feature_dropout_", "aten.alpha_dropout_", "aten.feature_alpha_dropout_")
-class OtherDropoutInPlace(OpRule):
-    def passes_input(self, node: fx.Node) -> fx.Node | None:
-        return _no_dropout(node)
 
 
 @register("aten.alpha_dropout", "aten.feature_alpha_dropout")

@@ -41,7 +41,7 @@ class View(Reshape):
         return resized(ctx, node, args, kwargs, 1)
 
     def code(self, c: Call) -> Expr | None:
-        if op_key(c.target).overload not in ('default',):
+        if op_key(c.target).overload not in ("default",):
             return None
         return method(c.e("self"), "view", *size_args(c, "size"))
 
@@ -71,7 +71,7 @@ class Flatten(Reshape):
     keeps_zero_tensor = True
 
     def code(self, c: Call) -> Expr | None:
-        if op_key(c.target).overload not in ('using_ints',):
+        if op_key(c.target).overload not in ("using_ints",):
             return None
         args = []
         if not (c.is_default("start_dim") and c.is_default("end_dim")):
@@ -90,7 +90,7 @@ class Unflatten(Reshape):
         return node.target, args, kwargs
 
     def code(self, c: Call) -> Expr | None:
-        if op_key(c.target).overload not in ('int',):
+        if op_key(c.target).overload not in ("int",):
             return None
         return method(c.e("self"), "unflatten", c.e("dim"), c.render(tuple(c["sizes"])))
 
@@ -112,11 +112,6 @@ class Squeeze(Reshape):
 class ReshapeAs(Reshape):
     structural = False
     identity_if_same_shape = True
-
-
-@register("aten.squeeze_", "aten.unsqueeze_")
-class SqueezeInPlace(Reshape):
-    structural = False
 
 
 def map_reshape(ctx: FlowContext, X: Dims, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Dims:
@@ -281,7 +276,7 @@ class Transpose(_Transpose):
     keeps_zero_tensor = True
 
     def code(self, c: Call) -> Expr | None:
-        if op_key(c.target).overload not in ('int',):
+        if op_key(c.target).overload not in ("int",):
             return None
         return method(c.e("self"), "transpose", c.e("dim0"), c.e("dim1"))
 
