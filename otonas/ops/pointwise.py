@@ -369,7 +369,7 @@ class Dropout(Identity):
     def layer(self, c: LayerCall) -> LayerSpec | None:
         """nn.Dropout modules: in eval the graph holds ``dropout(x, p, False)``; the layer brings train mode back."""
         cls = torch_module_class(c.module_type)
-        packet = str(c.target).rsplit(".", 1)[0]
+        packet = op_key(c.target).packet
         if cls not in _DROPOUTS.get(packet, ()) or bool(c["train"]):
             return None
         path = c.node.meta["nn_module_stack"] and list(c.node.meta["nn_module_stack"].values())[-1][0]
