@@ -31,6 +31,11 @@ class OpKey(NamedTuple):
     packet: str
     overload: str
 
+    @property
+    def name(self) -> str:
+        """The op without namespace and overload: ``'add'``."""
+        return self.packet.split(".", 1)[1] if "." in self.packet else self.packet
+
 
 def op_key(target: Any) -> OpKey:
     """The names of an fx node target. A Python operator is ``operator.<name>``; an ATen

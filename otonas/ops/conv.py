@@ -14,7 +14,7 @@ from torch import fx
 from ._code import Call, Expr, LayerCall, LayerSpec, fn, literal, squash
 from ._common import arg, args_of, changed_kw, grouped_union, layer_zero, scale_groups, unknown
 from ._context import BuildContext, Dims, FlowContext
-from ._rule import OpRule, register
+from ._rule import OpRule, op_key, register
 
 __all__ = ["Conv", "ConvTranspose", "Convolution"]
 
@@ -101,12 +101,12 @@ class Conv(OpRule):
         return _conv_flops(node, out, ins)
 
     def code(self, c: Call) -> Expr:
-        name = "F." + str(c.target).split(".")[1]
+        name = "F." + op_key(c.target).name
         bias = [c.e("bias")] if c["bias"] is not None else []
         return fn(name, c.e("input"), c.e("weight"), *bias, *_conv_kw(c, ("stride", "padding", "dilation", "groups")))
 
     def layer(self, c: LayerCall) -> LayerSpec | None:
-        return _conv_common(c, int(str(c.target).split(".")[1][4]), transposed=False)
+        return _conv_common(c, int(op_key(c.target).name[4]), transposed=False)
 
 
 @register("aten.conv_transpose1d", "aten.conv_transpose2d", "aten.conv_transpose3d")
@@ -122,13 +122,13 @@ class ConvTranspose(OpRule):
         return _conv_transpose_flops(node, out, ins)
 
     def code(self, c: Call) -> Expr:
-        name = "F." + str(c.target).split(".")[1]
+        name = "F." + op_key(c.target).name
         bias = [c.e("bias")] if c["bias"] is not None else []
         return fn(name, c.e("input"), c.e("weight"), *bias,
                   *_conv_kw(c, ("stride", "padding", "output_padding", "groups", "dilation")))
 
     def layer(self, c: LayerCall) -> LayerSpec | None:
-        return _conv_common(c, int(str(c.target).split(".")[1][-2]), transposed=True)
+        return _conv_common(c, int(op_key(c.target).name[-2]), transposed=True)
 
 
 @register("aten.convolution")

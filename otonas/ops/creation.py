@@ -40,7 +40,7 @@ def _factory_kw(c: Call, *, like: bool) -> list[str]:
 @register("aten.zeros", "aten.ones", "aten.rand", "aten.randn")
 class Zeros(_Factory):
     def code(self, c: Call) -> Expr:
-        name = str(c.target).split(".")[1]
+        name = op_key(c.target).name
         return fn(f"torch.{name}", c.render(tuple(c["size"])), *_factory_kw(c, like=False))
 
 
@@ -49,7 +49,7 @@ class Empty(_Factory):
     def code(self, c: Call) -> Expr | None:
         if op_key(c.target).overload not in ("memory_format",):
             return None
-        name = str(c.target).split(".")[1]
+        name = op_key(c.target).name
         return fn(f"torch.{name}", c.render(tuple(c["size"])), *_factory_kw(c, like=False))
 
 
@@ -85,7 +85,7 @@ class _New(Creation):
 @register("aten.new_zeros", "aten.new_ones", "aten.new_empty")
 class NewZeros(_New):
     def code(self, c: Call) -> Expr:
-        name = str(c.target).split(".")[1]
+        name = op_key(c.target).name
         return method(c.e("self"), name, c.render(tuple(c["size"])), *_factory_kw(c, like=True))
 
 
@@ -98,7 +98,7 @@ class NewFull(_New):
 @register("aten.zeros_like", "aten.ones_like", "aten.empty_like", "aten.rand_like", "aten.randn_like")
 class ZerosLike(Identity):
     def code(self, c: Call) -> Expr:
-        name = str(c.target).split(".")[1]
+        name = op_key(c.target).name
         return fn(f"torch.{name}", c.e("self"), *_factory_kw(c, like=True))
 
 

@@ -14,7 +14,7 @@ from torch import fx
 from ._code import Call, Expr, LayerCall, LayerSpec, fn, literal, torch_module_class
 from ._common import arg, args_of, changed_kw, nn_kw, scale_groups, unknown
 from ._context import BuildContext, Dims, FlowContext
-from ._rule import OpRule, register
+from ._rule import OpRule, op_key, register
 
 __all__ = ["BatchNorm", "InstanceNorm", "NativeBatchNorm", "NativeBatchNormEval", "GroupNorm", "LayerNorm", "RmsNorm"]
 
@@ -193,7 +193,7 @@ class _LastDimsNorm(OpRule):
         X = ctx.dims(node.args[0])
         assert X is not None
         k = len(args_of(node)[1])
-        name = str(node.target).split(".")[1]
+        name = op_key(node.target).name
         for d in X[-k:]:
             ctx.pin(d, f"normalized over by {name} (removing a channel changes the statistics)")
         params = [arg(node, 2, "weight")] + ([arg(node, 3, "bias")] if name == "layer_norm" else [])

@@ -14,7 +14,7 @@ _PY = {"add": ("+", ADD), "sub": ("-", ADD), "mul": ("*", MUL), "floordiv": ("//
 @register(*[f"operator.{op}" for op in _PY])
 class PyBinary(OpRule):
     def code(self, c: Call) -> Expr | None:
-        sym, prec = _PY[op_key(c.target).packet.split(".", 1)[1]]
+        sym, prec = _PY[op_key(c.target).name]
         return binop(c.e("a"), sym, c.e("b"), prec, right_assoc=sym == "**")
 
 

@@ -179,7 +179,7 @@ class Binary(OpRule):
     """A binary operator written as Python's (``a + b``), or ``torch.add(a, b, alpha=2)``."""
 
     def code(self, c: Call) -> Expr | None:
-        op = op_key(c.target).packet.split(".")[1]
+        op = op_key(c.target).name
         sym, prec = _BINOPS[op]
         if "alpha" in c.values and not c.is_default("alpha"):
             return fn(f"torch.{op}", c.e("self"), c.e("other"), f"alpha={c.t('alpha')}")
@@ -362,7 +362,7 @@ class Dropout(Identity):
 
     def code(self, c: Call) -> Expr:
         name = {"dropout": "F.dropout", "alpha_dropout": "F.alpha_dropout", "feature_dropout": "torch.feature_dropout",
-                "feature_alpha_dropout": "torch.feature_alpha_dropout"}[str(c.target).split(".")[1]]
+                "feature_alpha_dropout": "torch.feature_alpha_dropout"}[op_key(c.target).name]
         # captured in eval mode, so ``train`` reads False: the functional call follows the module's mode
         return fn(name, c.e("input"), c.e("p"), "True" if c["train"] else "self.training")
 

@@ -51,7 +51,7 @@ class MaxPool(Spatial):
     keeps_zero_tensor = True
 
     def code(self, c: Call) -> Expr:
-        name = str(c.target).split(".")[1].replace("_with_indices", "")
+        name = op_key(c.target).name.replace("_with_indices", "")
         extra = ["return_indices=True"] if "with_indices" in str(c.target) else []
         return fn(f"F.{name}", c.e("self"), *_pool_args(c, ("padding", "dilation", "ceil_mode")), *extra)
 
@@ -59,7 +59,7 @@ class MaxPool(Spatial):
 @register("aten.max_pool2d_with_indices", "aten.max_pool3d_with_indices")
 class MaxPoolWithIndices(Spatial):
     def code(self, c: Call) -> Expr:
-        name = str(c.target).split(".")[1].replace("_with_indices", "")
+        name = op_key(c.target).name.replace("_with_indices", "")
         extra = ["return_indices=True"] if "with_indices" in str(c.target) else []
         return fn(f"F.{name}", c.e("self"), *_pool_args(c, ("padding", "dilation", "ceil_mode")), *extra)
 
@@ -70,7 +70,7 @@ class AvgPool(Spatial):
     keeps_zero_tensor = True
 
     def code(self, c: Call) -> Expr:
-        name = str(c.target).split(".")[1]
+        name = op_key(c.target).name
         names = ("padding", "ceil_mode", "count_include_pad") + (("divisor_override",) if "divisor_override" in
                                                                    c.defaults else ())
         return fn(f"F.{name}", c.e("self"), *_pool_args(c, names))
@@ -82,28 +82,28 @@ class AdaptiveAvgPool(Spatial):
     keeps_zero_tensor = True
 
     def code(self, c: Call) -> Expr:
-        name = str(c.target).split(".")[1].lstrip("_")
+        name = op_key(c.target).name.lstrip("_")
         return fn(f"F.{name}", c.e("self"), c.render(squash(c["output_size"])))
 
 
 @register("aten._adaptive_avg_pool2d")
 class AdaptiveAvgPoolPrivate(Spatial):
     def code(self, c: Call) -> Expr:
-        name = str(c.target).split(".")[1].lstrip("_")
+        name = op_key(c.target).name.lstrip("_")
         return fn(f"F.{name}", c.e("self"), c.render(squash(c["output_size"])))
 
 
 @register("aten._adaptive_avg_pool3d")
 class AdaptiveAvgPool3dPrivate(OpRule):
     def code(self, c: Call) -> Expr:
-        name = str(c.target).split(".")[1].lstrip("_")
+        name = op_key(c.target).name.lstrip("_")
         return fn(f"F.{name}", c.e("self"), c.render(squash(c["output_size"])))
 
 
 @register("aten.adaptive_max_pool1d", "aten.adaptive_max_pool2d", "aten.adaptive_max_pool3d")
 class AdaptiveMaxPool(Spatial):
     def code(self, c: Call) -> Expr:
-        name = str(c.target).split(".")[1]
+        name = op_key(c.target).name
         return fn(f"F.{name}", c.e("self"), c.render(squash(c["output_size"])), "return_indices=True")
 
 
@@ -118,7 +118,7 @@ _MODES = {"upsample_nearest": "nearest", "_upsample_nearest_exact": "nearest-exa
 
 
 def _interpolate(c: Call) -> Expr:
-    op = str(c.target).split(".")[1]
+    op = op_key(c.target).name
     mode = next(m for k, m in _MODES.items() if op.startswith(k))
     args: list[Expr | str] = [c.e("input")]
     if c["output_size"] is not None:
@@ -136,7 +136,7 @@ def _interpolate(c: Call) -> Expr:
 def _interpolate_size(c: Call) -> Expr | None:
     if any(c[k] is not None for k in ("scales", "scales_d", "scales_h", "scales_w")):
         return None  # output size and scales both given: F.interpolate takes only one
-    op = str(c.target).split(".")[1]
+    op = op_key(c.target).name
     mode = next(m for k, m in _MODES.items() if op.startswith(k))
     args: list[Expr | str] = [c.e("input" if "input" in c.values else "self"),
                               f"size={c.render(squash(c['output_size'])).text}", f'mode="{mode}"']
@@ -261,7 +261,7 @@ class Flip(_Roll):
 @register("aten.pixel_shuffle", "aten.pixel_unshuffle")
 class PixelShuffle(OpRule):
     def code(self, c: Call) -> Expr:
-        name = str(c.target).split(".")[1]
+        name = op_key(c.target).name
         factor = "upscale_factor" if name == "pixel_shuffle" else "downscale_factor"
         return fn(f"F.{name}", c.e("self"), c.e(factor))
 

@@ -47,7 +47,7 @@ class Reduce(OpRule):
         for k in ("correction", "dtype"):
             if k in c.values and c[k] is not None:
                 args.append(f"{k}={c.t(k)}")
-        return method(c.e("self"), op_key(c.target).packet.split(".")[1], *args)
+        return method(c.e("self"), op_key(c.target).name, *args)
 
 
 @register("aten.sum")
@@ -133,7 +133,7 @@ class Softmax(_Softmax):
 @register("aten.cumsum", "aten.cumprod")
 class CumSum(_Softmax):
     def code(self, c: Call) -> Expr:
-        name = str(c.target).split(".")[1]
+        name = op_key(c.target).name
         return method(c.e("self"), name, c.e("dim"))
 
 

@@ -100,7 +100,7 @@ class Squeeze(Reshape):
     keeps_zero_tensor = True
 
     def code(self, c: Call) -> Expr:
-        name = str(c.target).split(".")[1]
+        name = op_key(c.target).name
         if "dim" in c.values:
             return method(c.e("self"), name, c.e("dim"))
         if "dims" in c.values:
