@@ -24,27 +24,9 @@ import numpy as np
 from torch import fx
 from torch.export.graph_signature import OutputKind
 
-from ._flow import FlowResult, module_path, node_shape
-from ._registry import op_key
+from ..ops import FlowResult, OpRule, module_path, node_shape, rule_for
 
 __all__ = ["ErasingGroup", "Segments", "find_segments"]
-
-_ADD = {"aten.add", "aten.add_"}
-_CAT = {"aten.cat", "aten.concat", "aten.concatenate"}
-_MUL = {"aten.mul", "aten.mul_"}
-_ZERO_UNARY = {
-    "aten.relu", "aten.relu_", "aten.gelu", "aten.silu", "aten.silu_", "aten.hardswish", "aten.hardswish_",
-    "aten.leaky_relu", "aten.leaky_relu_", "aten.tanh", "aten.neg", "aten.clone", "aten.contiguous", "aten.dropout",
-    "aten.dropout_", "aten.hardtanh", "aten.hardtanh_", "aten.relu6", "aten.mish", "aten.elu", "aten.alias",
-    "aten.max_pool1d", "aten.max_pool2d", "aten.max_pool3d", "aten.avg_pool1d", "aten.avg_pool2d", "aten.avg_pool3d",
-    "aten.adaptive_avg_pool1d", "aten.adaptive_avg_pool2d", "aten.adaptive_avg_pool3d", "aten.upsample_nearest2d",
-    "aten.upsample_bilinear2d", "aten.view", "aten.reshape", "aten.permute", "aten.transpose", "aten.flatten",
-    "aten.unsqueeze", "aten.squeeze", "aten.slice", "aten.pad", "aten.constant_pad_nd", "aten._to_copy",
-}
-_LAYERS = {"aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.linear", "aten.conv_transpose1d",
-           "aten.conv_transpose2d", "aten.conv_transpose3d"}
-_NORMS = {"aten.batch_norm", "aten.instance_norm", "aten._native_batch_norm_legit_no_training"}
-
 
 @dataclass(frozen=True)
 class ErasingGroup:
@@ -71,8 +53,8 @@ class Skipped:
     reason: str
 
 
-def _packet(node: fx.Node) -> str:
-    return op_key(node.target)[1]
+def _rule(node: fx.Node) -> OpRule:
+    return rule_for(node.target)
 
 
 def _is_tensor(a: Any) -> TypeGuard[fx.Node]:
@@ -126,7 +108,7 @@ class Segments:
         for a in join.args[:2]:
             if not _is_tensor(a):
                 continue
-            if (a.op == "call_function" and _packet(a) in _ADD and len(a.users) == 1
+            if (a.op == "call_function" and _rule(a).join == "add" and len(a.users) == 1
                     and module_path(a) == path and all(_is_tensor(x) for x in a.args[:2])):
                 out.extend(self._leaves(a))
             else:
@@ -163,25 +145,18 @@ class Segments:
         if node.op == "placeholder":
             res = node.name in zero
         elif node.op == "call_function":
-            p = _packet(node)
+            r = _rule(node)
             tensors = [a for a in node.all_input_nodes if _is_tensor(a)]
-            if p in _LAYERS:
-                w, b = node.args[1], (node.args[2] if len(node.args) > 2 else node.kwargs.get("bias"))
-                res = isinstance(w, fx.Node) and w.name in zero and (b is None or (isinstance(b, fx.Node)
-                                                                                  and b.name in zero))
-            elif p in _NORMS or p == "aten.group_norm" or p == "aten.layer_norm":
-                wi, bi = (2, 3) if p == "aten.group_norm" else (1, 2)
-                w = node.args[wi] if len(node.args) > wi else None
-                b = node.args[bi] if len(node.args) > bi else None
-                res = (isinstance(w, fx.Node) and w.name in zero and isinstance(b, fx.Node) and b.name in zero)
+            if r.zero_by_params(node, zero):
+                res = True
             elif str(node.target) == "<built-in function getitem>":
                 res = bool(node.args[1] == 0) and self._zero_when(node.args[0], zero, memo)
-            elif p in _MUL:
+            elif r.zero_if == "any" and r.join is None:
                 res = any(self._zero_when(a, zero, memo) for a in tensors)
-            elif p in _ADD or p in _CAT:
+            elif r.join is not None:
                 scalars_ok = all(not isinstance(a, (int, float)) or a == 0 for a in node.args[1:2])
                 res = bool(tensors) and scalars_ok and all(self._zero_when(a, zero, memo) for a in tensors)
-            elif p in _ZERO_UNARY:
+            elif r.keeps_zero_tensor:
                 res = bool(tensors) and self._zero_when(node.args[0], zero, memo)
         memo[node.name] = res
         return res
@@ -191,16 +166,16 @@ class Segments:
         for join in self.nodes:
             if join.op != "call_function":
                 continue
-            p = _packet(join)
-            if p in _ADD and all(_is_tensor(a) for a in join.args[:2]):
+            kind = _rule(join).join
+            if kind == "add" and all(_is_tensor(a) for a in join.args[:2]):
                 # the top of an add tree: not itself a leaf folded into a bigger sum
                 users = list(join.users)
-                if (len(users) == 1 and users[0].op == "call_function" and _packet(users[0]) in _ADD
+                if (len(users) == 1 and users[0].op == "call_function" and _rule(users[0]).join == "add"
                         and module_path(users[0]) == module_path(join)):
                     continue
-                kind, inputs = "add", self._leaves(join)
-            elif p in _CAT:
-                kind, inputs = "cat", [a for a in join.args[0] if _is_tensor(a)]
+                inputs = self._leaves(join)
+            elif kind == "cat":
+                inputs = [a for a in join.args[0] if _is_tensor(a)]
             else:
                 continue
             for u in inputs:
@@ -271,20 +246,20 @@ class Segments:
             dead_in = [a for a in ins if a in dead]
             if not dead_in:
                 continue
-            p = _packet(n)
+            r = _rule(n)
             tensors = [a.name for a in n.all_input_nodes if _is_tensor(a)]
-            if p in _ADD and len(tensors) == 2 or p in _CAT:
+            if r.join == "add" and len(tensors) == 2 or r.join == "cat":
                 if all(a in dead for a in tensors):
                     dead.add(name)
-                elif p in _ADD:
+                elif r.join == "add":
                     live = next(a for a in n.all_input_nodes if a.name not in dead)
                     if node_shape(live.meta.get("val")) != node_shape(n.meta.get("val")):
                         return dead, f"{name}: the term left after erasure ({live.name}) is broadcast to the sum"
-                elif p in _CAT:
+                else:
                     why = self._cat_drop_ok(n, dead)
                     if why:
                         return dead, why
-            elif p in _MUL or (p in _ZERO_UNARY and ins and ins[0] in dead and len(tensors) == 1):
+            elif r.zero_if == "any" or (r.keeps_zero_tensor and ins and ins[0] in dead and len(tensors) == 1):
                 dead.add(name)
             elif str(n.target) == "<built-in function getitem>":
                 dead.add(name)
@@ -327,7 +302,7 @@ class Segments:
         """Id roots of the channels that dead inputs of concatenations take away."""
         out: list[np.ndarray] = []
         for n in self._order:
-            if _packet(n) in _CAT and n.name not in dead:
+            if _rule(n).join == "cat" and n.name not in dead:
                 d = int(n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0))
                 for a in n.args[0]:
                     if _is_tensor(a) and a.name in dead:

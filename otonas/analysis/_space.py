@@ -15,12 +15,9 @@ from torch import fx, nn
 from .._errors import OtonasError
 from ..capture import Capture, capture
 from ..graph import build_opgraph
-from ._flow import FlowResult, PinEvent, module_path, run_flow
-from ._ids import IdTable
-from ._registry import FLOP_RULES
+from ..ops import FlowResult, IdTable, PinEvent, module_path, rule_for
+from ._flow import run_flow
 from ._segments import ErasingGroup, Segments
-from . import _rules  # noqa: F401  (registers the channel-flow rules)
-from . import _costs  # noqa: F401  (registers the FLOP rules)
 
 __all__ = ["Family", "Costs", "SearchSpace", "ErasingGroup", "analyze"]
 
@@ -46,6 +43,11 @@ class Family:
 class Costs:
     params: int
     flops: int
+
+
+def _tensor_list(a: Any) -> bool:
+    """A list argument of tensors (einsum's operands): its sizes go to the FLOP rule as a list."""
+    return isinstance(a, (list, tuple)) and bool(a) and all(isinstance(t, fx.Node) for t in a)
 
 
 class SearchSpace:
@@ -298,17 +300,16 @@ class SearchSpace:
         for node in self.capture.graph.nodes:
             if node.op != "call_function" or node.name in dead:
                 continue
-            fn = FLOP_RULES.lookup(node.target)
-            if fn is None or node.name not in self._flow.dims:
+            rule = rule_for(node.target)
+            if not rule.implements("flops") or node.name not in self._flow.dims:
                 continue
             out = self.kept_sizes(node.name, removed_root)
             if not isinstance(out, list) or (out and not isinstance(out[0], int)):
                 out = out[0]
-            ins = [self.kept_sizes(a.name, removed_root) if isinstance(a, fx.Node) and a.name in self._flow.dims
+            ins = [[self.kept_sizes(t.name, removed_root) for t in a] if _tensor_list(a) else
+                   self.kept_sizes(a.name, removed_root) if isinstance(a, fx.Node) and a.name in self._flow.dims
                    and isinstance(self._flow.dims[a.name], list) else None for a in node.args]
-            if str(node.target).startswith("aten.einsum"):
-                ins = [None, [self.kept_sizes(a.name, removed_root) for a in node.args[1]]]
-            flops += int(fn(node, out, ins))
+            flops += int(rule.flops(node, out, ins) or 0)
         return Costs(params, flops // max(batch, 1))
 
     def _batch_size(self) -> int:

@@ -14,30 +14,7 @@ from typing import Any
 
 from torch import fx
 
-from ._flow import FlowContext, node_shape
-from ._registry import op_key
-
-# f(0) == 0, one tensor input
-_ZERO_PRESERVING = {
-    "aten.relu", "aten.relu_", "aten.gelu", "aten.gelu_", "aten.silu", "aten.silu_", "aten.hardswish",
-    "aten.hardswish_", "aten.leaky_relu", "aten.leaky_relu_", "aten.elu", "aten.elu_", "aten.tanh", "aten.tanh_",
-    "aten.neg", "aten.clone", "aten.contiguous", "aten.dropout", "aten.dropout_", "aten.hardtanh", "aten.hardtanh_",
-    "aten.relu6", "aten.mish", "aten.mish_", "aten.sin", "aten.abs", "aten.square", "aten.alias", "aten.detach",
-    "aten._to_copy", "aten.to", "aten.selu", "aten.celu", "aten.softshrink", "aten.hardshrink", "aten.feature_dropout",
-}
-_MUL = {"aten.mul", "aten.mul_"}
-# ops that move positions around without changing values: follow the ids to the input
-_STRUCTURAL = {
-    "aten.view", "aten.reshape", "aten._unsafe_view", "aten.permute", "aten.transpose", "aten.t", "aten.select",
-    "aten.slice", "aten.unflatten", "aten.flatten", "aten.squeeze", "aten.unsqueeze", "aten.expand", "aten.cat",
-    "aten.narrow", "aten.split", "aten.split_with_sizes", "aten.chunk", "aten.unbind", "aten.max_pool1d",
-    "aten.max_pool2d", "aten.max_pool3d", "aten.avg_pool1d", "aten.avg_pool2d", "aten.avg_pool3d",
-    "aten.adaptive_avg_pool1d", "aten.adaptive_avg_pool2d", "aten.adaptive_avg_pool3d", "aten.upsample_nearest2d",
-    "aten.upsample_bilinear2d", "aten.pad", "aten.constant_pad_nd", "aten.repeat",
-}
-_ADD = {"aten.add", "aten.add_", "aten.sub", "aten.sub_"}
-_DIV = {"aten.div", "aten.div_"}
-
+from ..ops import FlowContext, node_shape, rule_for
 
 def check_zero_requirements(ctx: FlowContext) -> None:
     memo: dict[tuple[str, int], bool] = {}
@@ -71,17 +48,17 @@ def _decide(ctx: FlowContext, node: fx.Node, dim: int, memo: dict[tuple[str, int
     if dim in ctx.zero_out.get(node, ()):
         return True
     shape = node_shape(node.meta.get("val"))
-    _, packet = op_key(node.target)
+    rule = rule_for(node.target)
     if str(node.target) == "<built-in function getitem>":
         src = node.args[0]
-        if isinstance(src, fx.Node) and op_key(src.target)[1] in _STRUCTURAL:
+        if isinstance(src, fx.Node) and rule_for(src.target).structural:
             return _follow_ids(ctx, node, dim, list(src.all_input_nodes), memo, depth)
         if isinstance(src, fx.Node) and node.args[1] == 0:  # the value of (value, statistics...) ops
             return _is_zero(ctx, src, dim, memo, depth + 1)
         return False
     if shape is None:
         return False
-    if packet in _STRUCTURAL:
+    if rule.structural:
         return _follow_ids(ctx, node, dim, [a for a in node.all_input_nodes], memo, depth)
     rel = dim - len(shape)  # right-aligned, for broadcasting
 
@@ -93,16 +70,16 @@ def _decide(ctx: FlowContext, node: fx.Node, dim: int, memo: dict[tuple[str, int
         return True, _is_zero(ctx, a, len(s) + rel, memo, depth + 1)
 
     tensors = [a for a in node.args if isinstance(a, fx.Node)]
-    if packet in _ZERO_PRESERVING:
+    if rule.zero_preserving:
         return _is_zero(ctx, node.args[0], dim, memo, depth + 1)
-    if packet in _MUL:
+    if rule.zero_if == "any":
         return any(z for _, z in map(operand, tensors))
-    if packet in _ADD:
+    if rule.zero_if == "all":
         results = [operand(a) for a in tensors]
         scalars = [a for a in node.args[1:] if not isinstance(a, fx.Node)]
         return bool(results) and all(full and z for full, z in results) and all(s == 0 for s in scalars
                                                                                if isinstance(s, (int, float)))
-    if packet in _DIV:
+    if rule.zero_if == "numerator":
         return operand(node.args[0])[1]
     return False
 

@@ -4,13 +4,12 @@ survive and rewrite the shape constants of the captured graph. The result is a
 
 The graph copied is the free-batch export of :meth:`Capture.build_program`; every
 question about channels goes to the node of the analysed (static) export that computes
-the same tensor (``BuildContext.source``)."""
+the same tensor (``BuildContext.source``). How each op is rewritten is its rule's ``rewrite``
+(:mod:`otonas.ops`)."""
 
 from __future__ import annotations
 
-import math
-import operator
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,182 +17,10 @@ from torch import fx, nn
 from torch.export.graph_signature import InputKind, OutputKind
 
 from .._errors import BuildError
-from ..analysis import BUILD_RULES, SearchSpace
-from ..analysis._flow import module_path, node_shape
+from ..analysis import SearchSpace
+from ..ops import BuildContext, module_path, rule_for
 
 __all__ = ["build", "BuildContext"]
-
-rule = BUILD_RULES.register
-
-
-class BuildContext:
-    """What a rewrite rule sees: original and reduced sizes, and the graph being written."""
-
-    def __init__(self, space: SearchSpace, removed_root: np.ndarray | None, graph: fx.Graph,
-                 source: dict[str, str]) -> None:
-        self.space = space
-        self.removed_root = removed_root
-        self.graph = graph
-        self.source = source  # node of the copied program -> node of the analysed one
-        self._masks: dict[str, Any] = {}
-
-    def masks(self, node: fx.Node) -> Any:
-        """Keep-mask of every position of every dim of ``node``'s output(s)."""
-        name = self.source.get(node.name, node.name)
-        if name not in self._masks:
-            self._masks[name] = self.space.keep_masks(name, self.removed_root)
-        return self._masks[name]
-
-    def sizes(self, node: fx.Node) -> Any:
-        m = self.masks(node)
-        if isinstance(m, list) and (not m or isinstance(m[0], np.ndarray)):
-            return [int(k.sum()) for k in m]
-        return type(m)(None if x is None else [int(k.sum()) for k in x] for x in m)
-
-    def orig(self, node: fx.Node) -> list[int]:
-        shape = node_shape(node.meta.get("val"))
-        assert shape is not None
-        return list(shape)
-
-    def size_list(self, sizes: Any, orig: list[int], new: list[int]) -> list[Any]:
-        """Rewrite a size argument (ints, -1, or symbolic nodes for the batch) to new sizes."""
-        out = []
-        for a, o, n in zip(sizes, orig, new):
-            if n == o or (isinstance(a, int) and a == -1):
-                out.append(a)
-            elif isinstance(a, fx.Node):
-                # A symbolic size that contains the batch: scale it (s·c·n/o == s·c' exactly).
-                out.append(self.graph.call_function(operator.floordiv,
-                                                    (self.graph.call_function(operator.mul, (a, n)), o)))
-            else:
-                out.append(n)
-        return out
-
-
-def _input(node: fx.Node) -> fx.Node:
-    """The tensor ``node`` operates on: its first argument (a node, by the op's schema)."""
-    return cast(fx.Node, node.args[0])
-
-
-def _first(x: Any) -> Any:
-    """The per-dim list of a single-output node (or of the first output of a multi-output one)."""
-    return x if isinstance(x, list) and (not x or isinstance(x[0], (int, np.ndarray))) else x[0]
-
-
-@rule("aten.view", "aten.reshape", "aten._unsafe_view", "aten.expand", "aten.new_zeros", "aten.new_ones",
-      "aten.new_empty", "aten.new_full", "aten.broadcast_to")
-def _size_arg1(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    args[1] = ctx.size_list(list(args[1]), ctx.orig(node), ctx.sizes(node))
-    return node.target, args, kwargs
-
-
-@rule("aten.zeros", "aten.ones", "aten.empty", "aten.full", "aten.rand", "aten.randn")
-def _size_arg0(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    args[0] = ctx.size_list(list(args[0]), ctx.orig(node), ctx.sizes(node))
-    return node.target, args, kwargs
-
-
-@rule("aten.unflatten")
-def _unflatten(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    d = int(args[1]) % len(ctx.orig(_input(node)))
-    k = len(args[2])
-    args[2] = ctx.size_list(list(args[2]), ctx.orig(node)[d:d + k], ctx.sizes(node)[d:d + k])
-    return node.target, args, kwargs
-
-
-@rule("aten.split", "aten.split_with_sizes", "aten.chunk", "aten.unsafe_split")
-def _split(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    src = _input(node)
-    ndim = len(ctx.orig(src))
-    d = int(args[2] if len(args) > 2 else kwargs.pop("dim", 0)) % ndim
-    pieces = [s[d] for s in ctx.sizes(node)]
-    orig = [node_shape(v)[d] for v in node.meta["val"]]  # type: ignore[index]
-    if pieces == orig:
-        return node.target, args, kwargs
-    return torch.ops.aten.split_with_sizes.default, [args[0], pieces, d], {}
-
-
-def _kept_before(ctx: BuildContext, src: fx.Node, dim: int, index: int) -> int:
-    return int(_first(ctx.masks(src))[dim][:index].sum())
-
-
-@rule("aten.slice")
-def _slice(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    src = _input(node)
-    n = len(ctx.orig(src))
-    d = int(args[1]) % n if len(args) > 1 else 0
-    length = ctx.orig(src)[d]
-    if _first(ctx.masks(src))[d].all():
-        return node.target, args, kwargs  # nothing removed along this dim (it may be the free batch dim)
-    for i in (2, 3):
-        if len(args) > i and isinstance(args[i], int):
-            v = args[i]
-            v = max(0, min(v + length if v < 0 else v, length))
-            args[i] = _kept_before(ctx, src, d, v)
-    return node.target, args, kwargs
-
-
-@rule("aten.select")
-def _select(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    src = _input(node)
-    d = int(args[1]) % len(ctx.orig(src))
-    idx = int(args[2]) % ctx.orig(src)[d]
-    args[2] = _kept_before(ctx, src, d, idx)
-    return node.target, args, kwargs
-
-
-@rule("aten.narrow")
-def _narrow(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    src = _input(node)
-    d = int(args[1]) % len(ctx.orig(src))
-    start, length = int(args[2]) % ctx.orig(src)[d], int(args[3])
-    keep = _first(ctx.masks(src))[d]
-    args[2], args[3] = int(keep[:start].sum()), int(keep[start:start + length].sum())
-    return node.target, args, kwargs
-
-
-def _scale_groups(ctx: BuildContext, node: fx.Node, groups: int) -> int:
-    src = _input(node)
-    orig, new = ctx.orig(src)[1], _first(ctx.sizes(src))[1]
-    return groups * new // orig if orig else groups
-
-
-@rule("aten.conv1d", "aten.conv2d", "aten.conv3d")
-def _conv(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    groups = int(args[6]) if len(args) > 6 else int(kwargs.get("groups", 1))
-    if groups != 1:
-        if len(args) > 6:
-            args[6] = _scale_groups(ctx, node, groups)
-        else:
-            kwargs["groups"] = _scale_groups(ctx, node, groups)
-    return node.target, args, kwargs
-
-
-@rule("aten.convolution")
-def _convolution(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    if int(args[8]) != 1:
-        args[8] = _scale_groups(ctx, node, int(args[8]))
-    return node.target, args, kwargs
-
-
-@rule("aten.group_norm")
-def _group_norm(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    args[1] = _scale_groups(ctx, node, int(args[1]))
-    return node.target, args, kwargs
-
-
-@rule("aten.scaled_dot_product_attention")
-def _sdpa(ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    q = _input(node)
-    e_orig, e_new = ctx.orig(q)[-1], _first(ctx.sizes(q))[-1]
-    scale = args[6] if len(args) > 6 else kwargs.get("scale")
-    if e_orig != e_new and scale is None:
-        # the default scale is 1/sqrt(head dim): keep the original one
-        if len(args) > 6:
-            args[6] = 1.0 / math.sqrt(e_orig)
-        else:
-            kwargs["scale"] = 1.0 / math.sqrt(e_orig)
-    return node.target, args, kwargs
 
 
 def _set_attr(root: nn.Module, fqn: str, value: torch.Tensor, param: bool) -> None:
@@ -277,7 +104,7 @@ def build(space: SearchSpace, *, removed: np.ndarray | None = None, erased: np.n
                     continue
                 live = [a for a in node.all_input_nodes if a in env]  # the others were erased
                 if len(live) < len(node.all_input_nodes):  # a join that lost inputs to erasure
-                    if str(node.target).startswith("aten.add"):
+                    if rule_for(node.target).join == "add":
                         env[node] = env[live[0]]
                         continue
                     # a concatenation: drop the erased inputs (their channels are gone downstream too)
@@ -289,9 +116,8 @@ def build(space: SearchSpace, *, removed: np.ndarray | None = None, erased: np.n
                 args = list(fx.map_arg(node.args, lambda a: env[a]))
                 kwargs = dict(fx.map_arg(node.kwargs, lambda a: env[a]))
                 target = node.target
-                fn = BUILD_RULES.lookup(target) if name in space._flow.dims else None
-                if fn is not None:
-                    target, args, kwargs = fn(ctx, node, args, kwargs)
+                if name in space._flow.dims:
+                    target, args, kwargs = rule_for(target).rewrite(ctx, node, args, kwargs)
                 new = g.call_function(target, tuple(args), kwargs)
                 for key in ("nn_module_stack", "stack_trace", "source_fn_stack"):
                     if key in node.meta:

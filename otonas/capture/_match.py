@@ -11,21 +11,9 @@ import torch
 from torch import fx
 from torch.export.graph_signature import InputKind
 
+from ..ops import rule_for
+
 __all__ = ["match_nodes"]
-
-# Ops that are the identity when their output has their input's shape. One export can hold
-# such a no-op where the other holds none or another one: a static export folds a full
-# slice of the batch into `alias` or drops it, the free-batch export keeps a `slice`.
-_MAYBE_IDENTITY = {
-    "aten.alias", "aten.slice", "aten.narrow", "aten.expand", "aten.view", "aten.reshape", "aten._unsafe_view",
-    "aten.clone", "aten.contiguous", "aten.detach", "aten.expand_as", "aten.view_as", "aten.reshape_as",
-}
-
-
-def _packet(target: Any) -> str:
-    name = str(target)
-    return name.rsplit(".", 1)[0] if name.count(".") >= 2 else name
-
 
 def _shape(val: Any) -> Any:
     if isinstance(val, torch.Tensor):
@@ -44,8 +32,11 @@ def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
 
 
 def _is_identity(node: fx.Node) -> bool:
+    """A no-op here (its output has its input's shape) that the other export may hold as
+    another no-op or not at all: a static export folds a full slice of the batch into
+    ``alias`` or drops it, the free-batch export keeps a ``slice``."""
     ins = _tensor_inputs(node)
-    return (_packet(node.target) in _MAYBE_IDENTITY and len(ins) == 1
+    return (rule_for(node.target).identity_if_same_shape and len(ins) == 1
             and _shape(node.meta.get("val")) == _shape(ins[0].meta.get("val")))
 
 

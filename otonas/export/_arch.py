@@ -8,10 +8,9 @@ from typing import Any
 import torch
 from torch import fx
 
-from ..analysis import FLOP_RULES
+from ..ops import LayerCall, LayerSpec, rule_for, run_layer
 from ._codegen import Generated
 from ._graph import stack as module_stack
-from ._layers import LAYER_RULES, LayerCall, LayerSpec, run_rule
 
 __all__ = ["architecture", "node_flops", "original_layers", "record_shapes"]
 
@@ -38,25 +37,29 @@ def record_shapes(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> tuple[Any, dic
     return out, rec.shapes
 
 
+def _tensor_list(a: Any) -> bool:
+    """A list argument of tensors (einsum's operands): its shapes go to the FLOP rule as a list."""
+    return isinstance(a, (list, tuple)) and bool(a) and all(isinstance(t, fx.Node) for t in a)
+
+
 def node_flops(graph: fx.Graph, shape_of: Callable[[fx.Node], Any], batch: int) -> dict[str, int]:
     """Per-sample FLOPs (MACs) of every op, summed per module path, by otonas' FLOP rules."""
     out: dict[str, int] = {}
     for node in graph.nodes:
         if node.op != "call_function":
             continue
-        rule = FLOP_RULES.lookup(node.target)
-        if rule is None:
+        rule = rule_for(node.target)
+        if not rule.implements("flops"):
             continue
         shape = shape_of(node)
         if shape is None:
             continue
         if shape and isinstance(shape[0], list):
             shape = shape[0]
-        ins = [shape_of(a) if isinstance(a, fx.Node) else None for a in node.args]
-        if str(node.target).startswith("aten.einsum"):
-            ins = [None, [shape_of(a) for a in node.args[1]]]
+        ins = [[shape_of(t) for t in a] if _tensor_list(a) else shape_of(a) if isinstance(a, fx.Node) else None
+               for a in node.args]
         try:
-            flops = int(rule(node, shape, ins))
+            flops = int(rule.flops(node, shape, ins) or 0)
         except (TypeError, IndexError, ValueError):
             continue
         stack = module_stack(node)
@@ -89,8 +92,8 @@ def original_layers(program: torch.export.ExportedProgram, tensors: dict[str, to
     for node in program.graph.nodes:
         if node.op != "call_function":
             continue
-        rule = LAYER_RULES.lookup(node.target)
-        if rule is None:
+        rule = rule_for(node.target)
+        if not rule.implements("layer"):
             continue
         schema = node.target._schema
         values = {a.name: (node.args[i] if i < len(node.args) else node.kwargs[a.name])
@@ -104,7 +107,7 @@ def original_layers(program: torch.export.ExportedProgram, tensors: dict[str, to
                          fqn=lambda v: sig.get(v.name) if v.op == "placeholder" else None,
                          tensor=lambda v: tensors.get(sig.get(v.name, "")) if v.op == "placeholder" else None,
                          module=lambda p: None, module_type=stack[-1][1] if stack else None, rank=rank)
-        spec = run_rule(rule, call)
+        spec = run_layer(rule.layer, call)
         if spec is not None and spec.path not in found:
             found[spec.path] = spec
     return found

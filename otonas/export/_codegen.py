@@ -11,10 +11,9 @@ from typing import Any
 
 from torch import fx
 
-from ._expr import Expr, is_identifier
+from ..ops import Expr, LayerSpec, is_identifier
 from ._forward import RESERVED, ForwardWriter, render_output, signature
 from ._graph import ExportError
-from ._layers import LayerSpec
 from ._tree import ModelFacts, ModuleTree
 
 __all__ = ["ExportError", "Generated", "ModelFacts", "generate"]

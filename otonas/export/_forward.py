@@ -11,12 +11,11 @@ from typing import Any, cast
 import torch
 from torch import fx, nn
 
-from ._expr import ADD, ATOM, MUL, UNARY, Call, Expr, is_identifier, literal
-from ._graph import BLOCK_TYPES, FRAME, PLAIN, TORCH_DIR, ExportError, arg_values, code_key, flat_args, source_names
+from ..ops import ADD, ATOM, MUL, UNARY, Call, Expr, fn, is_identifier, literal, method, op_key, rule_for
+from ..ops import torch_module_class
+from ._graph import BLOCK_TYPES, FRAME, PLAIN, TORCH_DIR, ExportError, arg_values, flat_args, source_names
 from ._graph import stack as module_stack
-from ._layers import torch_module_class
-from ._ops import CODE_RULES, fn, method
-from ._passes import is_random, mutated_arg, packet
+from ._passes import is_random, mutated_arg
 from ._tree import LINE, ModuleTree
 
 __all__ = ["ForwardWriter", "RESERVED", "signature", "render_output"]
@@ -24,7 +23,6 @@ __all__ = ["ForwardWriter", "RESERVED", "signature", "render_output"]
 RESERVED = {"self", "F", "nn", "torch", "super", "float", "int", "len", "range", "getattr", "tuple", "list", "dict"}
 _GENERIC = re.compile(r"^(x|h|y|out|hidden|input)_?\d*$")
 _SYM_OPS = {"add", "sub", "mul", "floordiv", "neg", "truediv", "mod", "pow"}
-_SIZES = {"aten.sym_size", "aten.sym_numel", "aten.sym_stride", "aten.sym_storage_offset"}
 
 Poly = dict[tuple[str, ...], int]
 
@@ -100,7 +98,7 @@ class ForwardWriter:
             return "item"
         if callable(t) and getattr(t, "__module__", None) in ("_operator", "operator") and t.__name__ in _SYM_OPS:
             return "sym"
-        if packet(t) in _SIZES:
+        if rule_for(t).size_query:
             return "size"
         if n in self.tree.layer_nodes:
             return "layer"
@@ -118,14 +116,9 @@ class ForwardWriter:
         schema = getattr(n.target, "_schema", None)
         if schema is not None and len(schema.returns) > 1:
             return len(schema.returns)
-        if packet(n.target) in ("aten.split_with_sizes", "aten.unsafe_split_with_sizes"):
-            sizes = n.args[1] if len(n.args) > 1 else n.kwargs.get("split_sizes")
-            return len(sizes) if isinstance(sizes, (list, tuple)) else None
         orig = self.tree.facts.original_node(n)
         val = orig.meta.get("val") if orig is not None else n.meta.get("val")
-        if packet(n.target) in ("aten.unbind", "aten.chunk", "aten.split") and isinstance(val, (list, tuple)):
-            return len(val)
-        return None
+        return rule_for(n.target).num_outputs(n, val)
 
     def _impure(self, n: fx.Node) -> bool:
         if n.op != "call_function":
@@ -214,8 +207,7 @@ class ForwardWriter:
             return Expr(f"{self.access(spec.path)}({render(values[spec.input]).text})")
         values, defaults = arg_values(n, n.target)
         call = Call(n, n.target, values, defaults, render, self.tree)
-        fn_ = None if self.tree.aten_fallback else CODE_RULES.lookup(code_key(n.target))
-        e = fn_(call) if fn_ is not None else None
+        e = None if self.tree.aten_fallback else rule_for(n.target).code(call)
         return e if e is not None else self._generic(call)
 
     def _generic(self, c: Call) -> Expr:
@@ -251,9 +243,7 @@ class ForwardWriter:
         if poly is not None:
             return _render_poly(poly)
         values, defaults = arg_values(n, n.target)
-        fn_ = CODE_RULES.lookup(code_key(n.target))
-        assert fn_ is not None
-        e = fn_(Call(n, n.target, values, defaults, lambda v: self.render(v, inlined), self.tree))
+        e = rule_for(n.target).code(Call(n, n.target, values, defaults, lambda v: self.render(v, inlined), self.tree))
         assert e is not None
         return e
 
@@ -413,7 +403,7 @@ class ForwardWriter:
 
     def _size_name(self, n: fx.Node) -> str:
         d = n.args[1] if len(n.args) > 1 else None
-        return "batch" if d == 0 and packet(n.target) == "aten.sym_size" else "size"
+        return "batch" if d == 0 and op_key(n.target).packet == "aten.sym_size" else "size"
 
     def _comment_block(self, n: fx.Node) -> str | None:
         """The outermost module around ``n`` of a class the network uses more than once

@@ -11,7 +11,7 @@ from torch import fx
 
 from .._errors import OtonasError
 
-__all__ = ["ExportError", "BLOCK_TYPES", "PLAIN", "FRAME", "TORCH_DIR", "stack", "arg_values", "code_key",
+__all__ = ["ExportError", "BLOCK_TYPES", "PLAIN", "FRAME", "TORCH_DIR", "stack", "arg_values",
            "source_names", "fetch", "supported", "flat_args"]
 
 BLOCK_TYPES = {"MultiheadAttention", "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder",
@@ -44,12 +44,6 @@ def arg_values(node: fx.Node, target: Any) -> tuple[dict[str, Any], dict[str, An
         elif a.name in node.kwargs:
             values[a.name] = node.kwargs[a.name]
     return values, defaults
-
-
-def code_key(target: Any) -> Any:
-    if getattr(target, "__module__", None) in ("_operator", "operator"):
-        return f"operator.{target.__name__}"
-    return target
 
 
 FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n(.*)')

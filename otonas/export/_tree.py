@@ -10,10 +10,9 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ._expr import is_identifier
+from ..ops import LayerCall, LayerSpec, is_identifier, rule_for, run_layer, torch_module_class
 from ._graph import ExportError, PLAIN, arg_values, fetch, supported
 from ._graph import stack as module_stack
-from ._layers import LAYER_RULES, LayerCall, LayerSpec, run_rule, torch_module_class
 from ._passes import copy_graph, drop_identities, out_of_place
 
 __all__ = ["ModelFacts", "ModuleTree", "LINE"]
@@ -97,10 +96,10 @@ class ModuleTree:
         for n in self.nodes:
             if n.op != "call_function":
                 continue
-            fn_ = LAYER_RULES.lookup(n.target)
-            if fn_ is None:
+            rule = rule_for(n.target)
+            if not rule.implements("layer"):
                 continue
-            spec = run_rule(fn_, self.layer_call(n, n.target))
+            spec = run_layer(rule.layer, self.layer_call(n, n.target))
             if spec is not None:
                 found.setdefault(spec.path, []).append((n, spec))
         self.layers: dict[str, LayerSpec] = {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import networkx as nx
 import torch
 
-from ..analysis._flow import module_path, node_shape
+from ..ops import module_path, node_shape
 
 __all__ = ["build_opgraph"]
 

@@ -1,4 +1,5 @@
-"""Python expressions as text, with the precedence needed to parenthesize them correctly."""
+"""What a rule's export facets see and return: Python expressions as text, with the precedence
+needed to parenthesize them (``code``), and the ``torch.nn`` layers a node stands for (``layer``)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import fx
+from torch import fx, nn
 
-__all__ = ["Expr", "Call", "ATOM", "UNARY", "POWER", "MUL", "ADD", "CMP", "literal", "binop", "is_identifier"]
+__all__ = ["Expr", "Call", "ATOM", "POWER", "UNARY", "MUL", "ADD", "SHIFT", "BAND", "BXOR", "BOR", "CMP", "LOWEST",
+           "literal", "binop", "is_identifier", "squash", "as_tuple", "fn", "method", "LayerSpec", "LayerCall",
+           "torch_module_class", "run_layer"]
 
 # Python operator precedence, higher binds tighter.
 ATOM, POWER, UNARY, MUL, ADD, SHIFT, BAND, BXOR, BOR, CMP, LOWEST = 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 0
@@ -152,3 +155,91 @@ def squash(v: Any) -> Any:
 
 def as_tuple(v: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(v)
+
+
+def _text(a: Expr | str) -> str:
+    return a.text if isinstance(a, Expr) else a
+
+
+def fn(name: str, *args: Expr | str) -> Expr:
+    return Expr(f"{name}({', '.join(_text(a) for a in args)})")
+
+
+def method(recv: Expr, name: str, *args: Expr | str) -> Expr:
+    return Expr(f"{recv.recv}.{name}({', '.join(_text(a) for a in args)})")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One ``torch.nn`` layer of the generated module."""
+
+    path: str  # module path in the original network, e.g. "layer1.0.conv1"
+    cls: str  # "Conv2d" (a class of torch.nn)
+    args: tuple[str, ...]  # constructor arguments as source
+    state: tuple[str, ...]  # tensors the layer owns: "weight", "bias", "running_mean", ...
+    bound: tuple[tuple[str, str], ...]  # (node argument, state name): arguments that must read path.state
+    input: str  # the node argument the layer is called with
+    channels: tuple[tuple[str, int], ...]  # ("in", 64), ("out", 40) / ("features", 40)
+
+    @property
+    def ctor(self) -> str:
+        return f"nn.{self.cls}({', '.join(self.args)})"
+
+
+class LayerCall(Call):
+    """A :class:`Call` for layer rules: constants render as literals, tensors are looked up."""
+
+    def __init__(self, node: fx.Node, target: Any, values: dict[str, Any], defaults: dict[str, Any], *,
+                 fqn: Callable[[Any], str | None], tensor: Callable[[Any], torch.Tensor | None],
+                 module: Callable[[str], nn.Module | None], module_type: str | None, rank: int | None) -> None:
+        super().__init__(node, target, values, defaults, self._literal, None)
+        self._fqn = fqn
+        self._tensor = tensor
+        self.module = module  # the original nn.Module at a path, when the original model is known
+        self.module_type = module_type  # e.g. "torch.nn.modules.batchnorm.BatchNorm2d"
+        self.rank = rank  # rank of the node's first input, when known
+
+    @staticmethod
+    def _literal(v: Any) -> Expr:
+        if isinstance(v, fx.Node):
+            raise _NotALayer
+        return literal(squash(v))
+
+    def fqn(self, name: str) -> str | None:
+        v = self[name]
+        return self._fqn(v) if isinstance(v, fx.Node) else None
+
+    def tensor(self, name: str) -> torch.Tensor | None:
+        v = self[name]
+        return self._tensor(v) if isinstance(v, fx.Node) else None
+
+    def path_of(self, name: str, leaf: str) -> str | None:
+        """The module path whose ``leaf`` tensor the argument ``name`` is, or None."""
+        fqn = self.fqn(name)
+        if fqn is None or "." not in fqn:
+            return None
+        path, last = fqn.rsplit(".", 1)
+        return path if last == leaf else None
+
+    def reads(self, name: str, path: str, leaf: str) -> bool:
+        v = self[name]
+        return v is None or self.fqn(name) == f"{path}.{leaf}"
+
+
+class _NotALayer(Exception):
+    pass
+
+
+def torch_module_class(type_name: str | None) -> str | None:
+    """``"torch.nn.modules.batchnorm.BatchNorm2d"`` -> ``"BatchNorm2d"``; None for other classes."""
+    if not type_name or not type_name.startswith("torch.nn.modules."):
+        return None
+    return type_name.rsplit(".", 1)[1]
+
+
+def run_layer(fn: Callable[[LayerCall], LayerSpec | None], call: LayerCall) -> LayerSpec | None:
+    """``fn(call)``, or None when the call turned out not to be a plain layer call."""
+    try:
+        return fn(call)
+    except _NotALayer:
+        return None
