@@ -35,16 +35,21 @@ from otonas._models import resolve_model  # noqa: E402
 from otonas._verify import zero_groups_  # noqa: E402
 
 
-def subnets(name: str, levels: list[float], seed: int = 0) -> tuple[list[tuple[str, torch.nn.Module, float]], tuple[int, ...]]:
-    """The full model and one built subnet per level: (label, module, FLOPs kept)."""
+def _setup(name: str, seed: int) -> tuple[torch.nn.Module, tuple[int, ...], otonas.SearchSpace, dict[str, torch.Tensor],
+                                         otonas.analysis.Costs, list[tuple[str, torch.nn.Module, float]]]:
+    """The torchvision model (eval), its input shape, its search space, its weights, its dense
+    costs, and the list of nets to time starting with a copy of the full model."""
     torch.manual_seed(seed)
     resolved = resolve_model(f"torchvision:{name}")
     model, shape = resolved.model.eval(), resolved.input_shapes[0]
     full = copy.deepcopy(model)
     space = otonas.analyze(model, (torch.randn(2, *shape[1:]),))
-    state = copy.deepcopy(model.state_dict())
-    base = space.costs()
-    out = [("full", full, 1.0)]
+    return model, shape, space, copy.deepcopy(model.state_dict()), space.costs(), [("full", full, 1.0)]
+
+
+def subnets(name: str, levels: list[float], seed: int = 0) -> tuple[list[tuple[str, torch.nn.Module, float]], tuple[int, ...]]:
+    """The full model and one built subnet per level: (label, module, FLOPs kept)."""
+    model, shape, space, state, base, out = _setup(name, seed)
     rng = np.random.default_rng(seed)
     for level in levels:
         model.load_state_dict(state)
@@ -65,14 +70,7 @@ def flops_subnets(name: str, targets: list[float], round_tos: list[int],
 
     from otonas.optim import DHSPG
 
-    torch.manual_seed(seed)
-    resolved = resolve_model(f"torchvision:{name}")
-    model, shape = resolved.model.eval(), resolved.input_shapes[0]
-    full = copy.deepcopy(model)
-    space = otonas.analyze(model, (torch.randn(2, *shape[1:]),))
-    state = copy.deepcopy(model.state_dict())
-    base = space.costs()
-    out = [("full", full, 1.0)]
+    model, shape, space, state, base, out = _setup(name, seed)
     for t in targets:
         for r in round_tos:
             model.load_state_dict(state)

@@ -476,6 +476,8 @@ def run_random_erase(ctx: Context, budget: float, epochs: int, seed: int) -> tup
     inside an erased one) and the FLOPs kept stay at or above otonas' (an advantage to the
     baseline); held at zero for all epochs, then built. (A random valid erasure of as many
     operators as otonas erases keeps far fewer FLOPs — whole cells go — so the count is not matched.)"""
+    from otonas._verify import random_valid_erasure
+
     key_ = (SUPERNET, "otonas", seed)
     if key_ not in ctx.flops_of:
         raise SystemExit("random_erase needs the otonas run of the same seed first (its FLOPs kept)")
@@ -483,17 +485,8 @@ def run_random_erase(ctx: Context, budget: float, epochs: int, seed: int) -> tup
     torch.manual_seed(seed)
     net = make_supernet()
     space = otonas.analyze(net, (ctx.example,))
-    rng = np.random.default_rng(seed)
-    chosen = np.zeros(space.num_erasing_groups, dtype=bool)
-    for i in rng.permutation(space.num_erasing_groups):
-        p = space.erasing_groups[i].parent
-        while p is not None and not chosen[p]:
-            p = space.erasing_groups[p].parent
-        if p is not None:
-            continue
-        chosen[i] = True
-        if not space.is_valid(chosen) or space.costs(erased=chosen).flops < floor:
-            chosen[i] = False
+    chosen = random_valid_erasure(space, 1.0, np.random.default_rng(seed),
+                                  accept=lambda c: space.costs(erased=c).flops >= floor)
     mask = EraseMask(space, chosen)
     mask()
     opt = sgd(net, ctx.cfg)

@@ -247,9 +247,11 @@ class _Stages:
         self.last = (name, now)
 
 
-def random_valid_erasure(space: SearchSpace, fraction: float, rng: np.random.Generator) -> np.ndarray:
+def random_valid_erasure(space: SearchSpace, fraction: float, rng: np.random.Generator,
+                         accept: Callable[[np.ndarray], bool] | None = None) -> np.ndarray:
     """About ``fraction`` of the erasing groups, drawn in random order, each kept only if the
-    set stays valid (and not already inside an erased group)."""
+    set stays valid (and not already inside an erased group) and, with ``accept``, only if
+    ``accept(chosen)`` holds for the set with it (e.g. a FLOPs floor)."""
     e = space.num_erasing_groups
     target = max(1, int(round(fraction * e)))
     chosen = np.zeros(e, dtype=bool)
@@ -262,7 +264,7 @@ def random_valid_erasure(space: SearchSpace, fraction: float, rng: np.random.Gen
         if p is not None:
             continue
         chosen[i] = True
-        if not space.is_valid(chosen):
+        if not space.is_valid(chosen) or (accept is not None and not accept(chosen)):
             chosen[i] = False
     return chosen
 
