@@ -214,6 +214,18 @@ class OtherBinary(Binary):
     pass
 
 
+@register("aten.max.other", "aten.min.other", "aten.maximum", "aten.minimum", "aten.fmax", "aten.fmin")
+class ElementwiseMinMax(OpRule):
+    """``torch.max(a, b)`` / ``torch.min(a, b)`` (the ``.other`` overloads; the packets
+    ``aten.max`` / ``aten.min`` are the reductions of reduce.py) and ``maximum`` / ``minimum`` /
+    ``fmax`` / ``fmin``: elementwise, so channels broadcast like any binary op (the default flow
+    of a pointwise-tagged op); registered by overload so that the reduction rule never sees them."""
+
+    def code(self, c: Call) -> Expr:
+        name = {"max": "maximum", "min": "minimum"}.get(op_key(c.target).name, op_key(c.target).name)
+        return fn(f"torch.{name}", c.e("self"), c.e("other"))
+
+
 @register("aten.rsub")
 class Rsub(OpRule):
     def code(self, c: Call) -> Expr | None:
