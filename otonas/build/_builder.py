@@ -138,15 +138,43 @@ def build(space: SearchSpace, *, removed: np.ndarray | None = None, erased: np.n
                              + (f" in module '{path}'" if path else "") + f": {type(e).__name__}: {e}") from e
     g.eliminate_dead_code()
     gm = fx.GraphModule(root, g, class_name=f"Built{type(space.model).__name__}")
-    _pytree_io(gm, program)
+    _pytree_io(gm, program, space.model)
     gm.recompile()
     return gm
 
 
-def _pytree_io(gm: fx.GraphModule, program: torch.export.ExportedProgram) -> None:
-    """Accept and return the same (nested) structures as the original forward."""
+def _pytree_io(gm: fx.GraphModule, program: torch.export.ExportedProgram, model: nn.Module) -> None:
+    """Accept and return the same (nested) structures as the original forward: its positional
+    arguments by their own names (a list or dict argument stays one argument), then its keyword
+    arguments by theirs."""
     from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
 
     spec = program.call_spec
-    names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    names = _argument_names(spec.in_spec, model)
+    if names is None:  # a flat signature of tensors: the placeholders are the arguments
+        names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     gm.graph._codegen = _PyTreeCodeGen(_PyTreeInfo(names, spec.in_spec, spec.out_spec))
+
+
+def _argument_names(in_spec: Any, model: nn.Module) -> list[str] | None:
+    """The names of the forward's top-level arguments as ``in_spec`` (``(args, kwargs)``) holds
+    them: positional ones from the forward's signature (``arg<i>`` where it has none), then the
+    keyword names; None when every argument is a single tensor (the placeholders serve)."""
+    import inspect
+
+    if in_spec is None or in_spec.type is not tuple or in_spec.num_children != 2:
+        return None
+    args, kwargs = in_spec.child(0), in_spec.child(1)
+    if all(args.child(i).is_leaf() for i in range(args.num_children)) and kwargs.num_children == 0:
+        return None
+    try:
+        params = [q for q in inspect.signature(model.forward).parameters.values()
+                  if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    kw = [str(k) for k in (kwargs.context or [])]
+    names = []
+    for i in range(args.num_children):
+        name = params[i].name if i < len(params) else f"arg{i}"
+        names.append(name if name not in kw and name not in names else f"arg{i}")
+    return names + kw
