@@ -3,6 +3,8 @@ containers that keep the original module paths, and the ``__init__`` that declar
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -233,13 +235,14 @@ class ModuleTree:
         if m.kind == "list":
             items = [self._ctor(k, indent + 4) for k in kids]
             one = "nn.ModuleList([" + ", ".join(i[0] for i in items) + "])"
-            if all(len(i) == 1 for i in items) and indent + lead + len(one) + 1 <= LINE + 10 and not comment:
+            if (all(len(i) == 1 and not _COMMENT.search(i[0]) for i in items)
+                    and indent + lead + len(one) + 1 <= LINE + 10 and not comment):
                 return [one]
             lines = ["nn.ModuleList([" + comment]
             for i in items:
                 lines.append(pad + i[0])
                 lines += i[1:]
-                lines[-1] += ","
+                _suffix(lines, ",")
             return lines + [" " * indent + "])"]
         if not kids:
             return ["nn.ModuleDict()" + comment]
@@ -250,7 +253,7 @@ class ModuleTree:
             body = self._ctor(k, indent + 4, len(key))
             lines.append(pad + key + body[0])
             lines += body[1:]
-            lines[-1] += ","
+            _suffix(lines, ",")
         return lines + [" " * indent + ("))" if keyword else "})")]
 
     def _tensor_lines(self, m: _Mod) -> list[str]:
@@ -290,7 +293,7 @@ class ModuleTree:
             lines.append(f"{target}{body[0]}")
             lines += [b[8:] for b in body[1:]]
             if not plain:
-                lines[-1] += ")"
+                _suffix(lines, ")")
             lines += self._tensor_lines(item)
         return lines
 
@@ -327,3 +330,13 @@ class ModuleTree:
     def gap(self, what: str) -> None:
         if what not in self.gaps:
             self.gaps.append(what)
+
+
+_COMMENT = re.compile(r"  # [A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _suffix(lines: list[str], text: str) -> None:
+    """Append ``text`` (a comma, a closing paren) to the last line, before the class-name comment
+    ``_ctor`` may end it with (``nn.ModuleDict()  # Block``), never inside it."""
+    m = _COMMENT.search(lines[-1])
+    lines[-1] = lines[-1][:m.start()] + text + m.group(0) if m else lines[-1] + text
