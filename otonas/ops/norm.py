@@ -58,10 +58,38 @@ def _momentum(c: LayerCall, path: str) -> list[str]:
     return nn_kw(c, "momentum", 0.1)
 
 
+def _schema_arg(node: fx.Node, name: str, default: Any = None) -> Any:
+    """The argument ``name`` of ``node`` by its op's schema (positional or keyword)."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is not None:
+        for i, a in enumerate(schema.arguments):
+            if a.name == name:
+                return node.args[i] if i < len(node.args) else node.kwargs.get(name, default)
+    return node.kwargs.get(name, default)
+
+
+def _pin_statistics(ctx: FlowContext, node: fx.Node, X: Dims, dims: range | list[int]) -> None:
+    """Statistics computed over ``dims`` (a mean and variance): channels that flow along them
+    cannot be removed, since the statistics would change (e.g. a weight standardised with
+    batch_norm over its flattened input channels). Batch and spatial dims carry no groups
+    of their own, so this only ever pins channels that a reshape moved there."""
+    for d in dims:
+        if d < len(X):
+            ctx.pin(X[d], f"normalized over by {node.target} (batch statistics over dim {d})")
+
+
 def _batch_norm_flow(ctx: FlowContext, node: fx.Node) -> Dims:
     w, b = arg(node, 1, "weight"), arg(node, 2, "bias")
-    return _per_channel(ctx, node, node.args[0], [w, b, arg(node, 3, "running_mean"), arg(node, 4, "running_var")],
-                        w is not None and b is not None)
+    X = _per_channel(ctx, node, node.args[0], [w, b, _schema_arg(node, "running_mean"),
+                                               _schema_arg(node, "running_var")], w is not None and b is not None)
+    name = op_key(node.target).packet
+    stats = (bool(_schema_arg(node, "use_input_stats", True)) if name == "aten.instance_norm"
+             else False if name == "aten._native_batch_norm_legit_no_training"
+             else bool(_schema_arg(node, "training", False)) or _schema_arg(node, "running_mean") is None)
+    if stats and isinstance(X, list) and len(X) >= 2:
+        per_sample = name == "aten.instance_norm"
+        _pin_statistics(ctx, node, X, [d for d in range(len(X)) if d != 1 and (d != 0 or not per_sample)])
+    return X
 
 
 @register("aten.batch_norm")
@@ -166,7 +194,9 @@ class GroupNorm(OpRule):
             blocks = X[1].reshape(groups, -1)
             ctx.ids.union(blocks[:, 1:].ravel(), np.repeat(blocks[:, 0], blocks.shape[1] - 1))
         w, b = arg(node, 2, "weight"), arg(node, 3, "bias")
-        return _per_channel(ctx, node, node.args[0], [w, b], w is not None and b is not None)
+        out = _per_channel(ctx, node, node.args[0], [w, b], w is not None and b is not None)
+        _pin_statistics(ctx, node, X, range(2, len(X)))
+        return out
 
     def rewrite(self, ctx: BuildContext, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> Any:
         args[1] = scale_groups(ctx, node, int(args[1]))
