@@ -8,10 +8,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import numpy as np
 from torch import fx
 
 from ._code import Call, Expr, fn, method, squash
-from ._common import arg, args_of, dims_arg, norm_dim
+from ._common import arg, args_of, dims_arg, norm_dim, unknown
 from ._context import Dims, FlowContext
 from ._rule import OpRule, op_key, register
 
@@ -260,6 +261,29 @@ class Flip(_Roll):
 
 @register("aten.pixel_shuffle", "aten.pixel_unshuffle")
 class PixelShuffle(OpRule):
+    """``pixel_shuffle(x, r)``: input channels ``c·r² … c·r² + r² − 1`` become output channel
+    ``c``'s r×r sub-pixels, so they are one block, removed whole with it; ``pixel_unshuffle``
+    the reverse: input channel ``c`` becomes the block of output channels ``c·r² …``. Spatial
+    dims come out fresh (the ids of the input's spatial dims are pinned: they mix with
+    sub-pixels). No shape constant to rewrite: the kept channels arrive in whole blocks."""
+
+    def flow(self, ctx: FlowContext, node: fx.Node) -> Any:
+        X = ctx.dims(node.args[0])
+        shape = ctx.shape(node)
+        if X is None or shape is None or len(X) < 3:
+            return unknown(ctx, node)
+        r2 = int(args_of(node)[1]) ** 2
+        ch = len(X) - 3
+        for d in (len(X) - 2, len(X) - 1):
+            ctx.pin(X[d], f"{node.target} mixes this dim with sub-pixel channels")
+        if op_key(node.target).name == "pixel_shuffle":
+            blocks = X[ch].reshape(-1, r2)
+            ctx.ids.union(blocks[:, 1:].ravel(), np.repeat(blocks[:, 0], r2 - 1))
+            out_ch = np.ascontiguousarray(blocks[:, 0])
+        else:
+            out_ch = np.repeat(X[ch], r2)
+        return [*X[:ch], out_ch, ctx.fresh(shape[-2]), ctx.fresh(shape[-1])]
+
     def code(self, c: Call) -> Expr:
         name = op_key(c.target).name
         factor = "upscale_factor" if name == "pixel_shuffle" else "downscale_factor"
