@@ -9,6 +9,7 @@ the same tensor (``BuildContext.source``). How each op is rewritten is its rule'
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -98,6 +99,16 @@ def build(space: SearchSpace, *, removed: np.ndarray | None = None, erased: np.n
                         _set_attr(root, fqn, _slice_tensor(value, masks), is_param)
                         done_attrs.add(fqn)
                     env[node] = g.get_attr(fqn)
+            elif node.op == "get_attr":
+                # a higher-order op's region (torch.autocast's wrap_with_autocast, ...): its graph
+                # module is copied as it is; the analysis pins every channel it touches (no rule)
+                value = getattr(program.graph_module, str(node.target), None)
+                if not isinstance(value, nn.Module):
+                    raise BuildError(f"node {node.name} reads {node.target!r} of the captured program, which otonas "
+                                     "cannot carry into the built network")
+                if not hasattr(root, str(node.target)):
+                    root.add_module(str(node.target), copy.deepcopy(value))
+                env[node] = g.get_attr(str(node.target))
             elif node.op == "call_function":
                 name = source.get(node.name)  # None: symbolic sizes and asserts, which the analysis skips
                 if name in dead or (name is None and not all(a in env for a in node.all_input_nodes)):
