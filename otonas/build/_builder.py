@@ -102,12 +102,12 @@ def build(space: SearchSpace, *, removed: np.ndarray | None = None, erased: np.n
             elif node.op == "get_attr":
                 # a higher-order op's region (torch.autocast's wrap_with_autocast, ...): its graph
                 # module is copied as it is; the analysis pins every channel it touches (no rule)
-                value = getattr(program.graph_module, str(node.target), None)
-                if not isinstance(value, nn.Module):
+                region = getattr(program.graph_module, str(node.target), None)
+                if not isinstance(region, nn.Module):
                     raise BuildError(f"node {node.name} reads {node.target!r} of the captured program, which otonas "
                                      "cannot carry into the built network")
                 if not hasattr(root, str(node.target)):
-                    root.add_module(str(node.target), copy.deepcopy(value))
+                    root.add_module(str(node.target), copy.deepcopy(region))
                 env[node] = g.get_attr(str(node.target))
             elif node.op == "call_function":
                 name = source.get(node.name)  # None: symbolic sizes and asserts, which the analysis skips
