@@ -58,7 +58,10 @@ def generate(gm: fx.GraphModule, facts: ModelFacts, *, loader: str, aten_fallbac
     lines += ["import json", "import math", "import mmap", "import os", "import zlib", "", "import torch"]
     if uses_f:
         lines.append("import torch.nn.functional as F")
-    lines += ["from torch import nn", "", f'__all__ = ["{name}", "load"]', "", ""]
+    lines += ["from torch import nn"]
+    if tree.imports:  # the modules that register the custom ops forward calls
+        lines += [""] + [f"import {m}  # registers custom ops used below" for m in tree.imports]
+    lines += ["", f'__all__ = ["{name}", "load"]', "", ""]
     lines.append(f"class {name}(nn.Module):")
     summary = f"{facts.source_type.rsplit('.', 1)[-1] or name} as otonas built it"
     lines.append(f'    """{summary}; names follow the original {facts.source_type or "network"}."""')

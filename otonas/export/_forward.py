@@ -215,7 +215,9 @@ class ForwardWriter:
         schema = getattr(t, "_schema", None)
         if schema is None:
             raise ExportError(f"node {c.node.name}: no way to write {t} as Python")
-        name = schema.name.split("::")[-1]
+        namespace, _, name = schema.name.rpartition("::")
+        if namespace and namespace not in ("aten", "prims"):
+            return self._custom(c, namespace, name)
         public = getattr(torch, name, None)
         args, kw = [], []
         positional = True
@@ -237,6 +239,24 @@ class ForwardWriter:
             return fn(f"torch.{name}", *args, *kw)
         self.tree.gap(f"{t} has no public PyTorch equivalent: written as torch.ops.aten.{name}.{t._overloadname}")
         return fn(f"torch.ops.aten.{name}.{t._overloadname}", *args, *kw)
+
+    def _custom(self, c: Call, namespace: str, name: str) -> Expr:
+        """A custom op (``torch.ops.<namespace>.<name>``), kept in its namespace; model.py imports
+        the module that registers it, or export says which op cannot be registered there."""
+        t = c.target
+        module = _registering_module(t, namespace)
+        if module is None:
+            raise ExportError(
+                f"node {c.node.name} calls the custom op {namespace}::{name}, and otonas cannot tell which importable "
+                f"module registers it (defined in __main__ or a C++ extension of another name); define it with "
+                f"torch.library in an importable module (or package named {namespace!r}), so that model.py can "
+                "import it")
+        self.tree.need_import(module)
+        schema = t._schema
+        args = [c.render(c.values[a.name]).text for a in schema.arguments if a.name in c.values and not a.kwarg_only]
+        kw = [f"{a.name}={c.render(c.values[a.name]).text}" for a in schema.arguments
+              if a.name in c.values and a.kwarg_only]
+        return fn(f"torch.ops.{namespace}.{name}.{t._overloadname}", *args, *kw)
 
     def _sym(self, n: fx.Node, inlined: list[tuple[fx.Node, str]]) -> Expr:
         poly = self._poly(n)
@@ -568,3 +588,30 @@ def render_output(spec: Any, leaves: list[Expr], gaps: list[str]) -> str:
         return "(" + ", ".join(kids) + ("," if len(kids) == 1 else "") + ")"
 
     return go(spec)
+
+
+def _registering_module(target: Any, namespace: str) -> str | None:
+    """The importable module whose import registers the custom op ``target``: the module of its
+    Python definition (``torch.library.custom_op``), else a package named like its namespace
+    (``torchvision::nms``); None when neither is importable."""
+    import importlib.util
+    import sys
+
+    qualname = target._schema.name
+    try:
+        from torch._library.custom_ops import OPDEFS
+
+        opdef = OPDEFS.get(qualname)
+    except ImportError:  # a torch without the custom_op registry
+        opdef = None
+    fn_ = getattr(opdef, "_init_fn", None) if opdef is not None else None
+    module = getattr(fn_, "__module__", None)
+    if module and module != "__main__" and module in sys.modules and getattr(sys.modules[module], "__file__", None):
+        return str(module)
+    root = namespace.split(".")[0]
+    try:
+        if importlib.util.find_spec(root) is not None:
+            return root
+    except (ImportError, ValueError):
+        pass
+    return None

@@ -59,6 +59,7 @@ class ModuleTree:
         self.facts = facts
         self.aten_fallback = aten_fallback
         self.gaps: list[str] = []
+        self.imports: list[str] = []  # modules model.py imports to register the custom ops it calls
         self.graph = copy_graph(gm.graph)
         drop_identities(self.graph)
         out_of_place(self.graph)
@@ -326,6 +327,10 @@ class ModuleTree:
             mod = self.facts.module(stack[-1][0])
             return float(getattr(mod, "dropout", 0.0) or 0.0)
         return 0.0
+
+    def need_import(self, module: str) -> None:
+        if module not in self.imports:
+            self.imports.append(module)
 
     def gap(self, what: str) -> None:
         if what not in self.gaps:
