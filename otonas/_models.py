@@ -45,6 +45,14 @@ def _torchvision_model(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, tu
         close = [n for n in names if name.lower() in n.lower()][:5]
         raise UsageError(f"torchvision has no model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else
                                                                   "; see torchvision.models.list_models()"))
+    kwargs = dict(kwargs)
+    try:  # detection / segmentation models default to a pretrained backbone: nothing downloads here
+        import inspect
+
+        if "weights_backbone" in inspect.signature(tv.models.get_model_builder(name)).parameters:
+            kwargs.setdefault("weights_backbone", None)
+    except (TypeError, ValueError):
+        pass
     model = tv.models.get_model(name, weights=None, **kwargs)
     size = 224
     try:

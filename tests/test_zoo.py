@@ -41,3 +41,21 @@ def _zoo() -> list[str]:
 @pytest.mark.parametrize("name", _zoo())
 def test_verify_whole_zoo(name):
     _check(name)
+
+
+def _segmentation() -> list[str]:
+    tv = import_torchvision()
+    return list(tv.models.list_models(module=tv.models.segmentation))
+
+
+def test_segmentation_model_builds_offline():
+    """A segmentation model (dict output, a backbone that defaults to pretrained weights): it is
+    built without weights, so nothing downloads, and it verifies."""
+    _check("lraspp_mobilenet_v3_large")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _segmentation())
+def test_verify_segmentation_models(name):
+    """FCN, DeepLabV3 and LRASPP: the analysis and the exact build hold beyond classifiers."""
+    _check(name)
