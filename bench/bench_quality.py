@@ -135,7 +135,7 @@ FULL: dict[str, Any] = {
 }
 QUICK: dict[str, Any] = {**FULL, "fashionmnist": {"train": 1000, "test": 500, "subset_seed": 0, "epochs": 1},
          "digits": {"train": 1347, "test": 450, "split_random_state": 0, "epochs": 1},
-         "darts": {"data": "digits", "epochs": 1, "erase_budget": 0.5}}
+         "darts": {**FULL["darts"], "epochs": 1}}
 
 
 # ---------------------------------------------------------------------------------- data
