@@ -10,7 +10,7 @@ kept channels in multiples of ``round_to``), the first groups of each family up 
 are zeroed (within a family any choice costs alike), and the subnet is built.
 
 With ``--levels`` a random set of that share of the prunable groups is zeroed
-(``otonas._verify.zero_groups_``), ``space.removable`` says what the builder takes out and
+(``otonas.testing.zero_groups_``), ``space.removable`` says what the builder takes out and
 ``otonas.build`` builds the subnet. Latency is the median of ``--repeat`` forward passes under
 ``torch.inference_mode`` after one warm-up pass; the full model and its subnets are timed in
 turn inside each repetition so that machine noise hits them alike.
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import otonas  # noqa: E402
 from otonas._models import resolve_model  # noqa: E402
-from otonas._verify import zero_groups_  # noqa: E402
+from otonas.testing import zero_groups_  # noqa: E402
 
 
 def _setup(name: str, seed: int) -> tuple[torch.nn.Module, tuple[int, ...], otonas.SearchSpace, dict[str, torch.Tensor],

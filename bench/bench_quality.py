@@ -476,7 +476,7 @@ def run_random_erase(ctx: Context, budget: float, epochs: int, seed: int) -> tup
     inside an erased one) and the FLOPs kept stay at or above otonas' (an advantage to the
     baseline); held at zero for all epochs, then built. (A random valid erasure of as many
     operators as otonas erases keeps far fewer FLOPs — whole cells go — so the count is not matched.)"""
-    from otonas._verify import random_valid_erasure
+    from otonas.testing import random_valid_erasure
 
     key_ = (SUPERNET, "otonas", seed)
     if key_ not in ctx.flops_of:

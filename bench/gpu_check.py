@@ -270,7 +270,7 @@ def _compare(a: Tensor, b: Tensor) -> float:
 
 
 def check_build_prune(dev: torch.device, small: bool) -> None:
-    from otonas._verify import zero_groups_
+    from otonas.testing import zero_groups_
 
     name = "build on CUDA: 30% of the groups zero" if dev.type == "cuda" else "build: 30% of the groups zero"
     torch.manual_seed(0)
@@ -302,7 +302,7 @@ def check_build_prune(dev: torch.device, small: bool) -> None:
 
 
 def check_build_erase(dev: torch.device) -> None:
-    from otonas._verify import random_valid_erasure
+    from otonas.testing import random_valid_erasure
 
     name = "build on CUDA: random valid erasure (DARTS)" if dev.type == "cuda" else "build: random valid erasure (DARTS)"
     torch.manual_seed(0)
