@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import otonas
-from otonas._verify import zero_groups_
+from otonas.testing import zero_groups_
 
 BLOCKS = ["conv", "grouped", "depthwise", "residual", "concat", "split_cat", "se", "attention", "bn_act",
           "reshape_mlp", "sub_mul", "prelu", "inplace_act", "minmax", "ws_conv", "pixel", "autocast"]

@@ -13,7 +13,7 @@ from torch import nn
 
 import otonas
 import search_spaces
-from otonas._verify import random_valid_erasure, zero_groups_
+from otonas.testing import random_valid_erasure, zero_groups_
 
 SUPERNETS = [n for n in search_spaces.list() if search_spaces.info(n).kind == "supernet"]
 

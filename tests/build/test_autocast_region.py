@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import otonas
-from otonas._verify import zero_groups_
+from otonas.testing import zero_groups_
 
 
 class WithAutocast(nn.Module):

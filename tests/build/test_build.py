@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import otonas
-from otonas._verify import zero_groups_
+from otonas.testing import zero_groups_
 from tiny_models import CASES, inputs
 
 

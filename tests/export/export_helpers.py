@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from torch.utils import _pytree as pytree
 
 import otonas
-from otonas._verify import zero_groups_
+from otonas.testing import zero_groups_
 from otonas.export import export
 
 RUNNER = Path(__file__).with_name("plain_runner.py")

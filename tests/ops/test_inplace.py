@@ -9,7 +9,7 @@ from torch import nn
 
 import otonas
 from otonas import ops
-from otonas._verify import zero_groups_
+from otonas.testing import zero_groups_
 
 _FLAGS = ("zero_preserving", "structural", "keeps_zero_tensor", "join", "zero_if", "identity_if_same_shape")
 

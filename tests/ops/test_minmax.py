@@ -10,7 +10,7 @@ from torch import nn
 
 import otonas
 from otonas import ops
-from otonas._verify import zero_groups_
+from otonas.testing import zero_groups_
 
 
 class MinMax(nn.Module):

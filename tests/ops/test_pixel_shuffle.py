@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import otonas
-from otonas._verify import zero_groups_
+from otonas.testing import zero_groups_
 
 
 class Up(nn.Module):

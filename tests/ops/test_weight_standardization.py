@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import otonas
-from otonas._verify import zero_groups_
+from otonas.testing import zero_groups_
 
 
 class ScaledStdConv(nn.Conv2d):

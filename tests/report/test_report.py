@@ -14,7 +14,7 @@ import torch
 
 import otonas
 import search_spaces
-from otonas._verify import random_valid_erasure
+from otonas.testing import random_valid_erasure
 from otonas.report import LayerChannels, layer_channels, render_graph_html, render_graph_svg, write_report_html
 from otonas.report._layout import layered_layout
 from tiny_models import CASES, inputs
