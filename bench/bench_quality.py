@@ -353,9 +353,10 @@ def selection(cells: list[np.ndarray], quota: list[int], n: int, pick: Callable[
 
 # ---------------------------------------------------------------------------------- methods
 # Each returns (the network to evaluate, forced groups or None).
-def run_dense(ctx: Context, target: float, epochs: int, seed: int) -> tuple[nn.Module, int | None]:
+def run_dense(ctx: Context, target: float, epochs: int, seed: int,
+              make: Callable[[], nn.Module] | None = None) -> tuple[nn.Module, int | None]:
     torch.manual_seed(seed)
-    net = make_net()
+    net = (make or make_net)()
     Trainer(ctx.d, ctx.cfg, epochs, seed).run(net, sgd(net, ctx.cfg), epochs)
     return net, None
 
@@ -429,13 +430,6 @@ def make_supernet() -> nn.Module:
     return search_spaces.create("darts", size="tiny", in_chans=1, num_classes=10)
 
 
-def run_supernet_dense(ctx: Context, budget: float, epochs: int, seed: int) -> tuple[nn.Module, int | None]:
-    torch.manual_seed(seed)
-    net = make_supernet()
-    Trainer(ctx.d, ctx.cfg, epochs, seed).run(net, sgd(net, ctx.cfg), epochs)
-    return net, None
-
-
 def run_supernet_otonas(ctx: Context, budget: float, epochs: int, seed: int) -> tuple[nn.Module, int | None]:
     """H2SPG with otonas search's erase-mode settings: ``budget`` of the erasing groups, no channel pruning."""
     from otonas.optim import H2SPG
@@ -496,7 +490,7 @@ def run_random_erase(ctx: Context, budget: float, epochs: int, seed: int) -> tup
 
 
 ERASE_RUNNERS: dict[str, Callable[[Context, float, int, int], tuple[nn.Module, int | None]]] = {
-    "dense": run_supernet_dense, "otonas": run_supernet_otonas, "random_erase": run_random_erase}
+    "dense": lambda ctx, b, e, s: run_dense(ctx, b, e, s, make=make_supernet), "otonas": run_supernet_otonas, "random_erase": run_random_erase}
 
 
 RUNNERS: dict[str, Callable[[Context, float, int, int], tuple[nn.Module, int | None]]] = {

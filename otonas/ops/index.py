@@ -230,6 +230,13 @@ class _SplitRewrite(_Split):
         return torch.ops.aten.split_with_sizes.default, [args[0], pieces, d], {}
 
 
+def _split_code(c: Call) -> Expr:
+    """``x.split(sizes[, dim=d])``, the code of every split overload."""
+    sizes = c["split_size"] if "split_size" in c.values else c["split_sizes"]
+    dim = [] if c.is_default("dim") else [f"dim={c.t('dim')}"]
+    return method(c.e("self"), "split", c.render(sizes), *dim)
+
+
 @register("aten.split")
 class Split(_SplitRewrite):
     structural = True
@@ -240,9 +247,7 @@ class Split(_SplitRewrite):
     def code(self, c: Call) -> Expr | None:
         if op_key(c.target).overload not in ("Tensor",):
             return None
-        sizes = c["split_size"] if "split_size" in c.values else c["split_sizes"]
-        dim = [] if c.is_default("dim") else [f"dim={c.t('dim')}"]
-        return method(c.e("self"), "split", c.render(sizes), *dim)
+        return _split_code(c)
 
 
 @register("aten.split_with_sizes")
@@ -253,17 +258,13 @@ class SplitWithSizes(_SplitRewrite):
         return _count_sizes(node)
 
     def code(self, c: Call) -> Expr:
-        sizes = c["split_size"] if "split_size" in c.values else c["split_sizes"]
-        dim = [] if c.is_default("dim") else [f"dim={c.t('dim')}"]
-        return method(c.e("self"), "split", c.render(sizes), *dim)
+        return _split_code(c)
 
 
 @register("aten.unsafe_split")
 class UnsafeSplit(_SplitRewrite):
     def code(self, c: Call) -> Expr:
-        sizes = c["split_size"] if "split_size" in c.values else c["split_sizes"]
-        dim = [] if c.is_default("dim") else [f"dim={c.t('dim')}"]
-        return method(c.e("self"), "split", c.render(sizes), *dim)
+        return _split_code(c)
 
 
 @register("aten.unsafe_split_with_sizes")
@@ -272,9 +273,7 @@ class UnsafeSplitWithSizes(OpRule):
         return _count_sizes(node)
 
     def code(self, c: Call) -> Expr:
-        sizes = c["split_size"] if "split_size" in c.values else c["split_sizes"]
-        dim = [] if c.is_default("dim") else [f"dim={c.t('dim')}"]
-        return method(c.e("self"), "split", c.render(sizes), *dim)
+        return _split_code(c)
 
 
 @register("aten.chunk")

@@ -321,21 +321,26 @@ class Detach(Identity):
         return method(c.e("self"), "detach")
 
 
+def _to_code(c: Call) -> Expr:
+    """``x.to(dtype, memory_format=..., copy=True)`` for ``aten.to`` and ``aten._to_copy``; a
+    device baked in at capture is left out: the tensor stays where the model runs."""
+    kw = []
+    if c["dtype"] is not None:
+        kw.append(c.t("dtype") if str(c.target) == "aten.to.dtype" else f"dtype={c.t('dtype')}")
+    if c["memory_format"] not in (None,) and not c.is_default("memory_format"):
+        kw.append(f"memory_format={c.t('memory_format')}")
+    if c["copy"] or str(c.target).startswith("aten._to_copy"):
+        kw.append("copy=True")
+    return method(c.e("self"), "to", *kw)
+
+
 @register("aten._to_copy")
 class ToCopy(Identity):
     zero_preserving = True
     keeps_zero_tensor = True
 
     def code(self, c: Call) -> Expr:
-        kw = []
-        if c["dtype"] is not None:
-            kw.append(c.t("dtype") if str(c.target) == "aten.to.dtype" else f"dtype={c.t('dtype')}")
-        if c["memory_format"] not in (None,) and not c.is_default("memory_format"):
-            kw.append(f"memory_format={c.t('memory_format')}")
-        if c["copy"] or str(c.target).startswith("aten._to_copy"):
-            kw.append("copy=True")
-        # a device baked in at capture is left out: the tensor stays where the model runs
-        return method(c.e("self"), "to", *kw)
+        return _to_code(c)
 
 
 @register("aten.to")
@@ -345,15 +350,7 @@ class To(Identity):
     def code(self, c: Call) -> Expr | None:
         if op_key(c.target).overload not in ("dtype", "dtype_layout", "device"):
             return None
-        kw = []
-        if c["dtype"] is not None:
-            kw.append(c.t("dtype") if str(c.target) == "aten.to.dtype" else f"dtype={c.t('dtype')}")
-        if c["memory_format"] not in (None,) and not c.is_default("memory_format"):
-            kw.append(f"memory_format={c.t('memory_format')}")
-        if c["copy"] or str(c.target).startswith("aten._to_copy"):
-            kw.append("copy=True")
-        # a device baked in at capture is left out: the tensor stays where the model runs
-        return method(c.e("self"), "to", *kw)
+        return _to_code(c)
 
 
 _DROPOUTS = {"aten.dropout": ("Dropout",), "aten.feature_dropout": ("Dropout1d", "Dropout2d", "Dropout3d"),

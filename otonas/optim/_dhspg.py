@@ -646,15 +646,15 @@ class DHSPG(torch.optim.Optimizer):
             first = torch.full_like(fam_min, n, dtype=torch.int64).scatter_reduce(
                 0, self._family, torch.where(is_min, pos, n), "amin")
             score = torch.where(first[self._family] == pos, -torch.inf, score)
-        order = torch.sort(score, descending=True, stable=True).indices
         redundant = torch.zeros(n + 1, dtype=torch.bool, device=score.device)
         if self._cells is not None:  # a cost budget or round_to: each cell gives exactly its quota
             chosen = select_in_cells(score.cpu().numpy(), np.ones(n, dtype=bool), self._cells, self._quota,
                                      [0] * len(self._cells))
             redundant[torch.as_tensor(chosen, dtype=torch.int64, device=score.device)] = True
         elif self._stage is None:
-            redundant[order[:k]] = True
+            redundant[torch.sort(score, descending=True, stable=True).indices[:k]] = True
         else:  # per-stage targets: the most redundant groups of each stage, up to its quota
+            order = torch.sort(score, descending=True, stable=True).indices
             stage = self._stage[order]
             for b, quota in enumerate(self._stage_quota):
                 if quota:

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from .._errors import OtonasError
 from ._dhspg import DHSPG, BudgetWarning, _caller_level, _cells, _count, family_ids
-from ._schedule import Alignment, align_quota, cell_alignment, select_in_cells, split_quota
+from ._schedule import Alignment, align_quota, align_up, cell_alignment, select_in_cells, split_quota
 from ._score import GroupStats, RedundancyScore
 
 __all__ = ["H2SPG", "BudgetWarning", "SkippedCandidate", "select_erasure", "ErasureSpaceLike"]
@@ -433,11 +433,7 @@ class H2SPG(DHSPG):
             quota = [align_quota(al, i, q, caps[i]) for i, q in enumerate(quota)]
         have = [int((zero & live)[c].sum()) for c in self._pcells]
         if self._palign is not None and last:  # an earlier period took more than the final aligned quota
-            for i, h in enumerate(have):
-                q = quota[i]
-                while q < h or (q < caps[i] and not al.aligned(i, q)):
-                    q += 1
-                quota[i] = q
+            quota = [q if q >= h else align_up(al, i, h, caps[i]) for i, (q, h) in enumerate(zip(quota, have))]
         want = [q * (p + 1) // periods for q in quota]
         new_groups = select_in_cells(ema[:n], live & ~zero, self._pcells, want, have)
         self._pruned = sorted(set(self._pruned) | set(new_groups))

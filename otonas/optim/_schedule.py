@@ -30,7 +30,7 @@ import numpy as np
 from .._errors import OtonasError
 
 __all__ = ["SCHEDULES", "period_bounds", "split_quota", "cost_quotas", "select_in_cells", "Alignment",
-           "cell_alignment", "align_quota"]
+           "cell_alignment", "align_quota", "align_up"]
 
 SCHEDULES = ("progressive", "half_space")
 
@@ -131,6 +131,14 @@ def align_quota(al: Alignment, c: int, q: int, cap: int) -> int:
     least = max(n, total - int(cap))  # the fewest channels the cell may keep
     kept = max(kept, n * math.ceil(least / n))
     return 0 if kept >= total else total - kept
+
+
+def align_up(al: Alignment, c: int, q: int, cap: int) -> int:
+    """The smallest quota of cell ``c`` from ``q`` up whose kept channels are aligned (``cap`` at
+    most): where groups already zero outnumber an aligned quota, remove a few more."""
+    while q < cap and not al.aligned(c, q):
+        q += 1
+    return q
 
 
 def _give_back(al: Alignment | None, c: int, q: int) -> int:

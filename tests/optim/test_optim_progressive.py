@@ -274,3 +274,35 @@ def test_round_to_is_checked_and_skips_narrow_families() -> None:
     assert (32 - align_quota(al, 0, 20, 29)) % 8 == 0
     assert align_quota(al, 1, 3, 3) == 0  # 4 channels: fewer than 8 kept is not a multiple: keep all
     assert align_quota(al, 2, 5, 11) == 5  # attention heads: removed whole, not rounded
+
+
+def test_h2spg_round_to_keeps_multiples_outside_the_erased_operators() -> None:
+    """H2SPG with round_to=3: every family outside the erased operators keeps a multiple of 3
+    channels (or all of them; without round_to these 4-channel families keep 2); the erasure stays
+    valid and the subnet equals the network."""
+    torch.manual_seed(0)
+    model = Supernet([("sum", 3), ("nested", 2), ("deep", 2), ("cat", 2)])
+    space = otonas.analyze(model, (batch(0)[0],))
+    opt = H2SPG(space, lr=0.05, momentum=0.9, weight_decay=1e-3, erase_budget=0.3, target_group_sparsity=0.4,
+                warmup_steps=3, end_step=13, periods=5, round_to=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ForcedProjectionWarning)
+        train_steps(model, opt, list(range(18)))
+    zero = space.zero_groups()
+    moot = opt.moot_groups
+    removed = 0
+    for fam in space.families:
+        g = np.asarray(fam.groups, dtype=np.int64)
+        if not len(g) or moot[g].any():
+            continue
+        k = int(zero[g].sum())
+        removed += k
+        assert k == 0 or (fam.num_channels - k) % 3 == 0, (fam.layers, fam.num_channels, k)
+    assert removed > 0
+    assert space.check_erasure(np.asarray(opt.erased_mask())) is None
+    with pytest.raises(OtonasError, match="progressive"):
+        H2SPG(space, lr=0.05, warmup_steps=3, end_step=13, schedule="half_space", round_to=2)
+    subnet = otonas.build(space)
+    x = batch(7)[0]
+    model.eval()
+    torch.testing.assert_close(subnet(x), model(x), rtol=1e-4, atol=1e-5)
