@@ -12,6 +12,8 @@ from .optim import DHSPG
 from .export import ExportError, ExportResult, export
 from .export import load
 from .tuning import TuneConfig, tune
+from ._torchvision import prepare_torchvision
 
 __all__ = ["__version__", "analyze", "build", "verify", "DHSPG", "export", "load", "ExportResult", "ExportError", "VerifyReport", "SearchSpace", "OtonasError", "CaptureError", "AnalysisError", "BuildError",
-           "UsageError", "BusyError", "UserCodeError", "tune", "TuneConfig"]
+           "UsageError", "BusyError", "UserCodeError", "tune", "TuneConfig",
+           "prepare_torchvision"]

@@ -1,5 +1,5 @@
 """Resolve a MODEL string (``torchvision:NAME``, ``search_spaces:NAME``,
-``package.module:callable``) to a module and example inputs."""
+``transformers:CLASS``, ``package.module:callable``) to a module and example inputs."""
 
 from __future__ import annotations
 
@@ -64,6 +64,35 @@ def _torchvision_model(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, tu
     return model, (3, size, size)
 
 
+def _transformers_model(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, tuple[int, ...] | None, torch.dtype]:
+    """A HuggingFace model class built from its config class with ``kwargs`` (random weights:
+    nothing downloads), and the shape of one sample of its main input."""
+    from ._torchvision import prepare_torchvision
+
+    prepare_torchvision()
+    try:
+        import transformers
+    except ImportError as e:
+        raise UsageError(f"MODEL 'transformers:{name}' needs transformers: pip install transformers ({e})") from None
+    cls = getattr(transformers, name, None)
+    config_class = getattr(cls, "config_class", None)
+    if cls is None or config_class is None:
+        raise UsageError(f"transformers has no model class {name!r}; give one such as LlamaForCausalLM or BertModel")
+    config = config_class(**kwargs)
+    if getattr(config, "is_encoder_decoder", False):
+        raise UsageError(f"MODEL 'transformers:{name}' is an encoder-decoder: it takes decoder inputs as well; "
+                         "use the Python API (otonas.analyze(model, (input_ids, None, decoder_input_ids)))")
+    model = cls(config)
+    main = getattr(model, "main_input_name", "input_ids")
+    if main == "input_ids":
+        return model, (16,), torch.long
+    if main == "pixel_values":
+        size = getattr(config, "image_size", 224)
+        size = int(size[0] if isinstance(size, (list, tuple)) else size)
+        return model, (int(getattr(config, "num_channels", 3)), size, size), torch.float32
+    return model, None, torch.float32
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
@@ -117,14 +146,16 @@ def resolve_model(spec: str, *, kwargs: dict[str, Any] | str | None = None) -> R
             raise UsageError("--model-kwargs must be a JSON object, e.g. '{\"num_classes\": 10}'")
     kwargs = dict(kwargs or {})
     if ":" not in spec:
-        raise UsageError(f"MODEL {spec!r} is not of the form torchvision:NAME, search_spaces:NAME or "
-                         "package.module:callable")
+        raise UsageError(f"MODEL {spec!r} is not of the form torchvision:NAME, search_spaces:NAME, "
+                         "transformers:CLASS or package.module:callable")
     prefix, name = spec.split(":", 1)
     dtype = torch.float32
     shape: tuple[int, ...] | None
     try:
         if prefix == "torchvision":
             model, shape = _torchvision_model(name, kwargs)
+        elif prefix == "transformers":
+            model, shape, dtype = _transformers_model(name, kwargs)
         elif prefix == "search_spaces":
             import search_spaces
 

@@ -17,7 +17,7 @@ from ._models import example_inputs, resolve_model
 from .analysis import SearchSpace
 from .analysis._flow import run_flow
 from .build import build
-from .capture import capture
+from .capture import capture, shorter_inputs, without_cache
 
 __all__ = ["VerifyReport", "verify", "zero_groups_", "prunable_param_share"]
 
@@ -47,6 +47,8 @@ class VerifyReport:
     export_dir: str = ""
     erasing_groups: int = 0
     erased_operators: list[str] = field(default_factory=list)
+    checked_shapes: list[list[int]] = field(default_factory=list)
+    """The shapes of the first input at which the subnet was compared with the model."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,10 +205,17 @@ def verify(
     xt = example_inputs(module, shapes, dtypes, batch=test_batch if space.capture.dynamic_batch else capture_batch,
                         seed=seed + 1)
     stage("compare", "outputs on fresh inputs")
-    with torch.no_grad():
+    with torch.no_grad(), without_cache(module):  # compared as captured: a HF model without its cache
         ref = module(*xt)
         out = subnet(*xt)
     max_abs, max_rel = _compare(ref, out)
+    checked = [list(xt[0].shape)]
+    shorter = shorter_inputs(xt, space.capture.free_dims)
+    if shorter is not None:  # a free sequence dim: the subnet must hold at another length too
+        with torch.no_grad(), without_cache(module):
+            other = _compare(module(*shorter), subnet(*shorter))
+        max_abs, max_rel = max(max_abs, other[0]), max(max_rel, other[1])
+        checked.append(list(shorter[0].shape))
     erased_now = space.erasable(space.zero_erasing_groups()) if e else erased
     if export_dir is not None:
         import sys
@@ -227,7 +236,8 @@ def verify(
         name, space.num_groups, n, int(mask.sum()), len(space.families), params_before, params_after, full.flops,
         after.flops, max_abs, max_rel, passed, prunable_param_share(space), t_analyze, t_build, pinned, msg, mode,
         export_dir or "", e,
-        [space.erasing_groups[i].module or space.erasing_groups[i].output for i in np.nonzero(erased_now)[0]])
+        [space.erasing_groups[i].module or space.erasing_groups[i].output for i in np.nonzero(erased_now)[0]],
+        checked)
 
 
 class _Stages:

@@ -376,13 +376,18 @@ def analyze(
     *,
     strict: bool | None = None,
     dynamic_batch: bool = True,
+    dynamic_shapes: Any = None,
 ) -> SearchSpace:
     """Capture ``model`` on ``example_inputs`` and find every removable channel.
 
     The model is not modified (it is exported in eval mode and its mode restored).
     Works on the ``meta`` device: analysis needs shapes only. Use a batch of at least
     2 in ``example_inputs`` so the batch dimension can stay free in the built network.
+    The built network takes any batch size and, for token-id inputs (integer tensors of
+    two or more dims), any sequence length, where the model does; ``dynamic_shapes``, in
+    ``torch.export.export``'s own terms (e.g. ``({0: Dim.AUTO, 2: Dim.AUTO},)``), marks the
+    free dims instead. A HuggingFace model is captured without its key/value cache.
     """
-    cap = capture(model, example_inputs, strict=strict, dynamic_batch=dynamic_batch)
+    cap = capture(model, example_inputs, strict=strict, dynamic_batch=dynamic_batch, dynamic_shapes=dynamic_shapes)
     flow = run_flow(cap.program)
     return SearchSpace(model, cap, flow)

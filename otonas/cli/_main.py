@@ -286,7 +286,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(f"FLOPs (MACs)    {r.flops_before:,} -> {r.flops_after:,} "
               f"({1 - r.flops_after / max(r.flops_before, 1):.1%} fewer)")
         print(f"max abs diff    {r.max_abs_diff:.3g}")
-        print(f"max rel diff    {r.max_rel_diff:.3g}")
+        print(f"max rel diff    {r.max_rel_diff:.3g}"
+              + (f" (checked at input shapes {', '.join('x'.join(map(str, c)) for c in r.checked_shapes)})"
+                 if len(r.checked_shapes) > 1 else ""))
         print(f"time            analyze {r.seconds_analyze:.2f}s, build {r.seconds_build:.2f}s")
         if r.pinned:
             print(f"pinned          {len(r.pinned)} op(s) keep channels from being pruned:")

@@ -19,6 +19,7 @@ from torch.utils import _pytree as pytree
 
 from ..analysis import SearchSpace, analyze
 from ..build import build
+from ..capture import shorter_inputs
 from ._arch import architecture as architecture_doc
 from ._arch import node_flops, original_layers, record_shapes
 from ._codegen import ExportError, Generated, ModelFacts, generate
@@ -216,6 +217,12 @@ def export(
             # the batch size is free: one sample is enough, and half the time on CPU
             inputs = tuple(x[:1] if isinstance(x, torch.Tensor) and x.dim() else x for x in inputs)
         reference, shapes = record_shapes(gm, inputs)
+    other: tuple[Any, Any] | None = None  # inputs of another length and the subnet's outputs on them
+    if inputs is not None and space is not None:
+        shorter = shorter_inputs(inputs, space.capture.free_dims)
+        if shorter is not None:
+            with torch.no_grad():
+                other = (shorter, gm(*shorter))
     batch = next((int(x.shape[0]) for x in inputs or () if isinstance(x, torch.Tensor) and x.dim()), 1)
     flops_after = node_flops(gm.graph, lambda n: shapes.get(n.name), batch) if shapes is not None else None
     flops_before = None
@@ -259,6 +266,9 @@ def export(
         diff = None
         if check and inputs is not None:
             diff, why = _check(out, reference, inputs)
+            if other is not None and diff <= RTOL:
+                diff, why = _check(out, other[1], other[0])
+                why += " at another sequence length than the example's"
             if diff > RTOL and not aten_fallback:
                 gaps_note.append(f"the readable forward did not reproduce the subnet ({why}); "
                                  "written with torch.ops.aten calls instead")

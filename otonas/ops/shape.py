@@ -6,9 +6,11 @@ the kept sizes. These ops move positions without changing values (``structural``
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
+import torch
 from torch import fx
 
 from ._code import Call, Expr, method
@@ -168,13 +170,30 @@ def _map_chunk(ctx: FlowContext, X: Dims, ci: list[int], cj: list[int], in_shape
     atoms_inner_first = [b // a for a, b in zip(bounds, bounds[1:])]
     atoms = atoms_inner_first[::-1]  # outer to inner
     atom_ids: list[np.ndarray] = []
+    out_dim_of_atom: dict[int, int] = {}  # an atom that is a whole output dim -> that dim
+    k = 0
+    for j, size in zip(cj, out_sizes):
+        n, prod = 0, 1
+        while prod < size:
+            prod *= atoms[k + n]
+            n += 1
+        if n == 1:
+            out_dim_of_atom[k] = j
+        k += n
+    node = ctx.node
     k = 0
     for i, size in zip(ci, in_sizes):
         n, prod = 0, 1
         while prod < size:
             prod *= atoms[k + n]
             n += 1
-        atom_ids.extend(split_ids(ctx, X[i], atoms[k:k + n]))
+        start = k
+
+        def selector(axis: int, start: int = start) -> bool:
+            j = out_dim_of_atom.get(start + axis)
+            return j is None or node is None or selected_downstream(node, j)
+
+        atom_ids.extend(split_ids(ctx, X[i], atoms[k:k + n], selector))
         k += n
     k = 0
     for j, size in zip(cj, out_sizes):
@@ -189,14 +208,19 @@ def _map_chunk(ctx: FlowContext, X: Dims, ci: list[int], cj: list[int], in_shape
 SMALL_OUTER_AXIS = 3  # an outer axis this small is a selector (q/k/v of a packed projection), not a group
 
 
-def split_ids(ctx: FlowContext, ids: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+def split_ids(ctx: FlowContext, ids: np.ndarray, sizes: list[int],
+              selector: Callable[[int], bool] | None = None) -> list[np.ndarray]:
     """Split one dim's ids into several axes.
 
     Ids that vary along one axis only stay with it. Ids that vary along several axes
-    are coarsened: the outer axis (heads, conv groups) carries them and each of its
-    blocks becomes one unit — unless it is tiny (a q/k/v selector), in which case the
-    innermost varying axis carries them. Other axes along which ids vary get fresh pinned
-    ids (their positions are channels the carrier stands for); constant axes fresh ones.
+    are coarsened: the outer axis (heads, conv groups, the key/value heads of grouped-query
+    attention) carries them and each of its blocks becomes one unit — unless it is tiny and
+    a selector (the q/k/v axis of a packed projection, which a later ``select``/``unbind``
+    takes apart: ``selector(axis)`` tells), in which case the next varying axis carries them
+    when there are three (q/k/v, heads, head dim), else the innermost one. Without
+    ``selector`` every tiny outer axis counts as one. Other axes along which ids vary get
+    fresh pinned ids (their positions are channels the carrier stands for); constant axes
+    fresh ones.
     """
     if len(sizes) == 1:
         return [ids]
@@ -207,8 +231,14 @@ def split_ids(ctx: FlowContext, ids: np.ndarray, sizes: list[int]) -> list[np.nd
     elif len(varying) == 1:
         carrier = varying[0]
     else:
-        big = [a for a in varying if sizes[a] > SMALL_OUTER_AXIS]
-        carrier = big[0] if big else varying[-1]
+        outer = varying[0]
+        if sizes[outer] > SMALL_OUTER_AXIS or (selector is not None and not selector(outer)):
+            carrier = outer
+        elif selector is not None and len(varying) >= 3:
+            carrier = varying[1]
+        else:
+            big = [a for a in varying if sizes[a] > SMALL_OUTER_AXIS]
+            carrier = big[0] if big else varying[-1]
         rows = np.moveaxis(grid, carrier, 0).reshape(sizes[carrier], -1)
         ctx.ids.union(rows[:, 1:].ravel(), np.repeat(rows[:, 0], rows.shape[1] - 1))
     res = []
@@ -224,6 +254,62 @@ def split_ids(ctx: FlowContext, ids: np.ndarray, sizes: list[int]) -> list[np.nd
         else:
             res.append(ctx.fresh(s))
     return res
+
+
+_LAYOUT_OPS = ("aten.contiguous", "aten.clone", "aten.alias", "aten.detach", "aten._to_copy", "aten.to",
+               "aten.expand", "aten.type_as")
+
+
+def selected_downstream(node: fx.Node, dim: int, hops: int = 8) -> bool:
+    """Whether dim ``dim`` of ``node``'s output is taken apart position by position further on
+    (``select``, ``unbind``, ``split``/``chunk`` along it), following it through layout ops
+    (transpose, permute, (un)squeeze, copies) for up to ``hops`` steps: the mark of a q/k/v
+    selector axis, which a head axis never gets."""
+    frontier = [(node, dim)]
+    for _ in range(hops):
+        nxt = []
+        for n, d in frontier:
+            rank = len(n.meta["val"].shape) if isinstance(n.meta.get("val"), torch.Tensor) else None
+            if rank is None:
+                continue
+            for u in n.users:
+                if not u.args or u.args[0] is not n:
+                    continue
+                name = op_key(u.target).packet if u.op == "call_function" else ""
+                a: list[Any] = list(u.args[1:])
+                if name in ("aten.select", "aten.unbind", "aten.split", "aten.split_with_sizes", "aten.chunk",
+                            "aten.unsafe_split"):
+                    axis = a[0] if name == "aten.select" else (a[1] if name != "aten.unbind" and len(a) > 1
+                                                                else a[0] if name == "aten.unbind" and a else 0)
+                    axis = int(cast(Any, u.kwargs.get("dim", axis))) % rank
+                    if axis == d:
+                        return True
+                    if name == "aten.select":
+                        nxt.append((u, d - (axis < d)))
+                elif name == "aten.transpose":
+                    x, y = int(a[0]) % rank, int(a[1]) % rank
+                    nxt.append((u, y if d == x else x if d == y else d))
+                elif name == "aten.permute":
+                    perm = [int(p) % rank for p in a[0]]
+                    nxt.append((u, perm.index(d)))
+                elif name == "aten.unsqueeze":
+                    k = int(a[0]) % (rank + 1)
+                    nxt.append((u, d + (k <= d)))
+                elif name == "aten.squeeze":
+                    out = u.meta.get("val")
+                    if isinstance(out, torch.Tensor) and len(out.shape) == rank:
+                        nxt.append((u, d))
+                    elif isinstance(out, torch.Tensor):
+                        shape = n.meta["val"].shape
+                        gone = [i for i in range(rank) if shape[i] == 1 and (not a or i in
+                                [int(x) % rank for x in (a[0] if isinstance(a[0], (list, tuple)) else [a[0]])])]
+                        nxt.append((u, d - sum(1 for i in gone if i < d)))
+                elif name in _LAYOUT_OPS:
+                    nxt.append((u, d))
+        if not nxt:
+            return False
+        frontier = nxt
+    return False
 
 
 def merge_ids(ctx: FlowContext, parts: list[np.ndarray], sizes: list[int]) -> np.ndarray:
@@ -295,8 +381,30 @@ class T(OpRule):
         track_param(ctx, node, node.args[0])
         return X[::-1]
 
-    def code(self, c: Call) -> Expr:
+    def code(self, c: Call) -> Expr | None:
         return method(c.e("self"), "t")
+
+
+@register("aten.numpy_T")
+class NumpyT(T):
+    """``x.T``: every dim reversed (a weight's ``.T`` in ``input @ self.weight.T`` layers)."""
+
+    def code(self, c: Call) -> Expr | None:
+        return None  # written as torch.ops.aten.numpy_T: the generic form
+
+
+@register("aten.mT", "aten.mH", "aten.adjoint")
+class MatrixT(OpRule):
+    """``x.mT`` / ``x.mH`` / ``x.adjoint()``: the last two dims swapped."""
+
+    structural = True
+
+    def flow(self, ctx: FlowContext, node: fx.Node) -> Dims:
+        X = list(ctx.dims(node.args[0]) or [])
+        track_param(ctx, node, node.args[0])
+        if len(X) >= 2:
+            X[-1], X[-2] = X[-2], X[-1]
+        return X
 
 
 class _Expand(OpRule):

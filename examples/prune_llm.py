@@ -1,0 +1,142 @@
+"""Train a tiny Llama-style language model on the Python standard library's own sources and
+remove a share of its attention heads and MLP channels while it trains (DHSPG), then build
+the smaller model, compare validation perplexity and let both generate text.
+
+    python examples/prune_llm.py [--epochs N] [--sparsity 0.4]
+
+Nothing downloads: the corpus is the ``.py`` files of this Python's standard library, read
+as bytes (a 256-symbol vocabulary); the model is built from a config with random weights.
+The search space is found from the graph: query/key/value heads (for grouped-query attention
+a key/value head with the query heads that read it) and the gated MLP's channels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sysconfig
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import otonas
+
+otonas.prepare_torchvision()  # transformers imports torchvision: see docs/transformers.md
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+parser.add_argument("--epochs", type=int, default=6, help="training epochs of --steps-per-epoch steps (default 6)")
+parser.add_argument("--steps-per-epoch", type=int, default=100)
+parser.add_argument("--sparsity", type=float, default=0.4, help="share of every family's groups to remove (0.4)")
+parser.add_argument("--seq", type=int, default=128, help="training sequence length (default 128)")
+parser.add_argument("--batch", type=int, default=16)
+parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--corpus-mb", type=float, default=4.0, help="megabytes of the standard library to read (4)")
+parser.add_argument("--dense", action="store_true", help="train without pruning (the baseline)")
+
+
+def corpus(limit_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The standard library's .py files as bytes, split by file: every tenth file validates."""
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py"))
+    train, val, total = bytearray(), bytearray(), 0
+    for i, f in enumerate(files):
+        if "test" in f.parts or "site-packages" in f.parts:
+            continue
+        data = f.read_bytes()
+        (val if i % 10 == 0 else train).extend(data + b"\n")
+        total += len(data)
+        if total >= limit_bytes:
+            break
+    return torch.frombuffer(bytes(train), dtype=torch.uint8).long(), torch.frombuffer(bytes(val), dtype=torch.uint8).long()
+
+
+def batches(data: torch.Tensor, seq: int, batch: int, gen: torch.Generator) -> torch.Tensor:
+    starts = torch.randint(0, len(data) - seq - 1, (batch,), generator=gen)
+    return torch.stack([data[s:s + seq + 1] for s in starts.tolist()])
+
+
+@torch.no_grad()
+def perplexity(net, data: torch.Tensor, seq: int, n: int = 64) -> float:
+    """exp(mean next-byte cross-entropy) over ``n`` fixed windows of the validation bytes."""
+    starts = torch.linspace(0, len(data) - seq - 2, n).long()
+    windows = torch.stack([data[s:s + seq + 1] for s in starts.tolist()])
+    losses = []
+    for chunk in windows.split(16):
+        logits = _logits(net(chunk[:, :-1]))
+        losses.append(F.cross_entropy(logits.reshape(-1, 256), chunk[:, 1:].reshape(-1), reduction="sum"))
+    return math.exp(float(sum(losses)) / windows[:, 1:].numel())
+
+
+def _logits(out):
+    return out.logits if hasattr(out, "logits") else out["logits"] if isinstance(out, dict) else out[0]
+
+
+@torch.no_grad()
+def greedy(net, prompt: bytes, new: int = 60) -> str:
+    """Greedy decoding without a cache (the built graph returns logits only): fine at this size."""
+    ids = torch.tensor([list(prompt)])
+    for _ in range(new):
+        nxt = _logits(net(ids))[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, nxt], dim=1)
+    return bytes(ids[0, len(prompt):].tolist()).decode("utf-8", "replace")
+
+
+def main() -> None:
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    train, val = corpus(int(args.corpus_mb * 2**20))
+    print(f"corpus: {len(train):,} training bytes, {len(val):,} validation bytes (standard library sources)")
+    config = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
+                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
+                         tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    example = batches(train, args.seq, 2, torch.Generator().manual_seed(0))[:, :-1]
+    space = otonas.analyze(model, (example,))
+    heads = [f for f in space.families if f.groups and f.num_channels == config.num_key_value_heads]
+    mlp = [f for f in space.families if f.groups and f.num_channels == config.intermediate_size]
+    print(f"search space: {space.num_prunable_groups} prunable groups — {len(heads)} layers of key/value heads "
+          f"(each with {config.num_attention_heads // config.num_key_value_heads} query heads), "
+          f"{len(mlp)} layers of MLP channels")
+    steps = args.epochs * args.steps_per_epoch
+    if args.dense:
+        opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    else:  # warm up a tenth, remove groups over the next half in 5 periods, then train the final structure
+        opt = otonas.DHSPG(space, variant="adamw", lr=3e-3, weight_decay=0.01, target_group_sparsity=args.sparsity,
+                           start_step=steps // 10, end_step=steps // 10 + steps // 2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(args.seed)
+    t0 = time.perf_counter()
+    for epoch in range(args.epochs):
+        model.train()
+        for _ in range(args.steps_per_epoch):
+            xy = batches(train, args.seq, args.batch, gen)
+            loss = F.cross_entropy(model(xy[:, :-1]).logits.reshape(-1, 256), xy[:, 1:].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+        model.eval()
+        extra = "" if args.dense else f", zero groups {int(space.zero_groups().sum())}/{space.num_prunable_groups}"
+        print(f"epoch {epoch + 1}/{args.epochs}: train loss {loss.item():.3f}, val perplexity "
+              f"{perplexity(model, val, args.seq):.2f}{extra} ({time.perf_counter() - t0:.0f}s)", flush=True)
+
+    model.eval()
+    params = sum(p.numel() for p in model.parameters())
+    if args.dense:
+        print(f"dense: {params:,} parameters, val perplexity {perplexity(model, val, args.seq):.2f}")
+        print("generates:", repr(greedy(model, b"def __init__(self")))
+        return
+    subnet = otonas.build(space)  # the zero heads and channels are gone; any batch, any length
+    kept = sum(p.numel() for p in subnet.parameters())
+    ppl_model, ppl_subnet = perplexity(model, val, args.seq), perplexity(subnet, val, args.seq)
+    print(f"pruned: {params:,} -> {kept:,} parameters ({1 - kept / params:.0%} fewer); val perplexity "
+          f"{ppl_subnet:.2f} (the zeroed model: {ppl_model:.2f})")
+    for name, net in (("zeroed model", model), ("subnet", subnet)):
+        print(f"{name} generates:", repr(greedy(net, b"def __init__(self")))
+
+
+if __name__ == "__main__":
+    main()
