@@ -365,6 +365,29 @@ def _plan(space: SearchSpace, removed_root: np.ndarray | None) -> dict[str, Slic
     return out
 
 
+def _tensorless_norms(space: SearchSpace, removed_root: np.ndarray | None, modules: dict[str, nn.Module],
+                      sliced: dict[str, Any]) -> dict[str, int]:
+    """``num_features`` of norm layers without tensors (InstanceNorm without affine or running
+    statistics): the channels their input keeps."""
+    from ..ops import module_path
+
+    want = {p for p, m in modules.items() if isinstance(m, nn.modules.batchnorm._NormBase) and p not in sliced}
+    out: dict[str, int] = {}
+    for node in space.capture.graph.nodes:
+        if not want or node.op != "call_function":
+            continue
+        path = module_path(node)
+        x = node.args[0] if node.args else None
+        if path in want and hasattr(x, "name") and x.name in space._flow.dims:
+            sizes = space.kept_sizes(x.name, removed_root)
+            if isinstance(sizes, list) and len(sizes) > 1 and isinstance(sizes[1], int):
+                n = sizes[1]
+                if n != getattr(modules[path], "num_features", n):
+                    out[path] = n
+                want.discard(path)
+    return out
+
+
 def _aliases(model: nn.Module) -> dict[int, list[str]]:
     """Every FQN under which each tensor is reachable (tied weights: more than one)."""
     out: dict[int, list[str]] = {}
@@ -533,6 +556,8 @@ def build_inplace(space: SearchSpace, removed: np.ndarray, erased: np.ndarray | 
         extra.update(_mlp_attrs(module, children))
         if extra:
             attrs.setdefault(path, {}).update(extra)
+    for path, n in _tensorless_norms(space, removed_root, modules, by_module).items():
+        attrs.setdefault(path, {})["num_features"] = n
     config_attrs = _config_attrs(model, attrs)
 
     undo = _Undo()
