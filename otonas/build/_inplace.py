@@ -378,7 +378,7 @@ def _tensorless_norms(space: SearchSpace, removed_root: np.ndarray | None, modul
             continue
         path = module_path(node)
         x = node.args[0] if node.args else None
-        if path in want and hasattr(x, "name") and x.name in space._flow.dims:
+        if path in want and isinstance(x, torch.fx.Node) and x.name in space._flow.dims:
             sizes = space.kept_sizes(x.name, removed_root)
             if isinstance(sizes, list) and len(sizes) > 1 and isinstance(sizes[1], int):
                 n = sizes[1]
