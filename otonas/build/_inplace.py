@@ -510,10 +510,15 @@ def build_inplace(space: SearchSpace, removed: np.ndarray, erased: np.ndarray | 
     tensors.update(dict(model.named_buffers(remove_duplicate=False)))
     new_values: dict[str, torch.Tensor] = {}
     for fqn, s in plan.items():
-        _, owner, name = _owner(model, fqn)
-        old = tensors.get(fqn, getattr(owner, name, None))
+        try:
+            _, owner, name = _owner(model, fqn)
+        except AttributeError:
+            owner, name = model, ""
+        old = tensors.get(fqn, getattr(owner, name, None) if name else None)
         if not isinstance(old, torch.Tensor):
-            raise BuildError(f"the captured program reads tensor '{fqn}', which the model does not hold")
+            raise BuildError(f"the captured program reads tensor '{fqn}', which is not an attribute of the model "
+                             "(a constant torch.export made): it cannot be sliced in place; build the graph "
+                             "(otonas.build(space))")
         t = old.detach()
         for d, keep in enumerate(s.masks):
             if not keep.all():

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import otonas
+from otonas.build import Resizer, register_resizer
 from otonas.build._inplace import Sliced, _attention_attrs
 from otonas.errors import BuildError
 from otonas.testing import zero_groups_
@@ -321,3 +322,33 @@ def test_query_heads_removed_unevenly_across_kv_groups_are_an_error():
                                                               "num_key_value_groups": 1}
     with pytest.raises(BuildError, match=r"attention module 'attn' \(_GQA\).*unevenly.*\[1, 2\]"):
         _attention_attrs("attn", attn, q([1, 0, 1, 1]))
+
+
+class _Width(nn.Module):
+    """Like ``_Scaled``, with a resizer registered for it."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width = width
+        self.scale = nn.Parameter(torch.rand(width) + 0.5)
+
+    def forward(self, x):
+        return x.reshape(-1, self.width) * self.scale
+
+
+@register_resizer(_Width)
+class _WidthResizer(Resizer):
+    def attributes(self, module, tensors):
+        return {"width": tensors["scale"].new[0]}
+
+
+def test_a_registered_resizer_serves_its_layer():
+    model = nn.Sequential(nn.Linear(6, 16), _Width(16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    space = otonas.analyze(model, (torch.randn(2, 6),))
+    zero_groups_(space, _mask(space, 0.5))
+    zeroed = copy.deepcopy(model)
+    otonas.build(space, inplace=True)
+    assert model[1].width == 8 == model[0].out_features
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        _close(zeroed(x), model(x))
