@@ -252,7 +252,8 @@ def _heads_kept(mask: np.ndarray, heads: int, where: str) -> np.ndarray:
     return kept
 
 
-def _attention_attrs(path: str, module: nn.Module, children: dict[str, dict[str, Sliced]]) -> dict[str, Any]:
+def _attention_attrs(path: str, module: nn.Module, children: dict[str, dict[str, Sliced]],
+                     counts: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
     """Head counts of an attention module whose projections were sliced, by transformers' names.
 
     The old counts come from the projections' sizes and the head size (``head_dim``, or the
@@ -293,8 +294,7 @@ def _attention_attrs(path: str, module: nn.Module, children: dict[str, dict[str,
         per_group = q_kept.reshape(kv_heads, heads // kv_heads).sum(axis=1)
         if (per_group[~kv_kept] > 0).any():
             raise BuildError(f"{where}: a key/value head was removed but some of its query heads were kept")
-        counts = set(per_group[kv_kept].tolist())
-        if len(counts) != 1:
+        if len(set(per_group[kv_kept].tolist())) != 1:
             raise BuildError(f"{where}: query heads were removed unevenly across its {kv_heads} key/value groups "
                              f"(kept per group: {per_group.tolist()}); repeat_kv needs the same number in every "
                              "group. Zero query heads by whole groups or evenly, or build the graph (otonas.build)")
@@ -315,11 +315,13 @@ def _attention_attrs(path: str, module: nn.Module, children: dict[str, dict[str,
         kept3 = [_heads_kept(p, heads, where) for p in pm.reshape(3, heads * head_dim)]
         if not (np.array_equal(kept3[0], kept3[1]) and np.array_equal(kept3[0], kept3[2])):
             raise BuildError(f"{where}: {packed} lost different heads of q, k and v")
-        h_new = int(kept3[0].sum())
+        h_new = kv_new = int(kept3[0].sum())
         if kv_name:
             out[kv_name] = h_new
     else:
         return {}
+    if counts is not None:
+        counts[path] = (h_new, kv_new)  # the config's head counts, where every layer agrees
     if h_name:
         out[h_name] = h_new
     for name in ("all_head_size", "split_size", "inner_dim"):
@@ -441,16 +443,8 @@ class _Undo:
             object.__setattr__(module, name, value)
 
     def set_attr(self, obj: Any, name: str, value: Any) -> None:
-        missing = object()
-        old = obj.__dict__.get(name, missing) if hasattr(obj, "__dict__") else getattr(obj, name)
-
-        def undo() -> None:
-            if old is missing:
-                obj.__dict__.pop(name, None)
-            else:
-                setattr(obj, name, old)
-
-        self._log.append(undo)
+        old = getattr(obj, name)  # through a config's attribute_map too
+        self._log.append(lambda: setattr(obj, name, old))
         setattr(obj, name, value)
 
     def rollback(self) -> None:
@@ -459,24 +453,23 @@ class _Undo:
         self._log.clear()
 
 
-def _config_attrs(model: nn.Module, per_module: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The model's ``config`` gets a head count or MLP width when every layer has the same new
-    value (a config holds one per model; per-layer sizes live on the modules)."""
+def _config_attrs(model: nn.Module, per_module: dict[str, dict[str, Any]],
+                  heads: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """The model's ``config`` gets head counts and the MLP width when every layer has the same
+    new values (a config holds one per model; per-layer sizes live on the modules)."""
     config = getattr(model, "config", None)
     if config is None:
         return {}
-    names = {"num_attention_heads": _HEADS, "num_key_value_heads": _KV_HEADS, "intermediate_size": _MLP}
     out: dict[str, Any] = {}
-    for cfg_name, mod_names in names.items():
-        if not isinstance(getattr(config, cfg_name, None), int):
-            continue
-        vals = {v for attrs in per_module.values() for k, v in attrs.items() if k in mod_names}
-        if len(vals) == 1:
-            out[cfg_name] = vals.pop()
-    if "num_attention_heads" in out and getattr(config, "head_dim", None) is None:
-        # without head_dim a config derives it as hidden_size // num_attention_heads: not after pruning
-        del out["num_attention_heads"]
-        out.pop("num_key_value_heads", None)
+    widths = {v for attrs in per_module.values() for k, v in attrs.items() if k in _MLP}
+    if len(widths) == 1 and isinstance(getattr(config, "intermediate_size", None), int):
+        out["intermediate_size"] = widths.pop()
+    # without head_dim a config derives it as hidden_size // num_attention_heads: not after pruning
+    if len(set(heads.values())) == 1 and isinstance(getattr(config, "head_dim", None), int):
+        h, kv = next(iter(heads.values()))
+        for name, v in (("num_attention_heads", h), ("num_key_value_heads", kv)):
+            if isinstance(getattr(config, name, None), int):
+                out[name] = v
     return out
 
 
@@ -551,19 +544,20 @@ def build_inplace(space: SearchSpace, removed: np.ndarray, erased: np.ndarray | 
         except BuildError as e:
             raise BuildError(f"{where}: {e}") from None
     parents: dict[str, dict[str, dict[str, Sliced]]] = {}
+    heads: dict[str, tuple[int, int]] = {}
     for path, own in by_module.items():
         parent, _, child = path.rpartition(".")
         if path:
             parents.setdefault(parent, {})[child] = own
     for path, children in parents.items():
         module = modules[path]
-        extra = _attention_attrs(path, module, children)
+        extra = _attention_attrs(path, module, children, heads)
         extra.update(_mlp_attrs(module, children))
         if extra:
             attrs.setdefault(path, {}).update(extra)
     for path, n in _tensorless_norms(space, removed_root, modules, by_module).items():
         attrs.setdefault(path, {})["num_features"] = n
-    config_attrs = _config_attrs(model, attrs)
+    config_attrs = _config_attrs(model, attrs, heads)
 
     undo = _Undo()
     try:

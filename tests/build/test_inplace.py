@@ -121,15 +121,24 @@ def test_transformers_inplace_matches_graph_build_and_generates(name, factory):
 def test_llama_head_attributes_follow_the_heads():
     model = _llama_gqa().eval()  # 8 query heads, 4 key/value heads: one group = 1 KV head + 2 query heads
     space = otonas.analyze(model, (torch.randint(0, 128, (2, 8)),))
-    heads = next(f for f in space.families if "model.layers.0.self_attn.q_proj" in f.layers)
     mask = np.zeros(space.num_prunable_groups, dtype=bool)
-    mask[list(heads.groups[:1])] = True  # one KV group of layer 0
+    for layer in (0, 1):
+        heads = next(f for f in space.families if f"model.layers.{layer}.self_attn.q_proj" in f.layers)
+        mask[list(heads.groups[:1])] = True  # one KV group of each layer
     zero_groups_(space, mask)
+    zeroed = copy.deepcopy(model)
     otonas.build(space, inplace=True)
-    attn = model.model.layers[0].self_attn
-    assert attn.q_proj.out_features == 6 * 8 and attn.k_proj.out_features == 3 * 8
-    assert attn.num_key_value_groups == 2 and attn.head_dim == 8
-    assert model.model.layers[1].self_attn.q_proj.out_features == 64
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        assert attn.q_proj.out_features == 6 * 8 and attn.k_proj.out_features == 3 * 8
+        assert attn.num_key_value_groups == 2 and attn.head_dim == 8
+    # every layer agrees: the config says so too (it states head_dim, which stays)
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads, model.config.head_dim) == (6, 3, 8)
+    assert model.config.intermediate_size == 128
+    model.config.use_cache = zeroed.config.use_cache = True
+    prompt = torch.randint(0, 128, (2, 4))
+    assert torch.equal(model.generate(prompt, max_new_tokens=6, do_sample=False),
+                       zeroed.generate(prompt, max_new_tokens=6, do_sample=False))
 
 
 def test_gpt2_packed_attention_attributes():
