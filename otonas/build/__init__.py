@@ -1,5 +1,6 @@
 """Build the smaller network from a SearchSpace and the current parameter values."""
 
 from ._builder import BuildContext, build
+from ._inplace import Resizer, register_resizer
 
-__all__ = ["build", "BuildContext"]
+__all__ = ["build", "BuildContext", "Resizer", "register_resizer"]

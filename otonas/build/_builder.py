@@ -10,7 +10,7 @@ the same tensor (``BuildContext.source``). How each op is rewritten is its rule'
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -44,8 +44,18 @@ def _slice_tensor(t: torch.Tensor, masks: list[np.ndarray]) -> torch.Tensor:
     return t.detach().clone()
 
 
+@overload
+def build(space: SearchSpace, *, removed: np.ndarray | None = ..., erased: np.ndarray | None = ...,
+          inplace: Literal[False] = ..., _unchecked: bool = ...) -> fx.GraphModule: ...
+
+
+@overload
+def build(space: SearchSpace, *, removed: np.ndarray | None = ..., erased: np.ndarray | None = ...,
+          inplace: Literal[True], _unchecked: bool = ...) -> nn.Module: ...
+
+
 def build(space: SearchSpace, *, removed: np.ndarray | None = None, erased: np.ndarray | None = None,
-          _unchecked: bool = False) -> fx.GraphModule:
+          inplace: bool = False, _unchecked: bool = False) -> fx.GraphModule | nn.Module:
     """Return the network without the groups whose parameters are all exactly zero.
 
     Erasing groups whose parameters are all zero are removed whole (the largest valid
@@ -55,6 +65,13 @@ def build(space: SearchSpace, *, removed: np.ndarray | None = None, erased: np.n
     sliced away; no tensor dimension loses its last channel (:meth:`SearchSpace.removable`).
     ``removed`` / ``erased`` (boolean masks) override what is read from the model.
     Outputs equal the model's outputs in eval mode.
+
+    With ``inplace`` the same groups are sliced out of ``space.model`` itself: its modules keep
+    their classes and methods (a transformers model still ``generate()``s) and get their size
+    attributes updated (``in_features``, ``num_heads``, …). The result is checked against the
+    graph build on the example inputs; a module whose attributes cannot be made consistent is a
+    :class:`BuildError` that names it, and the model is then left unchanged. Returns the model.
+    Erasing operators in place is not supported yet (an error says which are all zero).
     """
     removed = space.removable(space.zero_groups() if removed is None else np.asarray(removed, dtype=bool))
     if space.num_erasing_groups:
@@ -64,6 +81,19 @@ def build(space: SearchSpace, *, removed: np.ndarray | None = None, erased: np.n
             raise BuildError(f"the erasure set is not valid: {why}")
     else:
         dead = set()
+    if inplace:
+        from ._inplace import build_inplace
+
+        def reference(inputs: tuple[Any, ...]) -> Any:
+            gm = _build_graph(space, removed, dead)
+            with torch.no_grad():
+                return gm(*inputs)
+
+        return build_inplace(space, removed, erased, reference)
+    return _build_graph(space, removed, dead)
+
+
+def _build_graph(space: SearchSpace, removed: np.ndarray, dead: set[str]) -> fx.GraphModule:
     copied = space.capture.build_program()
     program, source = copied.program, copied.source
     sig = program.graph_signature
