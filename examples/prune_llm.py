@@ -1,6 +1,7 @@
 """Train a tiny Llama-style language model on the Python standard library's own sources and
 remove a share of its attention heads and MLP channels while it trains (DHSPG), then build
-the smaller model, compare validation perplexity and let both generate text.
+the smaller model in place (it stays a ``LlamaForCausalLM``), compare validation perplexity
+and let it ``generate()``.
 
     python examples/prune_llm.py [--epochs N] [--sparsity 0.4]
 
@@ -49,7 +50,10 @@ def corpus(limit_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
         total += len(data)
         if total >= limit_bytes:
             break
-    return torch.frombuffer(bytes(train), dtype=torch.uint8).long(), torch.frombuffer(bytes(val), dtype=torch.uint8).long()
+    def ids(b: bytearray) -> torch.Tensor:
+        return torch.tensor(list(b), dtype=torch.long)
+
+    return ids(train), ids(val)
 
 
 def batches(data: torch.Tensor, seq: int, batch: int, gen: torch.Generator) -> torch.Tensor:
@@ -74,13 +78,10 @@ def _logits(out):
 
 
 @torch.no_grad()
-def greedy(net, prompt: bytes, new: int = 60) -> str:
-    """Greedy decoding without a cache (the built graph returns logits only): fine at this size."""
+def greedy(model: LlamaForCausalLM, prompt: bytes, new: int = 60) -> str:
     ids = torch.tensor([list(prompt)])
-    for _ in range(new):
-        nxt = _logits(net(ids))[:, -1].argmax(-1, keepdim=True)
-        ids = torch.cat([ids, nxt], dim=1)
-    return bytes(ids[0, len(prompt):].tolist()).decode("utf-8", "replace")
+    out = model.generate(ids, max_new_tokens=new, do_sample=False, pad_token_id=0)
+    return bytes(out[0, len(prompt):].tolist()).decode("utf-8", "replace")
 
 
 def main() -> None:
@@ -129,13 +130,17 @@ def main() -> None:
         print(f"dense: {params:,} parameters, val perplexity {perplexity(model, val, args.seq):.2f}")
         print("generates:", repr(greedy(model, b"def __init__(self")))
         return
-    subnet = otonas.build(space)  # the zero heads and channels are gone; any batch, any length
-    kept = sum(p.numel() for p in subnet.parameters())
-    ppl_model, ppl_subnet = perplexity(model, val, args.seq), perplexity(subnet, val, args.seq)
-    print(f"pruned: {params:,} -> {kept:,} parameters ({1 - kept / params:.0%} fewer); val perplexity "
-          f"{ppl_subnet:.2f} (the zeroed model: {ppl_model:.2f})")
-    for name, net in (("zeroed model", model), ("subnet", subnet)):
-        print(f"{name} generates:", repr(greedy(net, b"def __init__(self")))
+    ppl_zeroed, text_zeroed = perplexity(model, val, args.seq), greedy(model, b"def __init__(self")
+    otonas.build(space, inplace=True)  # the zero heads and channels are gone from model's own modules
+    kept = sum(p.numel() for p in model.parameters())
+    attn = model.model.layers[0].self_attn
+    print(f"pruned in place: {params:,} -> {kept:,} parameters ({1 - kept / params:.0%} fewer); layer 0 keeps "
+          f"{attn.q_proj.out_features // attn.head_dim} query / {attn.k_proj.out_features // attn.head_dim} key-value "
+          f"heads, {model.model.layers[0].mlp.up_proj.out_features} MLP channels")
+    text = greedy(model, b"def __init__(self")
+    print(f"val perplexity {perplexity(model, val, args.seq):.2f} (before the build: {ppl_zeroed:.2f})")
+    print(f"generates {text!r}" + (" (the same as before the build)" if text == text_zeroed else
+                                   f" (before the build: {text_zeroed!r})"))
 
 
 if __name__ == "__main__":

@@ -158,3 +158,21 @@ def test_verify_checks_a_token_model_at_another_length():
     report = otonas.verify(model, input_shapes=[(2, 16)], input_dtypes=[torch.long])
     assert report.passed, report.message
     assert [3, 12] in report.checked_shapes and [3, 16] in report.checked_shapes, report.checked_shapes
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "llama-mqa"])
+def test_a_model_built_in_place_still_generates_the_zeroed_models_tokens(name):
+    import copy
+
+    model, space, inputs = _zeroed(name)
+    zeroed = copy.deepcopy(model)
+    built = otonas.build(space, inplace=True)
+    assert type(built) is type(zeroed)
+    assert sum(p.numel() for p in built.parameters()) < 0.9 * sum(p.numel() for p in zeroed.parameters())
+    layer = built.model.layers[0].self_attn
+    assert layer.k_proj.out_features % layer.head_dim == 0
+    prompt = inputs(2, 6, seed=3)[0]
+    with torch.no_grad():
+        want = zeroed.generate(prompt, max_new_tokens=8, do_sample=False)
+        got = built.generate(prompt, max_new_tokens=8, do_sample=False)
+    assert torch.equal(got, want)
