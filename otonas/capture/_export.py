@@ -100,7 +100,7 @@ class Capture:
         if not self.want_dynamic_batch:
             return []
         specs = []
-        full, batch = _dynamic_spec(self.example_inputs, seq=True), _dynamic_spec(self.example_inputs, seq=False)
+        full, batch = (_fit_signature(self.model, _dynamic_spec(self.example_inputs, seq=s)) for s in (True, False))
         for spec in (full, batch):
             if spec not in specs and any(s for s in spec):
                 specs.append(spec)
@@ -140,6 +140,22 @@ def _dynamic_spec(inputs: Sequence[Any], *, seq: bool) -> tuple[Any, ...]:
         return {0: auto}
 
     return tuple(one(x) for x in inputs)
+
+
+def _fit_signature(model: nn.Module, spec: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``spec`` (one entry per positional input) nested the way torch.export matches it to the
+    forward's signature: the inputs that land in a ``*args`` parameter form one tuple there (a
+    wrapper such as peft's ``PeftModel.forward(*args, **kwargs)``)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return spec
+    k = next((i for i, q in enumerate(params) if q.kind is q.VAR_POSITIONAL), None)
+    if k is None or k > len(spec):
+        return spec
+    return (*spec[:k], tuple(spec[k:]))
 
 
 def _describe(spec: Any) -> str:
