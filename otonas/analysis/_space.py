@@ -214,6 +214,20 @@ class SearchSpace:
                 out[id(ev)] = ev
         return list(out.values())
 
+    def pin_sizes(self) -> list[tuple[PinEvent, int]]:
+        """Each pin with the number of channel groups it keeps from being pruned (a group
+        counts for the first pin that reached it), largest first."""
+        counts: dict[int, int] = {}
+        for code in self._root_reason[self._pinned_roots].tolist():
+            if code >= 0:
+                counts[code] = counts.get(code, 0) + 1
+        out = []
+        for code, k in counts.items():
+            ev = self._events_by_key.get(self._flow.ids.reasons[code])
+            if ev is not None:
+                out.append((ev, k))
+        return sorted(out, key=lambda t: -t[1])
+
     def node_groups(self, name: str) -> Any:
         """Group id (or -1) of every position of every dim of a graph node's output."""
         d = self._flow.dims[name]

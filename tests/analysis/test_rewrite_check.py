@@ -88,6 +88,8 @@ def test_check_pins_the_family_with_the_op_named(cls, shape, op, layer):
     report = otonas.verify(model, input_shapes=[shape], fraction=0.5)
     assert report.passed, report.message
     assert any("cannot rewrite" in p["reason"] and op in p["node"] for p in report.pinned)
+    # the largest pin beside the model's inputs and outputs: this one, holding the family's channels
+    assert "cannot rewrite" in report.largest_pin["reason"] and report.largest_pin["groups"] == fam.num_channels
 
 
 def test_check_pins_nothing_where_every_rewrite_holds():
