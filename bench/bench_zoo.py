@@ -61,7 +61,7 @@ def main() -> None:
 
 def _pin(p: dict) -> str:
     if not p:
-        return "none"
+        return "none beside the model's inputs and outputs"
     where = p.get("module") or p["node"]
     return f"{p['reason']} at {where} ({p['groups']})".replace("|", "/")
 
