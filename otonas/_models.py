@@ -36,7 +36,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _torchvision_model(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, tuple[int, ...]]:
+def _torchvision_model(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, tuple[tuple[int, ...], ...]]:
+    """The model without weights and the shape (batch excluded) of each of its image inputs:
+    one per required argument of its forward (RAFT takes two frames)."""
     from ._torchvision import import_torchvision
 
     tv = import_torchvision()
@@ -47,21 +49,27 @@ def _torchvision_model(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, tu
                                                                   "; see torchvision.models.list_models()"))
     kwargs = dict(kwargs)
     try:  # detection / segmentation models default to a pretrained backbone: nothing downloads here
-        import inspect
-
         if "weights_backbone" in inspect.signature(tv.models.get_model_builder(name)).parameters:
             kwargs.setdefault("weights_backbone", None)
     except (TypeError, ValueError):
         pass
     model = tv.models.get_model(name, weights=None, **kwargs)
     size = 224
-    try:
-        weights = tv.models.get_model_weights(name)
-        crop = next(iter(weights)).transforms().crop_size  # reads metadata only, downloads nothing
-        size = int(crop[0] if isinstance(crop, (list, tuple)) else crop)
+    try:  # reads metadata only, downloads nothing
+        weights = next(iter(tv.models.get_model_weights(name)))
+        crop = getattr(weights.transforms(), "crop_size", None)
+        if crop is not None:
+            size = int(crop[0] if isinstance(crop, (list, tuple)) else crop)
+        elif name in tv.models.list_models(module=tv.models.optical_flow):  # no crop: the smallest input it takes
+            size = int(max(weights.meta["min_size"]))
     except Exception:  # models without weights metadata keep 224
         pass
-    return model, (3, size, size)
+    try:
+        required = [q for q in inspect.signature(model.forward).parameters.values()
+                    if q.default is q.empty and q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        required = []
+    return model, ((3, size, size),) * max(1, len(required))
 
 
 def _transformers_model(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, tuple[int, ...] | None, torch.dtype]:
@@ -150,10 +158,12 @@ def resolve_model(spec: str, *, kwargs: dict[str, Any] | str | None = None) -> R
                          "transformers:CLASS or package.module:callable")
     prefix, name = spec.split(":", 1)
     dtype = torch.float32
-    shape: tuple[int, ...] | None
+    shape: tuple[int, ...] | None = None
+    shapes: tuple[tuple[int, ...], ...] = ()
     try:
         if prefix == "torchvision":
-            model, shape = _torchvision_model(name, kwargs)
+            model, image_shapes = _torchvision_model(name, kwargs)
+            shapes = tuple((2, *s) for s in image_shapes)
         elif prefix == "transformers":
             model, shape, dtype = _transformers_model(name, kwargs)
         elif prefix == "search_spaces":
@@ -183,7 +193,6 @@ def resolve_model(spec: str, *, kwargs: dict[str, Any] | str | None = None) -> R
                                     "(rerun with --debug for the traceback)") from e
             if not isinstance(model, nn.Module):
                 raise UsageError(f"MODEL {spec!r}: {name}() returned {type(model).__name__}, not an nn.Module")
-            shape = None
     except TypeError as e:
         raise UsageError(f"MODEL {spec!r} does not accept --model-kwargs {json.dumps(kwargs)}: {e}") from None
     except (UsageError, UserCodeError):
@@ -191,7 +200,8 @@ def resolve_model(spec: str, *, kwargs: dict[str, Any] | str | None = None) -> R
     except Exception as e:  # a torchvision / search_spaces constructor refusing its arguments
         raise UserCodeError(f"MODEL {spec!r}: its constructor raised {_one_line(e)} "
                             "(rerun with --debug for the traceback)") from e
-    shapes = ((2, *shape),) if shape is not None else ()
+    if shape is not None:
+        shapes = ((2, *shape),)
     return ResolvedModel(spec, model, shapes, (dtype,) * len(shapes))
 
 

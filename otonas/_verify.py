@@ -47,8 +47,11 @@ class VerifyReport:
     export_dir: str = ""
     erasing_groups: int = 0
     erased_operators: list[str] = field(default_factory=list)
+    #: the shapes of the first input at which the subnet was compared with the model
     checked_shapes: list[list[int]] = field(default_factory=list)
-    """The shapes of the first input at which the subnet was compared with the model."""
+    #: the pin that keeps the most channel groups, the model's own inputs and outputs aside
+    #: (op, node, module, reason, groups); empty when nothing else is pinned
+    largest_pin: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -237,7 +240,12 @@ def verify(
         after.flops, max_abs, max_rel, passed, prunable_param_share(space), t_analyze, t_build, pinned, msg, mode,
         export_dir or "", e,
         [space.erasing_groups[i].module or space.erasing_groups[i].output for i in np.nonzero(erased_now)[0]],
-        checked)
+        checked, _largest_pin(space))
+
+
+def _largest_pin(space: SearchSpace) -> dict[str, Any]:
+    return next(({"op": e.op, "node": e.node, "module": e.module, "reason": e.reason, "groups": k}
+                 for e, k in space.pin_sizes() if e.reason not in ("model input", "model output")), {})
 
 
 class _Stages:
@@ -283,6 +291,6 @@ def _nothing(name: str, space: SearchSpace, full: Any, pinned: list[dict[str, st
              message: str) -> VerifyReport:
     return VerifyReport(name, space.num_groups, space.num_prunable_groups, 0, len(space.families), full.params,
                         full.params, full.flops, full.flops, 0.0, 0.0, False, 0.0, t_analyze, 0.0, pinned, message,
-                        mode, "", space.num_erasing_groups, [])
+                        mode, "", space.num_erasing_groups, [], largest_pin=_largest_pin(space))
 
 

@@ -4,6 +4,7 @@ every model with ``-m slow`` (it prints the prunable share of each)."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 import otonas
 from otonas._torchvision import import_torchvision
@@ -58,4 +59,25 @@ def test_segmentation_model_builds_offline():
 @pytest.mark.parametrize("name", _segmentation())
 def test_verify_segmentation_models(name):
     """FCN, DeepLabV3 and LRASPP: the analysis and the exact build hold beyond classifiers."""
+    _check(name)
+
+
+def _optical_flow() -> list[str]:
+    tv = import_torchvision()
+    return list(tv.models.list_models(module=tv.models.optical_flow))
+
+
+def test_optical_flow_models_take_two_frames():
+    """RAFT's forward takes two images: the zoo path gives it two inputs of its smallest size."""
+    from otonas._models import resolve_model
+
+    resolved = resolve_model("torchvision:raft_small")
+    assert resolved.input_shapes == ((2, 3, 128, 128), (2, 3, 128, 128))
+    assert resolved.input_dtypes == (torch.float32, torch.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _optical_flow())
+def test_verify_optical_flow_models(name):
+    """RAFT (two frames in, a list of 12 flow refinements out, correlation sampled by grid_sample)."""
     _check(name)

@@ -191,3 +191,40 @@ def inputs(shapes, dtype, batch=None, seed=0):
         s = (batch, *s[1:]) if batch else s
         out.append(torch.randn(s, generator=g) if dtype.is_floating_point else torch.randint(0, 20, s, generator=g))
     return tuple(out)
+
+
+def relative_to_absolute(x: torch.Tensor, w: int) -> torch.Tensor:
+    """(N, w, 2w-1) logits by relative offset -> (N, w, w) by absolute position."""
+    n = x.shape[0]
+    x = F.pad(F.pad(x, [0, 1]).flatten(1), [0, w - 1])
+    return x.reshape(n, w + 1, 2 * w - 1)[:, :w, w - 1:]
+
+
+class RelPosAttention(nn.Module):
+    """BoTNet-style attention: heads folded into the batch, relative-position logits by pad and reshape
+    (``[B*heads, H, 1, W, W]``), added to the query-key logits."""
+
+    def __init__(self, c: int, heads: int, h: int, w: int) -> None:
+        super().__init__()
+        self.heads, self.h, self.w, self.d = heads, h, w, c // heads
+        self.qkv = nn.Conv2d(c, 3 * c, 1)
+        self.rel_w = nn.Parameter(torch.randn(2 * w - 1, self.d) * 0.1)
+        self.rel_h = nn.Parameter(torch.randn(2 * h - 1, self.d) * 0.1)
+        self.proj = nn.Conv2d(c, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        bh = B * self.heads
+        q, k, v = self.qkv(x).split([C, C, C], dim=1)
+        q = q.reshape(bh, self.d, H * W).transpose(1, 2)
+        k = k.reshape(bh, self.d, H * W)
+        v = v.reshape(bh, self.d, H * W).transpose(1, 2)
+        attn = q @ k * self.d ** -0.5
+        grid = q.reshape(bh, H, W, self.d)
+        rw = relative_to_absolute((grid @ self.rel_w.t()).reshape(-1, W, 2 * W - 1), W)
+        rw = rw.reshape(bh, H, 1, W, W).expand(-1, -1, H, -1, -1).permute(0, 1, 3, 2, 4)
+        rh = relative_to_absolute((grid.transpose(1, 2) @ self.rel_h.t()).reshape(-1, H, 2 * H - 1), H)
+        rh = rh.reshape(bh, W, 1, H, H).expand(-1, -1, W, -1, -1).permute(0, 3, 1, 4, 2)
+        attn = attn + (rw + rh).reshape(bh, H * W, H * W)
+        out = (attn.softmax(-1) @ v).transpose(1, 2).reshape(B, C, H, W)
+        return self.proj(out)

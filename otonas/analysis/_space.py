@@ -17,6 +17,7 @@ from ..capture import Capture, capture
 from ..graph import build_opgraph
 from ..ops import FlowResult, IdTable, PinEvent, module_path, rule_for
 from ._flow import run_flow
+from ._rewrites import unrewritable_families
 from ._segments import ErasingGroup, Segments
 
 __all__ = ["Family", "Costs", "SearchSpace", "ErasingGroup", "analyze"]
@@ -53,13 +54,34 @@ def _tensor_list(a: Any) -> bool:
 class SearchSpace:
     """Groups, families and pins of one captured model. Built by :func:`analyze`."""
 
-    def __init__(self, model: nn.Module, cap: Capture, flow: FlowResult) -> None:
+    def __init__(self, model: nn.Module, cap: Capture, flow: FlowResult, *, check_rewrites: bool = True) -> None:
         self.model = model
         self.capture = cap
         self._flow = flow
         self.graph: nx.DiGraph = build_opgraph(cap.program)
+        self._index()
+        if check_rewrites:
+            # a family whose removal some op cannot take is pinned now, not found at build time
+            bad = unrewritable_families(self)
+            if bad:
+                for f, event in bad.items():
+                    key = f"{event.node}|{event.op}|{event.reason}"
+                    if key not in self._events_by_key:
+                        flow.pin_events.append(event)
+                    flow.ids.pin(self._prunable_roots[list(self.families[f].groups)], key)
+                self._index()
+        n = flow.ids.n
+        pinned_root = np.zeros(n, dtype=bool)
+        pinned_root[self._roots] = self._pinned
+        self.segments = Segments(cap.program, flow, self._roots, pinned_root)
+        self._hierarchy: nx.DiGraph | None = None
+
+    def _index(self) -> None:
+        """Groups and families from the channel ids (again after the rewrite check pins some)."""
+        flow = self._flow
         roots, channel, pinned, reason = flow.ids.finish()
         self._roots = roots
+        self._pinned = pinned
         n = flow.ids.n
         is_group_root = np.zeros(n, dtype=bool)
         is_group_root[roots[channel]] = True  # a root is channel iff any member was
@@ -73,13 +95,9 @@ class SearchSpace:
         self._events_by_key = {f"{e.node}|{e.op}|{e.reason}": e for e in flow.pin_events}
         self._pinned_roots = pinned_roots
         self._root_reason = reason
-        self._families()
-        self._layout: dict[str, list[tuple[int, torch.Tensor]]] | None = None
         self._prunable_roots = prunable_roots
-        pinned_root = np.zeros(n, dtype=bool)
-        pinned_root[roots] = pinned
-        self.segments = Segments(cap.program, flow, roots, pinned_root)
-        self._hierarchy: nx.DiGraph | None = None
+        self._layout: dict[str, list[tuple[int, torch.Tensor]]] | None = None
+        self._families()
 
     # --- erasure ------------------------------------------------------------------------
     @property
@@ -195,6 +213,20 @@ class SearchSpace:
             for ev in fam.pins:
                 out[id(ev)] = ev
         return list(out.values())
+
+    def pin_sizes(self) -> list[tuple[PinEvent, int]]:
+        """Each pin with the number of channel groups it keeps from being pruned (a group
+        counts for the first pin that reached it), largest first."""
+        counts: dict[int, int] = {}
+        for code in self._root_reason[self._pinned_roots].tolist():
+            if code >= 0:
+                counts[code] = counts.get(code, 0) + 1
+        out = []
+        for code, k in counts.items():
+            ev = self._events_by_key.get(self._flow.ids.reasons[code])
+            if ev is not None:
+                out.append((ev, k))
+        return sorted(out, key=lambda t: -t[1])
 
     def node_groups(self, name: str) -> Any:
         """Group id (or -1) of every position of every dim of a graph node's output."""

@@ -80,7 +80,8 @@ class Slice(OpRule):
             if len(args) > i and isinstance(args[i], int):
                 v = args[i]
                 v = max(0, min(v + length if v < 0 else v, length))
-                args[i] = kept_before(ctx, src, d, v)
+                if v < length:  # a bound at the end stays "to the end": the dim may also hold the free batch
+                    args[i] = kept_before(ctx, src, d, v)
         return node.target, args, kwargs
 
     def code(self, c: Call) -> Expr | None:

@@ -13,9 +13,10 @@ from torch import nn
 
 import otonas
 from otonas.testing import zero_groups_
+from tiny_models import RelPosAttention
 
 BLOCKS = ["conv", "grouped", "depthwise", "residual", "concat", "split_cat", "se", "attention", "bn_act",
-          "reshape_mlp", "sub_mul", "prelu", "inplace_act", "minmax", "ws_conv", "pixel", "autocast"]
+          "reshape_mlp", "sub_mul", "prelu", "inplace_act", "minmax", "ws_conv", "pixel", "autocast", "relpos"]
 
 
 # blocks that pin the channels they read: an autocast region (no rule looks inside), a
@@ -94,6 +95,10 @@ class Block(nn.Module):
         elif kind == "autocast":
             self.a = nn.Conv2d(c, draw_c, 1)
             self.out = draw_c
+        elif kind == "relpos":  # heads folded into the batch, relative-position logits (the input is 4x4)
+            heads = 4 if c % 4 == 0 else 2 if c % 2 == 0 else 1
+            self.att = RelPosAttention(c, heads, 4, 4)
+            self.out = c
 
     def forward(self, x):
         k = self.kind
@@ -129,6 +134,8 @@ class Block(nn.Module):
             return F.relu(self.a(x))
         if k == "pixel":
             return F.pixel_unshuffle(F.relu(self.b(F.pixel_shuffle(self.a(x), 2))), 2)
+        if k == "relpos":
+            return x + self.att(x)
         if k == "autocast":
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 y = self.a(x)
