@@ -166,6 +166,9 @@ class DHSPG(torch.optim.Optimizer):
     round(n_s · target_s) groups of each stage s. See ``docs/optim.md`` for every option.
     """
 
+    _scores_in_warmup = False
+    """Whether :meth:`_observe` takes the statistics of every group at every warm-up step (H2SPG)."""
+
     def __init__(
         self,
         space: SearchSpaceLike,
@@ -349,8 +352,14 @@ class DHSPG(torch.optim.Optimizer):
             self._mask_grads(params, static=t >= end, skip=fused_sgd)
         # In the projection phase, the momentum of some weights is updated inside the loop that
         # takes their statistics (``_kernels.stats``); the base rule does the rest.
-        self._fused = (self._fusable(params, hp) if self._redundant is not None and start <= t < end
-                       and hp["schedule"] == "half_space" else {})
+        # So are those of every weight at a step that takes the statistics of all groups once: a
+        # period start and (H2SPG) a warm-up step. (The half-space partition takes them twice.)
+        if self._redundant is not None and start <= t < end and not progressive:
+            self._fused = self._fusable(params, hp, self._active)
+        elif self._selects_now(hp, t) or (t < start and self._scores_in_warmup):
+            self._fused = self._fusable(params, hp, self._layout.plans)
+        else:
+            self._fused = {}
         with_grad = [i for i, p in enumerate(params)
                      if p.grad is not None and i not in self._fused and i not in fused_sgd]
         grads = [g for i in with_grad if (g := params[i].grad) is not None]  # all of them
@@ -379,7 +388,7 @@ class DHSPG(torch.optim.Optimizer):
         self._step += 1
         return loss
 
-    def _fusable(self, params: Sequence[Tensor], hp: dict[str, Any]) -> dict[int, Tensor]:
+    def _fusable(self, params: Sequence[Tensor], hp: dict[str, Any], plans: Sequence[ParamPlan]) -> dict[int, Tensor]:
         """The weights whose SGD momentum ``_stats`` updates in its loop, by position, with their
         buffers: weights taken in two passes (:func:`_in_blocks`) through ``_kernels`` with a
         gradient and a momentum buffer, when the base rule is SGD with momentum and no Nesterov
@@ -387,7 +396,7 @@ class DHSPG(torch.optim.Optimizer):
         if not isinstance(self._rule, SGDRule) or hp["momentum"] == 0 or hp["nesterov"]:
             return {}
         out: dict[int, Tensor] = {}
-        for q in self._active:
+        for q in plans:
             x = params[q.position]
             buf = self.state[x].get("momentum_buffer")
             if buf is not None and x.grad is not None and _in_blocks(q, x) and _kernels.usable(x, x.grad, buf):
@@ -418,12 +427,10 @@ class DHSPG(torch.optim.Optimizer):
         start, end = hp["start_step"], hp["end_step"]
         factor = 1.0
         if start <= t < end:
-            if hp["schedule"] != "progressive":
+            if hp["schedule"] != "progressive" or self._selects_now(hp, t):
                 return {}, 1.0
             bounds = period_bounds(start, end, hp["periods"])
             p = max(i for i in range(len(bounds) - 1) if bounds[i] <= t)
-            if t == bounds[p] and self._period != p:
-                return {}, 1.0
             if self._shrinking is not None:
                 r = bounds[p + 1] - t
                 factor = (r - 1) / r
@@ -436,6 +443,15 @@ class DHSPG(torch.optim.Optimizer):
             if x.grad is not None and buf is not None and _kernels.usable(x, x.grad, buf):
                 out[pos] = masks
         return out, factor
+
+    def _selects_now(self, hp: dict[str, Any], t: int) -> bool:
+        """Whether step ``t`` starts a period of the progressive schedule (and selects its groups)."""
+        start, end = hp["start_step"], hp["end_step"]
+        if hp["schedule"] != "progressive" or not start <= t < end:
+            return False
+        bounds = period_bounds(start, end, hp["periods"])
+        p = max(i for i in range(len(bounds) - 1) if bounds[i] <= t)
+        return t == bounds[p] and self._period != p
 
     def _sgd_masks(self) -> dict[int, _SGDMasks]:
         """For every active weight the fused loop can take (:func:`_sgd_candidate`): its live rows and
@@ -828,14 +844,23 @@ class DHSPG(torch.optim.Optimizer):
         The weights in ``fused`` have had all of it in their fused loop."""
         bounds = period_bounds(hp["start_step"], hp["end_step"], hp["periods"])
         p = max(i for i in range(len(bounds) - 1) if bounds[i] <= t)
+        r = bounds[p + 1] - t
+        factor = (r - 1) / r
         if t == bounds[p] and self._period != p:
             self._select_period(params, d, p, len(bounds) - 1)
             self._period = p
-        self._plain_step(params, d, hp["lr"], skip=frozenset())
+            # The weights whose direction is their (updated) momentum buffer: step and shrink in one loop.
+            fused = dict(fused)
+            for pos, masks in (self._sgd_masks().items() if _sgd_rule_ok(self._rule, hp) else ()):
+                x, dx = params[pos], d[pos]
+                if dx is not None and dx is self.state[x].get("momentum_buffer") and _kernels.usable(x, dx):
+                    _kernels.sgd_step(x, None, dx, *masks, factor if self._shrinking is not None else 1.0,
+                                      momentum=hp["momentum"], dampening=hp["dampening"],
+                                      weight_decay=hp["weight_decay"], lr=hp["lr"])
+                    fused[pos] = masks
+        self._plain_step(params, d, hp["lr"], skip=frozenset(fused))
         if self._shrinking is None:
             return
-        r = bounds[p + 1] - t
-        factor = (r - 1) / r
         self._scale_groups(params, factor, fused)
         if r == 1:  # the period's groups are exactly zero now: freeze them, clear their optimizer state
             newly = self._shrinking

@@ -150,7 +150,7 @@ def _define(cache: bool) -> tuple[Any, ...]:
 
     @jit
     def sgd_rows(x: Any, g: Any, b: Any, row_alive: Any, row_count: Any, col_alive: Any, col_count: Any,
-                 factor: Any, momentum: Any, damp1: Any, wd: Any, lr: Any, cs: Any, lo: int,
+                 factor: Any, momentum: Any, damp1: Any, wd: Any, lr: Any, update: bool, cs: Any, lo: int,
                  hi: int) -> None:  # pragma: no cover - compiled
         """Rows lo..hi: SGD's momentum step on the live elements, then the shrink factors."""
         m = x.shape[1]
@@ -168,19 +168,23 @@ def _define(cache: bool) -> tuple[Any, ...]:
                 rs *= factor
             xo, go, bo = x[o], g[o], b[o]
             for j in range(m):
-                gj = go[j] if col_alive[j] else one - one
-                v = momentum * bo[j] + damp1 * (gj + wd * xo[j])
+                if update:
+                    gj = go[j] if col_alive[j] else one - one
+                    v = momentum * bo[j] + damp1 * (gj + wd * xo[j])
+                else:
+                    v = bo[j]
                 f = rs * cs[j]
                 xo[j] = (xo[j] - lr * v) * f
                 bo[j] = v if f != 0 else f  # shrunk to zero: its momentum goes with it
 
     @numba.njit(fastmath=_FLAGS, nogil=True, cache=cache, parallel=True)
     def sgd_blocks(x: Any, g: Any, b: Any, row_alive: Any, row_count: Any, col_alive: Any, col_count: Any,
-                   factor: Any, momentum: Any, damp1: Any, wd: Any, lr: Any, cs: Any) -> None:  # pragma: no cover
+                   factor: Any, momentum: Any, damp1: Any, wd: Any, lr: Any, update: bool,
+                   cs: Any) -> None:  # pragma: no cover - compiled
         n, chunks = x.shape[0], cs.shape[0]
         for c in numba.prange(chunks):
-            sgd_rows(x, g, b, row_alive, row_count, col_alive, col_count, factor, momentum, damp1, wd, lr, cs[c],
-                     c * n // chunks, (c + 1) * n // chunks)
+            sgd_rows(x, g, b, row_alive, row_count, col_alive, col_count, factor, momentum, damp1, wd, lr, update,
+                     cs[c], c * n // chunks, (c + 1) * n // chunks)
 
     return stats_rows, step_rows, stats_blocks, step_blocks, sgd_rows, sgd_blocks
 
@@ -276,7 +280,7 @@ def step(x: Tensor, d: Tensor | None, u0: Tensor, v: Tensor, c0: Tensor, c: Tens
 
 
 
-def sgd_step(x: Tensor, g: Tensor, buf: Tensor, row_alive: Tensor, row_count: Tensor, col_alive: Tensor,
+def sgd_step(x: Tensor, g: Tensor | None, buf: Tensor, row_alive: Tensor, row_count: Tensor, col_alive: Tensor,
              col_count: Tensor, factor: float, *, momentum: float, dampening: float, weight_decay: float,
              lr: float) -> None:
     """SGD's momentum step (``_base.SGDRule``, no Nesterov) and the progressive shrink, in place and
@@ -286,14 +290,16 @@ def sgd_step(x: Tensor, g: Tensor, buf: Tensor, row_alive: Tensor, row_count: Te
     ``x ← (x − lr·buf)·factor^(row_count + col_count)`` (the counts, int64: how many of the
     period's groups hold the element's row and its column); where that factor is 0 (a period's
     last step) buf is zeroed too. Elements of a dead row or column (a zero group's) stay zero, as
-    if their gradient had been masked: x and buf are zero there."""
+    if their gradient had been masked: x and buf are zero there. With ``g=None`` buf is the
+    direction, already updated (by :func:`stats`, at a period start): the step and the shrink only."""
     x2 = x.view(x.shape[0], -1)
     dt = x.dtype
     chunks = _chunks(x2)
     cs = x2.new_empty(chunks, x2.shape[1])
-    args = (_np(x2), _np(g.view(x2.shape)), _np(buf.view(x2.shape)), _np(row_alive), _np(row_count),
+    b2 = buf.view(x2.shape)
+    args = (_np(x2), _np(b2 if g is None else g.view(x2.shape)), _np(b2), _np(row_alive), _np(row_count),
             _np(col_alive), _np(col_count), _scalar(factor, dt), _scalar(momentum, dt), _scalar(1 - dampening, dt),
-            _scalar(weight_decay, dt), _scalar(lr, dt))
+            _scalar(weight_decay, dt), _scalar(lr, dt), g is not None)
     if chunks == 1:
         _loops()[4](*args, _np(cs[0]), 0, x2.shape[0])
     else:
