@@ -317,6 +317,8 @@ class DHSPG(torch.optim.Optimizer):
         # The weights whose whole step is one fused loop (``_kernels.sgd_step``), by position: their
         # live rows and columns and how many of the period's groups hold each (see ``_sgd_masks``).
         self._sgd_plans: dict[int, _SGDMasks] | None = None
+        self._packings: dict[int, tuple[Sequence[ParamPlan], _Packing]] = {}  # see _packing
+        self._blocked: dict[int, tuple[Sequence[ParamPlan], list[int]]] = {}  # see _fusable
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self.param_groups:
@@ -395,12 +397,16 @@ class DHSPG(torch.optim.Optimizer):
         (the buffer is then the direction). Same arithmetic as ``SGDRule``, in one pass."""
         if not isinstance(self._rule, SGDRule) or hp["momentum"] == 0 or hp["nesterov"]:
             return {}
+        key = id(plans)
+        cached = self._blocked.get(key)
+        if cached is None or cached[0] is not plans:  # which weights are taken in blocks does not change
+            cached = self._blocked[key] = (plans, [q.position for q in plans if _in_blocks(q, params[q.position])])
         out: dict[int, Tensor] = {}
-        for q in plans:
-            x = params[q.position]
+        for pos in cached[1]:
+            x = params[pos]
             buf = self.state[x].get("momentum_buffer")
-            if buf is not None and x.grad is not None and _in_blocks(q, x) and _kernels.usable(x, x.grad, buf):
-                out[q.position] = buf
+            if buf is not None and x.grad is not None and _kernels.usable(x, x.grad, buf):
+                out[pos] = buf
         return out
 
     def _plain_step(self, params: Sequence[Tensor], d: Sequence[Tensor | None], lr: float,
@@ -586,12 +592,25 @@ class DHSPG(torch.optim.Optimizer):
 
         Also returns the per-slice sums of x² and, for parameters whose groups run along several
         dims and that are not taken in blocks (:func:`_in_blocks`), x² itself (kept for the cross
-        terms of :meth:`_cross`; not with ``keep_xx=False``, which needs no buffer beyond the
-        shared scratch).
+        terms of :meth:`_cross`). With ``keep_xx=False`` the caller needs neither (the per-slice sums
+        then cover only the weights not packed): no buffer beyond the shared scratch, and the many
+        small weights of a supernet are summed together, packed into one flat tensor (:meth:`_packing`).
         """
         acc = self._acc_dtype
         k = 4 if with_abs else 3
         xx_full: dict[int, Tensor] = {}
+        dev = self._layout.device
+        stats = torch.zeros(k, self.num_groups + 1, dtype=acc, device=dev)
+        if not keep_xx:
+            pack = self._packing(plans, index, params)
+            if pack.positions:
+                xp = torch.cat([params[i].reshape(-1) for i in pack.positions])
+                dp = torch.cat([params[i].new_zeros(params[i].numel()) if (di := d[i]) is None else di.reshape(-1)
+                                for i in pack.positions])
+                prods = [xp * dp, xp * xp, dp * dp] + ([xp.abs()] if with_abs else [])
+                flat = torch.stack(prods).to(acc)
+                stats.index_add_(1, pack.groups, flat if pack.elements is None else flat[:, pack.elements])
+                plans, index = pack.rest, pack.rest_index
         ds = [torch.zeros_like(params[q.position]) if (dq := d[q.position]) is None else dq for q in plans]
         # Parameters whose every element is a slice of its own (biases, norm weights): many and
         # small, so their products come from one multi-tensor call each.
@@ -640,10 +659,50 @@ class DHSPG(torch.optim.Optimizer):
                 if dim_sums is None:
                     dim_sums = by_dim[e.dim] = e.stacked_sums(buf)
                 parts.append(dim_sums)
-        dev = self._layout.device
         values = (torch.cat(parts, dim=1).to(acc) if parts else torch.zeros(k, 0, dtype=acc, device=dev))
-        stats = torch.zeros(k, self.num_groups + 1, dtype=acc, device=dev).index_add_(1, index, values)
+        stats.index_add_(1, index, values)
         return stats, values[1], xx_full
+
+    def _packing(self, plans: Sequence[ParamPlan], index: Tensor, params: Sequence[Tensor]) -> _Packing:
+        """How :meth:`_stats` sums the small weights of ``plans`` (grouped along a dim, fewer than
+        ``_PACK_MAX`` elements, of the first such weight's dtype, not taken in blocks) all at once:
+        their elements concatenated, each element (once per entry of its weight) sent to its group by
+        one ``index_add_``; the other plans and their slices' groups. Built once per ``plans``."""
+        key = id(plans)
+        cached = self._packings.get(key)
+        if cached is not None and cached[0] is plans:
+            return cached[1]
+        packed: list[int] = []
+        rest: list[ParamPlan] = []
+        keep: list[Tensor] = []
+        elements: list[Tensor] = []
+        groups: list[Tensor] = []
+        dtype = None
+        offset = 0
+        for q in plans:
+            x = params[q.position]
+            small = (not q.is_vector and x.numel() < _PACK_MAX and not _in_blocks(q, x)
+                     and (dtype is None or x.dtype == dtype))
+            keep.extend(torch.full((e.size,), not small, dtype=torch.bool, device=index.device) for e in q.entries)
+            if not small:
+                rest.append(q)
+                continue
+            dtype = x.dtype
+            packed.append(q.position)
+            ids = torch.arange(x.numel(), device=index.device)
+            for e in q.entries:
+                elements.append(ids + offset)
+                groups.append(e.index[(ids // e.post) % e.size])
+            offset += x.numel()
+        if packed:
+            el = torch.cat(elements)
+            one_each = el.numel() == offset  # every packed weight has one entry: no gather needed
+            pack = _Packing(tuple(packed), None if one_each else el, torch.cat(groups), tuple(rest),
+                            index[torch.cat(keep)] if keep else index)
+        else:
+            pack = _Packing((), None, index[:0], tuple(plans), index)
+        self._packings[key] = (plans, pack)
+        return pack
 
     def _cross(self, plans: Sequence[ParamPlan], xx_full: dict[int, Tensor], coef_dim: Tensor,
                cross: Tensor) -> None:
@@ -1139,6 +1198,22 @@ def _stage_split(cells: Sequence[np.ndarray], caps: Sequence[int], stage: Tensor
         for i, q in zip(mine, split_quota(k, [len(cells[i]) for i in mine], [caps[i] for i in mine])):
             out[i] = q
     return out
+
+
+@dataclass(frozen=True, eq=False)
+class _Packing:
+    """The small weights :meth:`DHSPG._stats` sums packed together, and what is left to it."""
+
+    positions: tuple[int, ...]  # the packed weights, in the order they are concatenated
+    elements: Tensor | None  # per (element, entry): the element's position in the packed tensor (None: each once)
+    groups: Tensor  # and its group
+    rest: tuple[ParamPlan, ...]  # the other plans
+    rest_index: Tensor  # their slices' groups
+
+
+_PACK_MAX = 1 << 12
+"""Weights with fewer elements have their statistics summed packed together (a supernet has
+thousands of them, whose per-weight calls would cost more than their arithmetic)."""
 
 
 _SGDMasks = tuple[Tensor, Tensor, Tensor, Tensor]
