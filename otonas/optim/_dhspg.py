@@ -27,7 +27,9 @@ compiled loops (``_kernels``): statistics (with SGD's momentum update) and then 
 the half-space test's cross terms, one pass each. Elsewhere the statistics are products
 reduced per slice by matrix-vector products; a weight larger than ``_layout.BLOCK`` elements
 is taken a block of rows at a time, its products reduced while in cache, and its step taken
-in a second pass of blocks. See ``docs/optim.md`` (Cost) for measured figures.
+in a second pass of blocks. Under the progressive schedule with SGD such a weight takes its
+whole step — masking, momentum, base step, shrink — in one more loop (``_kernels.sgd_step``).
+See ``docs/optim.md`` (Cost) for measured figures.
 """
 
 from __future__ import annotations
