@@ -27,7 +27,9 @@ compiled loops (``_kernels``): statistics (with SGD's momentum update) and then 
 the half-space test's cross terms, one pass each. Elsewhere the statistics are products
 reduced per slice by matrix-vector products; a weight larger than ``_layout.BLOCK`` elements
 is taken a block of rows at a time, its products reduced while in cache, and its step taken
-in a second pass of blocks. See ``docs/optim.md`` (Cost) for measured figures.
+in a second pass of blocks. Under the progressive schedule with SGD such a weight takes its
+whole step — masking, momentum, base step, shrink — in one more loop (``_kernels.sgd_step``).
+See ``docs/optim.md`` (Cost) for measured figures.
 """
 
 from __future__ import annotations
@@ -165,6 +167,9 @@ class DHSPG(torch.optim.Optimizer):
     (``otonas._stages.group_stages``; ``"*"`` for the rest) to fractions: then exactly
     round(n_s · target_s) groups of each stage s. See ``docs/optim.md`` for every option.
     """
+
+    _scores_in_warmup = False
+    """Whether :meth:`_observe` takes the statistics of every group at every warm-up step (H2SPG)."""
 
     def __init__(
         self,
@@ -311,6 +316,11 @@ class DHSPG(torch.optim.Optimizer):
         self._shrink_lists: list[tuple[list[Tensor], list[Tensor], list[Tensor]]] = []
         self._shrink_indexed: list[tuple[Tensor, int, Tensor]] = []
         self._period = -1
+        # The weights whose whole step is one fused loop (``_kernels.sgd_step``), by position: their
+        # live rows and columns and how many of the period's groups hold each (see ``_sgd_masks``).
+        self._sgd_plans: dict[int, _SGDMasks] | None = None
+        self._packings: dict[int, tuple[Sequence[ParamPlan], _Packing]] = {}  # see _packing
+        self._blocked: dict[int, tuple[Sequence[ParamPlan], list[int]]] = {}  # see _fusable
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self.param_groups:
@@ -339,13 +349,23 @@ class DHSPG(torch.optim.Optimizer):
         params: list[Tensor] = hp["params"]
         t = self._step
         start, end = hp["start_step"], hp["end_step"]
+        progressive = hp["schedule"] == "progressive"
+        # Weights whose masking, base step and shrink are one loop this step (and their factor).
+        fused_sgd, factor = self._sgd_fusable(params, hp, t)
         if self._redundant is not None:
-            self._mask_grads(params, static=t >= end)
+            self._mask_grads(params, static=t >= end, skip=fused_sgd)
         # In the projection phase, the momentum of some weights is updated inside the loop that
         # takes their statistics (``_kernels.stats``); the base rule does the rest.
-        self._fused = (self._fusable(params, hp) if self._redundant is not None and start <= t < end
-                       and hp["schedule"] == "half_space" else {})
-        with_grad = [i for i, p in enumerate(params) if p.grad is not None and i not in self._fused]
+        # So are those of every weight at a step that takes the statistics of all groups once: a
+        # period start and (H2SPG) a warm-up step. (The half-space partition takes them twice.)
+        if self._redundant is not None and start <= t < end and not progressive:
+            self._fused = self._fusable(params, hp, self._active)
+        elif self._selects_now(hp, t) or (t < start and self._scores_in_warmup):
+            self._fused = self._fusable(params, hp, self._layout.plans)
+        else:
+            self._fused = {}
+        with_grad = [i for i, p in enumerate(params)
+                     if p.grad is not None and i not in self._fused and i not in fused_sgd]
         grads = [g for i in with_grad if (g := params[i].grad) is not None]  # all of them
         dirs = self._rule.directions([params[i] for i in with_grad], grads, [self.state[params[i]] for i in with_grad],
                                      hp)
@@ -354,13 +374,17 @@ class DHSPG(torch.optim.Optimizer):
             d[i] = di
         for i, buf in self._fused.items():
             d[i] = buf  # updated by _stats before anything reads it
-        progressive = hp["schedule"] == "progressive"
+        for i, masks in fused_sgd.items():
+            x = params[i]
+            assert x.grad is not None
+            _kernels.sgd_step(x, x.grad, self.state[x]["momentum_buffer"], *masks, factor, momentum=hp["momentum"],
+                              dampening=hp["dampening"], weight_decay=hp["weight_decay"], lr=hp["lr"])
         if t < start:
             self._observe(params, d)
         elif self._redundant is None and not progressive:
             self._partition(params, d)
         if start <= t < end and progressive:
-            self._progressive_step(params, d, hp, t)
+            self._progressive_step(params, d, hp, t, fused=fused_sgd)
         elif start <= t < end:
             self._hybrid_step(params, d, hp, last=t == end - 1)
         else:
@@ -368,19 +392,23 @@ class DHSPG(torch.optim.Optimizer):
         self._step += 1
         return loss
 
-    def _fusable(self, params: Sequence[Tensor], hp: dict[str, Any]) -> dict[int, Tensor]:
+    def _fusable(self, params: Sequence[Tensor], hp: dict[str, Any], plans: Sequence[ParamPlan]) -> dict[int, Tensor]:
         """The weights whose SGD momentum ``_stats`` updates in its loop, by position, with their
         buffers: weights taken in two passes (:func:`_in_blocks`) through ``_kernels`` with a
         gradient and a momentum buffer, when the base rule is SGD with momentum and no Nesterov
         (the buffer is then the direction). Same arithmetic as ``SGDRule``, in one pass."""
         if not isinstance(self._rule, SGDRule) or hp["momentum"] == 0 or hp["nesterov"]:
             return {}
+        key = id(plans)
+        cached = self._blocked.get(key)
+        if cached is None or cached[0] is not plans:  # which weights are taken in blocks does not change
+            cached = self._blocked[key] = (plans, [q.position for q in plans if _in_blocks(q, params[q.position])])
         out: dict[int, Tensor] = {}
-        for q in self._active:
-            x = params[q.position]
+        for pos in cached[1]:
+            x = params[pos]
             buf = self.state[x].get("momentum_buffer")
-            if buf is not None and x.grad is not None and _in_blocks(q, x) and _kernels.usable(x, x.grad, buf):
-                out[q.position] = buf
+            if buf is not None and x.grad is not None and _kernels.usable(x, x.grad, buf):
+                out[pos] = buf
         return out
 
     def _plain_step(self, params: Sequence[Tensor], d: Sequence[Tensor | None], lr: float,
@@ -389,10 +417,77 @@ class DHSPG(torch.optim.Optimizer):
         if idx:
             torch._foreach_add_([params[i] for i in idx], [d[i] for i in idx], alpha=-lr)  # type: ignore[misc]
 
-    def _mask_grads(self, params: Sequence[Tensor], *, static: bool) -> None:
-        """Zero the gradient entries of zero groups, so that no base rule can move them."""
-        self._zero_slices_of(self._zero, [[params[q.position].grad] for q in self._active],
+    def _mask_grads(self, params: Sequence[Tensor], *, static: bool, skip: Mapping[int, Any]) -> None:
+        """Zero the gradient entries of zero groups, so that no base rule can move them (not those
+        of the weights in ``skip``, whose fused loop leaves the zero groups alone)."""
+        self._zero_slices_of(self._zero, [[None if q.position in skip else params[q.position].grad]
+                                          for q in self._active],
                              host=static or self._host_reads, cached=True)
+
+    def _sgd_fusable(self, params: Sequence[Tensor], hp: dict[str, Any], t: int) -> tuple[dict[int, _SGDMasks], float]:
+        """The weights whose step this is is one call of ``_kernels.sgd_step`` (gradient masking, SGD's
+        momentum step, the progressive shrink), by position, and the shrink factor. Only once G_r is
+        known, outside the half-space projection and the period starts (whose scores need the
+        directions before the step), with SGD (momentum, no Nesterov), for the weights that have a
+        gradient and a momentum buffer (:meth:`_sgd_masks`)."""
+        if self._redundant is None:
+            return {}, 1.0
+        start, end = hp["start_step"], hp["end_step"]
+        factor = 1.0
+        if start <= t < end:
+            if hp["schedule"] != "progressive" or self._selects_now(hp, t):
+                return {}, 1.0
+            bounds = period_bounds(start, end, hp["periods"])
+            p = max(i for i in range(len(bounds) - 1) if bounds[i] <= t)
+            if self._shrinking is not None:
+                r = bounds[p + 1] - t
+                factor = (r - 1) / r
+        if not _sgd_rule_ok(self._rule, hp):
+            return {}, 1.0
+        out: dict[int, _SGDMasks] = {}
+        for pos, masks in self._sgd_masks().items():
+            x = params[pos]
+            buf = self.state[x].get("momentum_buffer")
+            if x.grad is not None and buf is not None and _kernels.usable(x, x.grad, buf):
+                out[pos] = masks
+        return out, factor
+
+    def _selects_now(self, hp: dict[str, Any], t: int) -> bool:
+        """Whether step ``t`` starts a period of the progressive schedule (and selects its groups)."""
+        start, end = hp["start_step"], hp["end_step"]
+        if hp["schedule"] != "progressive" or not start <= t < end:
+            return False
+        bounds = period_bounds(start, end, hp["periods"])
+        p = max(i for i in range(len(bounds) - 1) if bounds[i] <= t)
+        return t == bounds[p] and self._period != p
+
+    def _sgd_masks(self) -> dict[int, _SGDMasks]:
+        """For every active weight the fused loop can take (:func:`_sgd_candidate`): its live rows and
+        columns (no zero group) and how many of the period's groups hold each row and column. Kept
+        until G_r, the zero set or the period's groups change."""
+        if self._sgd_plans is not None:
+            return self._sgd_plans
+        params = self.param_groups[0]["params"]
+        out: dict[int, _SGDMasks] = {}
+        if isinstance(self._rule, SGDRule):
+            zero, shrinking = self._zero, self._shrinking
+            for q in self._active:
+                x = params[q.position]
+                if not _sgd_candidate(q, x):
+                    continue
+                o, m = x.shape[0], x[0].numel()
+                alive = [torch.ones(o, dtype=torch.bool, device=x.device),
+                         torch.ones(m, dtype=torch.bool, device=x.device)]
+                count = [torch.zeros(o, dtype=torch.int64, device=x.device),
+                         torch.zeros(m, dtype=torch.int64, device=x.device)]
+                for e in q.entries:  # per column of the [O, M] view: its input channel's
+                    post = 1 if e.dim == 0 else e.post
+                    alive[e.dim] &= (~zero[e.index]).repeat_interleave(post)
+                    if shrinking is not None:
+                        count[e.dim] += shrinking[e.index].to(torch.int64).repeat_interleave(post)
+                out[q.position] = (alive[0], count[0], alive[1], count[1])
+        self._sgd_plans = out
+        return out
 
     def _zero_slices_of(self, groups: Tensor, tensors: Sequence[Sequence[Tensor | None]], *, host: bool,
                         cached: bool = False) -> None:
@@ -499,12 +594,25 @@ class DHSPG(torch.optim.Optimizer):
 
         Also returns the per-slice sums of x² and, for parameters whose groups run along several
         dims and that are not taken in blocks (:func:`_in_blocks`), x² itself (kept for the cross
-        terms of :meth:`_cross`; not with ``keep_xx=False``, which needs no buffer beyond the
-        shared scratch).
+        terms of :meth:`_cross`). With ``keep_xx=False`` the caller needs neither (the per-slice sums
+        then cover only the weights not packed): no buffer beyond the shared scratch, and the many
+        small weights of a supernet are summed together, packed into one flat tensor (:meth:`_packing`).
         """
         acc = self._acc_dtype
         k = 4 if with_abs else 3
         xx_full: dict[int, Tensor] = {}
+        dev = self._layout.device
+        stats = torch.zeros(k, self.num_groups + 1, dtype=acc, device=dev)
+        if not keep_xx:
+            pack = self._packing(plans, index, params)
+            if pack.positions:
+                xp = torch.cat([params[i].reshape(-1) for i in pack.positions])
+                dp = torch.cat([params[i].new_zeros(params[i].numel()) if (di := d[i]) is None else di.reshape(-1)
+                                for i in pack.positions])
+                prods = [xp * dp, xp * xp, dp * dp] + ([xp.abs()] if with_abs else [])
+                flat = torch.stack(prods).to(acc)
+                stats.index_add_(1, pack.groups, flat if pack.elements is None else flat[:, pack.elements])
+                plans, index = pack.rest, pack.rest_index
         ds = [torch.zeros_like(params[q.position]) if (dq := d[q.position]) is None else dq for q in plans]
         # Parameters whose every element is a slice of its own (biases, norm weights): many and
         # small, so their products come from one multi-tensor call each.
@@ -553,10 +661,50 @@ class DHSPG(torch.optim.Optimizer):
                 if dim_sums is None:
                     dim_sums = by_dim[e.dim] = e.stacked_sums(buf)
                 parts.append(dim_sums)
-        dev = self._layout.device
         values = (torch.cat(parts, dim=1).to(acc) if parts else torch.zeros(k, 0, dtype=acc, device=dev))
-        stats = torch.zeros(k, self.num_groups + 1, dtype=acc, device=dev).index_add_(1, index, values)
+        stats.index_add_(1, index, values)
         return stats, values[1], xx_full
+
+    def _packing(self, plans: Sequence[ParamPlan], index: Tensor, params: Sequence[Tensor]) -> _Packing:
+        """How :meth:`_stats` sums the small weights of ``plans`` (grouped along a dim, fewer than
+        ``_PACK_MAX`` elements, of the first such weight's dtype, not taken in blocks) all at once:
+        their elements concatenated, each element (once per entry of its weight) sent to its group by
+        one ``index_add_``; the other plans and their slices' groups. Built once per ``plans``."""
+        key = id(plans)
+        cached = self._packings.get(key)
+        if cached is not None and cached[0] is plans:
+            return cached[1]
+        packed: list[int] = []
+        rest: list[ParamPlan] = []
+        keep: list[Tensor] = []
+        elements: list[Tensor] = []
+        groups: list[Tensor] = []
+        dtype = None
+        offset = 0
+        for q in plans:
+            x = params[q.position]
+            small = (not q.is_vector and x.numel() < _PACK_MAX and not _in_blocks(q, x)
+                     and (dtype is None or x.dtype == dtype))
+            keep.extend(torch.full((e.size,), not small, dtype=torch.bool, device=index.device) for e in q.entries)
+            if not small:
+                rest.append(q)
+                continue
+            dtype = x.dtype
+            packed.append(q.position)
+            ids = torch.arange(x.numel(), device=index.device)
+            for e in q.entries:
+                elements.append(ids + offset)
+                groups.append(e.index[(ids // e.post) % e.size])
+            offset += x.numel()
+        if packed:
+            el = torch.cat(elements)
+            one_each = el.numel() == offset  # every packed weight has one entry: no gather needed
+            pack = _Packing(tuple(packed), None if one_each else el, torch.cat(groups), tuple(rest),
+                            index[torch.cat(keep)] if keep else index)
+        else:
+            pack = _Packing((), None, index[:0], tuple(plans), index)
+        self._packings[key] = (plans, pack)
+        return pack
 
     def _cross(self, plans: Sequence[ParamPlan], xx_full: dict[int, Tensor], coef_dim: Tensor,
                cross: Tensor) -> None:
@@ -688,7 +836,7 @@ class DHSPG(torch.optim.Optimizer):
         self._active_index = (slice_index(self._active) if self._active
                               else torch.zeros(0, dtype=torch.int64, device=redundant.device))
         self._active_dims, self._dim_index = _dims(self._active, self.num_groups, redundant.device)
-        self._zero_slices = None
+        self._zero_slices, self._sgd_plans = None, None
 
     def _hybrid_step(self, params: Sequence[Tensor], d: Sequence[Tensor | None], hp: dict[str, Any], *,
                      last: bool) -> None:
@@ -741,7 +889,7 @@ class DHSPG(torch.optim.Optimizer):
         # The groups that reached zero now: clear their slices of x and of the optimizer state
         # (from the next step on their gradients are masked, so both stay zero).
         if not self._host_reads or bool(newly.any()):  # a host read on CPU only, where it is free
-            self._zero_slices = None  # the zero set changed
+            self._zero_slices, self._sgd_plans = None, None  # the zero set changed
             keys = self._rule.state_keys
             self._zero_slices_of(newly, [[params[q.position], *(self.state[params[q.position]].get(k) for k in keys)]
                                          for q in plans], host=self._host_reads)
@@ -750,40 +898,61 @@ class DHSPG(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ the progressive schedule
     def _progressive_step(self, params: Sequence[Tensor], d: Sequence[Tensor | None], hp: dict[str, Any],
-                          t: int) -> None:
+                          t: int, *, fused: Mapping[int, Any]) -> None:
         """One step of the projection window under the progressive schedule (see ``_schedule``):
         at a period start select the period's groups; take the base step everywhere; shrink the
-        period's groups by ``(r − 1)/r`` (r: steps left in the period), which is 0 at its last step."""
+        period's groups by ``(r − 1)/r`` (r: steps left in the period), which is 0 at its last step.
+        The weights in ``fused`` have had all of it in their fused loop."""
         bounds = period_bounds(hp["start_step"], hp["end_step"], hp["periods"])
         p = max(i for i in range(len(bounds) - 1) if bounds[i] <= t)
+        r = bounds[p + 1] - t
+        factor = (r - 1) / r
         if t == bounds[p] and self._period != p:
             self._select_period(params, d, p, len(bounds) - 1)
             self._period = p
-        self._plain_step(params, d, hp["lr"], skip=frozenset())
+            # The weights whose direction is their (updated) momentum buffer: step and shrink in one loop.
+            fused = dict(fused)
+            for pos, masks in (self._sgd_masks().items() if _sgd_rule_ok(self._rule, hp) else ()):
+                x, dx = params[pos], d[pos]
+                if dx is not None and dx is self.state[x].get("momentum_buffer") and _kernels.usable(x, dx):
+                    _kernels.sgd_step(x, None, dx, *masks, factor if self._shrinking is not None else 1.0,
+                                      momentum=hp["momentum"], dampening=hp["dampening"],
+                                      weight_decay=hp["weight_decay"], lr=hp["lr"])
+                    fused[pos] = masks
+        self._plain_step(params, d, hp["lr"], skip=frozenset(fused))
         if self._shrinking is None:
             return
-        r = bounds[p + 1] - t
-        factor = (r - 1) / r
-        self._scale_groups(params, factor)
+        self._scale_groups(params, factor, fused)
         if r == 1:  # the period's groups are exactly zero now: freeze them, clear their optimizer state
             newly = self._shrinking
             self._zero = self._zero | newly
             self._shrinking, self._shrink_plans = None, ()
             self._shrink_index = self._shrink_index[:0]
             self._shrink_lists, self._shrink_indexed = [], []
-            self._zero_slices = None
+            self._zero_slices, self._sgd_plans = None, None
             keys = self._rule.state_keys
             self._zero_slices_of(newly, [[params[q.position], *(self.state[params[q.position]].get(k) for k in keys)]
-                                         for q in self._active], host=self._host_reads)
+                                         if q.position not in fused else [] for q in self._active],
+                                 host=self._host_reads)
 
-    def _scale_groups(self, params: Sequence[Tensor], factor: float) -> None:
+    def _scale_groups(self, params: Sequence[Tensor], factor: float, fused: Mapping[int, Any]) -> None:
         """Multiply every slice of the period's groups by ``factor`` (an element in two of them,
-        by its square)."""
+        by its square), but in the weights of ``fused`` (their loop has done it)."""
         assert self._shrinking is not None
         for targets, masks, rests in self._shrink_lists:
             torch._foreach_mul_(targets, torch._foreach_add(rests, masks, alpha=factor))
         for x, dim, where in self._shrink_indexed:
             x.index_copy_(dim, where, x.index_select(dim, where).mul_(factor))
+        # The weights the fused loop can take are in neither list: when it did not take them this
+        # step (a period start, say), their factors come from its masks.
+        for pos, (_, row_count, _, col_count) in self._sgd_masks().items():
+            if pos in fused:
+                continue
+            x2 = params[pos].view(params[pos].shape[0], -1)
+            for dim, count in ((0, row_count), (1, col_count)):
+                if bool(count.any()):
+                    f = torch.pow(torch.tensor(factor, dtype=x2.dtype, device=x2.device), count.to(x2.dtype))
+                    x2.mul_(f.view(-1, 1) if dim == 0 else f)
 
     def _period_scores(self, params: Sequence[Tensor], d: Sequence[Tensor | None]) -> np.ndarray:
         """This step's redundancy score of every group (rank 0's under torch.distributed); one host read."""
@@ -822,6 +991,8 @@ class DHSPG(torch.optim.Optimizer):
             self._shrinking, self._shrink_plans = None, ()
             return
         self._shrinking = shrinking
+        self._sgd_plans = None
+        fusable = self._sgd_masks()  # scaled in their own loop (or from its masks), not by the lists
         plans = _touching(self._active, shrinking)
         self._shrink_plans = plans
         self._shrink_index = (slice_index(self._shrink_plans) if plans
@@ -839,6 +1010,10 @@ class DHSPG(torch.optim.Optimizer):
         lists: list[tuple[list[Tensor], list[Tensor], list[Tensor]]] = []
         indexed: list[tuple[Tensor, int, Tensor]] = []
         for q in plans:
+            if q.position in fusable:
+                for _ in q.entries:
+                    next(on), next(hits)
+                continue
             x = params[q.position]
             rank = 0  # this parameter's entries in the lists so far
             for e in q.entries:
@@ -1025,6 +1200,40 @@ def _stage_split(cells: Sequence[np.ndarray], caps: Sequence[int], stage: Tensor
         for i, q in zip(mine, split_quota(k, [len(cells[i]) for i in mine], [caps[i] for i in mine])):
             out[i] = q
     return out
+
+
+@dataclass(frozen=True, eq=False)
+class _Packing:
+    """The small weights :meth:`DHSPG._stats` sums packed together, and what is left to it."""
+
+    positions: tuple[int, ...]  # the packed weights, in the order they are concatenated
+    elements: Tensor | None  # per (element, entry): the element's position in the packed tensor (None: each once)
+    groups: Tensor  # and its group
+    rest: tuple[ParamPlan, ...]  # the other plans
+    rest_index: Tensor  # their slices' groups
+
+
+_PACK_MAX = 1 << 12
+"""Weights with fewer elements have their statistics summed packed together (a supernet has
+thousands of them, whose per-weight calls would cost more than their arithmetic)."""
+
+
+_SGDMasks = tuple[Tensor, Tensor, Tensor, Tensor]
+"""A weight's live rows, the period's groups per row, live columns (of its ``[O, M]`` view), and the
+period's groups per column: what ``_kernels.sgd_step`` takes besides the tensors."""
+
+
+def _sgd_rule_ok(rule: Any, hp: dict[str, Any]) -> bool:
+    """Whether the base rule is SGD whose direction is its momentum buffer (momentum, no Nesterov)."""
+    return isinstance(rule, SGDRule) and hp["momentum"] != 0 and not hp["nesterov"]
+
+
+def _sgd_candidate(q: ParamPlan, x: Tensor) -> bool:
+    """Whether weight ``x`` (plan ``q``) can take its whole step in ``_kernels.sgd_step``: 2 or more
+    dims, grouped along its output and / or input channels only, large enough for the loop to
+    pay, and a tensor the loops take (CPU, contiguous, float32 / float64)."""
+    return (x.dim() >= 2 and {e.dim for e in q.entries} <= {0, 1} and x.numel() >= _kernels.MIN_NUMEL
+            and _kernels.usable(x))
 
 
 _INDEXED_MIN = 1 << 14

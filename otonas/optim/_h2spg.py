@@ -304,6 +304,8 @@ class H2SPG(DHSPG):
         for store in (self.param_groups[0], self.defaults):
             store.update(round_to=self.round_to)
 
+    _scores_in_warmup = True
+
     # ------------------------------------------------------------------ bookkeeping
     def _reset_run_state(self) -> None:
         super()._reset_run_state()

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["enabled", "usable", "stats", "step"]
+__all__ = ["enabled", "usable", "stats", "step", "sgd_step"]
 
 _FLAGS = {"reassoc", "contract"}  # reorder sums so that they vectorize; keep NaN / inf semantics
 _jit: Any = None  # the loops (see _define), once loaded
@@ -148,7 +148,45 @@ def _define(cache: bool) -> tuple[Any, ...]:
         for b in numba.prange(chunks):
             step_rows(x, d, has_d, u0, v1, c0, c1, lr, rowc, colc[b], b * n // chunks, (b + 1) * n // chunks)
 
-    return stats_rows, step_rows, stats_blocks, step_blocks
+    @jit
+    def sgd_rows(x: Any, g: Any, b: Any, row_alive: Any, row_count: Any, col_alive: Any, col_count: Any,
+                 factor: Any, momentum: Any, damp1: Any, wd: Any, lr: Any, update: bool, cs: Any, lo: int,
+                 hi: int) -> None:  # pragma: no cover - compiled
+        """Rows lo..hi: SGD's momentum step on the live elements, then the shrink factors."""
+        m = x.shape[1]
+        one = factor - factor + 1  # in x's dtype
+        for j in range(m):
+            c = one
+            for _ in range(col_count[j]):
+                c *= factor
+            cs[j] = c if col_alive[j] else c - c  # a dead column: zero gradient, as if masked
+        for o in range(lo, hi):
+            if not row_alive[o]:
+                continue  # a zero group's row: x and its momentum are zero and stay so
+            rs = one
+            for _ in range(row_count[o]):
+                rs *= factor
+            xo, go, bo = x[o], g[o], b[o]
+            for j in range(m):
+                if update:
+                    gj = go[j] if col_alive[j] else one - one
+                    v = momentum * bo[j] + damp1 * (gj + wd * xo[j])
+                else:
+                    v = bo[j]
+                f = rs * cs[j]
+                xo[j] = (xo[j] - lr * v) * f
+                bo[j] = v if f != 0 else f  # shrunk to zero: its momentum goes with it
+
+    @numba.njit(fastmath=_FLAGS, nogil=True, cache=cache, parallel=True)
+    def sgd_blocks(x: Any, g: Any, b: Any, row_alive: Any, row_count: Any, col_alive: Any, col_count: Any,
+                   factor: Any, momentum: Any, damp1: Any, wd: Any, lr: Any, update: bool,
+                   cs: Any) -> None:  # pragma: no cover - compiled
+        n, chunks = x.shape[0], cs.shape[0]
+        for c in numba.prange(chunks):
+            sgd_rows(x, g, b, row_alive, row_count, col_alive, col_count, factor, momentum, damp1, wd, lr, update,
+                     cs[c], c * n // chunks, (c + 1) * n // chunks)
+
+    return stats_rows, step_rows, stats_blocks, step_blocks, sgd_rows, sgd_blocks
 
 
 def _loops() -> Any:
@@ -239,3 +277,30 @@ def step(x: Tensor, d: Tensor | None, u0: Tensor, v: Tensor, c0: Tensor, c: Tens
         _run(_loops()[3], *args, _np(colc))
     colc = colc.sum(0) if colc.shape[0] > 1 else colc[0]
     return rowc, colc if post == 1 else colc.view(-1, post).sum(1)
+
+
+
+def sgd_step(x: Tensor, g: Tensor | None, buf: Tensor, row_alive: Tensor, row_count: Tensor, col_alive: Tensor,
+             col_count: Tensor, factor: float, *, momentum: float, dampening: float, weight_decay: float,
+             lr: float) -> None:
+    """SGD's momentum step (``_base.SGDRule``, no Nesterov) and the progressive shrink, in place and
+    in one pass over the ``[O, M]`` view of a weight: on every element of a live row and column
+    (``row_alive[O]``, ``col_alive[M]``, bool, one per column of the view)
+    ``buf ← momentum·buf + (1 − dampening)·(g + weight_decay·x)`` and
+    ``x ← (x − lr·buf)·factor^(row_count + col_count)`` (the counts, int64: how many of the
+    period's groups hold the element's row and its column); where that factor is 0 (a period's
+    last step) buf is zeroed too. Elements of a dead row or column (a zero group's) stay zero, as
+    if their gradient had been masked: x and buf are zero there. With ``g=None`` buf is the
+    direction, already updated (by :func:`stats`, at a period start): the step and the shrink only."""
+    x2 = x.view(x.shape[0], -1)
+    dt = x.dtype
+    chunks = _chunks(x2)
+    cs = x2.new_empty(chunks, x2.shape[1])
+    b2 = buf.view(x2.shape)
+    args = (_np(x2), _np(b2 if g is None else g.view(x2.shape)), _np(b2), _np(row_alive), _np(row_count),
+            _np(col_alive), _np(col_count), _scalar(factor, dt), _scalar(momentum, dt), _scalar(1 - dampening, dt),
+            _scalar(weight_decay, dt), _scalar(lr, dt), g is not None)
+    if chunks == 1:
+        _loops()[4](*args, _np(cs[0]), 0, x2.shape[0])
+    else:
+        _run(_loops()[5], *args, _np(cs))

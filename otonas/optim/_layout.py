@@ -19,6 +19,7 @@ number of groups; nothing loops over groups in Python. Slices in no group carry 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ class ParamPlan:
     name: str
     entries: tuple[Entry, ...]
 
-    @property
+    @functools.cached_property
     def is_vector(self) -> bool:
         """Whether every element is a slice of its own (a bias, a norm weight)."""
         return all(e.pre == 1 and e.post == 1 for e in self.entries)

@@ -473,3 +473,19 @@ def test_h2spg_erases_half_of_a_darts_supernet_on_digits() -> None:
           f"train time SGD {t_sgd:.0f}s H2SPG {t_h2:.0f}s ({len(caught)} warning)")
     assert small < full
     assert acc_h2 >= acc_sgd - 2.0, (acc_sgd, acc_h2)
+
+
+def test_packed_statistics_match_the_per_weight_sums(space: otonas.SearchSpace) -> None:
+    """The warm-up's and period starts' statistics sum the small weights packed together (both
+    levels: a weight in a channel group and in one or two erasing groups): the same per-group
+    sums as the per-weight reductions the half-space step uses."""
+    opt = H2SPG(space, lr=0.1, warmup_steps=5)
+    params = opt.param_groups[0]["params"]
+    gen = torch.Generator().manual_seed(3)
+    d = [torch.randn(p.shape, generator=gen) for p in params]
+    plans, index = opt._layout.plans, opt._layout.slice_index
+    with torch.no_grad():
+        packed, _, _ = opt._stats(plans, index, params, d, with_abs=True, keep_xx=False)
+        assert opt._packing(plans, index, params).positions  # some weights were packed
+        plain, _, _ = opt._stats(plans, index, params, d, with_abs=True)
+    torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-6)

@@ -216,3 +216,89 @@ def test_without_a_disk_cache_the_loops_still_compile() -> None:
             "rows, cols = _kernels.stats(x, x.clone(), 1, with_abs=False)\n"
             "print(_kernels.enabled(), torch.allclose(rows[1], (x * x).sum(1)))")
     assert _python(code) == "True True"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(7, 5, 3, 3), (16, 40)])
+@pytest.mark.parametrize("factor", [0.75, 0.0, 1.0])
+@pytest.mark.parametrize("update", [True, False])
+def test_sgd_step_is_the_masked_momentum_step_and_the_shrink(dtype: torch.dtype, shape: tuple[int, ...],
+                                                             factor: float, update: bool, threads: int) -> None:
+    g = torch.Generator().manual_seed(4)
+    x, grad, buf = (torch.randn(shape, generator=g, dtype=dtype) for _ in range(3))
+    o, i = shape[:2]
+    post = x[0, 0].numel()
+    row_alive, col_alive = torch.rand(o, generator=g) > 0.3, torch.rand(i, generator=g) > 0.3
+    row_count = torch.randint(0, 3, (o,), generator=g)
+    col_count = torch.randint(0, 2, (i,), generator=g).repeat_interleave(post)
+    col_alive = col_alive.repeat_interleave(post)
+    for t in (x, buf):  # a zero group's slices are zero in x and in its momentum
+        t[~row_alive] = 0
+        t.view(o, -1)[:, ~col_alive] = 0
+    want_x, want_b = x.clone(), buf.clone()
+    if update:  # the reference: mask the gradient, SGDRule, the base step, the factors one dim at a time
+        masked = grad.clone()
+        masked[~row_alive] = 0
+        masked.view(o, -1)[:, ~col_alive] = 0
+        SGDRule().directions([want_x], [masked], [{"momentum_buffer": want_b}],
+                             dict(weight_decay=1e-2, momentum=0.9, nesterov=False, dampening=0.3))
+    want_x.add_(want_b, alpha=-0.1)
+    rs = torch.tensor(factor, dtype=dtype) ** row_count.to(dtype)
+    cs = torch.tensor(factor, dtype=dtype) ** col_count.to(dtype)
+    want_x.mul_(rs.view((o,) + (1,) * (len(shape) - 1)))
+    want_x.view(o, -1).mul_(cs)
+    f = rs.view(-1, 1) * cs * col_alive
+    want_b.view(o, -1)[f == 0] = 0  # shrunk to zero: no momentum left
+    _kernels.sgd_step(x, grad if update else None, buf, row_alive, row_count, col_alive, col_count, factor,
+                      momentum=0.9, dampening=0.3, weight_decay=1e-2, lr=0.1)
+    torch.testing.assert_close(x, want_x, **_tol(dtype))
+    torch.testing.assert_close(buf, want_b, **_tol(dtype))
+    assert (x[~row_alive] == 0).all() and (x.view(o, -1)[:, ~col_alive] == 0).all()
+
+
+def _progressive_run(kernels: bool, monkeypatch: pytest.MonkeyPatch, dampening: float, periods: int,
+                     calls: list[int]) -> list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], set[int]]]:
+    """Steps of a progressive DHSPG on ``_Lines`` (rows only, columns only, both, two entries on one
+    dim): the parameters, momentum buffers and zero groups after each."""
+    monkeypatch.setattr(_kernels, "enabled", lambda: kernels)
+    real = _kernels.sgd_step
+    monkeypatch.setattr(_kernels, "sgd_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    model = _Lines()
+    h = torch.arange(6)
+    layout = {"up": [(0, h)], "down": [(1, h)],
+              "both": [(0, h + 6), (1, h), (0, torch.tensor([12, 12, 13, 13, -1, 14]))]}
+    opt = DHSPG(StubSpace(model, layout, 15), lr=0.2, momentum=0.9, dampening=dampening, weight_decay=1e-2,
+                target_group_sparsity=0.6, keep_one_per_family=False, start_step=2, end_step=11, periods=periods)
+    gen = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(15):
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.05
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ForcedProjectionWarning)
+            opt.step()
+        out.append(({n: p.detach().clone() for n, p in model.named_parameters()},
+                    {n: opt.state[p]["momentum_buffer"].clone() for n, p in model.named_parameters()},
+                    set(torch.nonzero(opt.zero_groups()).flatten().tolist())))
+    return out
+
+
+@pytest.mark.parametrize("dampening,periods", [(0.0, 3), (0.3, 4)])
+def test_progressive_steps_in_one_loop_match_the_pytorch_path(dampening: float, periods: int, threads: int,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The progressive schedule with its steps in ``_kernels.sgd_step`` (masking, momentum step and
+    shrink in one pass; at period starts after the statistics loop) against the PyTorch calls
+    (masked gradients, SGDRule, the base step, the shrink lists): the same parameters, momentum
+    buffers and zero groups after every step, through the window and after it."""
+    calls: list[int] = []
+    fast = _progressive_run(True, monkeypatch, dampening, periods, calls)
+    assert calls  # the loop was used
+    slow = _progressive_run(False, monkeypatch, dampening, periods, calls := [])
+    assert not calls
+    for t, ((xf, bf, zf), (xs, bs, zs)) in enumerate(zip(fast, slow)):
+        assert zf == zs, f"step {t}"
+        for n in xf:
+            torch.testing.assert_close(xf[n], xs[n], rtol=1e-10, atol=1e-12, msg=f"step {t}, {n}")
+            torch.testing.assert_close(bf[n], bs[n], rtol=1e-10, atol=1e-12, msg=f"step {t}, momentum of {n}")
+    assert len(fast[-1][2]) >= 9  # round(15 · 0.6) selected (a group whose slices others cover is zero too)
