@@ -25,7 +25,7 @@ def main() -> None:
     if args.models:
         names = args.models
     else:
-        from otonas._torchvision import import_torchvision
+        from otonas.models import import_torchvision
 
         tv = import_torchvision()
         names = [n for n in tv.models.list_models(module=tv.models) if n not in TOO_LARGE]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import pkgutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,3 +42,64 @@ def test_testing_helpers_zero_groups_and_draw_valid_erasures():
     otonas.testing.zero_groups_(space, mask)
     assert (space.zero_groups() == mask).all()
     assert 0 < otonas.testing.prunable_param_share(space) <= 1
+
+
+# --- no private cross-package imports ----------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _private(part: str) -> bool:
+    return part.startswith("_") and not (part.startswith("__") and part.endswith("__"))
+
+
+def _package_of(dotted: str) -> str:
+    """The package that owns module or package ``dotted`` (itself when it is a package)."""
+    path = ROOT.joinpath(*dotted.split("."))
+    return dotted if (path / "__init__.py").exists() else dotted.rpartition(".")[0]
+
+
+def _owner(dotted: str) -> str | None:
+    """For a dotted path inside otonas with a private part, the package whose private it is; None if all public."""
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if _private(part):
+            return _package_of(".".join(parts[:i]))
+    return None
+
+
+def private_imports(path: Path) -> list[str]:
+    """``path``'s imports of a private module or name that belongs to another otonas package
+    (for a file outside otonas/, of any private otonas module or name)."""
+    rel = path.relative_to(ROOT).with_suffix("")
+    module = ".".join(rel.parts)
+    inside = rel.parts[0] == "otonas"
+    own = _package_of(module) if inside else None
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".")[:-node.level] if not path.name == "__init__.py" else \
+                    module.split(".")[:len(module.split(".")) - node.level + 1]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            targets = [source] + [f"{source}.{a.name}" for a in node.names if _private(a.name)]
+        for target in targets:
+            if target.split(".")[0] != "otonas":
+                continue
+            owner = _owner(target)
+            if owner is not None and owner != own:
+                found.append(f"{rel}.py:{node.lineno}: {target}")
+    return found
+
+
+def test_no_module_imports_another_packages_privates():
+    files = [*sorted((ROOT / "otonas").rglob("*.py")), *sorted((ROOT / "bench").rglob("*.py")),
+             *sorted((ROOT / "examples").rglob("*.py"))]
+    assert len(files) > 50
+    violations = [v for f in files for v in private_imports(f)]
+    assert not violations, "\n".join(violations)

@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from .._errors import OtonasError
+from ..errors import OtonasError
 from ..capture import Capture, capture
 from ..graph import build_opgraph
 from ..ops import FlowResult, IdTable, PinEvent, module_path, rule_for
 from ._flow import run_flow
 from ._segments import ErasingGroup, Segments
 
-__all__ = ["Family", "Costs", "SearchSpace", "ErasingGroup", "analyze"]
+__all__ = ["Family", "Costs", "SearchSpace", "ErasingGroup", "analyze", "analyze_captured"]
 
 
 @dataclass(frozen=True)
@@ -383,6 +383,9 @@ def analyze(
     Works on the ``meta`` device: analysis needs shapes only. Use a batch of at least
     2 in ``example_inputs`` so the batch dimension can stay free in the built network.
     """
-    cap = capture(model, example_inputs, strict=strict, dynamic_batch=dynamic_batch)
-    flow = run_flow(cap.program)
-    return SearchSpace(model, cap, flow)
+    return analyze_captured(model, capture(model, example_inputs, strict=strict, dynamic_batch=dynamic_batch))
+
+
+def analyze_captured(model: nn.Module, captured: Capture) -> SearchSpace:
+    """:func:`analyze` of a model already captured (``otonas.capture.capture``)."""
+    return SearchSpace(model, captured, run_flow(captured.program))

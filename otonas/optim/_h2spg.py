@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._errors import OtonasError
+from ..errors import OtonasError
 from ._dhspg import DHSPG, BudgetWarning, _caller_level, _cells, _count, family_ids
 from ._schedule import Alignment, align_quota, align_up, cell_alignment, select_in_cells, split_quota
 from ._score import GroupStats, RedundancyScore
