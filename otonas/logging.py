@@ -2,13 +2,13 @@
 
 Each package logs to ``logging.getLogger("otonas.<package>")`` (``otonas.search``,
 ``otonas.tuning``, ``otonas.optim``, ...); the plain per-epoch lines of a run without a
-progress bar go to ``otonas.progress``. The ``otonas`` logger writes to stderr in the CLI's
-format — ``otonas: warning: ...`` for warnings, ``otonas: ...`` (``otonas tune: ...`` for
-tuning, nothing for progress lines) otherwise — and does not propagate, as Optuna's does not.
+progress bar go to ``otonas.progress``. The ``otonas`` logger (level INFO) has one handler
+that writes to stderr in the CLI's format — ``otonas: warning: ...`` for warnings,
+``otonas: ...`` (``otonas tune: ...`` for tuning, nothing for progress lines) otherwise —
+unless the application has configured logging (the root logger has handlers): the records
+then propagate to those handlers only, so nothing is written twice.
 
-To quiet otonas, ``otonas.logging.set_verbosity(otonas.logging.WARNING)``; to send its records
-to your own handlers instead, ``logging.getLogger("otonas").handlers.clear()`` and set
-``propagate = True`` on it.
+To quiet otonas, ``otonas.logging.set_verbosity(otonas.logging.WARNING)``.
 """
 
 from __future__ import annotations
@@ -39,12 +39,15 @@ class _Formatter(logging.Formatter):
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Writes to ``sys.stderr`` as it is when the record comes (redirected, captured), flushed at once."""
+    """Writes to ``sys.stderr`` as it is when the record comes (redirected, captured), flushed at
+    once; stands aside when the application's root logger has handlers of its own."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
     def emit(self, record: logging.LogRecord) -> None:
+        if logging.getLogger().handlers:
+            return
         self.stream = sys.stderr
         super().emit(record)
 
@@ -59,7 +62,6 @@ def _root() -> logging.Logger:
         handler.setFormatter(_Formatter())
         root.addHandler(handler)
         root.setLevel(logging.INFO)
-        root.propagate = False
         root._otonas_ready = True  # type: ignore[attr-defined]  # once: a user's handlers.clear() stays cleared
     return root
 

@@ -103,3 +103,41 @@ def test_no_module_imports_another_packages_privates():
     assert len(files) > 50
     violations = [v for f in files for v in private_imports(f)]
     assert not violations, "\n".join(violations)
+
+
+# --- one logger tree -----------------------------------------------------------------------------
+
+def test_messages_go_through_the_otonas_logger_tree():
+    import subprocess
+    import sys
+
+    code = ("import otonas.logging as L\n"
+            "L.get_logger('otonas.tuning').info('trial 1 starts')\n"
+            "L.get_logger('otonas.search').info('no checkpoint')\n"
+            "L.get_logger('otonas.search').warning('could not write')\n"
+            "L.get_logger('otonas.progress').info('epoch 1/1: loss 0.1')\n"
+            "L.set_verbosity(L.WARNING)\n"
+            "L.get_logger('otonas.tuning').info('hidden')\n"
+            "L.get_logger('otonas.optim').warning('still shown')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.splitlines() == ["otonas tune: trial 1 starts", "otonas: no checkpoint",
+                                     "otonas: warning: could not write", "epoch 1/1: loss 0.1",
+                                     "otonas: warning: still shown"]
+    # an application that configured logging gets the records through its own handlers, once
+    code = "import logging, otonas.logging as L\nlogging.basicConfig(format='app %(name)s %(message)s')\n" \
+           "L.get_logger('otonas.search').warning('w')\n"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.stderr.splitlines() == ["app otonas.search w"]
+
+
+def test_library_code_writes_no_messages_to_stderr_itself():
+    """Messages go to the ``otonas.<package>`` loggers; only the CLI prints (its own output)."""
+    offenders = []
+    for path in sorted((ROOT / "otonas").rglob("*.py")):
+        if "cli" in path.relative_to(ROOT).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not offenders, offenders

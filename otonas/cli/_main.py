@@ -464,9 +464,17 @@ def _showwarning(message: Warning | str, category: type[Warning], filename: str,
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    with warnings.catch_warnings():
-        warnings.showwarning = _showwarning
-        return _dispatch(parser, args)
+    from .. import logging as otonas_logging
+
+    before = otonas_logging.get_verbosity()
+    # --quiet: otonas's messages down to warnings (and errors); the command's own output stays
+    otonas_logging.set_verbosity(otonas_logging.WARNING if getattr(args, "quiet", False) else otonas_logging.INFO)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _showwarning
+            return _dispatch(parser, args)
+    finally:
+        otonas_logging.set_verbosity(before)
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

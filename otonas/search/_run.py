@@ -20,10 +20,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import OtonasError, UsageError
+from ..logging import get_logger
 from ._data import DataSpec, load_data
 from ._state import atomic_write_text, folder_lock, load_state, save_state
 
 __all__ = ["SearchConfig", "search", "prepare", "Prepared"]
+
+logger = get_logger("otonas.search")
+progress = get_logger("otonas.progress")  # the plain per-epoch lines where no progress bar is drawn
 
 
 @dataclass
@@ -424,7 +428,7 @@ def _search(cfg: SearchConfig, on_epoch: Callable[[dict[str, Any]], None] | None
     if cfg.resume and os.path.exists(os.path.join(ckpt, "run.json")):
         start_epoch, history, elapsed = _load_checkpoint(ckpt, model, opt, cfg)
     elif cfg.resume:
-        print(f"otonas: no checkpoint in {ckpt}; starting from scratch", file=sys.stderr)
+        logger.info(f"no checkpoint in {ckpt}; starting from scratch")
     full_costs = space.costs()
     elapsed_box = [elapsed]
     try:
@@ -473,7 +477,7 @@ def _partial_report(cfg: SearchConfig, history: list[dict[str, Any]], space: Any
     except OSError:  # the disk that ended the run, most likely: its error says so
         pass
     except Exception as e:  # the report must never hide why the run ended
-        print(f"otonas: warning: could not write the partial report: {type(e).__name__}: {e}", file=sys.stderr)
+        logger.warning(f"could not write the partial report: {type(e).__name__}: {e}")
 
 
 def _train(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, device: torch.device, opt: Any,
@@ -527,8 +531,8 @@ def _train(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, devi
             bar.close()
         elif cfg.progress:
             erasing = f", erased {row['erased_ops']}" if cfg.mode != "prune" else ""
-            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.3f}, val acc {val_acc:.3f}, "
-                  f"FLOPs kept {costs.flops / max(full_costs.flops, 1):.1%}{erasing}", file=sys.stderr, flush=True)
+            progress.info(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.3f}, val acc {val_acc:.3f}, "
+                          f"FLOPs kept {costs.flops / max(full_costs.flops, 1):.1%}{erasing}")
         elapsed += time.time() - t0
         elapsed_box[0] = elapsed
         _save_checkpoint(os.path.join(cfg.out, "checkpoint"), model, opt, cfg, epoch + 1, history, elapsed)
