@@ -71,19 +71,22 @@ def _owner(dotted: str) -> str | None:
 def private_imports(path: Path) -> list[str]:
     """``path``'s imports of a private module or name that belongs to another otonas package
     (for a file outside otonas/, of any private otonas module or name)."""
-    rel = path.relative_to(ROOT).with_suffix("")
+    return _private_imports(path.read_text(), path.relative_to(ROOT))
+
+
+def _private_imports(source_text: str, rel_path: Path) -> list[str]:
+    rel = rel_path.with_suffix("")
     module = ".".join(rel.parts)
     inside = rel.parts[0] == "otonas"
     own = _package_of(module) if inside else None
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(ast.parse(source_text, str(rel_path))):
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = module.split(".")[:-node.level] if not path.name == "__init__.py" else \
-                    module.split(".")[:len(module.split(".")) - node.level + 1]
+            if node.level:  # the same for pkg/__init__.py (module pkg.__init__) and pkg/mod.py
+                base = module.split(".")[:-node.level]
                 source = ".".join(base + ([node.module] if node.module else []))
             else:
                 source = node.module or ""
@@ -93,8 +96,19 @@ def private_imports(path: Path) -> list[str]:
                 continue
             owner = _owner(target)
             if owner is not None and owner != own:
-                found.append(f"{rel}.py:{node.lineno}: {target}")
+                found.append(f"{rel_path}:{node.lineno}: {target}")
     return found
+
+
+def test_the_private_import_check_finds_what_it_should():
+    text = ("from ..optim._score import SCORES\nfrom .._models import resolve_model\nfrom ._run import _make_model\n"
+            "from ..optim import _kernels\nimport otonas.export._graph\nfrom ..search import prepare\n")
+    found = _private_imports(text, Path("otonas/search/_probe.py"))
+    assert [f.split(": ")[1] for f in found] == ["otonas.optim._score", "otonas._models", "otonas.optim._kernels",
+                                                "otonas.export._graph"]
+    assert _private_imports("from ._verify import verify\n", Path("otonas/__init__.py")) == []
+    assert _private_imports("from otonas._verify import verify\n", Path("bench/b.py")) == \
+        ["bench/b.py:1: otonas._verify"]
 
 
 def test_no_module_imports_another_packages_privates():

@@ -14,6 +14,7 @@ the same way.
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import socket
@@ -58,6 +59,10 @@ class _RetryAndSay:
         self._retry = _experimental(lambda: _Retry(inherit_intermediate_values=True))
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        # the retry inherits the user attributes, but not the dead process: until its new owner
+        # stamps its own, fail_dead_here must not take the retry for the dead trial
+        trial = copy.deepcopy(trial)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in (f"{ATTR}:pid", f"{ATTR}:host")}
         self._retry(study, trial)
         logger.info(f"trial {trial.number} {self.why}; it is put back in the queue with the same budgets and "
                     "will be resumed")
