@@ -37,7 +37,7 @@ from ._budgets import BudgetSpace, group_stages
 from ._pruner import BudgetAwareMedianPruner, budget_params
 from ._study import ATTR, TrialReports, fail_dead_here, mask, open_study, requeue, retried_from, worker_attrs
 
-__all__ = ["TuneConfig", "tune", "export_best", "pareto_front", "BudgetAwareMedianPruner", "OBJECTIVES"]
+__all__ = ["TuneConfig", "tune", "export_best", "pareto_front", "format_front", "OBJECTIVES"]
 
 OBJECTIVES = ("accuracy", "flops", "params", "latency")
 _COST_KEY = {"flops": "flops_after", "params": "params_after", "latency": "latency_ms"}
