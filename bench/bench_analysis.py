@@ -24,7 +24,7 @@ def _case(name: str) -> dict:
 
     torch.set_num_threads(2)
     if name == "resnet50":
-        from otonas._torchvision import import_torchvision
+        from otonas.models import import_torchvision
 
         model = import_torchvision().models.resnet50()
         x = (torch.randn(2, 3, 224, 224),)

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import otonas  # noqa: E402
-from otonas._torchvision import import_torchvision  # noqa: E402
+from otonas.models import import_torchvision  # noqa: E402
 from otonas.testing import zero_groups_  # noqa: E402
 from otonas.export import export  # noqa: E402
 

@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import otonas  # noqa: E402
-from otonas._models import resolve_model  # noqa: E402
+from otonas.models import resolve_model  # noqa: E402
 from otonas.testing import zero_groups_  # noqa: E402
 
 

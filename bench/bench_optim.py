@@ -58,8 +58,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from otonas.optim import DHSPG, H2SPG, BudgetWarning, ForcedProjectionWarning, _kernels  # noqa: E402
-from otonas.optim._schedule import period_bounds  # noqa: E402
+from otonas.optim import DHSPG, H2SPG, BudgetWarning, ForcedProjectionWarning, kernels_enabled, period_bounds  # noqa: E402
 
 HUGE = 10**9
 # The default `otonas search` job's schedule (digits, 12 epochs of 23 steps, warm-up 1/6 and
@@ -79,7 +78,7 @@ def load() -> str:
 def make_model(name: str) -> tuple[nn.Module, tuple[Tensor, ...]]:
     """The model and an example input (batch 1) for ``otonas.analyze``."""
     if name == "resnet50":
-        from otonas._torchvision import import_torchvision
+        from otonas.models import import_torchvision
 
         return import_torchvision().models.resnet50(), (torch.randn(1, 3, 224, 224),)
     if name == "transformer":
@@ -88,7 +87,7 @@ def make_model(name: str) -> tuple[nn.Module, tuple[Tensor, ...]]:
         return block, (torch.randn(1, 16, 768),)
     import search_spaces
 
-    if name == "darts-tiny":  # as otonas.search._make_model builds the default job's model for digits
+    if name == "darts-tiny":  # as otonas.search.prepare builds the default job's model for digits
         return (search_spaces.create("darts", num_classes=10, in_chans=1, size="tiny"),
                 (torch.randn(1, 1, 8, 8),))
     if name in search_spaces.list():
@@ -387,7 +386,7 @@ def main() -> None:
     rounds = max(rounds, 3 * args.periods)
     base = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[args.variant]
     print(f"# torch {torch.__version__}, {os.cpu_count()} cores, otonas' fused loops "
-          f"{'on' if _kernels.enabled() else 'off'}; lr {args.lr}, {'momentum 0.9, ' if args.variant == 'sgd' else ''}"
+          f"{'on' if kernels_enabled() else 'off'}; lr {args.lr}, {'momentum 0.9, ' if args.variant == 'sgd' else ''}"
           f"DHSPG target_group_sparsity {args.target}, H2SPG erase_budget {args.erase_budget} and "
           f"target_group_sparsity {args.h2spg_target}, {args.periods} periods; median of {rounds} rounds "
           f"(each optimizer on its own model copy, real batch-8 gradients cloned into .grad before every step); "

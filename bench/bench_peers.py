@@ -37,7 +37,7 @@ def _load(name: str, batch: int):  # type: ignore[no-untyped-def]
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from otonas._models import resolve_model
+    from otonas.models import resolve_model
 
     torch.manual_seed(0)
     resolved = resolve_model(f"torchvision:{name}")
@@ -206,7 +206,7 @@ def coverage(args: argparse.Namespace) -> list[str]:
         names = QUICK
     else:
         sys.path.insert(0, str(ROOT))
-        from otonas._torchvision import import_torchvision
+        from otonas.models import import_torchvision
 
         tv = import_torchvision()
         rest = [n for n in tv.models.list_models(module=tv.models) if n not in TOO_LARGE and n not in QUICK]

@@ -104,7 +104,7 @@ sys.path.insert(0, str(ROOT))
 import otonas  # noqa: E402
 import search_spaces  # noqa: E402
 from otonas.optim import DHSPG
-from otonas.optim._score import make_score  # noqa: E402
+from otonas.optim import make_score  # noqa: E402
 
 MODEL = "resnet20-tiny"
 SUPERNET = "darts-tiny"  # the DARTS supernet of the main job, in erase mode

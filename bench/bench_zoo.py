@@ -26,7 +26,7 @@ def main() -> None:
     if args.models:
         names = args.models
     else:
-        from otonas._torchvision import import_torchvision
+        from otonas.models import import_torchvision
 
         tv = import_torchvision()
         names = [n for module in (tv.models, tv.models.segmentation, tv.models.optical_flow)

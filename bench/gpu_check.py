@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import otonas  # noqa: E402
 from otonas.optim import DHSPG, H2SPG, BudgetWarning, ForcedProjectionWarning  # noqa: E402
-from otonas.optim._schedule import period_bounds  # noqa: E402
+from otonas.optim import period_bounds  # noqa: E402
 
 RESULTS: list[tuple[str, str, str]] = []  # (check, PASS / FAIL / SKIP, detail)
 
@@ -96,7 +96,7 @@ def cnn(small: bool) -> tuple[nn.Module, tuple[int, ...], int]:
         import search_spaces
 
         return search_spaces.create("resnet20", size="tiny", num_classes=10), (3, 8, 8), 10
-    from otonas._torchvision import import_torchvision
+    from otonas.models import import_torchvision
 
     return import_torchvision().models.resnet18(num_classes=10), (3, 32, 32), 10
 
@@ -278,7 +278,7 @@ def check_build_prune(dev: torch.device, small: bool) -> None:
         model, shape, _ = cnn(True)
         label = "resnet20 (tiny)"
     else:
-        from otonas._torchvision import import_torchvision
+        from otonas.models import import_torchvision
 
         model, shape, label = import_torchvision().models.resnet50(), (3, 224, 224), "resnet50"
     model.to(dev).eval()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["OtonasError", "CaptureError", "AnalysisError", "BuildError", "UsageError", "BusyError", "UserCodeError"]
+__all__ = ["OtonasError", "CaptureError", "AnalysisError", "BuildError", "ExportError", "UsageError", "BusyError",
+           "UserCodeError", "ForcedProjectionWarning", "BudgetWarning"]
 
 
 class OtonasError(Exception):
@@ -35,3 +36,16 @@ class BusyError(OtonasError):
 class UserCodeError(OtonasError):
     """The user's own code raised: importing the MODEL's module or calling its constructor. The
     message names the MODEL and the exception; the original is chained (``--debug`` shows it)."""
+
+
+class ExportError(OtonasError):
+    """The network could not be written as ``model.py`` + ``model.safetensors``, or an export could not be loaded."""
+
+
+class ForcedProjectionWarning(UserWarning):
+    """Some redundant groups had not reached zero by ``end_step`` and were set to zero at once."""
+
+
+class BudgetWarning(UserWarning):
+    """The selection found fewer valid erasing groups (or prunable groups) than the budget asks,
+    or a cost budget could not be met within 1% (e.g. with ``round_to``)."""

@@ -14,8 +14,7 @@ from torch.utils import _pytree as pytree
 
 from ._errors import UsageError
 from ._models import example_inputs, resolve_model
-from .analysis import SearchSpace
-from .analysis._flow import run_flow
+from .analysis import SearchSpace, analyze_captured
 from .build import build
 from .capture import capture, shorter_inputs, without_cache
 
@@ -172,7 +171,7 @@ def verify(
     stage("capture", f"torch.export of {name}")
     cap = capture(module, xs, strict=strict)
     stage("analyze", "channel flow, families and erasing groups")
-    space = SearchSpace(module, cap, run_flow(cap.program))
+    space = analyze_captured(module, cap)
     t_analyze = time.perf_counter() - t0
     pinned = [{"op": e.op, "node": e.node, "reason": e.reason, "module": e.module} for e in space.pins]
     full = space.costs()

@@ -6,9 +6,8 @@
 
 from __future__ import annotations
 
-from ._errors import AnalysisError, BuildError, BusyError, CaptureError, OtonasError, UsageError, UserCodeError
-from .export._graph import ExportError
-from .optim._dhspg import BudgetWarning, ForcedProjectionWarning
+from ._errors import (AnalysisError, BudgetWarning, BuildError, BusyError, CaptureError, ExportError,
+                      ForcedProjectionWarning, OtonasError, UsageError, UserCodeError)
 
 __all__ = ["OtonasError", "CaptureError", "AnalysisError", "BuildError", "ExportError", "UsageError", "BusyError",
            "UserCodeError", "ForcedProjectionWarning", "BudgetWarning"]

@@ -1,6 +1,7 @@
 """Channel-flow analysis: pruning groups, families and pins."""
 
 from ..ops import PinEvent
-from ._space import Costs, Family, SearchSpace, analyze
+from ._space import Costs, Family, SearchSpace, analyze, analyze_captured
+from ._stages import group_stages, stage_of
 
-__all__ = ["analyze", "SearchSpace", "Family", "Costs", "PinEvent"]
+__all__ = ["analyze", "analyze_captured", "SearchSpace", "Family", "Costs", "PinEvent", "group_stages", "stage_of"]

@@ -12,7 +12,7 @@ import torch
 from torch import fx
 from torch.export.graph_signature import InputKind
 
-from .._errors import AnalysisError
+from ..errors import AnalysisError
 from ..ops import FlowContext, FlowResult, IdTable, node_shape, rule_for
 
 __all__ = ["run_flow"]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from .._errors import OtonasError
+from ..errors import OtonasError
 from ..capture import Capture, capture
 from ..graph import build_opgraph
 from ..ops import FlowResult, IdTable, PinEvent, module_path, rule_for
@@ -20,7 +20,7 @@ from ._flow import run_flow
 from ._rewrites import unrewritable_families
 from ._segments import ErasingGroup, Segments
 
-__all__ = ["Family", "Costs", "SearchSpace", "ErasingGroup", "analyze"]
+__all__ = ["Family", "Costs", "SearchSpace", "ErasingGroup", "analyze", "analyze_captured"]
 
 
 @dataclass(frozen=True)
@@ -420,6 +420,10 @@ def analyze(
     ``torch.export.export``'s own terms (e.g. ``({0: Dim.AUTO, 2: Dim.AUTO},)``), marks the
     free dims instead. A HuggingFace model is captured without its key/value cache.
     """
-    cap = capture(model, example_inputs, strict=strict, dynamic_batch=dynamic_batch, dynamic_shapes=dynamic_shapes)
-    flow = run_flow(cap.program)
-    return SearchSpace(model, cap, flow)
+    return analyze_captured(model, capture(model, example_inputs, strict=strict, dynamic_batch=dynamic_batch,
+                                           dynamic_shapes=dynamic_shapes))
+
+
+def analyze_captured(model: nn.Module, captured: Capture) -> SearchSpace:
+    """:func:`analyze` of a model already captured (``otonas.capture.capture``)."""
+    return SearchSpace(model, captured, run_flow(captured.program))

@@ -17,7 +17,7 @@ import torch
 from torch import fx, nn
 from torch.export.graph_signature import InputKind, OutputKind
 
-from .._errors import BuildError
+from ..errors import BuildError
 from ..analysis import SearchSpace
 from ..ops import BuildContext, module_path, rule_for
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._errors import CaptureError
+from ..errors import CaptureError
 from ._match import match_nodes
 
 __all__ = ["BuildProgram", "Capture", "capture", "shorter_inputs", "without_cache"]

@@ -15,7 +15,7 @@ import types
 import typing
 from typing import Any
 
-from .._errors import OtonasError, UsageError
+from ..errors import OtonasError, UsageError
 
 __all__ = ["explain", "check_option_types"]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .._errors import OtonasError, UsageError
+from ..errors import OtonasError, UsageError
 from ._explain import check_option_types, explain
 
 __all__ = ["main"]
@@ -196,7 +196,7 @@ def _tune_config(args: argparse.Namespace) -> Any:
     values["search"] = search
     flops = getattr(args, "target_flops", None)
     if flops is not None:
-        from ..tuning._budgets import BudgetSpace
+        from ..tuning import BudgetSpace
 
         parts = [p.strip() for p in str(flops).split(",")]
         try:
@@ -260,8 +260,8 @@ def _strict(value: str) -> bool | None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .._models import parse_shape
-    from .._verify import verify
+    from ..models import parse_shape
+    from .. import verify
 
     shapes = [parse_shape(s) for s in args.input_shape] if args.input_shape else None
     dtypes = [_dtype(d) for d in args.input_dtype] if args.input_dtype else None
@@ -308,7 +308,7 @@ def _stage_line(text: str) -> None:
 
 
 def _analyzed(args: argparse.Namespace) -> Any:
-    from .._models import example_inputs, parse_shape, resolve_model
+    from ..models import example_inputs, parse_shape, resolve_model
     from ..analysis import analyze
 
     resolved = resolve_model(args.model, kwargs=args.model_kwargs)
@@ -466,9 +466,17 @@ def _showwarning(message: Warning | str, category: type[Warning], filename: str,
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    with warnings.catch_warnings():
-        warnings.showwarning = _showwarning
-        return _dispatch(parser, args)
+    from .. import logging as otonas_logging
+
+    before = otonas_logging.get_verbosity()
+    # --quiet: otonas's messages down to warnings (and errors); the command's own output stays
+    otonas_logging.set_verbosity(otonas_logging.WARNING if getattr(args, "quiet", False) else otonas_logging.INFO)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _showwarning
+            return _dispatch(parser, args)
+    finally:
+        otonas_logging.set_verbosity(before)
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

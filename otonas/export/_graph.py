@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from .._errors import OtonasError
+from ..errors import ExportError, OtonasError
 
 __all__ = ["ExportError", "BLOCK_TYPES", "PLAIN", "FRAME", "TORCH_DIR", "stack", "arg_values",
            "source_names", "fetch", "supported", "flat_args"]
@@ -17,10 +17,6 @@ __all__ = ["ExportError", "BLOCK_TYPES", "PLAIN", "FRAME", "TORCH_DIR", "stack",
 BLOCK_TYPES = {"MultiheadAttention", "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder",
                "TransformerDecoder", "Transformer"}  # torch.nn modules whose insides are worth a comment
 PLAIN = {"Sequential", "ModuleList", "ModuleDict", "Module"}  # containers without a forward of their own
-
-
-class ExportError(OtonasError):
-    """The network could not be written as ``model.py`` + ``model.safetensors``, or an export could not be loaded."""
 
 
 def stack(node: fx.Node) -> list[tuple[str, str]]:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from .._errors import AnalysisError
+from ..errors import AnalysisError
 from ._ids import IdTable
 
 if TYPE_CHECKING:

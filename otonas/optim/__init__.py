@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from ._dhspg import DHSPG, ForcedProjectionWarning
 from ._h2spg import H2SPG, BudgetWarning, SkippedCandidate, select_erasure
-from ._score import CosineMagnitudeScore, GroupStats, RedundancyScore
+from ._kernels import enabled as kernels_enabled
+from ._schedule import period_bounds
+from ._score import SCORES, CosineMagnitudeScore, GroupStats, RedundancyScore, make_score
 
 __all__ = ["DHSPG", "H2SPG", "ForcedProjectionWarning", "BudgetWarning", "SkippedCandidate", "select_erasure",
-           "RedundancyScore", "CosineMagnitudeScore", "GroupStats"]
+           "RedundancyScore", "CosineMagnitudeScore", "GroupStats", "make_score", "SCORES", "period_bounds",
+           "kernels_enabled"]

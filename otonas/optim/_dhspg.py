@@ -48,7 +48,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .._errors import OtonasError
+from ..errors import BudgetWarning, ForcedProjectionWarning, OtonasError
 from . import _kernels
 from ._base import SGDRule, make_rule
 from ._layout import BLAS, BLOCK, Entry, GroupLayout, ParamPlan, SearchSpaceLike, block_sums, slice_index
@@ -59,15 +59,6 @@ from ._score import CosineMagnitudeScore, GroupStats, RedundancyScore
 __all__ = ["DHSPG", "ForcedProjectionWarning", "group_lambdas"]
 
 _VARIANTS = ("sgd", "adam", "adamw")
-
-
-class ForcedProjectionWarning(UserWarning):
-    """Some redundant groups had not reached zero by ``end_step`` and were set to zero at once."""
-
-
-class BudgetWarning(UserWarning):
-    """The selection found fewer valid erasing groups (or prunable groups) than the budget asks,
-    or a cost budget could not be met within 1% (e.g. with ``round_to``)."""
 
 
 def group_lambdas(dot: Tensor, x_norm: Tensor, d_sq: Tensor, *, lmbda: float, amplify: float,
@@ -119,10 +110,10 @@ def family_ids(space: Any, n: int, target_count: int, target: float, keep_one_pe
 def stage_quotas(space: Any, n: int, targets: Mapping[str, float], keep_one_per_family: bool,
                  device: torch.device) -> tuple[Tensor, list[int]]:
     """Per-stage targets -> (stage id of each of the ``n`` prunable groups, groups to zero per
-    stage). Stages are ``otonas._stages.group_stages``; ``"*"`` sets the target of every stage
+    stage). Stages are ``otonas.analysis.group_stages``; ``"*"`` sets the target of every stage
     not named; other stages keep all their groups. With one group kept per family, a stage may
     give at most its groups minus the families it touches."""
-    from .._stages import group_stages
+    from ..analysis import group_stages
 
     stages = group_stages(space)
     unknown = sorted(set(targets) - set(stages) - {"*"})
@@ -164,7 +155,7 @@ class DHSPG(torch.optim.Optimizer):
 
     After ``end_step`` steps exactly ``K = round(N · target_group_sparsity)`` of the N prunable
     groups are zero and stay zero. ``target_group_sparsity`` may instead map stage names
-    (``otonas._stages.group_stages``; ``"*"`` for the rest) to fractions: then exactly
+    (``otonas.analysis.group_stages``; ``"*"`` for the rest) to fractions: then exactly
     round(n_s · target_s) groups of each stage s. See ``docs/optim.md`` for every option.
     """
 

@@ -26,7 +26,6 @@ walk the same order and take the same decisions).
 
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -36,14 +35,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._errors import OtonasError
+from ..errors import OtonasError
+from ..logging import get_logger
 from ._dhspg import DHSPG, BudgetWarning, _caller_level, _cells, _count, family_ids
 from ._schedule import Alignment, align_quota, align_up, cell_alignment, select_in_cells, split_quota
 from ._score import GroupStats, RedundancyScore
 
 __all__ = ["H2SPG", "BudgetWarning", "SkippedCandidate", "select_erasure", "ErasureSpaceLike"]
 
-logger = logging.getLogger("otonas.h2spg")
+logger = get_logger("otonas.optim")
 
 
 class SkippedCandidate(NamedTuple):
@@ -380,7 +380,7 @@ class H2SPG(DHSPG):
         ema = self._ema.cpu().numpy()  # one host read, once
         accepted, skipped = select_erasure(self._space, ema[n:].tolist(), self.target_erased_groups)
         for s in skipped:
-            logger.info("H2SPG skipped erasing group %s: %s", _name(self._space.erasing_groups, s.index), s.reason)
+            logger.debug("H2SPG skipped erasing group %s: %s", _name(self._space.erasing_groups, s.index), s.reason)
         if len(accepted) < self.target_erased_groups:
             self._warn_budget(len(accepted), len(skipped))
         self._accepted, self._skipped = accepted, skipped

@@ -28,7 +28,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from .._errors import OtonasError
+from ..errors import OtonasError
 
 __all__ = ["SearchSpaceLike", "GroupLayout", "Entry", "ParamPlan", "slice_index", "block_sums", "BLOCK", "BLAS"]
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import OtonasError
+from ..errors import OtonasError
 
 __all__ = ["SCHEDULES", "period_bounds", "split_quota", "cost_quotas", "select_in_cells", "Alignment",
            "cell_alignment", "align_quota", "align_up"]

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import OtonasError
+from ..errors import OtonasError
 
 __all__ = ["LayerChannels", "OpFacts", "GraphFacts", "graph_facts", "layer_channels", "short_op"]
 

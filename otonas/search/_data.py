@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from .._errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["DataSpec", "load_data", "DATASETS"]
 
@@ -91,7 +91,7 @@ def _synthetic(seed: int, val_fraction: float, shape: tuple[int, ...], classes: 
 
 def _torchvision_dataset(kind: str, root: str, seed: int, val_fraction: float, download: bool,
                          image_size: int | None) -> DataSpec:
-    from .._torchvision import import_torchvision
+    from ..models import import_torchvision
 
     tv = import_torchvision()
     T = tv.transforms
@@ -212,7 +212,7 @@ def _fashionmnist(root: str | None, seed: int, download: bool, limit: int | None
         if root is None:
             raise UsageError(f"Fashion-MNIST is not in {FASHION_MNIST_DIR}; --download needs a folder to fetch it "
                              "into: --data fashionmnist:ROOT (or `apt-get install dataset-fashion-mnist`)")
-        from .._torchvision import import_torchvision
+        from ..models import import_torchvision
 
         tv = import_torchvision()
         try:

@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sized
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
 import numpy as np
@@ -19,11 +19,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .._errors import OtonasError, UsageError
+from ..errors import OtonasError, UsageError
+from ..logging import get_logger
 from ._data import DataSpec, load_data
 from ._state import atomic_write_text, folder_lock, load_state, save_state
 
-__all__ = ["SearchConfig", "search"]
+__all__ = ["SearchConfig", "search", "prepare", "Prepared"]
+
+logger = get_logger("otonas.search")
+progress = get_logger("otonas.progress")  # the plain per-epoch lines where no progress bar is drawn
 
 
 @dataclass
@@ -35,7 +39,7 @@ class SearchConfig:
     data: str = "digits"
     mode: str | None = None  # prune | erase | both; default: erase for supernets, prune otherwise
     optimizer: str | None = None  # dhspg | h2spg; default from the mode
-    target_sparsity: float | dict[str, float] = 0.5  # or stage -> fraction (see otonas._stages)
+    target_sparsity: float | dict[str, float] = 0.5  # or stage -> fraction (see otonas.analysis.group_stages)
     erase_budget: float = 0.5  # share of the erasing groups to erase
     target_flops: float | None = None  # fraction of the dense FLOPs to keep (prune mode; replaces target_sparsity)
     target_params: float | None = None  # fraction of the dense parameters to keep (likewise)
@@ -94,7 +98,7 @@ class SearchConfig:
             raise UsageError(f"--round-to {self.round_to!r} must be an integer >= 1, e.g. 8")
         if self.round_to > 1 and self.schedule != "progressive" and self.mode in ("erase", "both"):
             raise UsageError("--round-to with operator erasure needs --schedule progressive")
-        from ..optim._score import SCORES
+        from ..optim import SCORES
 
         if self.score is not None and self.score not in SCORES:
             raise UsageError(f"--score {self.score!r} is not one of {', '.join(SCORES)}")
@@ -115,7 +119,7 @@ class SearchConfig:
 # --- model ----------------------------------------------------------------------------
 
 def _make_model(cfg: SearchConfig, data: DataSpec) -> nn.Module:
-    from .._models import resolve_model
+    from ..models import resolve_model
 
     kwargs = dict(cfg.model_kwargs)
     if cfg.model.startswith("search_spaces:"):
@@ -142,7 +146,7 @@ def _channel_argument(spec: str) -> str | None:
 
     if spec.startswith(("torchvision:", "search_spaces:")):
         return None
-    from .._models import user_callable
+    from ..models import user_callable
 
     try:
         names = inspect.signature(user_callable(spec)).parameters
@@ -241,7 +245,7 @@ def _score_name(cfg: SearchConfig) -> str:
 
 def _make_optimizer(cfg: SearchConfig, space: Any, steps_per_epoch: int) -> Any:
     from .. import optim
-    from ..optim._score import make_score
+    from ..optim import make_score
 
     total = cfg.epochs * steps_per_epoch
     # Measured (tiny ResNet-20, bench/bench_quality.py's grid, 5 seeds): a short warm-up and
@@ -357,7 +361,7 @@ def search(cfg: SearchConfig, *, on_epoch: Callable[[dict[str, Any]], None] | No
     report.json and report.html. Returns the report.
 
     DIR is locked for the run (``DIR/.lock``: another process's search there raises
-    ``otonas._errors.BusyError``, an ``OtonasError``); a DIR holding a finished run is refused
+    ``otonas.errors.BusyError``, an ``OtonasError``); a DIR holding a finished run is refused
     unless ``cfg.resume`` (rebuild its outputs) or ``cfg.overwrite`` (start anew) is set.
 
     ``on_epoch`` is called with each epoch's history row (``epoch``, ``val_accuracy``,
@@ -369,19 +373,31 @@ def search(cfg: SearchConfig, *, on_epoch: Callable[[dict[str, Any]], None] | No
         return _search(cfg, on_epoch)
 
 
-def _search(cfg: SearchConfig, on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Prepared:
+    """What a search trains, made once by :func:`prepare` (``otonas search`` and ``otonas tune`` both use it)."""
+
+    config: SearchConfig  # with ``mode`` and ``optimizer`` resolved
+    data: DataSpec
+    model: nn.Module  # on the CPU, freshly initialised with the config's seed
+    example: torch.Tensor  # two training samples, the inputs the analysis captured
+    space: Any  # the model's SearchSpace
+    device: torch.device  # where the search trains
+
+
+def prepare(cfg: SearchConfig) -> Prepared:
+    """Seed, load the data, make the model, resolve the mode and optimizer, check that the model
+    fits the data and analyse it. Raises :class:`~otonas.errors.UsageError` when the mode has
+    nothing to work on (no prunable channels, no erasable operators). ``cfg`` is left as it is."""
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
-    os.makedirs(cfg.out, exist_ok=True)
-    ckpt = os.path.join(cfg.out, "checkpoint")
     data = load_data(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, download=cfg.download)
     model = _make_model(cfg, data)
-    if cfg.mode is None:
-        cfg.mode = "erase" if _is_supernet(cfg) else "prune"
-    if cfg.optimizer is None:
-        cfg.optimizer = "dhspg" if cfg.mode == "prune" else "h2spg"
+    mode = cfg.mode or ("erase" if _is_supernet(cfg) else "prune")
+    optimizer = cfg.optimizer or ("dhspg" if mode == "prune" else "h2spg")
+    cfg = replace(cfg, mode=mode, optimizer=optimizer)
     if cfg.optimizer == "dhspg" and cfg.mode != "prune":
         raise UsageError(f"--optimizer dhspg prunes channels only; --mode {cfg.mode} needs --optimizer h2spg")
     from ..analysis import analyze
@@ -395,6 +411,15 @@ def _search(cfg: SearchConfig, on_epoch: Callable[[dict[str, Any]], None] | None
     if cfg.mode in ("erase", "both") and space.num_erasing_groups == 0:
         raise UsageError(f"{cfg.model} has no erasable operators; use --mode prune, or a supernet whose "
                          "candidate operators are summed or concatenated")
+    return Prepared(cfg, data, model, example, space, device)
+
+
+def _search(cfg: SearchConfig, on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    os.makedirs(cfg.out, exist_ok=True)
+    ckpt = os.path.join(cfg.out, "checkpoint")
+    setup = prepare(cfg)
+    cfg.mode, cfg.optimizer = setup.config.mode, setup.config.optimizer  # the report records what ran
+    data, model, space, device = setup.data, setup.model, setup.space, setup.device
     model.to(device)
     steps_per_epoch = math.ceil(len(cast(Sized, data.train)) / cfg.batch_size)
     opt = _make_optimizer(cfg, space, steps_per_epoch)
@@ -403,7 +428,7 @@ def _search(cfg: SearchConfig, on_epoch: Callable[[dict[str, Any]], None] | None
     if cfg.resume and os.path.exists(os.path.join(ckpt, "run.json")):
         start_epoch, history, elapsed = _load_checkpoint(ckpt, model, opt, cfg)
     elif cfg.resume:
-        print(f"otonas: no checkpoint in {ckpt}; starting from scratch", file=sys.stderr)
+        logger.info(f"no checkpoint in {ckpt}; starting from scratch")
     full_costs = space.costs()
     elapsed_box = [elapsed]
     try:
@@ -452,7 +477,7 @@ def _partial_report(cfg: SearchConfig, history: list[dict[str, Any]], space: Any
     except OSError:  # the disk that ended the run, most likely: its error says so
         pass
     except Exception as e:  # the report must never hide why the run ended
-        print(f"otonas: warning: could not write the partial report: {type(e).__name__}: {e}", file=sys.stderr)
+        logger.warning(f"could not write the partial report: {type(e).__name__}: {e}")
 
 
 def _train(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, device: torch.device, opt: Any,
@@ -506,8 +531,8 @@ def _train(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, devi
             bar.close()
         elif cfg.progress:
             erasing = f", erased {row['erased_ops']}" if cfg.mode != "prune" else ""
-            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.3f}, val acc {val_acc:.3f}, "
-                  f"FLOPs kept {costs.flops / max(full_costs.flops, 1):.1%}{erasing}", file=sys.stderr, flush=True)
+            progress.info(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.3f}, val acc {val_acc:.3f}, "
+                          f"FLOPs kept {costs.flops / max(full_costs.flops, 1):.1%}{erasing}")
         elapsed += time.time() - t0
         elapsed_box[0] = elapsed
         _save_checkpoint(os.path.join(cfg.out, "checkpoint"), model, opt, cfg, epoch + 1, history, elapsed)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .._errors import BusyError, OtonasError
+from ..errors import BusyError, OtonasError
 
 try:
     import fcntl

@@ -25,8 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._errors import UsageError
-from .._stages import group_stages, stage_of
+from ..errors import UsageError
+from ..analysis import group_stages, stage_of
 
 __all__ = ["BudgetSpace", "group_stages", "stage_of"]
 

@@ -5,11 +5,12 @@ PostgreSQL for several machines). Each process is a *worker* with its own output
 ``--trials N`` is the number of finished trials that worker contributes, so the same command
 run again continues where it stopped, and two workers on one study add up.
 
-A trial whose process died (killed, machine lost) is left RUNNING in the storage. The next
-worker that starts puts it back to WAITING — at once when its owner was on this host and its
-process is gone, else once its heartbeat is older than ``stale_after`` seconds — and Optuna's
-``ask`` hands it out again with the same number and budgets; the new owner resumes it from the
-trial's checkpoint when that is in its own folder. No trial is lost and none is run twice.
+A trial whose process died (killed, machine lost) is left RUNNING in the storage. Optuna's
+heartbeat tells the next worker: once the trial's beat is older than ``stale_after`` seconds
+(at once when its owner was on this host and its process is gone) the trial is failed and a
+retry with the same budgets is queued (see ``_study.py``); the retry takes over the trial's
+folder and resumes it from the checkpoint when that is in its own folder. No trial is lost
+and none is run twice.
 """
 
 from __future__ import annotations
@@ -21,25 +22,26 @@ import fcntl
 import json
 import os
 import socket
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
+import optuna
 
-from .._errors import OtonasError, UsageError
-from ..search._state import atomic_write_text, pid_alive
+from ..errors import OtonasError, UsageError
+from ..logging import get_logger
+from ..search import atomic_write_text
 from ._budgets import BudgetSpace, group_stages
+from ._pruner import BudgetAwareMedianPruner, budget_params
+from ._study import ATTR, TrialReports, fail_dead_here, mask, open_study, requeue, retried_from, worker_attrs
 
-__all__ = ["TuneConfig", "tune", "export_best", "pareto_front", "BudgetAwareMedianPruner", "OBJECTIVES"]
+__all__ = ["TuneConfig", "tune", "export_best", "pareto_front", "format_front", "OBJECTIVES"]
 
 OBJECTIVES = ("accuracy", "flops", "params", "latency")
 _COST_KEY = {"flops": "flops_after", "params": "params_after", "latency": "latency_ms"}
-_ATTR = "otonas"  # user-attribute prefix on trials and the study
+logger = get_logger("otonas.tuning")
 
 
 @dataclass
@@ -61,7 +63,7 @@ class TuneConfig:
     pruner: str = "median"  # median | none
     sampler: str | None = None  # nsga2 | tpe | random; default nsga2 for 2 objectives, tpe for 1
     seed: int = 0
-    stale_after: float = 300.0  # seconds without a heartbeat before another host's trial is retaken
+    stale_after: float = 300.0  # seconds without a heartbeat before a trial is failed and retried
     startup_trials: int = 3  # the median pruner waits for this many finished comparable trials
     warmup_epochs: int = 1  # ... and prunes nothing before this epoch
     search: dict[str, Any] = field(default_factory=dict)
@@ -107,49 +109,6 @@ class TuneConfig:
         return self.storage or f"sqlite:///{os.path.abspath(os.path.join(self.out, 'study.db'))}"
 
 
-# --- the pruner ---------------------------------------------------------------------------
-
-def _budget_params(params: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in params.items() if k in ("erase", "flops") or k.startswith("sparsity")}
-
-
-class BudgetAwareMedianPruner:
-    """Optuna's median rule, compared only against trials that remove at least as much.
-
-    A trial is stopped at epoch ``e`` when its validation accuracy is below the median, at the
-    same epoch, of the finished trials whose every budget is at least its own (so whose cost
-    will be no higher). Plain median pruning would stop every high-sparsity trial for being
-    less accurate than low-sparsity ones — exactly the cheap end of the Pareto front; this rule
-    only stops trials that others already beat at no higher cost. Works for one objective and
-    for two (Optuna's own pruners do not support multi-objective studies)."""
-
-    def __init__(self, n_startup_trials: int = 3, n_warmup_steps: int = 1) -> None:
-        self.n_startup_trials = n_startup_trials
-        self.n_warmup_steps = n_warmup_steps
-
-    def prune(self, study: Any, trial: Any) -> bool:
-        import optuna
-
-        step = trial.last_step
-        if step is None or step < self.n_warmup_steps:
-            return False
-        value = trial.intermediate_values[step]
-        mine = _budget_params(trial.params)
-        peers = []
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
-                                                          optuna.trial.TrialState.PRUNED)):
-            if t.number == trial.number or step not in t.intermediate_values:
-                continue
-            theirs = _budget_params(t.params)
-            # "removes at least as much": a higher sparsity or erase budget, a lower share of FLOPs kept
-            if set(theirs) == set(mine) and all(
-                    (theirs[k] <= mine[k] + 1e-12) if k == "flops" else (theirs[k] >= mine[k] - 1e-12) for k in mine):
-                peers.append(t.intermediate_values[step])
-        if len(peers) < self.n_startup_trials:
-            return False
-        return bool(value < float(np.median(peers)))
-
-
 # --- workers, heartbeats, stale trials ----------------------------------------------------
 
 @contextlib.contextmanager
@@ -177,67 +136,14 @@ def _worker_lock(out: str) -> Iterator[str]:
         f.close()
 
 
-def _requeue_stale(study: Any, stale_after: float) -> list[int]:
-    """Put trials whose process is gone back to WAITING; returns their numbers."""
-    import optuna
-
-    host, now, back = socket.gethostname(), time.time(), []
-    storage = study._storage  # Optuna's storage API is public; the study holds it privately
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        attrs = t.user_attrs
-        beat = float(attrs.get(f"{_ATTR}:heartbeat", 0.0))
-        dead_here = attrs.get(f"{_ATTR}:host") == host and not pid_alive(int(attrs.get(f"{_ATTR}:pid", -1)))
-        if dead_here or (beat and now - beat > stale_after) or (not beat and t.datetime_start is not None and
-                                                              now - t.datetime_start.timestamp() > stale_after):
-            try:
-                storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.WAITING)
-                back.append(t.number)
-            except Exception:  # finished meanwhile by its owner: nothing to do
-                pass
-    return back
-
-
-class _Heartbeat:
-    """Stamps the running trial every ``interval`` seconds so other hosts can tell it is alive."""
-
-    def __init__(self, study: Any, interval: float = 30.0) -> None:
-        self.study, self.interval = study, interval
-        self._trial_id: int | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="otonas-tune-heartbeat", daemon=True)
-        self._thread.start()
-
-    def watch(self, trial_id: int | None) -> None:
-        self._trial_id = trial_id
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            tid = self._trial_id
-            if tid is not None:
-                with contextlib.suppress(Exception):
-                    self.study._storage.set_trial_user_attr(tid, f"{_ATTR}:heartbeat", time.time())
-
-    def close(self) -> None:
-        self._stop.set()
-
-
 # --- the study -----------------------------------------------------------------------------
 
 def _model_info(cfg: TuneConfig) -> dict[str, Any]:
     """Analyse the model once: full costs, stages, whether it prunes/erases by default."""
-    from ..analysis import analyze
-    from ..search import SearchConfig
-    from ..search._data import load_data
-    from ..search._run import _is_supernet, _make_model
+    from ..search import SearchConfig, prepare
 
-    import torch
-
-    scfg = SearchConfig(model=cfg.model, data=cfg.data, **cfg.search)
-    data = load_data(scfg.data, seed=cfg.seed, val_fraction=scfg.val_fraction, download=scfg.download)
-    model = _make_model(scfg, data)
-    example = torch.stack([data.train[i][0] for i in range(2)])
-    space = analyze(model, (example,))
-    mode = scfg.mode or ("erase" if _is_supernet(scfg) else "prune")
+    setup = prepare(SearchConfig(model=cfg.model, data=cfg.data, seed=cfg.seed, **cfg.search))
+    space, mode = setup.space, setup.config.mode
     full = space.costs()
     stages = group_stages(space) if space.num_prunable_groups else {}
     # the most a budget may ask for while every family keeps a channel (DHSPG refuses more)
@@ -252,8 +158,6 @@ def _model_info(cfg: TuneConfig) -> dict[str, Any]:
 
 
 def _sampler(cfg: TuneConfig, objs: list[str], worker: str, n_seed: int) -> Any:
-    import optuna
-
     kind = cfg.sampler or ("nsga2" if len(objs) > 1 else "tpe")
     # Each worker and each restart draws its own random stream: two machines with one seed
     # would otherwise propose the same budgets.
@@ -263,67 +167,11 @@ def _sampler(cfg: TuneConfig, objs: list[str], worker: str, n_seed: int) -> Any:
             "random": lambda: optuna.samplers.RandomSampler(seed=seed)}[kind]()
 
 
-def _open_study(cfg: TuneConfig, objs: list[str], worker: str) -> Any:
-    import optuna
-
-    directions: list[Literal["minimize", "maximize"]] = ["maximize"]
-    directions += ["minimize"] * (len(objs) - 1)
-    url = cfg.storage_url()
-    try:
-        storage = _rdb_storage(url)
-        study = optuna.create_study(storage=storage, study_name=cfg.study, directions=directions,
-                                    load_if_exists=True)
-    except ValueError as e:
-        if "direction" in str(e).lower():
-            raise UsageError(f"study {cfg.study!r} in {_mask(url)} was made with other objectives; use the same "
-                             f"--objectives or another --study ({e})") from None
-        raise UsageError(f"cannot open the Optuna storage {_mask(url)}: {e}") from None
-    except ImportError as e:
-        raise UsageError(f"the storage {_mask(url)} needs a database driver that is not installed ({e}); "
-                         "for postgresql:// run `pip install 'psycopg[binary]'`") from None
-    except Exception as e:  # sqlalchemy's OperationalError and friends
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"cannot open the Optuna storage {_mask(url)}: {first}") from None
-    return study
-
-
-def _rdb_storage(url: str, attempts: int = 5) -> Any:
-    """Optuna's RDB storage for ``url``. Workers starting together on an empty database race to
-    create Optuna's tables (PostgreSQL then refuses the loser with a unique-key violation);
-    the loser waits a moment and opens the tables the winner made."""
-    import random
-
-    import optuna
-
-    kwargs = {"pool_pre_ping": True} if not url.startswith("sqlite") else {}
-    for attempt in range(attempts):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-        except Exception as e:
-            text = f"{type(e).__name__} {e}".lower()
-            racing = any(w in text for w in ("duplicate key", "already exists", "uniqueviolation", "integrityerror"))
-            if not racing or attempt == attempts - 1:
-                raise
-            time.sleep(0.5 + random.random())
-    raise AssertionError("unreachable")
-
-
-def _mask(url: str) -> str:
-    """The URL without its password."""
-    if "://" in url and "@" in url.split("://", 1)[1]:
-        scheme, rest = url.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        if ":" in cred:
-            cred = cred.split(":", 1)[0] + ":***"
-        return f"{scheme}://{cred}@{host}"
-    return url
-
-
 def _check_study(study: Any, cfg: TuneConfig, objs: list[str], space: BudgetSpace) -> None:
     """The first worker records what the study is; later ones must agree with it."""
     mine = {"objectives": objs, "model": cfg.model, "data": cfg.data, "space": space.to_dict(),
             "trial_epochs": cfg.trial_epochs}
-    key = f"{_ATTR}:setup"
+    key = f"{ATTR}:setup"
     have = study.user_attrs.get(key)
     if have is None:
         study.set_user_attr(key, mine)
@@ -335,11 +183,9 @@ def _check_study(study: Any, cfg: TuneConfig, objs: list[str], space: BudgetSpac
 
 
 def _mine_finished(study: Any, worker: str) -> int:
-    import optuna
-
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return sum(1 for t in study.get_trials(deepcopy=False, states=done)
-               if t.user_attrs.get(f"{_ATTR}:worker") == worker)
+               if t.user_attrs.get(f"{ATTR}:worker") == worker)
 
 
 def _trial_config(cfg: TuneConfig, info: dict[str, Any], sparsity: Any, erase: float, out: str,
@@ -372,36 +218,39 @@ def _budgets_of(params: Mapping[str, Any], info: dict[str, Any]) -> tuple[Any, f
     return sparsity, float(params.get("erase", 0.0))
 
 
-def _run_trial(cfg: TuneConfig, study: Any, trial: Any, objs: list[str], space: BudgetSpace,
-               info: dict[str, Any], pruner: BudgetAwareMedianPruner | None) -> list[float]:
-    import optuna
+def _trial_folder(out: str, number: int, retries: Sequence[int]) -> str:
+    """``OUT/trials/trial-NUMBER``; a retried trial takes over the folder (and checkpoint) of the
+    last trial it retries that ran in this worker's folder."""
+    folder = os.path.join(out, "trials", f"trial-{number:04d}")
+    for old in reversed(retries):
+        previous = os.path.join(out, "trials", f"trial-{old:04d}")
+        if not os.path.exists(folder) and os.path.isdir(os.path.join(previous, "checkpoint")):
+            os.replace(previous, folder)
+    return folder
 
+
+def _run_trial(cfg: TuneConfig, study: optuna.Study, storage: optuna.storages.BaseStorage, trial: optuna.Trial,
+               objs: list[str], space: BudgetSpace, info: dict[str, Any]) -> list[float]:
     from ..search import search
 
     prune_dim = info["mode"] in ("prune", "both")
     erase_dim = info["mode"] in ("erase", "both")
     space.suggest(trial, prune=prune_dim, erase=erase_dim, stages=info["stages"], limits=info["limits"])
     sparsity, erase = _budgets_of(trial.params, info)
-    out = os.path.join(cfg.out, "trials", f"trial-{trial.number:04d}")
+    reports = TrialReports(study, storage, trial)
+    out = _trial_folder(cfg.out, trial.number, retried_from(reports.frozen()))
     scfg = _trial_config(cfg, info, sparsity, erase, out, cfg.trial_epochs, export=False,
                          flops=_flops_of(trial.params, info),
                          latency="latency" in objs)
-    storage = study._storage
-    multi = len(objs) > 1
 
     def record(row: dict[str, Any]) -> int:
-        """Store an epoch's validation accuracy once; returns its step."""
         step = int(row["epoch"]) - 1
-        if step not in storage.get_trial(trial._trial_id).intermediate_values:
-            if multi:  # Trial.report refuses multi-objective studies; the storage call is what it does
-                storage.set_trial_intermediate_value(trial._trial_id, step, float(row["val_accuracy"]))
-            else:
-                trial.report(float(row["val_accuracy"]), step)
+        reports.report(float(row["val_accuracy"]), step)
         return step
 
     def on_epoch(row: dict[str, Any]) -> None:
         step = record(row)
-        if pruner is not None and pruner.prune(study, storage.get_trial(trial._trial_id)):
+        if reports.should_prune():
             raise optuna.TrialPruned(f"val accuracy {row['val_accuracy']:.4f} at epoch {step + 1} is below the "
                                      "median of trials that remove at least as much")
 
@@ -417,16 +266,46 @@ def _run_trial(cfg: TuneConfig, study: Any, trial: Any, objs: list[str], space: 
     for k in ("accuracy_subnet", "accuracy_full", "flops_after", "params_after", "group_sparsity",
               "max_abs_diff", "seconds", "latency_ms"):
         if report.get(k) is not None:
-            trial.set_user_attr(f"{_ATTR}:{k}", report[k])
-    trial.set_user_attr(f"{_ATTR}:erased", len(report["erased_operators"]))
+            trial.set_user_attr(f"{ATTR}:{k}", report[k])
+    trial.set_user_attr(f"{ATTR}:erased", len(report["erased_operators"]))
     values = [float(report["accuracy_subnet"])]
     for o in objs[1:]:
         values.append(float(report[_COST_KEY[o]]))
     return values
 
 
-def _say(msg: str) -> None:
-    print(f"otonas tune: {msg}", file=sys.stderr, flush=True)
+class _Objective:
+    """One trial of ``study.optimize``: stamps the trial with its worker, runs it, and keeps
+    what the loop reports about it (its number, the error that ended it)."""
+
+    def __init__(self, cfg: TuneConfig, storage: optuna.storages.BaseStorage, objs: list[str], space: BudgetSpace,
+                 info: dict[str, Any], worker: str, ordinal: int) -> None:
+        self.cfg, self.storage, self.objs, self.space, self.info = cfg, storage, objs, space, info
+        self.worker, self.ordinal = worker, ordinal
+        self.number: int | None = None
+        self.error: BaseException | None = None
+        self.t0 = time.time()
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        self.number, self.t0 = trial.number, time.time()
+        for k, v in worker_attrs(self.worker, self.cfg.out):
+            trial.set_user_attr(f"{ATTR}:{k}", v)
+        logger.info(f"trial {trial.number} ({self.ordinal}/{self.cfg.trials} of this worker) starts")
+        try:
+            return _run_trial(self.cfg, trial.study, self.storage, trial, self.objs, self.space, self.info)
+        except BaseException as e:
+            self.error = e
+            raise
+
+
+@contextlib.contextmanager
+def _optuna_verbosity(level: int) -> Iterator[None]:
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
 
 
 def tune(cfg: TuneConfig | None = None, /, **options: Any) -> dict[str, Any]:
@@ -435,8 +314,6 @@ def tune(cfg: TuneConfig | None = None, /, **options: Any) -> dict[str, Any]:
     the contents of ``pareto.json``.
 
     Pass a :class:`TuneConfig`, or its fields as keywords: ``otonas.tune(model=..., trials=20)``."""
-    import optuna
-
     if cfg is None:
         try:
             cfg = TuneConfig(**options)
@@ -448,13 +325,8 @@ def tune(cfg: TuneConfig | None = None, /, **options: Any) -> dict[str, Any]:
     cfg.validate()
     objs = cfg.objective_list()
     space = cfg.budget_space()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with _worker_lock(cfg.out) as worker:
-        info = _model_info(cfg)
-        if info["mode"] in ("prune", "both") and not info["prunable_groups"]:
-            raise UsageError(f"{cfg.model} has no prunable channel groups; run `otonas analyze` to see why")
-        if info["mode"] in ("erase", "both") and not info["erasing_groups"]:
-            raise UsageError(f"{cfg.model} has no erasable operators; pass search mode = \"prune\"")
+    with _worker_lock(cfg.out) as worker, _optuna_verbosity(optuna.logging.WARNING):
+        info = _model_info(cfg)  # refuses a model with nothing to prune or erase in this mode
         if space.flops is not None and info["mode"] != "prune":
             raise UsageError(f"a flops budget range needs --mode prune (this study's mode is {info['mode']}); "
                              "with operator erasure use sparsity and erase ranges")
@@ -463,66 +335,60 @@ def tune(cfg: TuneConfig | None = None, /, **options: Any) -> dict[str, Any]:
                 raise UsageError(f"per = \"stage\" budgets need mode prune (this run's mode is {info['mode']}): "
                                  "per-stage targets are a DHSPG feature; use per = \"global\"")
             space.check_stages(info["stages"])
-        study = _open_study(cfg, objs, worker)
+        pruner = (BudgetAwareMedianPruner(cfg.startup_trials, cfg.warmup_epochs) if cfg.pruner == "median"
+                  else optuna.pruners.NopPruner())
+        study, storage = open_study(cfg.storage_url(), cfg.study, len(objs), stale_after=cfg.stale_after,
+                                    pruner=pruner)
         study.sampler = _sampler(cfg, objs, worker, len(study.trials))
         _check_study(study, cfg, objs, space)
-        back = _requeue_stale(study, cfg.stale_after)
-        if back:
-            _say(f"trial(s) {', '.join(map(str, back))} were left running by a process that is gone; "
-                 "they are put back in the queue and will be resumed")
-        pruner = (BudgetAwareMedianPruner(cfg.startup_trials, cfg.warmup_epochs)
-                  if cfg.pruner == "median" else None)
+        fail_dead_here(study)
         done = _mine_finished(study, worker)
         if done >= cfg.trials:
-            _say(f"this worker ({cfg.out}) already has {done} finished trial(s) in study {cfg.study!r}; "
-                 f"raise --trials above {done} to run more")
-        heartbeat = _Heartbeat(study)
+            logger.info(f"this worker ({cfg.out}) already has {done} finished trial(s) in study {cfg.study!r}; "
+                        f"raise --trials above {done} to run more")
         failures = 0
-        try:
-            while done < cfg.trials:
-                trial = study.ask()
-                for k, v in (("worker", worker), ("host", socket.gethostname()), ("pid", os.getpid()),
-                             ("heartbeat", time.time()), ("out", os.path.abspath(cfg.out))):
-                    trial.set_user_attr(f"{_ATTR}:{k}", v)
-                heartbeat.watch(trial._trial_id)
-                _say(f"trial {trial.number} ({done + 1}/{cfg.trials} of this worker) starts")
-                t0 = time.time()
-                try:
-                    values = _run_trial(cfg, study, trial, objs, space, info, pruner)
-                except optuna.TrialPruned as e:
-                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                    _say(f"trial {trial.number} pruned: {e} ({time.time() - t0:.0f} s)")
-                    done += 1
-                    failures = 0
-                except (KeyboardInterrupt, SystemExit):
-                    # left RUNNING on purpose: the next run puts it back in the queue and resumes it
-                    raise
-                except Exception as e:
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                    failures += 1
-                    _say(f"trial {trial.number} failed: {type(e).__name__}: {e}")
-                    if failures >= 3:
-                        raise OtonasError(f"3 trials in a row failed; the last: {type(e).__name__}: {e}") from e
-                else:
-                    study.tell(trial, values)
-                    done += 1
-                    failures = 0
-                    _say(f"trial {trial.number} done: " + ", ".join(
-                        f"{o} {v:.4g}" for o, v in zip(objs, values)) + f" ({time.time() - t0:.0f} s)")
-                finally:
-                    heartbeat.watch(None)
-                _drop_checkpoint(cfg.out, trial.number)
-        finally:
-            heartbeat.close()
+        while done < cfg.trials:
+            run = _Objective(cfg, storage, objs, space, info, worker, done + 1)
+            finished: list[optuna.trial.FrozenTrial] = []
+            try:
+                # Optuna beats for the trial, and first fails (and retries) trials whose beat stopped;
+                # a failed trial is told here in one line, not with Optuna's traceback
+                with _optuna_verbosity(optuna.logging.ERROR):
+                    study.optimize(run, n_trials=1, catch=(Exception,), callbacks=[lambda s, t: finished.append(t)])
+            except KeyboardInterrupt:
+                # Optuna marks the trial failed; queue it again so that the same command resumes it
+                if run.number is not None:
+                    requeue(study, run.number, "was interrupted")
+                raise
+            if not finished:  # SystemExit and the like: Optuna left the trial running
+                continue
+            trial = finished[0]
+            seconds = time.time() - run.t0
+            if trial.state == optuna.trial.TrialState.PRUNED:
+                logger.info(f"trial {trial.number} pruned: {run.error} ({seconds:.0f} s)")
+                done += 1
+                failures = 0
+            elif trial.state == optuna.trial.TrialState.FAIL:
+                failures += 1
+                err = run.error
+                what = f"{type(err).__name__}: {err}" if err is not None else "the objective returned no values"
+                logger.info(f"trial {trial.number} failed: {what}")
+                if failures >= 3:
+                    raise OtonasError(f"3 trials in a row failed; the last: {what}") from err
+            else:
+                done += 1
+                failures = 0
+                logger.info(f"trial {trial.number} done: " + ", ".join(
+                    f"{o} {v:.4g}" for o, v in zip(objs, trial.values or [])) + f" ({seconds:.0f} s)")
+            _drop_checkpoint(cfg.out, trial.number)
         result = pareto_front(study, objs, info)
-        result["study"], result["storage"] = cfg.study, _mask(cfg.storage_url())
+        result["study"], result["storage"] = cfg.study, mask(cfg.storage_url())
         atomic_write_text(os.path.join(cfg.out, "pareto.json"), json.dumps(result, indent=1))
         from ._plot import write_pareto_html, write_pareto_png
 
         write_pareto_png(os.path.join(cfg.out, "pareto.png"), result)
         write_pareto_html(os.path.join(cfg.out, "pareto.html"), result)
         return result
-
 
 def _drop_checkpoint(out: str, number: int) -> None:
     import shutil
@@ -533,14 +399,17 @@ def _drop_checkpoint(out: str, number: int) -> None:
 def _trial_row(t: Any, objs: list[str], info: dict[str, Any]) -> dict[str, Any]:
     attrs = t.user_attrs
     row: dict[str, Any] = {"trial": t.number, "state": t.state.name.lower(),
-                           "budgets": _budget_params(t.params)}
+                           "budgets": budget_params(t.params)}
+    retries = retried_from(t)
+    if retries:  # a retry of a trial whose process was lost: the number of the first one
+        row["retry_of"] = retries[0]
     if t.values is not None:
         row["accuracy"] = float(t.values[0])
         for o, v in zip(objs[1:], t.values[1:]):
             row[o] = float(v)
     for k in ("flops_after", "params_after", "latency_ms", "group_sparsity", "erased", "seconds"):
-        if f"{_ATTR}:{k}" in attrs:
-            row[k.removesuffix("_after")] = attrs[f"{_ATTR}:{k}"]
+        if f"{ATTR}:{k}" in attrs:
+            row[k.removesuffix("_after")] = attrs[f"{ATTR}:{k}"]
     if "flops" in row:
         row["flops_ratio"] = row["flops"] / max(info["flops"], 1)
     if "params" in row:
@@ -551,7 +420,6 @@ def _trial_row(t: Any, objs: list[str], info: dict[str, Any]) -> dict[str, Any]:
 
 def pareto_front(study: Any, objs: Sequence[str], info: Mapping[str, Any]) -> dict[str, Any]:
     """Every finished trial and the Pareto front (accuracy up, cost down), as plain data."""
-    import optuna
 
     objs = list(objs)
     trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
@@ -597,18 +465,16 @@ def format_front(result: Mapping[str, Any]) -> str:
 def export_best(cfg: TuneConfig, number: int) -> dict[str, Any]:
     """Run the full search (``cfg.epochs``) with trial ``number``'s budgets and export it to
     ``OUT/best-trial-NUMBER``. Returns the search report."""
-    import optuna
-
     from ..search import search
 
     cfg.validate()
     objs = cfg.objective_list()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = cfg.storage_url()
     try:
-        study = optuna.load_study(study_name=cfg.study, storage=url)
+        with _optuna_verbosity(optuna.logging.WARNING):
+            study = optuna.load_study(study_name=cfg.study, storage=url)
     except KeyError:
-        raise UsageError(f"there is no study {cfg.study!r} in {_mask(url)}; run `otonas tune` first") from None
+        raise UsageError(f"there is no study {cfg.study!r} in {mask(url)}; run `otonas tune` first") from None
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
         raise UsageError(f"study {cfg.study!r} has no trial {number}; it has {len(trials)} (0–{len(trials) - 1})")
@@ -621,6 +487,6 @@ def export_best(cfg: TuneConfig, number: int) -> dict[str, Any]:
     out = os.path.join(cfg.out, f"best-trial-{number}")
     scfg = _trial_config(cfg, info, sparsity, erase, out, cfg.epochs, export=True, latency="latency" in objs,
                          flops=_flops_of(t.params, info))
-    _say(f"full search for trial {number} ({cfg.epochs} epochs, budgets {_budget_params(t.params)}) into {out}")
+    logger.info(f"full search for trial {number} ({cfg.epochs} epochs, budgets {budget_params(t.params)}) into {out}")
     return search(scfg)
 

@@ -153,11 +153,11 @@ def test_selection_is_the_valid_greedy_walk(space: otonas.SearchSpace, budget: f
 def test_skipped_candidates_are_logged_with_reasons(space: otonas.SearchSpace,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     opt = make(space, erase_budget=1.0, warmup_steps=1)
-    with caplog.at_level(logging.INFO, logger="otonas.h2spg"):
+    with caplog.at_level(logging.DEBUG, logger="otonas.optim"):
         with pytest.warns(BudgetWarning, match="found only"):
             train_steps(space.model, opt, [0, 1])
     assert opt.skipped, "budget 1.0 on a supernet with nesting must skip candidates"
-    logged = [r.getMessage() for r in caplog.records if r.name == "otonas.h2spg"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "otonas.optim"]
     for s in opt.skipped:
         assert any(f"group {s.index}" in m and s.reason in m for m in logged), s
     reasons = " ".join(s.reason for s in opt.skipped)

@@ -9,7 +9,7 @@ import torch
 import otonas
 import search_spaces
 from otonas import OtonasError
-from otonas._stages import group_stages
+from otonas.analysis import group_stages
 from otonas.optim import DHSPG
 
 

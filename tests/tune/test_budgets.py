@@ -9,7 +9,7 @@ import torch
 import otonas
 import search_spaces
 from otonas import UsageError
-from otonas._stages import group_stages, stage_of
+from otonas.analysis import group_stages, stage_of
 from otonas.tuning import BudgetSpace
 
 

@@ -59,8 +59,8 @@ def test_workers_starting_together_on_an_empty_database(tmp_path):
     with admin.connect() as c:
         c.execute(sqlalchemy.text(f"CREATE DATABASE {db}"))
     url = URL.rsplit("/", 1)[0] + "/" + db
-    code = ("import optuna; from otonas.tuning._run import _rdb_storage; "
-            f"optuna.create_study(storage=_rdb_storage({url!r}), study_name='s', load_if_exists=True)")
+    code = ("import optuna; from otonas.tuning._study import open_storage; "
+            f"optuna.create_study(storage=open_storage({url!r}), study_name='s', load_if_exists=True)")
     import sys
 
     procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, env=env())

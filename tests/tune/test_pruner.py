@@ -61,3 +61,19 @@ def test_a_flops_budget_compares_with_trials_that_keep_no_more():
     pruner = BudgetAwareMedianPruner(n_startup_trials=3, n_warmup_steps=1)
     assert pruner.prune(study, frozen(0.5, [0.5, 0.6]))        # beaten by trials that keep less
     assert not pruner.prune(study, frozen(0.1, [0.1, 0.2]))    # nobody keeps as little: no peers
+
+
+def test_an_optuna_pruner_that_trial_should_prune_consults():
+    pruner = BudgetAwareMedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    assert isinstance(pruner, optuna.pruners.BasePruner)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    study.add_trial(optuna.trial.create_trial(params={"sparsity": 0.7},
+                                              distributions={"sparsity": FloatDistribution(0, 1)},
+                                              value=0.9, intermediate_values={0: 0.9}))
+    for accuracy, stopped in ((0.1, True), (0.95, False)):
+        study.enqueue_trial({"sparsity": 0.5})
+        trial = study.ask()
+        trial.suggest_float("sparsity", 0, 1)
+        trial.report(accuracy, 0)
+        assert trial.should_prune() is stopped
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED if stopped else optuna.trial.TrialState.FAIL)

@@ -55,8 +55,9 @@ def test_tune_writes_the_front(tmp_path):
 
 def test_kill_during_a_trial_then_resume(tmp_path):
     """3 trials finish, the process is killed inside trial 4 (number 3) after its first epoch;
-    the same command then ends the study with exactly 6 finished trials, numbers 0-5, trial 3
-    resumed from its checkpoint, none lost or run twice."""
+    the same command then ends the study with exactly 6 finished trials: trial 3 is failed and
+    retried (Optuna's retry callback) as trial 4 with the same budgets, resumed from trial 3's
+    checkpoint; none lost or run twice."""
     out = tmp_path / "t"
     cmd = tune_cmd(out, "--trials", "6", "--pruner", "none")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(),
@@ -74,23 +75,29 @@ def test_kill_during_a_trial_then_resume(tmp_path):
         [optuna.trial.TrialState.RUNNING]
     params3 = dict(study.trials[3].params)
     epochs_done = json.loads(marker.read_text())["epoch"]
+    assert epochs_done >= 1
 
     res = run(cmd)
     assert res.returncode == 0, res.stderr
-    assert "put back in the queue" in res.stderr
+    assert "trial 3 was left running by a process that is gone; it is put back in the queue" in res.stderr
     study = _study(out)
-    assert [t.number for t in study.trials] == list(range(6))
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials), \
-        [t.state for t in study.trials]
-    assert study.trials[3].params == params3  # the same trial, not a new draw
-    history = json.loads((out / "trials" / "trial-0003" / "report.json").read_text())
-    assert history["epochs"] == 3
+    assert [t.number for t in study.trials] == list(range(7))
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 3 + [optuna.trial.TrialState.FAIL] + \
+        [optuna.trial.TrialState.COMPLETE] * 3, states
+    retry = study.trials[4]
+    assert retry.system_attrs["failed_trial"] == 3  # Optuna's record of the trial it retries
+    assert retry.params == params3  # the same budgets, not a new draw
+    report = json.loads((out / "trials" / "trial-0004" / "report.json").read_text())
+    assert report["epochs"] == 3
+    assert not (out / "trials" / "trial-0003").exists()  # the retry took its folder over
     # intermediate values: one per epoch, none duplicated by the resume
-    assert sorted(study.trials[3].intermediate_values) == [0, 1, 2]
-    assert epochs_done >= 1
+    assert sorted(retry.intermediate_values) == [0, 1, 2]
+    rows = {r["trial"]: r for r in json.loads((out / "pareto.json").read_text())["trials"]}
+    assert rows[4]["retry_of"] == 3 and rows[3]["state"] == "fail"
     # and a third run with the same --trials does nothing more
     res = run(cmd)
-    assert res.returncode == 0 and len(_study(out).trials) == 6
+    assert res.returncode == 0 and len(_study(out).trials) == 7
     assert "already has 6 finished" in res.stderr
 
 
@@ -142,7 +149,7 @@ def test_second_process_on_the_same_out_is_refused(tmp_path):
 
 
 def test_per_stage_budgets_reach_each_stage(tmp_path):
-    from otonas._stages import group_stages
+    from otonas.analysis import group_stages
 
     out = tmp_path / "t"
     result = tune(TuneConfig(out=str(out), model="search_spaces:resnet20", data="synthetic", trials=2,
