@@ -22,7 +22,7 @@ from torch import nn
 from torch.export.graph_signature import InputKind
 from torch.utils import _pytree as pytree
 
-from .._errors import BuildError
+from ..errors import BuildError
 from ..analysis import SearchSpace
 
 __all__ = ["Resizer", "register_resizer", "build_inplace"]
