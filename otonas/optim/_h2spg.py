@@ -144,8 +144,9 @@ def select_erasure(space: ErasureSpaceLike, scores: Sequence[float], budget: int
 
 
 def _budget_warning(msg: str) -> None:
-    """A budget the selection cannot fill: a WARNING log line and a ``BudgetWarning`` at the user's step."""
-    logger.warning(msg)
+    """A budget the selection cannot fill: a ``BudgetWarning`` at the user's step (the CLI shows it
+    as ``otonas: warning: …``) and an INFO log line for applications that read the log only."""
+    logger.info(msg)
     warnings.warn(msg, BudgetWarning, stacklevel=_caller_level())
 
 
