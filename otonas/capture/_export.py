@@ -111,7 +111,8 @@ class Capture:
         inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) and device is not None else x
                        for x in self.example_inputs)  # the model may have moved since analysis (to CUDA, back)
         try:
-            with _eval_mode(self.model), without_cache(self.model), warnings.catch_warnings():
+            with _eval_mode(self.model), without_cache(self.model), traceable_experts(self.model), \
+                    warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ep = torch.export.export(self.model, inputs, strict=self.strict, dynamic_shapes=spec)
         except Exception as e:  # torch raises many kinds; all mean "not this way"
@@ -224,6 +225,31 @@ def without_cache(model: nn.Module):
             c.use_cache = True
 
 
+#: the HuggingFace experts implementations torch.export captures and otonas has rules for
+TRACEABLE_EXPERTS = ("grouped_mm", "batched_mm")
+
+
+@contextlib.contextmanager
+def traceable_experts(model: nn.Module):
+    """Export a HuggingFace mixture of experts with an experts implementation that torch.export
+    can capture: ``grouped_mm`` (transformers' default) where the config asks for another one
+    (``eager`` loops over the experts that tokens were routed to, a data-dependent loop). The
+    implementations compute the same products; the setting is restored afterwards."""
+    seen: dict[int, tuple[Any, Any]] = {}
+    for m in model.modules():
+        config = getattr(m, "config", None)
+        if config is not None and hasattr(config, "_experts_implementation_internal") and id(config) not in seen:
+            seen[id(config)] = (config, config._experts_implementation_internal)
+    try:
+        for config, impl in seen.values():
+            if impl not in TRACEABLE_EXPERTS:
+                config._experts_implementation_internal = "grouped_mm"
+        yield
+    finally:
+        for config, impl in seen.values():
+            config._experts_implementation_internal = impl
+
+
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module):
     modes = {m: m.training for m in model.modules()}
@@ -267,7 +293,8 @@ def capture(
     dim 0 of every tensor input symbolic, so the built network runs at any batch size, and
     the sequence dim of token-id inputs (see :meth:`Capture.build_program`); ``dynamic_shapes``
     (torch.export's own terms) chooses the free dims instead. A HuggingFace model is exported
-    without its key/value cache (``config.use_cache`` off during the export).
+    without its key/value cache (``config.use_cache`` off during the export), and a mixture of
+    experts with a traceable experts implementation (:func:`traceable_experts`).
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
@@ -275,7 +302,8 @@ def capture(
     modes = [False, True] if strict is None else [bool(strict)]
     errors: list[str] = []
     printed = io.StringIO()  # a failing export prints its partial graph to stderr: kept for --debug
-    with _eval_mode(model), without_cache(model), _no_stack_traces(), warnings.catch_warnings():
+    with _eval_mode(model), without_cache(model), traceable_experts(model), _no_stack_traces(), \
+            warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for use_strict in modes:
             try:

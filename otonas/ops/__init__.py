@@ -15,7 +15,7 @@ from ._common import mutated_arg
 from ._context import BuildContext, Dims, FlowContext, FlowResult, PinEvent, module_path, node_shape
 from ._ids import IdTable
 from ._rule import OpKey, OpRule, functional_of, lookup, op_key, register, registered, rule_for
-from . import attention, concat, conv, creation, index, linear, norm, operators, pointwise, pool, reduce, shape
+from . import attention, concat, conv, creation, index, linear, moe, norm, operators, pointwise, pool, reduce, shape
 
 __all__ = [
     "OpRule", "OpKey", "op_key", "functional_of", "register", "lookup", "rule_for", "registered",
@@ -23,6 +23,6 @@ __all__ = [
     "Call", "Expr", "LayerCall", "LayerSpec", "fn", "method", "binop", "literal", "squash", "as_tuple",
     "is_identifier", "torch_module_class", "run_layer", "mutated_arg",
     "ATOM", "POWER", "UNARY", "MUL", "ADD", "SHIFT", "BAND", "BXOR", "BOR", "CMP", "LOWEST",
-    "attention", "concat", "conv", "creation", "index", "linear", "norm", "operators", "pointwise", "pool",
+    "attention", "concat", "conv", "creation", "index", "linear", "moe", "norm", "operators", "pointwise", "pool",
     "reduce", "shape",
 ]

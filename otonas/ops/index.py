@@ -151,6 +151,7 @@ class Index(OpRule):
     def flow(self, ctx: FlowContext, node: fx.Node) -> Dims:
         X = ctx.dims(node.args[0])
         assert X is not None
+        track_param(ctx, node, node.args[0])  # rows of a parameter gathered by index (MoE experts) are its values
         indices = list(args_of(node)[1])
         used = [i for i, ix in enumerate(indices) if ix is not None]
         for i in used:

@@ -134,7 +134,8 @@ class Softmax(_Softmax):
 class CumSum(_Softmax):
     def code(self, c: Call) -> Expr:
         name = op_key(c.target).name
-        return method(c.e("self"), name, c.e("dim"))
+        dtype = [f"dtype={c.t('dtype')}"] if "dtype" in c.values and c["dtype"] is not None else []
+        return method(c.e("self"), name, c.e("dim"), *dtype)
 
 
 @register("aten.special_softmax", "aten.logcumsumexp")
