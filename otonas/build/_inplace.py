@@ -82,6 +82,10 @@ def resizer_for(module: nn.Module) -> Resizer | None:
     # transformers' Conv1D (GPT-2): a transposed Linear, known by its two size attributes
     if isinstance(getattr(module, "nf", None), int) and isinstance(getattr(module, "nx", None), int):
         return _CONV1D
+    # transformers' experts of a MoE layer (Mixtral, Qwen2-MoE, …): 3-D [E, 2I, H] / [E, H, I] parameters
+    down = getattr(module, "down_proj", None)
+    if isinstance(down, nn.Parameter) and down.dim() == 3 and isinstance(getattr(module, "intermediate_dim", None), int):
+        return _EXPERTS
     return None
 
 
@@ -113,6 +117,23 @@ class Conv1DResizer(Resizer):
 
 
 _CONV1D = Conv1DResizer()
+
+
+class ExpertsResizer(Resizer):
+    """The stacked experts of a transformers MoE layer: every expert keeps the same channels
+    (``down_proj [E, H, I]`` loses positions of I), so ``intermediate_dim`` follows it."""
+
+    def attributes(self, module: nn.Module, tensors: dict[str, Sliced]) -> dict[str, Any]:
+        down = tensors.get("down_proj")
+        if down is None:
+            return {}
+        if down.new[0] != down.old[0] or down.new[1] != down.old[1]:
+            raise BuildError(f"the experts module ({type(module).__name__}) lost whole experts or hidden channels; "
+                             "only its intermediate channels can be removed in place")
+        return {"intermediate_dim": down.new[2]}
+
+
+_EXPERTS = ExpertsResizer()
 
 
 @register_resizer(nn.Bilinear)
@@ -575,9 +596,12 @@ def build_inplace(space: SearchSpace, removed: np.ndarray, erased: np.ndarray | 
                 out = model(*inputs)
         except Exception as e:
             at = _failing_module(e, modules)
+            hint = ("; torch's grouped_mm (MoE experts) needs every kept width times the element size to be a "
+                    "multiple of 16 bytes: train with round_to=4 (float32) or 8 (bfloat16), or build the graph"
+                    if "multiple of 16 bytes" in str(e) else "")
             raise BuildError(f"the model sliced in place fails on the example inputs"
                              + (f" in {_name(at, modules[at])}" if at is not None else "")
-                             + f" ({type(e).__name__}: {e}); {_suspects(by_module, attrs, modules)}") from e
+                             + f" ({type(e).__name__}: {e}){hint}; {_suspects(by_module, attrs, modules)}") from e
         diff, why = _compare(ref, out)
         if not diff <= RTOL:
             raise BuildError(f"the model sliced in place does not reproduce the graph build ({why}); "

@@ -149,3 +149,26 @@ def test_the_experts_implementation_is_restored_after_capture():
     model, space = _space("mixtral-eager")
     otonas.build(space)
     assert model.config._experts_implementation == "eager"
+
+
+def test_moe_built_in_place_generates_the_zeroed_models_tokens():
+    """In place the experts keep their stacked layout (``intermediate_dim`` follows); torch's
+    grouped_mm wants widths that are multiples of 16 bytes, so whole blocks of 4 channels go."""
+    import copy
+
+    torch.manual_seed(0)
+    model = _mixtral().eval()
+    space = otonas.analyze(model, (torch.randint(0, 256, (2, 16)),))
+    mask = np.zeros(space.num_prunable_groups, dtype=bool)
+    for fam in space.families:
+        if fam.groups:
+            mask[list(fam.groups)[:len(fam.groups) * 3 // 10 // 4 * 4]] = True
+    zero_groups_(space, space.removable(mask))
+    zeroed = copy.deepcopy(model)
+    otonas.build(space, inplace=True)
+    experts = model.model.layers[0].mlp.experts
+    assert experts.down_proj.shape[2] == experts.intermediate_dim < zeroed.model.layers[0].mlp.experts.intermediate_dim
+    prompt = torch.randint(0, 256, (1, 5))
+    with torch.no_grad():
+        assert torch.equal(model.generate(prompt, max_new_tokens=8, do_sample=False),
+                           zeroed.generate(prompt, max_new_tokens=8, do_sample=False))
