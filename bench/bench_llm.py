@@ -31,7 +31,6 @@ import json
 import math
 import statistics
 import sys
-import sysconfig
 import time
 from pathlib import Path
 from typing import Any
@@ -41,27 +40,12 @@ import torch
 import torch.nn.functional as F
 
 import otonas
-from otonas.testing import zero_groups_
+from otonas.testing import stdlib_text, zero_groups_
 
 otonas.prepare_torchvision()
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 METHODS = ("dense", "otonas", "magnitude", "random")
-
-
-def corpus(limit_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    files = sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py"))
-    train, val, total = bytearray(), bytearray(), 0
-    for i, f in enumerate(files):
-        if "test" in f.parts or "site-packages" in f.parts:
-            continue
-        data = f.read_bytes()
-        (val if i % 10 == 0 else train).extend(data + b"\n")
-        total += len(data)
-        if total >= limit_bytes:
-            break
-    as_ids = lambda b: torch.tensor(np.frombuffer(bytes(b), dtype=np.uint8).astype(np.int64))  # noqa: E731
-    return as_ids(train), as_ids(val)
 
 
 def make_model(seed: int) -> LlamaForCausalLM:
@@ -235,7 +219,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"load average {open('/proc/loadavg').read().split()[0]}", file=sys.stderr)
-    train, val = corpus(int(args.corpus_mb * 2**20))
+    train, val = stdlib_text(int(args.corpus_mb * 2**20))
     results = {"args": vars(args), "step_cost": step_cost(args, train), "seeds": []}
     print("step cost:", json.dumps(results["step_cost"]), flush=True)
     for seed in range(args.seeds):

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sysconfig
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import otonas
+from otonas.testing import stdlib_text
 
 otonas.prepare_torchvision()  # transformers imports torchvision: see docs/transformers.md
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
@@ -36,24 +35,6 @@ parser.add_argument("--batch", type=int, default=16)
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--corpus-mb", type=float, default=4.0, help="megabytes of the standard library to read (4)")
 parser.add_argument("--dense", action="store_true", help="train without pruning (the baseline)")
-
-
-def corpus(limit_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The standard library's .py files as bytes, split by file: every tenth file validates."""
-    files = sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py"))
-    train, val, total = bytearray(), bytearray(), 0
-    for i, f in enumerate(files):
-        if "test" in f.parts or "site-packages" in f.parts:
-            continue
-        data = f.read_bytes()
-        (val if i % 10 == 0 else train).extend(data + b"\n")
-        total += len(data)
-        if total >= limit_bytes:
-            break
-    def ids(b: bytearray) -> torch.Tensor:
-        return torch.tensor(list(b), dtype=torch.long)
-
-    return ids(train), ids(val)
 
 
 def batches(data: torch.Tensor, seq: int, batch: int, gen: torch.Generator) -> torch.Tensor:
@@ -87,7 +68,7 @@ def greedy(model: LlamaForCausalLM, prompt: bytes, new: int = 60) -> str:
 def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    train, val = corpus(int(args.corpus_mb * 2**20))
+    train, val = stdlib_text(int(args.corpus_mb * 2**20))
     print(f"corpus: {len(train):,} training bytes, {len(val):,} validation bytes (standard library sources)")
     config = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
                          num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,

@@ -4,6 +4,7 @@ weights load back into the same model.py."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -49,3 +50,23 @@ def test_finetune_example_trains_the_export_and_reloads(tmp_path):
     net = otonas.load(out / "model.finetuned.safetensors")
     assert all(torch.equal(v, new[k]) for k, v in net.state_dict().items())
     assert json.loads((out / "report.json").read_text())["params_after"] == sum(p.numel() for p in net.parameters())
+
+
+def test_prune_llm_example_prunes_in_place_and_generates_as_before():
+    p = subprocess.run([sys.executable, str(ROOT / "examples" / "prune_llm.py"), "--epochs", "1",
+                        "--steps-per-epoch", "6", "--corpus-mb", "0.3", "--batch", "4", "--seq", "64"],
+                       capture_output=True, text=True, timeout=600, env={**os.environ,
+                                                                          "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "pruned in place" in p.stdout and "fewer" in p.stdout
+    assert "(the same as before the build)" in p.stdout, p.stdout
+
+
+def test_stdlib_text_splits_by_file():
+    from otonas.testing import stdlib_text
+
+    train, val = stdlib_text(200_000, val_every=5)
+    assert train.dtype == torch.int64 and 0 <= int(train.min()) and int(train.max()) < 256
+    assert len(val) > 0 and 2 * len(val) < len(train)
+    text = bytes(train[:2000].tolist()).decode("utf-8", "replace")
+    assert "import" in text or "def " in text

@@ -170,39 +170,31 @@ def _map_chunk(ctx: FlowContext, X: Dims, ci: list[int], cj: list[int], in_shape
     atoms_inner_first = [b // a for a, b in zip(bounds, bounds[1:])]
     atoms = atoms_inner_first[::-1]  # outer to inner
     atom_ids: list[np.ndarray] = []
-    out_dim_of_atom: dict[int, int] = {}  # an atom that is a whole output dim -> that dim
-    k = 0
-    for j, size in zip(cj, out_sizes):
-        n, prod = 0, 1
-        while prod < size:
-            prod *= atoms[k + n]
-            n += 1
-        if n == 1:
-            out_dim_of_atom[k] = j
-        k += n
+    out_spans = _atom_spans(out_sizes, atoms)
+    out_dim_of_atom = {k: j for j, (k, n) in zip(cj, out_spans) if n == 1}  # an atom that is a whole output dim
     node = ctx.node
-    k = 0
-    for i, size in zip(ci, in_sizes):
-        n, prod = 0, 1
-        while prod < size:
-            prod *= atoms[k + n]
-            n += 1
-        start = k
+    for i, (k, n) in zip(ci, _atom_spans(in_sizes, atoms)):
 
-        def selector(axis: int, start: int = start) -> bool:
+        def selector(axis: int, start: int = k) -> bool:
             j = out_dim_of_atom.get(start + axis)
             return j is None or node is None or selected_downstream(node, j)
 
         atom_ids.extend(split_ids(ctx, X[i], atoms[k:k + n], selector))
-        k += n
-    k = 0
-    for j, size in zip(cj, out_sizes):
+    for j, (k, n) in zip(cj, out_spans):
+        out[j] = merge_ids(ctx, atom_ids[k:k + n], atoms[k:k + n])
+
+
+def _atom_spans(sizes: list[int], atoms: list[int]) -> list[tuple[int, int]]:
+    """For each dim of ``sizes`` in turn, (first atom, number of atoms) whose product it is."""
+    spans, k = [], 0
+    for size in sizes:
         n, prod = 0, 1
         while prod < size:
             prod *= atoms[k + n]
             n += 1
-        out[j] = merge_ids(ctx, atom_ids[k:k + n], atoms[k:k + n])
+        spans.append((k, n))
         k += n
+    return spans
 
 
 SMALL_OUTER_AXIS = 3  # an outer axis this small is a selector (q/k/v of a packed projection), not a group
