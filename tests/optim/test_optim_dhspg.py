@@ -174,8 +174,9 @@ def test_lambda_rule_matches_reference_and_keeps_descent(x: list[float], d: list
                                                        (0.5, 0.0, 5.0, 0.5), (0.9, 1e-3, 1e-3, 0.0)])
 @pytest.mark.parametrize("host_reads,block,kernels", [(True, None, True), (False, None, True), (True, 16, False),
                                                        (True, None, False), (False, None, False)])
+@pytest.mark.parametrize("rule", ["fixed", "schedule"])
 def test_projection_matches_group_by_group_reference(momentum: float, wd: float, lmbda: float, epsilon: float,
-                                                     host_reads: bool, block: int | None, kernels: bool,
+                                                     host_reads: bool, block: int | None, kernels: bool, rule: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Also with zero slices cleared by 0/1 masks (as off CPU, where nothing is read back), and
     with the conv weights' two passes taken by the fused loops (``_kernels``, SGD's momentum
@@ -194,10 +195,10 @@ def test_projection_matches_group_by_group_reference(momentum: float, wd: float,
     model = space.model
     kw = dict(lr=0.1, start_step=2, end_step=14)
     opt = DHSPG(space, schedule="half_space", momentum=momentum, weight_decay=wd, target_group_sparsity=0.5, lmbda=lmbda,
-                epsilon=epsilon, **kw)
+                epsilon=epsilon, lambda_rule=rule, **kw)
     opt._host_reads = host_reads
     ref = RefDHSPG(space, k=opt.target_zero_groups, momentum=momentum, weight_decay=wd, lmbda=lmbda,
-                   epsilon=epsilon, **kw)
+                   epsilon=epsilon, rule=rule, **kw)
     gen = torch.Generator().manual_seed(4)
     x = params_of(model)
     saw_natural_projection = False
@@ -219,7 +220,10 @@ def test_projection_matches_group_by_group_reference(momentum: float, wd: float,
                 assert float(lam[r]) == pytest.approx(v, rel=1e-6)
     assert len(ref.zero) == opt.target_zero_groups
     assert opt.metrics()["num_forced_groups"] == ref.forced
-    assert saw_natural_projection == (lmbda >= 5.0)  # strong λ: groups reach zero before end_step
+    if rule == "fixed":
+        assert saw_natural_projection == (lmbda >= 5.0)  # strong λ: groups reach zero before end_step
+    else:
+        assert ref.forced == 0  # the scheduled λ makes every group cross the boundary by itself
     assert any(fused) == (kernels and momentum > 0)  # with momentum, the loops updated it
 
 
@@ -303,7 +307,7 @@ def test_zero_groups_never_revive(variant: str, host_reads: bool) -> None:
 def test_end_step_forces_exactly_k_and_says_so(variant: str) -> None:
     space = tiny_space()
     opt = DHSPG(space, schedule="half_space", lr=1e-3, variant=variant, target_group_sparsity=0.5, start_step=1, end_step=4,
-                lmbda=1e-6)
+                lmbda=1e-6, lambda_rule="fixed")
     batch = tiny_batch()
     for _ in range(3):
         loss_step(space.model, opt, batch)
@@ -470,7 +474,9 @@ class _OddNet(torch.nn.Module):
 
 
 @pytest.mark.parametrize("host_reads,kernels", [(True, True), (False, True), (True, False)])
-def test_any_layout_matches_reference(host_reads: bool, kernels: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("rule", ["fixed", "schedule"])
+def test_any_layout_matches_reference(host_reads: bool, kernels: bool, rule: str,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Groups on three dims of one tensor, on a last dim, two entries on one dim, ids of -1."""
     if kernels and not _kernels.enabled():
         pytest.skip(f"numba is not usable here: {_kernels._failed}")
@@ -485,9 +491,10 @@ def test_any_layout_matches_reference(host_reads: bool, kernels: bool, monkeypat
     }
     space = StubSpace(model, layout, 10)
     kw = dict(lr=0.2, start_step=1, end_step=9)
-    opt = DHSPG(space, schedule="half_space", momentum=0.5, weight_decay=1e-2, target_group_sparsity=0.6, lmbda=2.0, epsilon=0.5, **kw)
+    opt = DHSPG(space, schedule="half_space", momentum=0.5, weight_decay=1e-2, target_group_sparsity=0.6, lmbda=2.0, epsilon=0.5,
+                lambda_rule=rule, **kw)
     opt._host_reads = host_reads
-    ref = RefDHSPG(space, k=6, momentum=0.5, weight_decay=1e-2, lmbda=2.0, epsilon=0.5, **kw)
+    ref = RefDHSPG(space, k=6, momentum=0.5, weight_decay=1e-2, lmbda=2.0, epsilon=0.5, rule=rule, **kw)
     gen = torch.Generator().manual_seed(1)
     x = params_of(model)
     for t in range(12):
@@ -501,7 +508,11 @@ def test_any_layout_matches_reference(host_reads: bool, kernels: bool, monkeypat
         if t == 7:
             natural = len(ref.zero)
     assert len(ref.zero) == 6 and zero_set(opt) >= ref.zero
-    assert 0 < natural < 6  # some groups reached zero by themselves, the rest were forced
+    assert opt.metrics()["num_forced_groups"] == ref.forced
+    if rule == "fixed":
+        assert 0 < natural < 6  # some groups reached zero by themselves, the rest were forced
+    else:
+        assert ref.forced == 0
 
 
 @pytest.mark.parametrize("n_groups,target", [(0, 0.5), (9, 0.0)])
