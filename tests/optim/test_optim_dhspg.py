@@ -18,7 +18,7 @@ from optim_helpers import (RefDHSPG, StubSpace, TinyNet, group_slices, params_of
 from otonas._errors import OtonasError
 from otonas.optim import DHSPG, CosineMagnitudeScore, ForcedProjectionWarning, GroupStats, RedundancyScore
 from otonas.optim import _base, _dhspg, _kernels, _layout
-from otonas.optim._dhspg import _fill_zero, group_lambdas
+from otonas.optim._dhspg import _fill_zero, group_lambdas, schedule_lambdas
 
 _fusable = DHSPG._fusable
 from otonas.optim._layout import Entry
@@ -319,6 +319,47 @@ def test_end_step_forces_exactly_k_and_says_so(variant: str) -> None:
     assert m["num_forced_groups"] == 5 and m["phase"] == "done"
 
 
+@pytest.mark.parametrize("variant", ["sgd", "adam", "adamw"])
+def test_scheduled_lambda_reaches_zero_where_the_fixed_rule_forces(variant: str) -> None:
+    """The run that forces all of G_r under lambda_rule="fixed" (λ far too weak for 3 steps):
+    with the default rule every group crosses the half-space boundary by itself."""
+    space = tiny_space()
+    opt = DHSPG(space, schedule="half_space", lr=1e-3, variant=variant, target_group_sparsity=0.5, start_step=1, end_step=4,
+                lmbda=1e-6)
+    batch = tiny_batch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ForcedProjectionWarning)
+        for _ in range(4):
+            loss_step(space.model, opt, batch)
+    m = opt.metrics()
+    assert m["num_zero_groups"] == m["target_zero_groups"] == 5 and m["phase"] == "done"
+    assert m["num_forced_groups"] == 0 and m["forced_projection"] is False
+
+
+def test_schedule_lambdas_set_the_move_along_the_group() -> None:
+    """Per group the step along −x_g/‖x_g‖, lr·(⟨d_g, x_g⟩/‖x_g‖ + λ_g), is at least
+    gain·(1 − ε)·‖x_g‖/R, exactly that where OTOv2's λ_g is smaller; λ_g never drops below it."""
+    gen = torch.Generator().manual_seed(0)
+    dot = torch.randn(64, generator=gen, dtype=torch.float64)
+    x_norm = torch.rand(64, generator=gen, dtype=torch.float64) + 0.1
+    x_norm[0] = 0.0
+    d_sq = dot.square() / x_norm.clamp(min=0.1).square() + torch.rand(64, generator=gen, dtype=torch.float64)
+    lam = group_lambdas(dot, x_norm, d_sq, lmbda=0.5, amplify=1.1, coeff=10.0)
+    for lr, steps, gain, eps in [(0.1, 10, 1.5, 0.0), (0.05, 1, 2.0, 0.3), (1.0, 3, 1.1, 0.9)]:
+        out = schedule_lambdas(lam, dot, x_norm, lr=lr, steps_left=steps, gain=gain, epsilon=eps)
+        live = x_norm > 0
+        move = lr * (dot[live] / x_norm[live] + out[live])
+        want = gain * (1 - eps) * x_norm[live] / steps
+        assert (out >= lam).all() and out[0] == lam[0]
+        assert (move >= want * (1 - 1e-12)).all()
+        lifted = out[live] > lam[live]
+        assert lifted.any() and torch.allclose(move[lifted], want[lifted])
+        if steps == 1:  # the last step crosses the half-space boundary: ⟨x̂_g, x_g⟩ < ε‖x_g‖²
+            assert (x_norm[live] ** 2 - lr * dot[live] - lr * out[live] * x_norm[live]
+                    < eps * x_norm[live] ** 2).all()
+    assert torch.equal(schedule_lambdas(lam, dot, x_norm, lr=0.0, steps_left=5, gain=1.5, epsilon=0.0), lam)
+
+
 def test_natural_projection_reaches_the_target_without_forcing() -> None:
     """With gradients too weak to hold the redundant groups up, λ drives them to zero before end_step."""
     space = tiny_space()
@@ -433,6 +474,7 @@ def test_state_dict_is_a_snapshot_and_checks_its_source() -> None:
     (dict(lmbda=0.0), "lmbda"), (dict(epsilon=1.0), "epsilon"), (dict(hat_lmbda_coeff=0.5), "hat_lmbda_coeff"),
     (dict(lmbda_amplify=0.9), "lmbda_amplify"), (dict(nesterov=True, momentum=0.0), "nesterov"),
     (dict(lr=-1.0), "lr"), (dict(betas=(0.9, 1.0)), "betas"),
+    (dict(lambda_rule="adaptive"), "lambda_rule"), (dict(lambda_gain=1.0), "lambda_gain"),
 ])
 def test_bad_options_name_the_option(kw: dict, match: str) -> None:
     args = dict(lr=0.1, target_group_sparsity=0.5, start_step=0) | kw
