@@ -19,6 +19,7 @@ kept. Results
 go to ``bench/results/half_space.json``; the summary (mean ± std over the seeds) is printed.
 
     python bench/bench_half_space.py                   # 3 methods × 5 seeds, ≈ 4 min at one thread
+    python bench/bench_half_space.py --target 0.25 --out bench/results/half_space_0.25.json
     options: --seeds 0,1,2,3,4 --methods progressive,half_space_fixed,half_space_schedule --epochs N
 """
 
@@ -93,8 +94,9 @@ def _mean(rs: list[dict[str, Any]], k: str, fmt: str) -> str:
 
 def summary(runs: list[dict[str, Any]]) -> str:
     lines = ["| method | runs | selected groups | forced groups (mean, range) | zero before the last projection step "
-             "| G_r norm left at the last step | accuracy % (mean ± std) | FLOPs kept |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| G_r norm left at the last step | accuracy % (mean ± std) | paired − half_space_fixed | FLOPs kept |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    fixed = {r["seed"]: r["accuracy"] for r in runs if r["method"] == "half_space_fixed"}
     for method in METHODS:
         rs = [r for r in runs if r["method"] == method]
         if not rs:
@@ -102,9 +104,12 @@ def summary(runs: list[dict[str, Any]]) -> str:
         forced = [r["forced_groups"] for r in rs]
         acc = [r["accuracy"] for r in rs]
         sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        diff = [r["accuracy"] - fixed[r["seed"]] for r in rs if r["seed"] in fixed]
+        paired = ("–" if method == "half_space_fixed" or not diff else
+                  f"{statistics.mean(diff):+.2f} ± {statistics.stdev(diff) if len(diff) > 1 else 0.0:.2f}")
         lines.append(f"| {method} | {len(rs)} | {rs[0]['selected_groups']} | {statistics.mean(forced):.1f} "
                      f"({min(forced)}–{max(forced)}) | {_mean(rs, 'zero_before_last_step', '.1f')} | "
-                     f"{_mean(rs, 'norm_left_at_last_step', '.2%')} | {statistics.mean(acc):.2f} ± {sd:.2f} | "
+                     f"{_mean(rs, 'norm_left_at_last_step', '.2%')} | {statistics.mean(acc):.2f} ± {sd:.2f} | {paired} | "
                      f"{statistics.mean(r['flops_kept'] for r in rs):.1%} |")
     return "\n".join(lines)
 
@@ -117,7 +122,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=FULL["digits"]["epochs"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--summary-only", action="store_true", help="print the summary of --out, run nothing")
     args = ap.parse_args()
+    if args.summary_only:
+        print(summary(json.loads(Path(args.out).read_text())["runs"]))
+        return
     torch.set_num_threads(args.threads)
     ctx = Context("digits", FULL)
     runs: list[dict[str, Any]] = []

@@ -1067,8 +1067,15 @@ class DHSPG(torch.optim.Optimizer):
     def _forced_message(self, rest: Tensor, end_step: int) -> str:
         """The warning for the G_r groups (mask ``rest``) forced to zero at the end of the phase."""
         return (f"DHSPG: {self._forced} of the {self.target_zero_groups} redundant groups had not reached zero "
-                f"by end_step={end_step} and were set to zero now; for a gentler finish raise lmbda, "
-                "epsilon or end_step")
+                f"by end_step={end_step} and were set to zero now; {self._gentler()}")
+
+    def _gentler(self) -> str:
+        """What the forced-projection warning suggests: the scheduled λ forces only when nothing moves."""
+        if self.param_groups[0].get("lambda_rule", "fixed") == "fixed":
+            return ("for a gentler finish use lambda_rule='schedule' (the default), or raise lmbda, epsilon or "
+                    "end_step")
+        return ("with the scheduled λ that happens only where lr is 0 at the last projection step: keep lr > 0 "
+                "until end_step")
 
     # ------------------------------------------------------------------ reporting
     @torch.no_grad()

@@ -507,7 +507,7 @@ class H2SPG(DHSPG):
         ops, chans = int(rest[n:].sum()), int(rest[:n].sum())
         return (f"H2SPG: {ops} of the {len(self._accepted)} accepted erasing groups and {chans} of the "
                 f"{len(self._pruned)} selected prunable groups had not reached zero by end_step={end_step} and were "
-                "set to zero now; for a gentler finish raise lmbda, epsilon or end_step")
+                f"set to zero now; {self._gentler()}")
 
     # ------------------------------------------------------------------ reporting
     def zero_groups(self) -> Tensor:
