@@ -6,8 +6,10 @@ Per step, with d the base optimizer's direction and α the learning rate:
 * at ``start_step``, once: the K most redundant groups become G_r (``RedundancyScore``);
 * projection phase (``start_step`` ≤ step < ``end_step``): groups outside G_r take the base
   step; on G_r, ``x̂ = x − α·d − α·λ_g·x_g/‖x_g‖`` with λ_g adapted per group
-  (:func:`group_lambdas`), then every G_r group with ``⟨x̂_g, x_g⟩ < ε‖x_g‖²`` is set to zero;
-  after the last step of the phase every G_r group is zero (forced if need be, with a warning);
+  (:func:`group_lambdas`) and, by default, lifted to the pace that reaches the half-space boundary
+  by ``end_step`` (:func:`schedule_lambdas`), then every G_r group with ``⟨x̂_g, x_g⟩ < ε‖x_g‖²``
+  is set to zero; after the last step of the phase every G_r group is zero (forced if need be,
+  with a warning — with the scheduled λ only where lr is 0);
 * afterwards: the base step, with the zero groups held at zero.
 
 A zero group stays zero: its gradient entries are masked before the base rule sees them,
