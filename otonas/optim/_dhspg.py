@@ -6,8 +6,10 @@ Per step, with d the base optimizer's direction and α the learning rate:
 * at ``start_step``, once: the K most redundant groups become G_r (``RedundancyScore``);
 * projection phase (``start_step`` ≤ step < ``end_step``): groups outside G_r take the base
   step; on G_r, ``x̂ = x − α·d − α·λ_g·x_g/‖x_g‖`` with λ_g adapted per group
-  (:func:`group_lambdas`), then every G_r group with ``⟨x̂_g, x_g⟩ < ε‖x_g‖²`` is set to zero;
-  after the last step of the phase every G_r group is zero (forced if need be, with a warning);
+  (:func:`group_lambdas`) and, by default, lifted to the pace that reaches the half-space boundary
+  by ``end_step`` (:func:`schedule_lambdas`), then every G_r group with ``⟨x̂_g, x_g⟩ < ε‖x_g‖²``
+  is set to zero; after the last step of the phase every G_r group is zero (forced if need be,
+  with a warning — with the scheduled λ only where lr is 0);
 * afterwards: the base step, with the zero groups held at zero.
 
 A zero group stays zero: its gradient entries are masked before the base rule sees them,
@@ -56,9 +58,12 @@ from ._schedule import (SCHEDULES, align_quota, cell_alignment, cost_quotas, per
                         split_quota)
 from ._score import CosineMagnitudeScore, GroupStats, RedundancyScore
 
-__all__ = ["DHSPG", "ForcedProjectionWarning", "group_lambdas"]
+__all__ = ["DHSPG", "ForcedProjectionWarning", "group_lambdas", "schedule_lambdas"]
 
 _VARIANTS = ("sgd", "adam", "adamw")
+LAMBDA_RULES = ("schedule", "fixed")
+"""How the half-space schedule sets λ_g: lifted to the pace that reaches the boundary by
+``end_step`` (:func:`schedule_lambdas`), or OTOv2's rule alone (:func:`group_lambdas`)."""
 
 
 def group_lambdas(dot: Tensor, x_norm: Tensor, d_sq: Tensor, *, lmbda: float, amplify: float,
@@ -80,6 +85,30 @@ def group_lambdas(dot: Tensor, x_norm: Tensor, d_sq: Tensor, *, lmbda: float, am
     lam = (amplify * lo).clamp(lmbda, coeff * lmbda)
     lam = torch.where(lam >= hi, (lo + hi) / 2, lam)
     return torch.where(opposed, lam, torch.full_like(lam, lmbda))
+
+
+def schedule_lambdas(lam: Tensor, dot: Tensor, x_norm: Tensor, *, lr: float, steps_left: int, gain: float,
+                     epsilon: float) -> Tensor:
+    """λ_g lifted so that every live G_r group crosses the half-space boundary by ``end_step``.
+
+    The step moves x_g along −x_g/‖x_g‖ by ``lr·(⟨d_g, x_g⟩/‖x_g‖ + λ_g)`` (the λ term is applied
+    outside the base rule, so d_g is the base rule's actual direction, momentum and Adam's
+    scaling included), and the half-space test zeroes the group once that reaches
+    ``(1 − ε)·‖x_g‖``. With R = ``steps_left`` (counting this one), λ_g is at least
+    ``need = gain·(1 − ε)·‖x_g‖/(lr·R) − ⟨d_g, x_g⟩/‖x_g‖``: a loss direction that holds the
+    group up is cancelled along x_g (never across it), and the group's norm along its own
+    direction shrinks by a share gain/R of itself per step, about (R/R₀)^gain of it left, so
+    that with ``gain > 1`` the test fires at the latest at the last step (gain/1 > 1), on a group
+    already small. The net move along x_g is bounded by ``gain·‖x_g‖/R``, so no cap is needed.
+    ``lam`` (OTOv2's λ_g) is kept where it is larger; with ``lr == 0`` nothing moves and ``lam``
+    is returned.
+    """
+    if lr <= 0:
+        return lam
+    live = x_norm > 0
+    safe = torch.where(live, x_norm, torch.ones_like(x_norm))
+    need = gain * (1.0 - epsilon) * x_norm / (lr * max(int(steps_left), 1)) - dot / safe
+    return torch.where(live, torch.maximum(lam, need), lam)
 
 
 def _count(n: int, target: float) -> int:
@@ -181,6 +210,8 @@ class DHSPG(torch.optim.Optimizer):
         lmbda_amplify: float = 1.1,
         hat_lmbda_coeff: float = 10.0,
         epsilon: float = 0.0,
+        lambda_rule: str = "schedule",
+        lambda_gain: float = 1.5,
         score: RedundancyScore | None = None,
         keep_one_per_family: bool = True,
         process_group: Any = None,
@@ -206,6 +237,12 @@ class DHSPG(torch.optim.Optimizer):
                               + ", ".join(repr(v) for v in SCHEDULES))
         if not (isinstance(periods, int) and periods >= 1):
             raise OtonasError(f"DHSPG: periods={periods!r} is invalid; expected an int >= 1")
+        if lambda_rule not in LAMBDA_RULES:
+            raise OtonasError(f"DHSPG: lambda_rule={lambda_rule!r} is invalid; expected one of "
+                              + ", ".join(repr(v) for v in LAMBDA_RULES))
+        if not (isinstance(lambda_gain, (int, float)) and lambda_gain > 1):
+            raise OtonasError(f"DHSPG: lambda_gain={lambda_gain!r} is invalid; expected a float > 1 (at the last "
+                              "projection step the λ step must overshoot the half-space boundary)")
         if target_group_sparsity is None:
             target_group_sparsity = 0.0  # the quotas come from the cost budget below
         if isinstance(target_group_sparsity, Mapping):
@@ -223,6 +260,7 @@ class DHSPG(torch.optim.Optimizer):
         defaults = dict(lr=lr, variant=variant, momentum=momentum, dampening=dampening, nesterov=nesterov,
                         weight_decay=weight_decay, betas=tuple(betas), eps=eps, lmbda=lmbda,
                         lmbda_amplify=lmbda_amplify, hat_lmbda_coeff=hat_lmbda_coeff, epsilon=epsilon,
+                        lambda_rule=lambda_rule, lambda_gain=float(lambda_gain),
                         target_group_sparsity=stage_targets if stage_targets is not None else target,
                         start_step=start_step,
                         end_step=end_step, schedule=schedule, periods=int(periods), target_flops=target_flops,
@@ -839,8 +877,12 @@ class DHSPG(torch.optim.Optimizer):
         pending = self._redundant & ~self._zero
         live = pending & (x_sq > 0)
         x_norm = x_sq.sqrt()
-        lam = torch.where(live, group_lambdas(dot, x_norm, d_sq, lmbda=hp["lmbda"], amplify=hp["lmbda_amplify"],
-                                              coeff=hp["hat_lmbda_coeff"]), 0.0)
+        lam = group_lambdas(dot, x_norm, d_sq, lmbda=hp["lmbda"], amplify=hp["lmbda_amplify"],
+                            coeff=hp["hat_lmbda_coeff"])
+        if hp.get("lambda_rule", "fixed") == "schedule":  # state dicts of older runs have no lambda_rule
+            lam = schedule_lambdas(lam, dot, x_norm, lr=lr, steps_left=hp["end_step"] - self._step,
+                                   gain=hp["lambda_gain"], epsilon=hp["epsilon"])
+        lam = torch.where(live, lam, 0.0)
         coef = torch.where(live, lam / torch.where(live, x_norm, 1.0), 0.0)
         self._lambdas = lam[:-1].to(self._lambdas.dtype)
         self._redundant_norm = (x_sq * self._redundant).sum().sqrt().to(self._redundant_norm.dtype)
@@ -1027,8 +1069,15 @@ class DHSPG(torch.optim.Optimizer):
     def _forced_message(self, rest: Tensor, end_step: int) -> str:
         """The warning for the G_r groups (mask ``rest``) forced to zero at the end of the phase."""
         return (f"DHSPG: {self._forced} of the {self.target_zero_groups} redundant groups had not reached zero "
-                f"by end_step={end_step} and were set to zero now; for a gentler finish raise lmbda, "
-                "epsilon or end_step")
+                f"by end_step={end_step} and were set to zero now; {self._gentler()}")
+
+    def _gentler(self) -> str:
+        """What the forced-projection warning suggests: the scheduled λ forces only when nothing moves."""
+        if self.param_groups[0].get("lambda_rule", "fixed") == "fixed":
+            return ("for a gentler finish use lambda_rule='schedule' (the default), or raise lmbda, epsilon or "
+                    "end_step")
+        return ("with the scheduled λ that happens only where lr is 0 at the last projection step: keep lr > 0 "
+                "until end_step")
 
     # ------------------------------------------------------------------ reporting
     @torch.no_grad()

@@ -251,6 +251,8 @@ class H2SPG(DHSPG):
         lmbda_amplify: float = 1.1,
         hat_lmbda_coeff: float = 10.0,
         epsilon: float = 0.0,
+        lambda_rule: str = "schedule",
+        lambda_gain: float = 1.5,
         ema: float = 0.9,
         score: RedundancyScore | None = None,
         keep_one_per_family: bool = True,
@@ -285,9 +287,9 @@ class H2SPG(DHSPG):
         super().__init__(_TwoLevelSpace(space), lr=lr, target_group_sparsity=0.0, start_step=warmup_steps,
                          end_step=end_step, variant=variant, momentum=momentum, dampening=dampening,
                          nesterov=nesterov, weight_decay=weight_decay, betas=betas, eps=eps, lmbda=lmbda,
-                         lmbda_amplify=lmbda_amplify, hat_lmbda_coeff=hat_lmbda_coeff, epsilon=epsilon, score=score,
-                         keep_one_per_family=False, process_group=process_group, schedule=schedule,
-                         periods=periods)
+                         lmbda_amplify=lmbda_amplify, hat_lmbda_coeff=hat_lmbda_coeff, epsilon=epsilon,
+                         lambda_rule=lambda_rule, lambda_gain=lambda_gain, score=score, keep_one_per_family=False,
+                         process_group=process_group, schedule=schedule, periods=periods)
         for store in (self.param_groups[0], self.defaults):
             store.update(target_group_sparsity=float(target_group_sparsity), erase_budget=float(erase_budget),
                          ema=float(ema))
@@ -505,7 +507,7 @@ class H2SPG(DHSPG):
         ops, chans = int(rest[n:].sum()), int(rest[:n].sum())
         return (f"H2SPG: {ops} of the {len(self._accepted)} accepted erasing groups and {chans} of the "
                 f"{len(self._pruned)} selected prunable groups had not reached zero by end_step={end_step} and were "
-                "set to zero now; for a gentler finish raise lmbda, epsilon or end_step")
+                f"set to zero now; {self._gentler()}")
 
     # ------------------------------------------------------------------ reporting
     def zero_groups(self) -> Tensor:

@@ -138,6 +138,8 @@ class RefDHSPG:
     amplify: float = 1.1
     coeff: float = 10.0
     epsilon: float = 0.0
+    rule: str = "fixed"  # or "schedule": λ_g lifted to reach the half-space boundary by end_step
+    gain: float = 1.5
     step: int = 0
     redundant: set[int] | None = None
     zero: set[int] = field(default_factory=set)
@@ -180,6 +182,9 @@ class RefDHSPG:
                     continue
                 lam = ref_lambda(sums(sl, x, d), math.sqrt(xx), sums(sl, d, d), lmbda=self.lmbda,
                                  amplify=self.amplify, coeff=self.coeff)
+                if self.rule == "schedule":  # the move along x_g/‖x_g‖ reaches gain·(1 − ε)·‖x_g‖ / steps left
+                    along = self.gain * (1 - self.epsilon) * math.sqrt(xx) / (self.end_step - t)
+                    lam = max(lam, along / self.lr - sums(sl, x, d) / math.sqrt(xx))
                 self.lambdas[r] = lam
                 for n, dim, pos in sl:
                     new[n].select(dim, pos).sub_(self.lr * lam / math.sqrt(xx) * x[n].select(dim, pos))

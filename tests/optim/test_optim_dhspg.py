@@ -18,7 +18,7 @@ from optim_helpers import (RefDHSPG, StubSpace, TinyNet, group_slices, params_of
 from otonas._errors import OtonasError
 from otonas.optim import DHSPG, CosineMagnitudeScore, ForcedProjectionWarning, GroupStats, RedundancyScore
 from otonas.optim import _base, _dhspg, _kernels, _layout
-from otonas.optim._dhspg import _fill_zero, group_lambdas
+from otonas.optim._dhspg import _fill_zero, group_lambdas, schedule_lambdas
 
 _fusable = DHSPG._fusable
 from otonas.optim._layout import Entry
@@ -174,8 +174,9 @@ def test_lambda_rule_matches_reference_and_keeps_descent(x: list[float], d: list
                                                        (0.5, 0.0, 5.0, 0.5), (0.9, 1e-3, 1e-3, 0.0)])
 @pytest.mark.parametrize("host_reads,block,kernels", [(True, None, True), (False, None, True), (True, 16, False),
                                                        (True, None, False), (False, None, False)])
+@pytest.mark.parametrize("rule", ["fixed", "schedule"])
 def test_projection_matches_group_by_group_reference(momentum: float, wd: float, lmbda: float, epsilon: float,
-                                                     host_reads: bool, block: int | None, kernels: bool,
+                                                     host_reads: bool, block: int | None, kernels: bool, rule: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Also with zero slices cleared by 0/1 masks (as off CPU, where nothing is read back), and
     with the conv weights' two passes taken by the fused loops (``_kernels``, SGD's momentum
@@ -194,10 +195,10 @@ def test_projection_matches_group_by_group_reference(momentum: float, wd: float,
     model = space.model
     kw = dict(lr=0.1, start_step=2, end_step=14)
     opt = DHSPG(space, schedule="half_space", momentum=momentum, weight_decay=wd, target_group_sparsity=0.5, lmbda=lmbda,
-                epsilon=epsilon, **kw)
+                epsilon=epsilon, lambda_rule=rule, **kw)
     opt._host_reads = host_reads
     ref = RefDHSPG(space, k=opt.target_zero_groups, momentum=momentum, weight_decay=wd, lmbda=lmbda,
-                   epsilon=epsilon, **kw)
+                   epsilon=epsilon, rule=rule, **kw)
     gen = torch.Generator().manual_seed(4)
     x = params_of(model)
     saw_natural_projection = False
@@ -219,7 +220,10 @@ def test_projection_matches_group_by_group_reference(momentum: float, wd: float,
                 assert float(lam[r]) == pytest.approx(v, rel=1e-6)
     assert len(ref.zero) == opt.target_zero_groups
     assert opt.metrics()["num_forced_groups"] == ref.forced
-    assert saw_natural_projection == (lmbda >= 5.0)  # strong λ: groups reach zero before end_step
+    if rule == "fixed":
+        assert saw_natural_projection == (lmbda >= 5.0)  # strong λ: groups reach zero before end_step
+    else:
+        assert ref.forced == 0  # the scheduled λ makes every group cross the boundary by itself
     assert any(fused) == (kernels and momentum > 0)  # with momentum, the loops updated it
 
 
@@ -303,7 +307,7 @@ def test_zero_groups_never_revive(variant: str, host_reads: bool) -> None:
 def test_end_step_forces_exactly_k_and_says_so(variant: str) -> None:
     space = tiny_space()
     opt = DHSPG(space, schedule="half_space", lr=1e-3, variant=variant, target_group_sparsity=0.5, start_step=1, end_step=4,
-                lmbda=1e-6)
+                lmbda=1e-6, lambda_rule="fixed")
     batch = tiny_batch()
     for _ in range(3):
         loss_step(space.model, opt, batch)
@@ -313,6 +317,47 @@ def test_end_step_forces_exactly_k_and_says_so(variant: str) -> None:
     m = opt.metrics()
     assert m["num_zero_groups"] == m["target_zero_groups"] == 5 and m["forced_projection"] is True
     assert m["num_forced_groups"] == 5 and m["phase"] == "done"
+
+
+@pytest.mark.parametrize("variant", ["sgd", "adam", "adamw"])
+def test_scheduled_lambda_reaches_zero_where_the_fixed_rule_forces(variant: str) -> None:
+    """The run that forces all of G_r under lambda_rule="fixed" (λ far too weak for 3 steps):
+    with the default rule every group crosses the half-space boundary by itself."""
+    space = tiny_space()
+    opt = DHSPG(space, schedule="half_space", lr=1e-3, variant=variant, target_group_sparsity=0.5, start_step=1, end_step=4,
+                lmbda=1e-6)
+    batch = tiny_batch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ForcedProjectionWarning)
+        for _ in range(4):
+            loss_step(space.model, opt, batch)
+    m = opt.metrics()
+    assert m["num_zero_groups"] == m["target_zero_groups"] == 5 and m["phase"] == "done"
+    assert m["num_forced_groups"] == 0 and m["forced_projection"] is False
+
+
+def test_schedule_lambdas_set_the_move_along_the_group() -> None:
+    """Per group the step along −x_g/‖x_g‖, lr·(⟨d_g, x_g⟩/‖x_g‖ + λ_g), is at least
+    gain·(1 − ε)·‖x_g‖/R, exactly that where OTOv2's λ_g is smaller; λ_g never drops below it."""
+    gen = torch.Generator().manual_seed(0)
+    dot = torch.randn(64, generator=gen, dtype=torch.float64)
+    x_norm = torch.rand(64, generator=gen, dtype=torch.float64) + 0.1
+    x_norm[0] = 0.0
+    d_sq = dot.square() / x_norm.clamp(min=0.1).square() + torch.rand(64, generator=gen, dtype=torch.float64)
+    lam = group_lambdas(dot, x_norm, d_sq, lmbda=0.5, amplify=1.1, coeff=10.0)
+    for lr, steps, gain, eps in [(0.1, 10, 1.5, 0.0), (0.05, 1, 2.0, 0.3), (1.0, 3, 1.1, 0.9)]:
+        out = schedule_lambdas(lam, dot, x_norm, lr=lr, steps_left=steps, gain=gain, epsilon=eps)
+        live = x_norm > 0
+        move = lr * (dot[live] / x_norm[live] + out[live])
+        want = gain * (1 - eps) * x_norm[live] / steps
+        assert (out >= lam).all() and out[0] == lam[0]
+        assert (move >= want * (1 - 1e-12)).all()
+        lifted = out[live] > lam[live]
+        assert lifted.any() and torch.allclose(move[lifted], want[lifted])
+        if steps == 1:  # the last step crosses the half-space boundary: ⟨x̂_g, x_g⟩ < ε‖x_g‖²
+            assert (x_norm[live] ** 2 - lr * dot[live] - lr * out[live] * x_norm[live]
+                    < eps * x_norm[live] ** 2).all()
+    assert torch.equal(schedule_lambdas(lam, dot, x_norm, lr=0.0, steps_left=5, gain=1.5, epsilon=0.0), lam)
 
 
 def test_natural_projection_reaches_the_target_without_forcing() -> None:
@@ -429,6 +474,7 @@ def test_state_dict_is_a_snapshot_and_checks_its_source() -> None:
     (dict(lmbda=0.0), "lmbda"), (dict(epsilon=1.0), "epsilon"), (dict(hat_lmbda_coeff=0.5), "hat_lmbda_coeff"),
     (dict(lmbda_amplify=0.9), "lmbda_amplify"), (dict(nesterov=True, momentum=0.0), "nesterov"),
     (dict(lr=-1.0), "lr"), (dict(betas=(0.9, 1.0)), "betas"),
+    (dict(lambda_rule="adaptive"), "lambda_rule"), (dict(lambda_gain=1.0), "lambda_gain"),
 ])
 def test_bad_options_name_the_option(kw: dict, match: str) -> None:
     args = dict(lr=0.1, target_group_sparsity=0.5, start_step=0) | kw
@@ -470,7 +516,9 @@ class _OddNet(torch.nn.Module):
 
 
 @pytest.mark.parametrize("host_reads,kernels", [(True, True), (False, True), (True, False)])
-def test_any_layout_matches_reference(host_reads: bool, kernels: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("rule", ["fixed", "schedule"])
+def test_any_layout_matches_reference(host_reads: bool, kernels: bool, rule: str,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Groups on three dims of one tensor, on a last dim, two entries on one dim, ids of -1."""
     if kernels and not _kernels.enabled():
         pytest.skip(f"numba is not usable here: {_kernels._failed}")
@@ -485,9 +533,10 @@ def test_any_layout_matches_reference(host_reads: bool, kernels: bool, monkeypat
     }
     space = StubSpace(model, layout, 10)
     kw = dict(lr=0.2, start_step=1, end_step=9)
-    opt = DHSPG(space, schedule="half_space", momentum=0.5, weight_decay=1e-2, target_group_sparsity=0.6, lmbda=2.0, epsilon=0.5, **kw)
+    opt = DHSPG(space, schedule="half_space", momentum=0.5, weight_decay=1e-2, target_group_sparsity=0.6, lmbda=2.0, epsilon=0.5,
+                lambda_rule=rule, **kw)
     opt._host_reads = host_reads
-    ref = RefDHSPG(space, k=6, momentum=0.5, weight_decay=1e-2, lmbda=2.0, epsilon=0.5, **kw)
+    ref = RefDHSPG(space, k=6, momentum=0.5, weight_decay=1e-2, lmbda=2.0, epsilon=0.5, rule=rule, **kw)
     gen = torch.Generator().manual_seed(1)
     x = params_of(model)
     for t in range(12):
@@ -501,7 +550,11 @@ def test_any_layout_matches_reference(host_reads: bool, kernels: bool, monkeypat
         if t == 7:
             natural = len(ref.zero)
     assert len(ref.zero) == 6 and zero_set(opt) >= ref.zero
-    assert 0 < natural < 6  # some groups reached zero by themselves, the rest were forced
+    assert opt.metrics()["num_forced_groups"] == ref.forced
+    if rule == "fixed":
+        assert 0 < natural < 6  # some groups reached zero by themselves, the rest were forced
+    else:
+        assert ref.forced == 0
 
 
 @pytest.mark.parametrize("n_groups,target", [(0, 0.5), (9, 0.0)])

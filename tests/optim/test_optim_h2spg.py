@@ -204,12 +204,16 @@ def test_select_erasure_on_a_stub() -> None:
 # ---------------------------------------------------------------------------- budgets and zeros
 @pytest.mark.parametrize("variant", ["sgd", "adamw"])
 def test_budgets_are_exact_and_zero_groups_never_revive(space: otonas.SearchSpace, variant: str) -> None:
-    kw = dict(lr=0.01, weight_decay=1e-2) if variant == "adamw" else {}
+    # adamw with OTOv2's fixed λ rule forces groups at end_step (that path is checked too); the
+    # default, scheduled λ forces none.
+    kw = dict(lr=0.01, weight_decay=1e-2, lambda_rule="fixed") if variant == "adamw" else {}
     opt = make(space, variant=variant, erase_budget=0.4, **kw)
     n, e = space.num_prunable_groups, space.num_erasing_groups
     prev_p = torch.zeros(n, dtype=torch.bool)
     prev_e = torch.zeros(e, dtype=torch.bool)
     with pytest.warns(ForcedProjectionWarning) if variant == "adamw" else warnings.catch_warnings():
+        if variant != "adamw":
+            warnings.simplefilter("error", ForcedProjectionWarning)
         for s in range(14):
             train_steps(space.model, opt, [s])
             zp, ze = opt.zero_groups(), opt.zero_erasing_groups()
@@ -240,16 +244,19 @@ def test_built_network_computes_what_the_supernet_computes(space: otonas.SearchS
 
 
 @pytest.mark.parametrize("host_reads", [True, False])
-def test_projection_step_matches_group_by_group_reference(space: otonas.SearchSpace, host_reads: bool) -> None:
+@pytest.mark.parametrize("rule", ["fixed", "schedule"])
+def test_projection_step_matches_group_by_group_reference(space: otonas.SearchSpace, host_reads: bool,
+                                                          rule: str) -> None:
     """Over both levels at once (nested whole-tensor entries on the same dim as channel
     slices), the vectorized step equals DHSPG's slow reference run on the same two-level layout
     (also with zero slices cleared by 0/1 masks, as off CPU)."""
     model = space.model.double()
     two = _TwoLevelSpace(space)
-    opt = make(space, momentum=0.0, weight_decay=0.0, lmbda=0.5, warmup_steps=2, end_step=7)
+    opt = make(space, momentum=0.0, weight_decay=0.0, lmbda=0.5, warmup_steps=2, end_step=7, lambda_rule=rule)
     opt._host_reads = host_reads
     n, e = space.num_prunable_groups, space.num_erasing_groups
-    ref = RefDHSPG(StubSpace(model, two.group_layout(), n + e), lr=0.05, k=0, start_step=2, end_step=7, lmbda=0.5)
+    ref = RefDHSPG(StubSpace(model, two.group_layout(), n + e), lr=0.05, k=0, start_step=2, end_step=7, lmbda=0.5,
+                   rule=rule)
     gen = torch.Generator().manual_seed(3)
     x = params_of(model)
     try:

@@ -167,7 +167,8 @@ class _Lines(torch.nn.Module):
 
 
 @pytest.mark.parametrize("momentum", [0.9, 0.0])
-def test_rows_only_and_columns_only_weights_match_reference(momentum: float, threads: int,
+@pytest.mark.parametrize("rule", ["fixed", "schedule"])
+def test_rows_only_and_columns_only_weights_match_reference(momentum: float, threads: int, rule: str,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from optim_helpers import RefDHSPG, params_of, random_grads
 
@@ -182,9 +183,9 @@ def test_rows_only_and_columns_only_weights_match_reference(momentum: float, thr
     monkeypatch.setattr(DHSPG, "_fusable", lambda self, *a: fused.append(r := real(self, *a)) or r)
     kw = dict(lr=0.2, start_step=1, end_step=9)
     opt = DHSPG(space, schedule="half_space", momentum=momentum, weight_decay=1e-2, target_group_sparsity=0.5,
-                lmbda=2.0, epsilon=0.3, **kw)
+                lmbda=2.0, epsilon=0.3, lambda_rule=rule, **kw)
     ref = RefDHSPG(space, k=opt.target_zero_groups, momentum=momentum, weight_decay=1e-2,
-                   lmbda=2.0, epsilon=0.3, **kw)
+                   lmbda=2.0, epsilon=0.3, rule=rule, **kw)
     gen = torch.Generator().manual_seed(1)
     x = params_of(model)
     for t in range(12):
