@@ -167,8 +167,8 @@ class LatencyTable:
     first time any table of this setting needs it and writing it to the cache file ``path``
     (``cache_dir``, default :func:`default_cache_dir`; ``cache_dir=False``: memory only).
     ``measured`` counts the layer shapes this object timed itself (0 when the cache held them
-    all), ``measured_models`` the whole networks. Each grid point is the median of ``repeats`` runs (more for very short layers) after
-    one untimed run.
+    all), ``measured_models`` the whole networks. Each grid point is the fastest of ``repeats``
+    runs (more for very short layers) after two untimed ones.
     """
 
     def __init__(self, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, batch: int = 1,
@@ -234,9 +234,15 @@ class LatencyTable:
 
     # --- measuring --------------------------------------------------------------------------
     def _time(self, fn: Any) -> float:
+        """The fastest of a few runs after two untimed ones. On a shared machine a run is often
+        descheduled for a whole time slice (measured: a 3×3 convolution took 1.6 ms or 10 ms at
+        random under a load of 4 on 2 cores), so a median flips between the two; the fastest run
+        is the layer's own cost. The dense network is calibrated the same way."""
+        time_call(fn, self.device)
         first = time_call(fn, self.device)
-        n = max(self.repeats, min(25, int(math.ceil(0.02 / max(first, 1e-6)))))  # short layers: more runs
-        return float(np.median([time_call(fn, self.device) for _ in range(n)]))
+        # short layers: more runs (to 20 ms); long ones (over 20 ms a run) settle with three
+        n = min(25, max(3 if first > 0.02 else self.repeats, int(math.ceil(0.02 / max(first, 1e-6)))))
+        return float(min([first] + [time_call(fn, self.device) for _ in range(n)]))
 
     @torch.inference_mode()
     def times(self, shape: LayerShape) -> LayerTimes:
