@@ -3,11 +3,18 @@
     python bench/bench_latency.py [--models resnet50,mobilenet_v2] [--flops 0.5,0.25]
                                   [--round-to 1,8,16] [--batches 1,32] [--repeat 5] [--threads 1]
     python bench/bench_latency.py --levels 0.3,0.5,0.7 ...   # the older mode: random group shares
+    python bench/bench_latency.py --target-latency 0.5,0.25 --models resnet50 --batches 1,32 --threads 1
 
 Default mode: for each FLOPs target and ``round_to`` the per-family quotas are DHSPG's
 (``DHSPG(space, target_flops=t, round_to=r)``: one common share bisected on ``space.costs``,
 kept channels in multiples of ``round_to``), the first groups of each family up to its quota
 are zeroed (within a family any choice costs alike), and the subnet is built.
+
+With ``--target-latency`` the quotas are DHSPG's at a latency budget (``DHSPG(space,
+target_latency=t, latency_model=otonas.latency.LatencyModel(space, batch=b, num_threads=n))``:
+the same bisection over the latency estimated from the cached per-layer table); each row gives
+the estimated fraction of the dense latency beside the measured one (full and subnets timed in
+turn, medians), and the seconds the table took to measure (0 when the cache had it).
 
 With ``--levels`` a random set of that share of the prunable groups is zeroed
 (``otonas.testing.zero_groups_``), ``space.removable`` says what the builder takes out and
@@ -89,6 +96,47 @@ def flops_subnets(name: str, targets: list[float], round_tos: list[int],
     return out, shape
 
 
+def latency_rows(name: str, targets: list[float], round_tos: list[int], batches: list[int], repeat: int,
+                 threads: int, cache_dir: str | None) -> None:
+    """The ``--target-latency`` mode: per batch a latency model, per target and round_to a subnet;
+    estimated against measured fractions of the dense latency."""
+    import warnings
+
+    from otonas.latency import LatencyModel, measure_latency
+    from otonas.optim import DHSPG
+
+    model, shape, space, state, base, _ = _setup(name, 0)
+    full = copy.deepcopy(model).eval()
+    for batch in batches:
+        t0 = time.perf_counter()
+        lm = LatencyModel(space, batch=batch, num_threads=threads, cache_dir=cache_dir)
+        took = time.perf_counter() - t0
+        rows = []
+        for t in targets:
+            for r in round_tos:
+                model.load_state_dict(state)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    opt = DHSPG(space, lr=0.1, target_latency=t, latency_model=lm, round_to=r, start_step=1,
+                                end_step=2)
+                assert opt._cells is not None
+                mask = np.zeros(space.num_prunable_groups, dtype=bool)
+                for members, k in zip(opt._cells, opt._quota):
+                    mask[np.asarray(members)[:k]] = True
+                zero_groups_(space, mask)
+                removed = space.removable(mask)
+                rows.append((t, r, lm.fraction(removed), space.costs(removed=removed).flops / base.flops,
+                             otonas.build(space).eval()))
+        model.load_state_dict(state)
+        x = torch.randn(batch, *shape[1:])
+        lat = measure_latency([full, *(row[4] for row in rows)], [x], repeats=repeat, warmup=1, num_threads=threads)
+        for (t, r, est, fl, _), sec in zip(rows, lat[1:]):
+            meas = sec / lat[0]
+            print(f"| {name} | {batch} | {t:g} | {r} | {est:.3f} | {meas:.3f} | {meas / est:.2f} | {fl:.1%} | "
+                  f"{lat[0] * 1e3:.1f} → {sec * 1e3:.1f} | {lm.dense_seconds * 1e3:.1f} | {took:.1f} s "
+                  f"({lm.table.measured} shapes) |", flush=True)
+
+
 def measure(nets: list[tuple[str, torch.nn.Module, float]], shape: tuple[int, ...], batch: int, repeat: int) -> list[float]:
     x = torch.randn(batch, *shape[1:])
     times: list[list[float]] = [[] for _ in nets]
@@ -112,9 +160,20 @@ def main() -> None:
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 1 is steadiest on a shared machine")
+    ap.add_argument("--target-latency", default=None, help="latency mode: fractions of the dense latency to keep")
+    ap.add_argument("--cache-dir", default=None, help="latency mode: the table's cache (default: the user cache)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.target_latency:
+        round_tos = [int(v) for v in args.round_to.split(",")] if args.round_to != "1,8,16" else [1]
+        print("| model | batch | target | round_to | estimated | measured | measured / estimated | FLOPs kept | "
+              "latency full → subnet (ms) | dense in the table (ms) | table |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for name in args.models.split(","):
+            latency_rows(name, [float(v) for v in args.target_latency.split(",")], round_tos,
+                         [int(b) for b in args.batches.split(",")], args.repeat, args.threads, args.cache_dir)
+        return
     print("| model | subnet | FLOPs kept | params kept | batch | latency (ms) | speed-up | FLOPs ratio (full/subnet) | FLOPs ratio / speed-up |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.models.split(","):

@@ -344,6 +344,30 @@ class SearchSpace:
             flops += int(rule.flops(node, out, ins) or 0)
         return Costs(params, flops // max(batch, 1))
 
+    def kept_shapes(self, removed: np.ndarray | None = None, erased: np.ndarray | None = None, *,
+                    nodes: Any = None) -> dict[str, list[int]]:
+        """The kept sizes of the output of every live op (or of the op names in ``nodes``) with
+        ``removed`` pruning groups and ``erased`` erasing groups taken out: node name -> sizes
+        (the first output of an op with several). Ops the channel flow does not cover are left
+        out. A latency model reads layer widths from this, as :meth:`costs` reads FLOPs."""
+        dead: set[str] = set()
+        if erased is not None and np.asarray(erased).any():
+            dead, why = self.segments.dead_nodes(np.asarray(erased, dtype=bool))
+            if why:
+                raise OtonasError(f"invalid erasure: {why}")
+        removed_root = self._removed_root(removed, dead)
+        names = nodes if nodes is not None else [n.name for n in self.capture.graph.nodes]
+        out: dict[str, list[int]] = {}
+        for name in names:
+            if name in dead or name not in self._flow.dims:
+                continue
+            sizes = self.kept_sizes(name, removed_root)
+            if sizes and not isinstance(sizes[0], int):
+                sizes = next((s for s in sizes if s is not None), None)
+            if sizes is not None:
+                out[name] = list(sizes)
+        return out
+
     def _batch_size(self) -> int:
         for x in self.capture.example_inputs:
             if isinstance(x, torch.Tensor) and x.dim() > 0:

@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
                         "replaces --target-sparsity)")
     s.add_argument("--target-params", type=float, metavar="F", help="fraction of the dense parameters to keep "
                    "(likewise)")
+    s.add_argument("--target-latency", type=float, metavar="F",
+                   help="fraction of the dense model's latency to keep, measured on this machine (at --latency-batch "
+                        "on --latency-device) and estimated from a per-layer table cached per machine setting (prune "
+                        "mode; replaces --target-sparsity); report.json records the subnet's measured latency")
+    _latency_args(s)
     s.add_argument("--schedule", choices=["progressive", "half_space"],
                    help="how selected groups reach zero: progressive (default; shrunk to exactly zero period by "
                         "period, re-selected each period) or half_space (the OTOv2/v3 projection)")
@@ -126,6 +131,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--target-flops", metavar="LO,HI",
                    help="trials draw the fraction of FLOPs to keep from [LO, HI] (prune mode; the front's cost "
                         "axis is then what users mean) instead of a group sparsity; overrides --space's ranges")
+    t.add_argument("--target-latency", metavar="LO,HI",
+                   help="trials draw the fraction of the dense latency to keep from [LO, HI] (prune mode; measured "
+                        "at --latency-batch on --latency-device, estimated from the cached per-layer table) instead "
+                        "of a group sparsity; overrides --space's ranges")
+    _latency_args(t)
     t.add_argument("--space", metavar="TOML", help="budget space: ranges of sparsity/erase, per = \"global\"|\"stage\"")
     t.add_argument("--trial-epochs", type=int, help="epochs of each trial's short search (default 4)")
     t.add_argument("--epochs", type=int, help="epochs of the full search run by --export-best (default 12)")
@@ -178,6 +188,13 @@ def _options(args: argparse.Namespace, config_class: type) -> dict[str, Any]:
     return values
 
 
+def _latency_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--latency-batch", type=int, metavar="N", help="batch size the latency is measured at (default 1)")
+    p.add_argument("--latency-device", metavar="DEV", help="cpu (default) or cuda: where the latency is measured")
+    p.add_argument("--latency-threads", type=int, metavar="N",
+                   help="CPU threads the latency is measured with (default: torch's setting)")
+
+
 def _tune_config(args: argparse.Namespace) -> Any:
     from ..tuning import TuneConfig
 
@@ -189,27 +206,34 @@ def _tune_config(args: argparse.Namespace) -> Any:
 
         check_option_types(values["search"], SearchConfig, source=f"--config {args.config!r} [search]")
     search = dict(values.get("search", {}))
-    for name in ("mode", "lr", "batch_size", "round_to"):
+    for name in ("mode", "lr", "batch_size", "round_to", "latency_batch", "latency_device", "latency_threads"):
         v = getattr(args, name, None)
         if v is not None:
             search[name] = v
     values["search"] = search
-    flops = getattr(args, "target_flops", None)
-    if flops is not None:
+    ranges = {k: getattr(args, f"target_{k}", None) for k in ("flops", "latency")}
+    if all(v is not None for v in ranges.values()):
+        raise UsageError("give --target-flops or --target-latency, not both")
+    for key, given in ranges.items():
+        if given is None:
+            continue
         from ..tuning import BudgetSpace
 
-        parts = [p.strip() for p in str(flops).split(",")]
+        parts = [p.strip() for p in str(given).split(",")]
         try:
             lo, hi = (float(parts[0]), float(parts[1])) if len(parts) == 2 else (None, None)
         except ValueError:
             lo, hi = None, None
         if lo is None or hi is None:
-            raise UsageError(f"--target-flops {flops!r}: give the range of FLOPs fractions to keep as LO,HI, "
+            what = "FLOPs" if key == "flops" else "dense latency"
+            raise UsageError(f"--target-{key} {given!r}: give the range of {what} fractions to keep as LO,HI, "
                              "e.g. 0.2,0.8")
         base = values.get("space")
         raw = (dict(base) if isinstance(base, dict) else
                BudgetSpace.load(base).to_dict() if isinstance(base, str) else {})
-        raw["flops"] = [lo, hi]
+        raw.pop("flops", None)
+        raw.pop("latency", None)
+        raw[key] = [lo, hi]
         raw.pop("stages", None)
         raw["per"] = "global"
         values["space"] = raw
@@ -438,6 +462,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
               f"(max abs diff {r['max_abs_diff']:.2g})")
         print(f"params          {r['params_before']:,} -> {r['params_after']:,}")
         print(f"FLOPs (MACs)    {r['flops_before']:,} -> {r['flops_after']:,}")
+        lat = r.get("latency")
+        if lat:
+            est = lat.get("estimated_fraction")
+            print(f"latency         {1e3 * lat['dense_seconds']:.2f} ms -> {1e3 * lat['subnet_seconds']:.2f} ms "
+                  f"({lat['measured_fraction']:.1%} of dense measured" + (f", {est:.1%} estimated" if est else "")
+                  + f"; batch {lat['batch']} on {lat['device']}, {lat['threads']} thread(s))")
         print(f"channel groups  {r['removed_groups']:,} of {r['prunable_groups']:,} prunable removed "
               f"(group sparsity {r['group_sparsity']:.3f})" + ("" if r["mode"] == "prune" else
                                                               f"; erased {len(r['erased_operators'])} of "

@@ -220,6 +220,8 @@ class DHSPG(torch.optim.Optimizer):
         target_flops: float | None = None,
         target_params: float | None = None,
         round_to: int = 1,
+        target_latency: float | None = None,
+        latency_model: Any = None,
     ) -> None:
         start_step = int(start_step)
         if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
@@ -227,10 +229,12 @@ class DHSPG(torch.optim.Optimizer):
                               "multiple of round_to channels, or all of them)")
         end_step = 2 * start_step + 1 if end_step is None else int(end_step)
         budgets = [k for k, v in (("target_group_sparsity", target_group_sparsity), ("target_flops", target_flops),
-                                  ("target_params", target_params)) if v is not None]
+                                  ("target_params", target_params),
+                                  ("target_latency", target_latency)) if v is not None]
         if len(budgets) != 1:
             raise OtonasError("DHSPG: give exactly one budget: target_group_sparsity (share of the prunable groups "
-                              "to zero), target_flops or target_params (share of the FLOPs or parameters to keep)"
+                              "to zero), target_flops, target_params or target_latency (share of the FLOPs, parameters or "
+                              "estimated latency to keep)"
                               + (f"; got {' and '.join(budgets)}" if budgets else ""))
         if schedule not in SCHEDULES:
             raise OtonasError(f"DHSPG: schedule={schedule!r} is invalid; expected one of "
@@ -264,7 +268,7 @@ class DHSPG(torch.optim.Optimizer):
                         target_group_sparsity=stage_targets if stage_targets is not None else target,
                         start_step=start_step,
                         end_step=end_step, schedule=schedule, periods=int(periods), target_flops=target_flops,
-                        target_params=target_params, round_to=round_to)
+                        target_params=target_params, round_to=round_to, target_latency=target_latency)
         super().__init__(params, defaults)
         self._layout = GroupLayout(space, params)
         self._rule = make_rule(variant)
@@ -281,7 +285,20 @@ class DHSPG(torch.optim.Optimizer):
         else:
             self.target_zero_groups = _count(n, target)
         cost_metric, cost_target = (("flops", target_flops) if target_flops is not None else
-                                    ("params", target_params) if target_params is not None else (None, None))
+                                    ("params", target_params) if target_params is not None else
+                                    ("latency", target_latency) if target_latency is not None else (None, None))
+        self.latency_model: Any = None  # with target_latency: the estimate the quotas were bisected on
+        if target_latency is not None:
+            if latency_model is None:
+                from ..latency import LatencyModel
+
+                latency_model = LatencyModel(space)  # batch 1 on the CPU, torch's thread count; cached
+            if not callable(getattr(latency_model, "seconds", None)):
+                raise OtonasError("DHSPG: latency_model must have a seconds(removed) method (an "
+                                  "otonas.latency.LatencyModel); got " + type(latency_model).__name__)
+            self.latency_model = latency_model
+        elif latency_model is not None:
+            raise OtonasError("DHSPG: latency_model is used by target_latency only; give target_latency too")
         if cost_metric is None:
             self._family = family_ids(space, n, self.target_zero_groups,
                                       self.target_zero_groups / max(n, 1) if stage_targets is not None else target,
@@ -293,15 +310,16 @@ class DHSPG(torch.optim.Optimizer):
         # and cost budgets select within cells, never across them.
         self._cells: list[np.ndarray] | None = None
         self._quota: list[int] = []
-        self.kept_fraction: float | None = None  # of the FLOPs / parameters, with a cost budget
+        self.kept_fraction: float | None = None  # of the FLOPs / parameters / latency, with a cost budget
         self.round_to = int(round_to)
         if schedule == "progressive" or cost_metric is not None or round_to > 1:
             self._cells, caps = _cells(space, n, self._stage, keep_one_per_family)
             align = cell_alignment(space, self._cells, round_to) if round_to > 1 else None
             if cost_metric is not None:
                 assert cost_target is not None
-                self._quota, self.kept_fraction = cost_quotas(space, self._cells, caps, target=float(cost_target),
-                                                              metric=cost_metric, align=align)
+                self._quota, self.kept_fraction = cost_quotas(
+                    space, self._cells, caps, target=float(cost_target), metric=cost_metric, align=align,
+                    cost=self.latency_model.seconds if cost_metric == "latency" else None)
                 if align is not None and self.kept_fraction < float(cost_target) - 0.01:
                     msg = (f"DHSPG: with round_to={round_to} the closest the quotas come to target_{cost_metric}="
                            f"{cost_target} is {self.kept_fraction:.3f} (more than 1% under); the families are "

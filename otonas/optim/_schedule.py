@@ -13,7 +13,8 @@ construction — nothing is ever forced — and stays zero from then on.
 Quotas come from a budget: a fraction of the prunable groups (spread over the families in
 proportion to their sizes, largest remainders first) or a fraction of the FLOPs or parameters
 to keep (:func:`cost_quotas`: one common share of every family, found by bisection over the
-search space's own cost model ``space.costs``). Selection never crosses a cell: a layer cannot
+search space's own cost model ``space.costs``), or of the latency (the same bisection over a
+measured latency model, :class:`otonas.latency.LatencyModel`). Selection never crosses a cell: a layer cannot
 be stripped because its weights are small next to another layer's (a global normalisation
 would rate the wide late layers' small-init channels most redundant and empty the classifier's
 input), and with ``keep_one_per_family`` a cell never gives its last group.
@@ -22,7 +23,7 @@ input), and with ``keep_one_per_family`` a cell never gives its last group.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -152,9 +153,12 @@ def _give_back(al: Alignment | None, c: int, q: int) -> int:
 
 
 def cost_quotas(space: Any, cells: Sequence[Any], caps: Sequence[int], *, target: float,
-                metric: str, align: Alignment | None = None) -> tuple[list[int], float]:
+                metric: str, align: Alignment | None = None,
+                cost: Callable[[np.ndarray], float] | None = None) -> tuple[list[int], float]:
     """Per-cell quotas that keep at most ``target`` of the dense network's FLOPs (``metric`` =
     "flops") or parameters ("params"), as close to it as one common share of every cell allows.
+    With ``cost`` (removed mask -> cost, e.g. a latency model's estimated seconds) that cost is
+    bisected instead, under the name ``metric`` ("latency").
 
     ``cells`` lists the prunable groups of each cell, ``caps`` the most each may give. Every
     cell gives ``round(share · size)`` groups (capped); ``share`` is bisected on
@@ -163,15 +167,22 @@ def cost_quotas(space: Any, cells: Sequence[Any], caps: Sequence[int], *, target
     kept channels are a multiple of ``round_to`` (or 0), and channels are given back
     ``round_to`` at a time. Returns the quotas and the fraction they keep.
     """
-    costs = getattr(space, "costs", None)
-    if costs is None:
-        raise OtonasError(f"target_{metric} needs a search space with a cost model (space.costs): pass the "
-                          "SearchSpace from otonas.analyze, or give target_group_sparsity instead")
+    n = int(space.num_prunable_groups)
+    measure: Callable[[np.ndarray], float]
+    if cost is not None:
+        measure = cost
+    else:
+        costs = getattr(space, "costs", None)
+        if costs is None:
+            raise OtonasError(f"target_{metric} needs a search space with a cost model (space.costs): pass the "
+                              "SearchSpace from otonas.analyze, or give target_group_sparsity instead")
+
+        def measure(removed: np.ndarray) -> float:
+            return float(getattr(costs(removed), metric))
     if not 0.0 < target <= 1.0:
         raise OtonasError(f"target_{metric}={target!r} is invalid; expected the fraction of {metric} to keep, "
                           "in (0, 1]")
-    n = int(space.num_prunable_groups)
-    dense = getattr(costs(), metric)
+    dense = measure(np.zeros(n, dtype=bool))
     if dense <= 0:
         raise OtonasError(f"the model has no {metric} that otonas counts; give target_group_sparsity instead")
 
@@ -183,7 +194,7 @@ def cost_quotas(space: Any, cells: Sequence[Any], caps: Sequence[int], *, target
         removed = np.zeros(n, dtype=bool)
         for members, k in zip(cells, q):
             removed[list(members)[:k]] = True
-        return getattr(costs(removed), metric) / dense
+        return measure(removed) / dense
 
     if target >= 1.0:
         return [0] * len(cells), 1.0

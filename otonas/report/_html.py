@@ -202,6 +202,22 @@ def _cards(report: dict[str, Any], used: set[str], history: Sequence[dict[str, A
                 detail = (f"from {escape(human(before))} · "
                           f'<span class="{"good" if change < 0 else "muted"}">{change:+.1%}</span>')
             cards.append(_card(label, human(after), detail))
+    lat = report.get("latency")
+    if isinstance(lat, dict) and _num(lat.get("subnet_seconds")) is not None:
+        used |= {"latency", "latency_ms"}
+        sub_s, dense_s = float(lat["subnet_seconds"]), _num(lat.get("dense_seconds"))
+        where = (f"batch {lat.get('batch')} on {lat.get('device')}"
+                 + (f", {lat.get('threads')} thread(s)" if str(lat.get("device", "")).startswith("cpu") else ""))
+        detail = escape(where)
+        if dense_s:
+            change = (sub_s - dense_s) / dense_s
+            detail = (f"from {dense_s * 1e3:.2f}&nbsp;ms · "
+                      f'<span class="{"good" if change < 0 else "muted"}">{change:+.1%}</span> · {detail}')
+        est = _num(lat.get("estimated_fraction"))
+        if est is not None:
+            target = _num(lat.get("target"))
+            detail += (f" · estimated {est:.1%} of dense" + (f" (target {target:.0%})" if target is not None else ""))
+        cards.append(_card("latency (measured)", f"{sub_s * 1e3:.2f} ms", detail))
     gs = _num(report.get("group_sparsity"))
     if gs is not None:
         # a channel group is one channel of a family: every layer it couples loses it together,

@@ -43,6 +43,12 @@ class SearchConfig:
     erase_budget: float = 0.5  # share of the erasing groups to erase
     target_flops: float | None = None  # fraction of the dense FLOPs to keep (prune mode; replaces target_sparsity)
     target_params: float | None = None  # fraction of the dense parameters to keep (likewise)
+    # fraction of the dense model's latency to keep, measured on this machine at latency_batch on
+    # latency_device (estimated from a cached per-layer table; the built subnet is measured too)
+    target_latency: float | None = None
+    latency_batch: int = 1
+    latency_device: str = "cpu"
+    latency_threads: int | None = None  # CPU threads for the latency; default: torch's setting
     schedule: str = "progressive"  # progressive (groups shrunk to zero period by period) | half_space (OTOv2/v3)
     periods: int = 5  # periods of the progressive schedule
     round_to: int = 1  # every family keeps a multiple of round_to channels (or all of them); 8/16/32 suit kernels
@@ -67,7 +73,7 @@ class SearchConfig:
     overwrite: bool = False  # start anew in a folder that holds a run (removes otonas's own files there)
     export: bool = True
     progress: bool = True
-    measure_latency: bool = False  # time the built subnet (batch 1, CPU) into report["latency_ms"]
+    measure_latency: bool = False  # time the dense model and the subnet into report["latency"] (on with target_latency)
 
     def validate(self) -> None:
         if self.resume and self.overwrite:
@@ -84,12 +90,27 @@ class SearchConfig:
                 raise UsageError(f"--target-sparsity {t!r}{where} must be a number in [0, 1), e.g. 0.5")
         if not 0.0 <= self.erase_budget < 1.0:
             raise UsageError(f"--erase-budget {self.erase_budget} must be in [0, 1), e.g. 0.5")
-        for key in ("target_flops", "target_params"):
+        for key in ("target_flops", "target_params", "target_latency"):
             v = getattr(self, key)
-            if v is not None and not (isinstance(v, (int, float)) and 0.0 < v <= 1.0):
+            if v is not None and (isinstance(v, bool) or not (isinstance(v, (int, float)) and 0.0 < v <= 1.0)):
                 raise UsageError(f"--{key.replace('_', '-')} {v!r} must be the fraction to keep, in (0, 1], e.g. 0.5")
-        if self.target_flops is not None and self.target_params is not None:
-            raise UsageError("give one of --target-flops and --target-params, not both")
+        given = [f"--{k.replace('_', '-')}" for k in ("target_flops", "target_params", "target_latency")
+                 if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise UsageError(f"give one of --target-flops, --target-params and --target-latency, not {' and '.join(given)}")
+        if isinstance(self.latency_batch, bool) or not (isinstance(self.latency_batch, int) and self.latency_batch >= 1):
+            raise UsageError(f"--latency-batch {self.latency_batch!r} must be an integer >= 1, e.g. 1")
+        if self.latency_threads is not None and (isinstance(self.latency_threads, bool) or not (
+                isinstance(self.latency_threads, int) and self.latency_threads >= 1)):
+            raise UsageError(f"--latency-threads {self.latency_threads!r} must be an integer >= 1, e.g. 1 "
+                             "(or leave it out for torch's setting)")
+        if self.latency_device not in ("cpu", "cuda") and not self.latency_device.startswith("cuda:"):
+            raise UsageError(f"--latency-device {self.latency_device!r} is not one of cpu, cuda")
+        if self.latency_device.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError("--latency-device cuda was asked for but torch sees no CUDA device; use --latency-device cpu")
+        if self.target_latency is not None and self.mode in ("erase", "both"):
+            raise UsageError("--target-latency sets the channel budget of --mode prune (DHSPG); with operator erasure "
+                             "give --erase-budget (and --target-sparsity) instead")
         if self.schedule not in ("progressive", "half_space"):
             raise UsageError(f"--schedule {self.schedule!r} is not one of progressive, half_space")
         if not (isinstance(self.periods, int) and self.periods >= 1):
@@ -239,7 +260,7 @@ def _score_name(cfg: SearchConfig) -> str:
     if cfg.score is not None:
         return cfg.score
     within_cells = (cfg.schedule == "progressive" or cfg.round_to > 1 or cfg.target_flops is not None
-                    or cfg.target_params is not None)
+                    or cfg.target_params is not None or cfg.target_latency is not None)
     return "magnitude" if cfg.optimizer == "dhspg" and within_cells else "taylor"
 
 
@@ -266,12 +287,14 @@ def _make_optimizer(cfg: SearchConfig, space: Any, steps_per_epoch: int) -> Any:
                                   lmbda=cfg.lmbda, schedule=cfg.schedule, periods=cfg.periods,
                                   score=make_score(_score_name(cfg)), round_to=cfg.round_to)
     cost = (dict(target_flops=cfg.target_flops) if cfg.target_flops is not None else
-            dict(target_params=cfg.target_params) if cfg.target_params is not None else None)
+            dict(target_params=cfg.target_params) if cfg.target_params is not None else
+            dict(target_latency=cfg.target_latency, latency_model=latency_model(cfg, space))
+            if cfg.target_latency is not None and cfg.optimizer == "dhspg" else None)
     if cfg.optimizer == "dhspg":
         budget_kw: dict[str, Any] = cost if cost is not None else dict(target_group_sparsity=cfg.target_sparsity)
         return optim.DHSPG(space, start_step=start, end_step=end, **budget_kw, **common)
-    if cost is not None:
-        raise UsageError("--target-flops / --target-params set the channel budget of --mode prune (DHSPG); with "
+    if cost is not None or cfg.target_latency is not None:
+        raise UsageError("--target-flops / --target-params / --target-latency set the channel budget of --mode prune (DHSPG); with "
                          "operator erasure give --erase-budget (and --target-sparsity) instead")
     H2SPG = getattr(optim, "H2SPG", None)
     if H2SPG is None:
@@ -281,6 +304,15 @@ def _make_optimizer(cfg: SearchConfig, space: Any, steps_per_epoch: int) -> Any:
     budget = cfg.erase_budget if cfg.mode in ("erase", "both") else 0.0
     return H2SPG(space, target_group_sparsity=sparsity, erase_budget=budget, warmup_steps=start, end_step=end,
                  **common)
+
+
+def latency_model(cfg: SearchConfig, space: Any) -> Any:
+    """The latency model of a run's space at its latency setting (the table cached per machine)."""
+    from ..latency import LatencyModel
+
+    logger.info(f"latency table: batch {cfg.latency_batch} on {cfg.latency_device} (layers not in the cache are "
+                "measured now)")
+    return LatencyModel(space, batch=cfg.latency_batch, device=cfg.latency_device, num_threads=cfg.latency_threads)
 
 
 def _set_lr(opt: Any, cfg: SearchConfig, step: int, total: int) -> None:
@@ -587,19 +619,29 @@ def _load_checkpoint(ckpt: str, model: nn.Module, opt: Any, cfg: SearchConfig) -
                           "delete the folder to start again") from None
 
 
-@torch.inference_mode()
-def _latency_ms(net: nn.Module, data: DataSpec, *, repeats: int = 30) -> float:
-    """Median CPU time of one forward pass at batch 1, in milliseconds (after a warm-up)."""
-    net.eval()
-    x = data.val[0][0].unsqueeze(0)
-    for _ in range(3):
-        net(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        net(x)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
+def _latency(cfg: SearchConfig, model: nn.Module, subnet: nn.Module, estimate: Any, space: Any,
+             removed: np.ndarray | None, erased: np.ndarray | None) -> dict[str, Any]:
+    """The dense model and the built subnet timed in turn (medians) at the run's latency
+    setting, beside the latency model's estimate (of a run with ``target_latency``)."""
+    import copy
+
+    from ..latency import batched_inputs, measure_latency
+
+    device = torch.device(cfg.latency_device)
+    nets = [copy.deepcopy(m).to(device).eval() for m in (model, subnet)]
+    inputs = batched_inputs(space.capture.example_inputs, cfg.latency_batch, device, torch.float32)
+    dense_s, subnet_s = measure_latency(nets, inputs, repeats=10 if cfg.latency_batch < 8 else 5,
+                                        num_threads=cfg.latency_threads)
+    out: dict[str, Any] = {"batch": cfg.latency_batch, "device": str(device),
+                           "threads": cfg.latency_threads or torch.get_num_threads(),
+                           "dense_seconds": dense_s, "subnet_seconds": subnet_s,
+                           "measured_fraction": subnet_s / dense_s if dense_s > 0 else None,
+                           "target": cfg.target_latency, "estimated_fraction": None}
+    if estimate is not None:
+        out["estimated_fraction"] = float(estimate.fraction(removed, erased))
+        out["estimated_dense_seconds"] = float(estimate.dense_seconds)
+        out["table"] = estimate.table.path
+    return out
 
 
 def _finish(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, device: torch.device,
@@ -619,6 +661,8 @@ def _finish(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, dev
     removed = space.removable(space.zero_groups()) if space.num_prunable_groups else None
     erased = space.erasable(space.zero_erasing_groups()) if space.num_erasing_groups else None
     before, after = space.costs(), space.costs(removed, erased)
+    latency = (_latency(cfg, model, subnet, getattr(opt, "latency_model", None), space, removed, erased)
+               if cfg.target_latency is not None or cfg.measure_latency else None)
     report = {
         "model": cfg.model, "data": cfg.data, "mode": cfg.mode, "optimizer": cfg.optimizer,
         "accuracy_full": acc_full, "accuracy_subnet": acc_sub,
@@ -632,7 +676,8 @@ def _finish(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, dev
         "max_abs_diff": max_diff, "epochs": cfg.epochs, "seed": cfg.seed,
         "flops_kept": after.flops / max(before.flops, 1), "params_kept": after.params / max(before.params, 1),
         "schedule": cfg.schedule, "score": _score_name(cfg), "round_to": cfg.round_to, "forced_groups": int(_metrics(opt).get("num_forced_groups", 0) or 0),
-        "latency_ms": _latency_ms(subnet, data) if cfg.measure_latency else None,
+        "latency_ms": 1e3 * latency["subnet_seconds"] if latency is not None else None,
+        "latency": latency,
         "seconds": elapsed + (time.time() - t0),
         "config": asdict(cfg),
     }

@@ -5,6 +5,8 @@ A budget file (``--space budgets.toml``)::
     sparsity = [0.1, 0.8]   # target group sparsity (channel pruning), low and high
     flops = [0.2, 0.9]      # or: the fraction of FLOPs to keep (channel pruning), low and high;
                             # trials then draw ``flops`` instead of ``sparsity`` (per = "global")
+    latency = [0.3, 0.9]    # or: the fraction of the dense latency to keep (likewise; trials draw
+                            # ``latency``, estimated from the cached latency table)
     erase = [0.0, 0.7]      # erase budget (share of erasing groups), low and high
     per = "global"          # "global": one sparsity; "stage": one sparsity per stage
     step = 0.05             # optional: draw on a grid of this step
@@ -30,7 +32,7 @@ from ..analysis import group_stages, stage_of
 
 __all__ = ["BudgetSpace", "group_stages", "stage_of"]
 
-_KEYS = {"sparsity", "erase", "per", "step", "stages", "flops"}
+_KEYS = {"sparsity", "erase", "per", "step", "stages", "flops", "latency"}
 
 
 def _range(value: Any, what: str, source: str) -> tuple[float, float]:
@@ -53,6 +55,7 @@ class BudgetSpace:
     step: float | None = None
     stages: dict[str, tuple[float, float]] = field(default_factory=dict)
     flops: tuple[float, float] | None = None  # fraction of FLOPs kept; replaces ``sparsity`` when set
+    latency: tuple[float, float] | None = None  # fraction of the dense latency kept (likewise)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str = "budget space") -> BudgetSpace:
@@ -73,24 +76,28 @@ class BudgetSpace:
             if not isinstance(step, (int, float)) or isinstance(step, bool) or not 0 < step < 1:
                 raise UsageError(f"{source}: step = {step!r} must be a number in (0, 1), e.g. 0.05")
             out.step = float(step)
-        if "flops" in raw:
-            value = raw["flops"]
+        for key, what in (("flops", "FLOPs"), ("latency", "dense latency")):
+            if key not in raw:
+                continue
+            value = raw[key]
             if (not isinstance(value, (list, tuple)) or len(value) != 2
                     or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-                raise UsageError(f"{source}: flops must be [low, high], the fraction of FLOPs to keep, e.g. "
+                raise UsageError(f"{source}: {key} must be [low, high], the fraction of {what} to keep, e.g. "
                                  f"[0.2, 0.9]; got {value!r}")
             lo, hi = float(value[0]), float(value[1])
             if not 0.0 < lo <= hi <= 1.0:
-                raise UsageError(f"{source}: flops = [{lo}, {hi}] must satisfy 0 < low <= high <= 1")
-            out.flops = (lo, hi)
+                raise UsageError(f"{source}: {key} = [{lo}, {hi}] must satisfy 0 < low <= high <= 1")
+            setattr(out, key, (lo, hi))
+        if out.flops is not None and out.latency is not None:
+            raise UsageError(f"{source}: give a flops range or a latency range, not both")
         if "stages" in raw:
             if not isinstance(raw["stages"], Mapping):
                 raise UsageError(f"{source}: [stages] must be a table of stage = [low, high]")
             out.stages = {str(k): _range(v, f"stages.{k!r}", source) for k, v in raw["stages"].items()}
             if out.stages and out.per != "stage":
                 raise UsageError(f"{source}: [stages] ranges need per = \"stage\"")
-        if out.flops is not None and out.per != "global":
-            raise UsageError(f"{source}: flops ranges are global; use per = \"global\" (or sparsity ranges per stage)")
+        if (out.flops is not None or out.latency is not None) and out.per != "global":
+            raise UsageError(f"{source}: flops and latency ranges are global; use per = \"global\" (or sparsity ranges per stage)")
         return out
 
     @classmethod
@@ -112,6 +119,8 @@ class BudgetSpace:
             d["stages"] = {k: list(v) for k, v in self.stages.items()}
         if self.flops is not None:
             d["flops"] = list(self.flops)
+        if self.latency is not None:
+            d["latency"] = list(self.latency)
         return d
 
     def check_stages(self, stages: Mapping[str, Any]) -> None:
@@ -135,7 +144,7 @@ class BudgetSpace:
         """Draw a trial's budgets: (target sparsity — a float, or stage -> float with
         ``per = "stage"`` — and the erase budget). Parameter names: ``sparsity``,
         ``sparsity:STAGE``, ``flops`` (with a flops range: the fraction of FLOPs to keep; the
-        returned sparsity is then unused) and ``erase``. ``limits`` caps the sparsity ranges (``"*"``: the
+        returned sparsity is then unused), ``latency`` (likewise) and ``erase``. ``limits`` caps the sparsity ranges (``"*"``: the
         global one, else per stage): the most the optimizer can remove while every family
         keeps a channel."""
         limits = limits or {}
@@ -143,6 +152,9 @@ class BudgetSpace:
         if prune and self.flops is not None:
             sparsity = 0.0  # the trial's ``flops`` parameter is its budget (see ``tuning._run``)
             self._suggest(trial, "flops", self.flops)
+        elif prune and self.latency is not None:
+            sparsity = 0.0  # likewise the trial's ``latency`` parameter
+            self._suggest(trial, "latency", self.latency)
         elif prune:
             if self.per == "stage":
                 sparsity = {s: self._suggest(trial, f"sparsity:{s}", self.stages.get(s, self.sparsity),

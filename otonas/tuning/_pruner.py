@@ -12,14 +12,14 @@ __all__ = ["BudgetAwareMedianPruner", "budget_params"]
 
 
 def budget_params(params: Mapping[str, Any]) -> dict[str, float]:
-    """The budgets among a trial's parameters (``sparsity``, ``sparsity:STAGE``, ``erase``, ``flops``)."""
-    return {k: float(v) for k, v in params.items() if k in ("erase", "flops") or k.startswith("sparsity")}
+    """The budgets among a trial's parameters (``sparsity``, ``sparsity:STAGE``, ``erase``, ``flops``, ``latency``)."""
+    return {k: float(v) for k, v in params.items() if k in ("erase", "flops", "latency") or k.startswith("sparsity")}
 
 
 def _removes_at_least(theirs: Mapping[str, float], mine: Mapping[str, float]) -> bool:
     """A higher sparsity or erase budget, a lower share of FLOPs kept: a cost no higher than mine."""
     return set(theirs) == set(mine) and all(
-        (theirs[k] <= mine[k] + 1e-12) if k == "flops" else (theirs[k] >= mine[k] - 1e-12) for k in mine)
+        (theirs[k] <= mine[k] + 1e-12) if k in ("flops", "latency") else (theirs[k] >= mine[k] - 1e-12) for k in mine)
 
 
 class BudgetAwareMedianPruner(optuna.pruners.BasePruner):

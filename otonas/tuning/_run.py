@@ -90,7 +90,7 @@ class TuneConfig:
 
         known = {f.name for f in dataclasses.fields(SearchConfig)}
         owned = {"out", "model", "data", "epochs", "target_sparsity", "erase_budget", "target_flops", "target_params",
-                 "resume", "seed"}
+                 "target_latency", "resume", "seed"}
         for key in self.search:
             if key not in known:
                 raise UsageError(f"[search] option {key!r} is not a search option; known: "
@@ -189,20 +189,24 @@ def _mine_finished(study: Any, worker: str) -> int:
 
 
 def _trial_config(cfg: TuneConfig, info: dict[str, Any], sparsity: Any, erase: float, out: str,
-                  epochs: int, *, export: bool, latency: bool, flops: float | None = None) -> Any:
+                  epochs: int, *, export: bool, latency: bool, cost: Mapping[str, float] | None = None) -> Any:
     from ..search import SearchConfig
 
     return SearchConfig(**{**cfg.search, "out": out, "model": cfg.model, "data": cfg.data, "epochs": epochs,
                            "seed": cfg.seed, "mode": info["mode"], "target_sparsity": sparsity,
-                           "target_flops": flops, "erase_budget": erase, "export": export, "measure_latency": latency,
+                           **(cost or {}), "erase_budget": erase, "export": export, "measure_latency": latency,
                            "resume": os.path.exists(os.path.join(out, "checkpoint", "run.json")),
                            "progress": cfg.progress and cfg.search.get("progress", True)})
 
 
-def _flops_of(params: Mapping[str, Any], info: dict[str, Any]) -> float | None:
-    """The fraction of FLOPs to keep that a trial drew (a ``flops`` budget range), else None."""
-    if "flops" in params and info["mode"] == "prune":
-        return float(params["flops"])
+def _cost_of(params: Mapping[str, Any], info: dict[str, Any]) -> dict[str, float] | None:
+    """The search budget of a trial that drew the fraction of FLOPs or latency to keep (a
+    ``flops`` or ``latency`` budget range): ``{"target_flops": F}`` or ``{"target_latency": F}``."""
+    if info["mode"] != "prune":
+        return None
+    for key in ("flops", "latency"):
+        if key in params:
+            return {f"target_{key}": float(params[key])}
     return None
 
 
@@ -240,7 +244,7 @@ def _run_trial(cfg: TuneConfig, study: optuna.Study, storage: optuna.storages.Ba
     reports = TrialReports(study, storage, trial)
     out = _trial_folder(cfg.out, trial.number, retried_from(reports.frozen()))
     scfg = _trial_config(cfg, info, sparsity, erase, out, cfg.trial_epochs, export=False,
-                         flops=_flops_of(trial.params, info),
+                         cost=_cost_of(trial.params, info),
                          latency="latency" in objs)
 
     def record(row: dict[str, Any]) -> int:
@@ -327,8 +331,8 @@ def tune(cfg: TuneConfig | None = None, /, **options: Any) -> dict[str, Any]:
     space = cfg.budget_space()
     with _worker_lock(cfg.out) as worker, _optuna_verbosity(optuna.logging.WARNING):
         info = _model_info(cfg)  # refuses a model with nothing to prune or erase in this mode
-        if space.flops is not None and info["mode"] != "prune":
-            raise UsageError(f"a flops budget range needs --mode prune (this study's mode is {info['mode']}); "
+        if (space.flops is not None or space.latency is not None) and info["mode"] != "prune":
+            raise UsageError(f"a flops or latency budget range needs --mode prune (this study's mode is {info['mode']}); "
                              "with operator erasure use sparsity and erase ranges")
         if space.per == "stage":
             if info["mode"] != "prune":
@@ -486,7 +490,7 @@ def export_best(cfg: TuneConfig, number: int) -> dict[str, Any]:
     sparsity, erase = _budgets_of(t.params, info)
     out = os.path.join(cfg.out, f"best-trial-{number}")
     scfg = _trial_config(cfg, info, sparsity, erase, out, cfg.epochs, export=True, latency="latency" in objs,
-                         flops=_flops_of(t.params, info))
+                         cost=_cost_of(t.params, info))
     logger.info(f"full search for trial {number} ({cfg.epochs} epochs, budgets {budget_params(t.params)}) into {out}")
     return search(scfg)
 

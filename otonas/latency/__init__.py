@@ -1,0 +1,13 @@
+"""Latency as a cost: a per-layer latency table measured once and cached, the estimated latency
+of a search space's network for any removal (what ``target_latency`` budgets spend), and the
+measured latency of whole networks timed in turn.
+"""
+
+from __future__ import annotations
+
+from ._measure import measure_latency
+from ._model import LatencyModel, batched_inputs
+from ._table import GRID, LatencyTable, LayerShape, LayerTimes, default_cache_dir
+
+__all__ = ["LatencyModel", "LatencyTable", "LayerShape", "LayerTimes", "measure_latency", "batched_inputs",
+           "default_cache_dir", "GRID"]
