@@ -430,7 +430,9 @@ class _Expand(OpRule):
                 out.append(X[j])
                 continue
             out.append(ctx.fresh(size))
-            if ctx.gqa == "query":
+            if ctx.gqa == "query" and j >= 1 and out[i - 1] is X[j - 1] and ctx.ids.is_channel(X[j - 1]).any():
+                # copies of each position of the channel dim before it: repeat_kv's n_rep
+                # query-head slots of every key/value head
                 ctx.mark_replica(out[-1])
         return out
 
