@@ -20,7 +20,8 @@ from . import attention, concat, conv, creation, index, linear, moe, norm, opera
 
 __all__ = [
     "OpRule", "OpKey", "op_key", "functional_of", "register", "lookup", "rule_for", "registered",
-    "FlowContext", "FlowResult", "PinEvent", "BuildContext", "Dims", "GQA", "GQA_MODES", "IdTable", "node_shape", "module_path",
+    "FlowContext", "FlowResult", "PinEvent", "BuildContext", "Dims", "GQA", "GQA_MODES", "IdTable", "node_shape",
+    "module_path",
     "Call", "Expr", "LayerCall", "LayerSpec", "fn", "method", "binop", "literal", "squash", "as_tuple",
     "is_identifier", "torch_module_class", "run_layer", "mutated_arg",
     "ATOM", "POWER", "UNARY", "MUL", "ADD", "SHIFT", "BAND", "BXOR", "BOR", "CMP", "LOWEST",

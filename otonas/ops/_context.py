@@ -134,8 +134,9 @@ class FlowContext:
         return ids
 
     def mark_replica(self, ids: np.ndarray) -> None:
-        """``ids`` (fresh) are a dim that ``expand`` broadcasts: the copies of one value, such as
-        the ``n_rep`` query heads that share a key/value head in ``repeat_kv``."""
+        """``ids`` (fresh) are a dim that ``expand`` broadcasts right after a channel dim: copies
+        of each channel, such as the ``n_rep`` query heads that share a key/value head in
+        ``repeat_kv``. Marked with ``gqa="query"`` only; :func:`merge_ids` reads the mark."""
         if len(ids) > 1:
             self._replicas[int(ids[0])] = len(ids)
 
