@@ -17,6 +17,7 @@ from ._models import example_inputs, resolve_model
 from .analysis import SearchSpace, analyze_captured
 from .build import build
 from .capture import capture, shorter_inputs, without_cache
+from .ops import GQA
 
 __all__ = ["VerifyReport", "verify", "zero_groups_", "prunable_param_share"]
 
@@ -115,6 +116,7 @@ def verify(
     seed: int = 0,
     strict: bool | None = None,
     mode: str = "prune",
+    gqa: GQA = "kv",
     export_dir: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> VerifyReport:
@@ -122,8 +124,9 @@ def verify(
 
     ``mode="erase"`` erases a random valid set of erasing groups instead (about
     ``fraction`` of them, taken in random order and kept only while the network stays
-    valid); ``mode="both"`` does both. With ``export_dir`` the verified subnet is exported
-    there (``model.py``, ``model.safetensors``, ``architecture.json``).
+    valid); ``mode="both"`` does both. ``gqa`` is :func:`otonas.analyze`'s (grouped-query
+    attention by key/value head or by query-head slot). With ``export_dir`` the verified
+    subnet is exported there (``model.py``, ``model.safetensors``, ``architecture.json``).
 
     Passes when the built network's outputs match the zeroed model's on fresh random
     inputs of another batch size (relative tolerance 1e-4) and it has fewer parameters.
@@ -171,7 +174,7 @@ def verify(
     stage("capture", f"torch.export of {name}")
     cap = capture(module, xs, strict=strict)
     stage("analyze", "channel flow, families and erasing groups")
-    space = analyze_captured(module, cap)
+    space = analyze_captured(module, cap, gqa=gqa)
     t_analyze = time.perf_counter() - t0
     pinned = [{"op": e.op, "node": e.node, "reason": e.reason, "module": e.module} for e in space.pins]
     full = space.costs()

@@ -38,6 +38,28 @@ def test_verify_custom_callable_with_input_shape(tmp_path, monkeypatch):
     assert "PASSED" in p.stdout
 
 
+@pytest.mark.parametrize("gqa", ["kv", "query"])
+def test_verify_takes_the_gqa_granularity(gqa, tmp_path, monkeypatch):
+    (tmp_path / "mymodels.py").write_text(
+        "import torch.nn as nn, torch.nn.functional as F\n"
+        "class Att(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.q, self.k, self.v = nn.Linear(16, 32), nn.Linear(16, 8), nn.Linear(16, 8)\n"
+        "        self.o = nn.Linear(32, 3)\n"
+        "    def forward(self, x):\n"
+        "        b, s, _ = x.shape\n"
+        "        q, k, v = (p(x).view(b, s, -1, 4).transpose(1, 2) for p in (self.q, self.k, self.v))\n"
+        "        y = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)\n"
+        "        return self.o(y.transpose(1, 2).reshape(b, s, -1))\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    p = run("verify", "mymodels:Att", "--input-shape", "2,5,16", "--gqa", gqa, "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    report = json.loads(p.stdout)
+    assert report["passed"] is True
+    assert any("gqa='query'" in pin["reason"] for pin in report["pinned"]) == (gqa == "query")
+
+
 @pytest.mark.parametrize("args,needle", [
     (["verify", "torchvision:not_a_model"], "torchvision has no model 'not_a_model'"),
     (["verify", "search_spaces:resnet20", "--model-kwargs", '{"size": "tiny"}', "--input-shape", "2,3,5"],

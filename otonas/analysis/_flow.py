@@ -13,16 +13,16 @@ from torch import fx
 from torch.export.graph_signature import InputKind
 
 from ..errors import AnalysisError
-from ..ops import FlowContext, FlowResult, IdTable, node_shape, rule_for
+from ..ops import GQA, FlowContext, FlowResult, IdTable, node_shape, rule_for
 
 __all__ = ["run_flow"]
 
 
-def run_flow(program: torch.export.ExportedProgram) -> FlowResult:
+def run_flow(program: torch.export.ExportedProgram, *, gqa: GQA = "kv") -> FlowResult:
     graph = program.graph
     sig = program.graph_signature
     result = FlowResult(IdTable(), {}, [], [], {}, {}, {}, [])
-    ctx = FlowContext(result, graph)
+    ctx = FlowContext(result, graph, gqa=gqa)
     ctx._seen = {}
     specs = {s.arg.name: s for s in sig.input_specs if hasattr(s.arg, "name")}
     for node in graph.nodes:

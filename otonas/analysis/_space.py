@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from ..errors import OtonasError
+from ..errors import OtonasError, UsageError
 from ..capture import Capture, capture
 from ..graph import build_opgraph
-from ..ops import FlowResult, IdTable, PinEvent, module_path, rule_for
+from ..ops import GQA, GQA_MODES, FlowResult, IdTable, PinEvent, module_path, rule_for
 from ._flow import run_flow
 from ._rewrites import unrewritable_families
 from ._segments import ErasingGroup, Segments
@@ -98,6 +98,11 @@ class SearchSpace:
         self._prunable_roots = prunable_roots
         self._layout: dict[str, list[tuple[int, torch.Tensor]]] | None = None
         self._families()
+
+    @property
+    def gqa(self) -> GQA:
+        """The grouped-query attention granularity the analysis ran with (:func:`analyze`)."""
+        return self._flow.gqa
 
     # --- erasure ------------------------------------------------------------------------
     @property
@@ -433,6 +438,7 @@ def analyze(
     strict: bool | None = None,
     dynamic_batch: bool = True,
     dynamic_shapes: Any = None,
+    gqa: GQA = "kv",
 ) -> SearchSpace:
     """Capture ``model`` on ``example_inputs`` and find every removable channel.
 
@@ -443,11 +449,19 @@ def analyze(
     two or more dims), any sequence length, where the model does; ``dynamic_shapes``, in
     ``torch.export.export``'s own terms (e.g. ``({0: Dim.AUTO, 2: Dim.AUTO},)``), marks the
     free dims instead. A HuggingFace model is captured without its key/value cache.
+
+    ``gqa`` chooses what a group of grouped-query attention is: ``"kv"`` (the default) one
+    key/value head with the query heads that read it; ``"query"`` one query-head slot of every
+    key/value group (query head j of each group: removing it lowers the query heads per group
+    by one, and the key/value heads are pinned). Multi-head and multi-query attention are the
+    same in both.
     """
     return analyze_captured(model, capture(model, example_inputs, strict=strict, dynamic_batch=dynamic_batch,
-                                           dynamic_shapes=dynamic_shapes))
+                                           dynamic_shapes=dynamic_shapes), gqa=gqa)
 
 
-def analyze_captured(model: nn.Module, captured: Capture) -> SearchSpace:
+def analyze_captured(model: nn.Module, captured: Capture, *, gqa: GQA = "kv") -> SearchSpace:
     """:func:`analyze` of a model already captured (``otonas.capture.capture``)."""
-    return SearchSpace(model, captured, run_flow(captured.program))
+    if gqa not in GQA_MODES:
+        raise UsageError(f"gqa={gqa!r} is not one of {', '.join(map(repr, GQA_MODES))}")
+    return SearchSpace(model, captured, run_flow(captured.program, gqa=gqa))

@@ -30,6 +30,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="dtype of each input (float32, int64, ...); default float32 or the model's own")
     p.add_argument("--strict", choices=["auto", "yes", "no"], default="auto",
                    help="torch.export mode: auto tries non-strict first, then strict")
+    p.add_argument("--gqa", choices=["kv", "query"], default="kv",
+                   help="grouped-query attention: remove a key/value head with its query heads (kv, default), "
+                        "or query heads by their slot in every key/value group (query)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -291,7 +294,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     dtypes = [_dtype(d) for d in args.input_dtype] if args.input_dtype else None
     report = verify(args.model, input_shapes=shapes, input_dtypes=dtypes, model_kwargs=args.model_kwargs,
                     fraction=args.fraction, seed=args.seed, strict=_strict(args.strict), mode=args.mode,
-                    export_dir=args.export, progress=None if args.quiet else _stage_line)
+                    gqa=args.gqa, export_dir=args.export, progress=None if args.quiet else _stage_line)
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
@@ -342,7 +345,7 @@ def _analyzed(args: argparse.Namespace) -> Any:
     dtypes = tuple(_dtype(d) for d in args.input_dtype) if args.input_dtype else (
         resolved.input_dtypes or (torch.float32,) * len(shapes))
     xs = example_inputs(resolved.model, shapes, dtypes)
-    return analyze(resolved.model, xs, strict=_strict(args.strict))
+    return analyze(resolved.model, xs, strict=_strict(args.strict), gqa=args.gqa)
 
 
 def _cmd_show(args: argparse.Namespace) -> int:

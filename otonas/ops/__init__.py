@@ -12,14 +12,16 @@ from ._code import (ADD, ATOM, BAND, BOR, BXOR, CMP, LOWEST, MUL, POWER, SHIFT, 
                     LayerSpec, as_tuple, binop, fn, is_identifier, literal, method, run_layer, squash,
                     torch_module_class)
 from ._common import mutated_arg
-from ._context import BuildContext, Dims, FlowContext, FlowResult, PinEvent, module_path, node_shape
+from ._context import (GQA, GQA_MODES, BuildContext, Dims, FlowContext, FlowResult, PinEvent, module_path,
+                       node_shape)
 from ._ids import IdTable
 from ._rule import OpKey, OpRule, functional_of, lookup, op_key, register, registered, rule_for
 from . import attention, concat, conv, creation, index, linear, moe, norm, operators, pointwise, pool, reduce, shape
 
 __all__ = [
     "OpRule", "OpKey", "op_key", "functional_of", "register", "lookup", "rule_for", "registered",
-    "FlowContext", "FlowResult", "PinEvent", "BuildContext", "Dims", "IdTable", "node_shape", "module_path",
+    "FlowContext", "FlowResult", "PinEvent", "BuildContext", "Dims", "GQA", "GQA_MODES", "IdTable", "node_shape",
+    "module_path",
     "Call", "Expr", "LayerCall", "LayerSpec", "fn", "method", "binop", "literal", "squash", "as_tuple",
     "is_identifier", "torch_module_class", "run_layer", "mutated_arg",
     "ATOM", "POWER", "UNARY", "MUL", "ADD", "SHIFT", "BAND", "BXOR", "BOR", "CMP", "LOWEST",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -17,9 +17,16 @@ from ._ids import IdTable
 if TYPE_CHECKING:
     from ..analysis import SearchSpace
 
-__all__ = ["FlowContext", "FlowResult", "PinEvent", "BuildContext", "Dims", "node_shape", "module_path"]
+__all__ = ["FlowContext", "FlowResult", "PinEvent", "BuildContext", "Dims", "GQA", "GQA_MODES", "KV_HEADS_KEPT",
+           "node_shape", "module_path"]
 
 Dims = list  # list[np.ndarray], one id array per tensor dimension
+
+GQA = Literal["kv", "query"]
+"""How grouped-query attention is pruned: ``"kv"``, a key/value head with the query heads that
+read it; ``"query"``, one query-head slot of every key/value group (the key/value heads stay)."""
+GQA_MODES: tuple[GQA, ...] = ("kv", "query")
+KV_HEADS_KEPT = "key/value heads kept: gqa='query' (a query head is removed by its slot in every key/value group)"
 
 
 @dataclass(frozen=True)
@@ -63,13 +70,19 @@ class FlowResult:
     constant_nodes: dict[str, str]  # placeholder name -> constant name
     user_inputs: list[str]
     zero_requirements: list[tuple[list[tuple[fx.Node, int]], str]] = field(default_factory=list)
+    gqa: GQA = "kv"  # the option the pass ran with
 
 
 class FlowContext:
     """What a rule sees: the ids of its arguments and helpers to mint, unify and pin."""
 
-    def __init__(self, result: FlowResult, graph: fx.Graph) -> None:
+    def __init__(self, result: FlowResult, graph: fx.Graph, *, gqa: GQA = "kv") -> None:
+        if gqa not in GQA_MODES:
+            raise ValueError(f"gqa={gqa!r} is not one of {', '.join(map(repr, GQA_MODES))}")
         self.result = result
+        self.gqa: GQA = gqa
+        result.gqa = gqa
+        self._replicas: dict[int, int] = {}  # first id -> size of a dim that expand broadcasts
         self.ids = result.ids
         self.node: fx.Node | None = None
         self.param_derived: set[fx.Node] = set()
@@ -119,6 +132,17 @@ class FlowContext:
         assert self.node is not None
         self.result.spaces.append((self.node.name, ids))
         return ids
+
+    def mark_replica(self, ids: np.ndarray) -> None:
+        """``ids`` (fresh) are a dim that ``expand`` broadcasts right after a channel dim: copies
+        of each channel, such as the ``n_rep`` query heads that share a key/value head in
+        ``repeat_kv``. Marked with ``gqa="query"`` only; :func:`merge_ids` reads the mark."""
+        if len(ids) > 1:
+            self._replicas[int(ids[0])] = len(ids)
+
+    def is_replica(self, ids: np.ndarray) -> bool:
+        return len(ids) > 1 and self._replicas.get(int(ids[0])) == len(ids) and bool(
+            (np.diff(ids) == 1).all())
 
     def pin(self, ids: np.ndarray, reason: str, node: fx.Node | None = None) -> None:
         self.ids.pin(ids, self._event(reason, node))

@@ -1,17 +1,19 @@
-"""``scaled_dot_product_attention``: heads of q, k and v are one space, the query·key
-contraction needs a zero side, attended positions are pinned (softmax over them); the
-builder keeps the original scale when the head dim shrinks."""
+"""``scaled_dot_product_attention``: heads of q, k and v are one space (with ``enable_gqa``,
+each key/value head with its group of query heads, or query-head slots: the ``gqa`` option),
+the query·key contraction needs a zero side, attended positions are pinned (softmax over
+them); the builder keeps the original scale when the head dim shrinks."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+import numpy as np
 from torch import fx
 
 from ._code import Call, Expr, fn
 from ._common import arg, args_of, first, input_of, unknown
-from ._context import BuildContext, Dims, FlowContext
+from ._context import KV_HEADS_KEPT, BuildContext, Dims, FlowContext
 from ._rule import OpRule, register
 
 __all__ = ["ScaledDotProductAttention"]
@@ -25,11 +27,14 @@ class ScaledDotProductAttention(OpRule):
         assert Q is not None and K is not None and V is not None
         if not (len(Q) == len(K) == len(V)):
             return unknown(ctx, node)
+        gqa = bool(arg(node, 7, "enable_gqa", False))
         for i in range(len(Q) - 2):
             if len(Q[i]) == len(K[i]) == len(V[i]):
                 ctx.union(Q[i], K[i])
                 ctx.union(Q[i], V[i])
-            else:  # grouped-query attention: heads of q and kv differ
+            elif gqa and i == len(Q) - 3 and len(K[i]) == len(V[i]) and len(Q[i]) % len(K[i]) == 0:
+                _grouped_heads(ctx, Q[i], K[i], V[i])
+            else:
                 ctx.pin(Q[i], "grouped-query attention heads")
                 ctx.pin(K[i], "grouped-query attention heads")
                 ctx.pin(V[i], "grouped-query attention heads")
@@ -70,3 +75,19 @@ class ScaledDotProductAttention(OpRule):
         if p:
             kw = [k for k in kw if not k.startswith("dropout_p=")] + [f"dropout_p={p!r} if self.training else 0.0"]
         return fn("F.scaled_dot_product_attention", c.e("query"), c.e("key"), c.e("value"), *kw)
+
+
+def _grouped_heads(ctx: FlowContext, Q: np.ndarray, K: np.ndarray, V: np.ndarray) -> None:
+    """``enable_gqa=True``: query head h reads key/value head h // n_rep (torch repeats k and v
+    with ``repeat_interleave``). With ``gqa="kv"`` a key/value head and its n_rep query heads are
+    one unit; with ``gqa="query"``, or with a single key/value head, query head j of every group
+    is one unit (the groups keep equal sizes) and the key/value heads stay."""
+    kv = len(K)
+    ctx.union(K, V)
+    grid = Q.reshape(kv, len(Q) // kv)
+    if ctx.gqa == "kv" and kv > 1:
+        ctx.ids.union(Q, np.repeat(K, grid.shape[1]))
+        return
+    if kv > 1:
+        ctx.pin(K, KV_HEADS_KEPT)
+        ctx.ids.union(grid[1:].ravel(), np.tile(grid[0], kv - 1))

@@ -15,7 +15,7 @@ from torch import fx
 
 from ._code import Call, Expr, method
 from ._common import args_of, input_of, norm_dim, resized, size_args, track_param
-from ._context import BuildContext, Dims, FlowContext
+from ._context import KV_HEADS_KEPT, BuildContext, Dims, FlowContext
 from ._rule import OpRule, op_key, register
 
 __all__ = ["map_reshape", "split_ids", "merge_ids"]
@@ -306,11 +306,20 @@ def selected_downstream(node: fx.Node, dim: int, hops: int = 8) -> bool:
 
 def merge_ids(ctx: FlowContext, parts: list[np.ndarray], sizes: list[int]) -> np.ndarray:
     """Merge several axes into one dim: the axis that carries channels gives its ids to
-    every position (a channel becomes a block of features); a second channel axis is pinned."""
+    every position (a channel becomes a block of features); a second channel axis is pinned.
+    With ``gqa="query"`` an axis that ``expand`` broadcast (the query-head slots of
+    ``repeat_kv``) carries the ids instead, and the channel axis (the key/value heads) is pinned."""
     if len(parts) == 1:
         return parts[0]
     channel = [a for a, p in enumerate(parts) if ctx.ids.is_channel(p).any()]
-    if channel:
+    replica = [a for a, p in enumerate(parts) if ctx.gqa == "query" and ctx.is_replica(p)] if channel else []
+    if replica:
+        # repeat_kv with gqa="query": each copy of a key/value head is one query-head slot; the
+        # slot axis carries the ids (slot j of every group is one unit) and the heads stay
+        carrier = replica[0]
+        for a in channel:
+            ctx.pin(parts[a], KV_HEADS_KEPT)
+    elif channel:
         carrier = channel[0]
         for a in channel[1:]:
             ctx.pin(parts[a], "reshape merges two channel dimensions into one")
@@ -409,7 +418,14 @@ class _Expand(OpRule):
         out: Dims = []
         for i, size in enumerate(out_shape):
             j = len(X) - n + i
-            out.append(X[j] if j >= 0 and len(X[j]) == size else ctx.fresh(size))
+            if j >= 0 and len(X[j]) == size:
+                out.append(X[j])
+                continue
+            out.append(ctx.fresh(size))
+            if ctx.gqa == "query" and j >= 1 and out[i - 1] is X[j - 1] and ctx.ids.is_channel(X[j - 1]).any():
+                # copies of each position of the channel dim before it: repeat_kv's n_rep
+                # query-head slots of every key/value head
+                ctx.mark_replica(out[-1])
         return out
 
 
