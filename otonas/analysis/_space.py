@@ -317,15 +317,20 @@ class SearchSpace:
             return [int(k.sum()) for k in m]
         return type(m)(None if x is None else [int(k.sum()) for k in x] for x in m)
 
-    def costs(self, removed: np.ndarray | None = None, erased: np.ndarray | None = None) -> Costs:
-        """Parameters and per-sample FLOPs of the network with ``removed`` pruning groups and
-        ``erased`` erasing groups (boolean masks) taken out."""
+    def _removal(self, removed: np.ndarray | None, erased: np.ndarray | None) -> tuple[set[str], np.ndarray | None]:
+        """The dead nodes of the erasure ``erased`` (an invalid one raises) and the removed
+        roots of ``removed`` with them: what :meth:`costs` and :meth:`kept_shapes` count on."""
         dead: set[str] = set()
         if erased is not None and np.asarray(erased).any():
             dead, why = self.segments.dead_nodes(np.asarray(erased, dtype=bool))
             if why:
                 raise OtonasError(f"invalid erasure: {why}")
-        removed_root = self._removed_root(removed, dead)
+        return dead, self._removed_root(removed, dead)
+
+    def costs(self, removed: np.ndarray | None = None, erased: np.ndarray | None = None) -> Costs:
+        """Parameters and per-sample FLOPs of the network with ``removed`` pruning groups and
+        ``erased`` erasing groups (boolean masks) taken out."""
+        dead, removed_root = self._removal(removed, erased)
         graph_nodes = {n.name: n for n in self.capture.graph.nodes}
         params = 0
         for node_name in self._flow.param_nodes:
@@ -355,12 +360,7 @@ class SearchSpace:
         ``removed`` pruning groups and ``erased`` erasing groups taken out: node name -> sizes
         (the first output of an op with several). Ops the channel flow does not cover are left
         out. A latency model reads layer widths from this, as :meth:`costs` reads FLOPs."""
-        dead: set[str] = set()
-        if erased is not None and np.asarray(erased).any():
-            dead, why = self.segments.dead_nodes(np.asarray(erased, dtype=bool))
-            if why:
-                raise OtonasError(f"invalid erasure: {why}")
-        removed_root = self._removed_root(removed, dead)
+        dead, removed_root = self._removal(removed, erased)
         names = nodes if nodes is not None else [n.name for n in self.capture.graph.nodes]
         out: dict[str, list[int]] = {}
         for name in names:
