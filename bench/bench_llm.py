@@ -181,15 +181,16 @@ def generate(model: LlamaForCausalLM, prompt: bytes, new: int = 48) -> str:
 
 
 def step_cost(args: argparse.Namespace, train: torch.Tensor, repeats: int = 7) -> dict[str, float]:
-    """Median step time of DHSPG (mid-projection) over AdamW's, alternated in one process."""
-    model = make_model(0)
-    space = otonas.analyze(model, (example(train, args.seq),))
-    base = adamw(model, args.lr)
-    dhspg = otonas.DHSPG(space, variant="adamw", lr=args.lr, weight_decay=0.01, target_group_sparsity=args.sparsity,
-                         start_step=0, end_step=10 * repeats)
+    """Median step time of DHSPG (mid-projection) over AdamW's, each on its own copy of the same
+    model (its own parameters and gradients), alternated in one process."""
+    base_model, otonas_model = make_model(0), make_model(0)
+    space = otonas.analyze(otonas_model, (example(train, args.seq),))
+    runs = [(base_model, adamw(base_model, args.lr)),
+            (otonas_model, otonas.DHSPG(space, variant="adamw", lr=args.lr, weight_decay=0.01,
+                                        target_group_sparsity=args.sparsity, start_step=0, end_step=10 * repeats))]
     xy = torch.stack([train[i * 1000:i * 1000 + args.seq + 1] for i in range(args.batch)])
 
-    def step(opt: torch.optim.Optimizer) -> float:
+    def step(model: LlamaForCausalLM, opt: torch.optim.Optimizer) -> float:
         t = time.perf_counter()
         loss = F.cross_entropy(logits_of(model(xy[:, :-1])).reshape(-1, 256), xy[:, 1:].reshape(-1))
         opt.zero_grad()
@@ -197,13 +198,14 @@ def step_cost(args: argparse.Namespace, train: torch.Tensor, repeats: int = 7) -
         opt.step()
         return time.perf_counter() - t
 
-    step(base), step(dhspg)
-    a, d = [], []
+    for run in runs:
+        step(*run)
+    times: list[list[float]] = [[], []]
     for _ in range(repeats):
-        a.append(step(base))
-        d.append(step(dhspg))
-    return {"adamw_s": statistics.median(a), "dhspg_s": statistics.median(d),
-            "ratio": statistics.median(d) / statistics.median(a)}
+        for i, run in enumerate(runs):
+            times[i].append(step(*run))
+    a, d = statistics.median(times[0]), statistics.median(times[1])
+    return {"adamw_s": a, "dhspg_s": d, "ratio": d / a}
 
 
 def main() -> None:

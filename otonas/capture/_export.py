@@ -111,8 +111,7 @@ class Capture:
         inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) and device is not None else x
                        for x in self.example_inputs)  # the model may have moved since analysis (to CUDA, back)
         try:
-            with _eval_mode(self.model), without_cache(self.model), traceable_experts(self.model), \
-                    warnings.catch_warnings():
+            with _exporting(self.model), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ep = torch.export.export(self.model, inputs, strict=self.strict, dynamic_shapes=spec)
         except Exception as e:  # torch raises many kinds; all mean "not this way"
@@ -203,51 +202,59 @@ def shorter_inputs(inputs: Sequence[Any], free_dims: Sequence[Sequence[int]]) ->
     return tuple(pytree.tree_unflatten(out, spec)) if changed else None
 
 
-@contextlib.contextmanager
-def without_cache(model: nn.Module):
-    """Export a HuggingFace model without its key/value cache (``use_cache`` off in every config
-    its modules hold: an encoder-decoder's decoder has a copy of its own): the cache object it
-    returns is no tensor torch.export can hold, and the search space does not need it."""
+def _hf_configs(model: nn.Module) -> list[Any]:
+    """The distinct HuggingFace configs ``model``'s modules hold, with their text / decoder /
+    encoder sub-configs (an encoder-decoder's decoder holds a copy of its own)."""
     seen: dict[int, Any] = {}
     for m in model.modules():
         config = getattr(m, "config", None)
-        if config is None or not hasattr(config, "use_cache"):
+        if config is None or not hasattr(config, "to_dict"):
             continue
         for c in (config, *[getattr(config, k, None) for k in ("text_config", "decoder", "encoder")]):
-            if c is not None and getattr(c, "use_cache", False) is True and id(c) not in seen:
+            if c is not None and id(c) not in seen:
                 seen[id(c)] = c
+    return list(seen.values())
+
+
+@contextlib.contextmanager
+def _overriding(changes: list[tuple[Any, str, Any]]):
+    """Set ``obj.name = value`` for each change while the block runs, then restore the old values."""
+    old = [(obj, name, getattr(obj, name)) for obj, name, _ in changes]
     try:
-        for c in seen.values():
-            c.use_cache = False
+        for obj, name, value in changes:
+            setattr(obj, name, value)
         yield
     finally:
-        for c in seen.values():
-            c.use_cache = True
+        for obj, name, value in reversed(old):
+            setattr(obj, name, value)
+
+
+def without_cache(model: nn.Module) -> contextlib.AbstractContextManager[None]:
+    """Run a HuggingFace model without its key/value cache (``use_cache`` off in every config its
+    modules hold): the cache object it returns is no tensor torch.export can hold, and the search
+    space does not need it."""
+    return _overriding([(c, "use_cache", False) for c in _hf_configs(model) if getattr(c, "use_cache", None) is True])
 
 
 #: the HuggingFace experts implementations torch.export captures and otonas has rules for
 TRACEABLE_EXPERTS = ("grouped_mm", "batched_mm")
 
 
-@contextlib.contextmanager
-def traceable_experts(model: nn.Module):
-    """Export a HuggingFace mixture of experts with an experts implementation that torch.export
+def traceable_experts(model: nn.Module) -> contextlib.AbstractContextManager[None]:
+    """Run a HuggingFace mixture of experts with an experts implementation that torch.export
     can capture: ``grouped_mm`` (transformers' default) where the config asks for another one
     (``eager`` loops over the experts that tokens were routed to, a data-dependent loop). The
     implementations compute the same products; the setting is restored afterwards."""
-    seen: dict[int, tuple[Any, Any]] = {}
-    for m in model.modules():
-        config = getattr(m, "config", None)
-        if config is not None and hasattr(config, "_experts_implementation_internal") and id(config) not in seen:
-            seen[id(config)] = (config, config._experts_implementation_internal)
-    try:
-        for config, impl in seen.values():
-            if impl not in TRACEABLE_EXPERTS:
-                config._experts_implementation_internal = "grouped_mm"
+    key = "_experts_implementation_internal"
+    return _overriding([(c, key, "grouped_mm") for c in _hf_configs(model)
+                        if hasattr(c, key) and getattr(c, key) not in TRACEABLE_EXPERTS])
+
+
+@contextlib.contextmanager
+def _exporting(model: nn.Module):
+    """How both exports see the model: eval mode, no HF cache, traceable HF experts."""
+    with _eval_mode(model), without_cache(model), traceable_experts(model):
         yield
-    finally:
-        for config, impl in seen.values():
-            config._experts_implementation_internal = impl
 
 
 @contextlib.contextmanager
@@ -302,7 +309,7 @@ def capture(
     modes = [False, True] if strict is None else [bool(strict)]
     errors: list[str] = []
     printed = io.StringIO()  # a failing export prints its partial graph to stderr: kept for --debug
-    with _eval_mode(model), without_cache(model), traceable_experts(model), _no_stack_traces(), \
+    with _exporting(model), _no_stack_traces(), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for use_strict in modes:

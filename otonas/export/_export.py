@@ -218,7 +218,7 @@ def export(
             inputs = tuple(x[:1] if isinstance(x, torch.Tensor) and x.dim() else x for x in inputs)
         reference, shapes = record_shapes(gm, inputs)
     other: tuple[Any, Any] | None = None  # inputs of another length and the subnet's outputs on them
-    if inputs is not None and space is not None:
+    if check and inputs is not None and space is not None:
         shorter = shorter_inputs(inputs, space.capture.free_dims)
         if shorter is not None:
             with torch.no_grad():

@@ -271,9 +271,8 @@ def selected_downstream(node: fx.Node, dim: int, hops: int = 8) -> bool:
                 a: list[Any] = list(u.args[1:])
                 if name in ("aten.select", "aten.unbind", "aten.split", "aten.split_with_sizes", "aten.chunk",
                             "aten.unsafe_split"):
-                    axis = a[0] if name == "aten.select" else (a[1] if name != "aten.unbind" and len(a) > 1
-                                                                else a[0] if name == "aten.unbind" and a else 0)
-                    axis = int(cast(Any, u.kwargs.get("dim", axis))) % rank
+                    at = 0 if name in ("aten.select", "aten.unbind") else 1  # where the dim argument sits
+                    axis = int(cast(Any, u.kwargs.get("dim", a[at] if len(a) > at else 0))) % rank
                     if axis == d:
                         return True
                     if name == "aten.select":
