@@ -2,6 +2,7 @@
 
     python bench/bench_latency.py [--models resnet50,mobilenet_v2] [--flops 0.5,0.25]
                                   [--round-to 1,8,16] [--batches 1,32] [--repeat 5] [--threads 1]
+                                  [--memory-format contiguous,channels_last]
     python bench/bench_latency.py --levels 0.3,0.5,0.7 ...   # the older mode: random group shares
     python bench/bench_latency.py --target-latency 0.5,0.25 --models resnet50 --batches 1,32 --threads 1
 
@@ -20,7 +21,9 @@ With ``--levels`` a random set of that share of the prunable groups is zeroed
 (``otonas.testing.zero_groups_``), ``space.removable`` says what the builder takes out and
 ``otonas.build`` builds the subnet. Latency is the median of ``--repeat`` forward passes under
 ``torch.inference_mode`` after one warm-up pass; the full model and its subnets are timed in
-turn inside each repetition so that machine noise hits them alike.
+turn inside each repetition so that machine noise hits them alike. ``--memory-format
+channels_last`` times copies of every net (full and subnets alike) with their 4-d weights and the
+input in channels-last layout (``net.to(memory_format=torch.channels_last)``).
 """
 
 from __future__ import annotations
@@ -137,8 +140,16 @@ def latency_rows(name: str, targets: list[float], round_tos: list[int], batches:
                   f"({lm.table.measured} shapes) |", flush=True)
 
 
-def measure(nets: list[tuple[str, torch.nn.Module, float]], shape: tuple[int, ...], batch: int, repeat: int) -> list[float]:
-    x = torch.randn(batch, *shape[1:])
+def measure(nets: list[tuple[str, torch.nn.Module, float]], shape: tuple[int, ...], batch: int, repeat: int,
+            memory_format: str = "contiguous") -> list[float]:
+    """Median seconds of each net, timed in turn; in ``memory_format`` (the nets' copies and the
+    input converted alike)."""
+    from otonas.latency import MEMORY_FORMATS, to_memory_format
+
+    x = to_memory_format(torch.randn(batch, *shape[1:]), memory_format)
+    if memory_format != "contiguous":
+        nets = [(label, copy.deepcopy(net).to(memory_format=MEMORY_FORMATS[memory_format]), kept)
+                for label, net, kept in nets]
     times: list[list[float]] = [[] for _ in nets]
     with torch.inference_mode():
         for _, net, _ in nets:
@@ -162,6 +173,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 1 is steadiest on a shared machine")
     ap.add_argument("--target-latency", default=None, help="latency mode: fractions of the dense latency to keep")
     ap.add_argument("--cache-dir", default=None, help="latency mode: the table's cache (default: the user cache)")
+    ap.add_argument("--memory-format", default="contiguous",
+                    help="comma-separated layouts the nets are timed in: contiguous (NCHW), channels_last (NHWC); "
+                         "with both, each batch is timed in each, full and subnets alike")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -174,8 +188,10 @@ def main() -> None:
             latency_rows(name, [float(v) for v in args.target_latency.split(",")], round_tos,
                          [int(b) for b in args.batches.split(",")], args.repeat, args.threads, args.cache_dir)
         return
-    print("| model | subnet | FLOPs kept | params kept | batch | latency (ms) | speed-up | FLOPs ratio (full/subnet) | FLOPs ratio / speed-up |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    formats = args.memory_format.split(",")
+    print("| model | subnet | FLOPs kept | params kept | batch | memory format | latency (ms) | speed-up | "
+          "FLOPs ratio (full/subnet) | FLOPs ratio / speed-up |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     for name in args.models.split(","):
         if args.levels:
             nets, shape = subnets(name, [float(v) for v in args.levels.split(",")])
@@ -184,11 +200,12 @@ def main() -> None:
                                         [int(v) for v in args.round_to.split(",")])
         p_full = sum(p.numel() for p in nets[0][1].parameters())
         for batch in (int(b) for b in args.batches.split(",")):
-            lat = measure(nets, shape, batch, args.repeat)
-            for (label, net, kept), t in zip(nets, lat):
-                p = sum(q.numel() for q in net.parameters()) / p_full
-                print(f"| {name} | {label} | {kept:.1%} | {p:.1%} | {batch} | {t * 1e3:.1f} | {lat[0] / t:.2f}× | "
-                      f"{1 / kept:.2f}× | {(1 / kept) / (lat[0] / t):.2f} |", flush=True)
+            for fmt in formats:
+                lat = measure(nets, shape, batch, args.repeat, fmt)
+                for (label, net, kept), t in zip(nets, lat):
+                    p = sum(q.numel() for q in net.parameters()) / p_full
+                    print(f"| {name} | {label} | {kept:.1%} | {p:.1%} | {batch} | {fmt} | {t * 1e3:.1f} | "
+                          f"{lat[0] / t:.2f}× | {1 / kept:.2f}× | {(1 / kept) / (lat[0] / t):.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,14 @@
    epoch by epoch, each on its own copy of the model; forward, backward and step, synchronised
    at the end of each epoch. Prints the ratio per phase and over the whole run.
 
+4. Latency of built subnets (issue "speed-ups that track the FLOPs"): torchvision ResNet-50 with
+   DHSPG's per-family quotas at 50% and 25% of the FLOPs (``round_to`` 1 and 16, the first groups of
+   each family zeroed, built on the CPU), moved to the GPU in float16 and bfloat16 with
+   ``channels_last``; full model and subnets timed in turn (``otonas.latency.measure_latency``,
+   medians) at batch 32 and 1. Prints speed-up beside the FLOPs ratio; a check fails only if a
+   subnet's output differs from the zeroed model's in that precision by more than a loose bound
+   (the timing itself has no pass mark). On the CPU (smoke) ResNet-18 at 64×64, float32, batch 8.
+
 Prints a summary (PASS / FAIL / SKIP per check) and exits 1 when a check failed. Without a GPU
 (or with ``--cpu-smoke``) everything runs on the CPU at a small size, the GPU-only checks are
 reported as SKIP, and the exit status is 0 unless a check failed.
@@ -388,6 +396,53 @@ class _OnCopy:
 
 
 # ---------------------------------------------------------------------------- main
+def time_subnets(dev: torch.device, small: bool) -> None:
+    """Section 4: speed-up of ResNet subnets at FLOPs targets, full and subnets in turn."""
+    from otonas.latency import measure_latency
+    from otonas.models import resolve_model
+    from otonas.testing import zero_groups_
+
+    name, hw, batches = ("resnet18", 64, [8]) if small else ("resnet50", 224, [32, 1])
+    torch.manual_seed(0)
+    model = resolve_model(f"torchvision:{name}").model.eval()
+    space = otonas.analyze(model, (torch.randn(2, 3, hw, hw),))
+    base = space.costs().flops
+    state = copy.deepcopy(model.state_dict())
+    nets: list[tuple[str, nn.Module, float]] = [("full", copy.deepcopy(model), 1.0)]
+    zeroed: list[nn.Module] = []
+    for t in (0.5, 0.25):
+        for r in (1, 16):
+            model.load_state_dict(state)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                opt = DHSPG(space, lr=0.1, target_flops=t, round_to=r, start_step=1, end_step=2)
+            mask = np.zeros(space.num_prunable_groups, dtype=bool)
+            assert opt._cells is not None
+            for members, k in zip(opt._cells, opt._quota):
+                mask[np.asarray(members)[:k]] = True
+            zero_groups_(space, mask)
+            kept = space.costs(removed=space.removable(mask)).flops / base
+            nets.append((f"FLOPs {t:g}, round_to {r}", otonas.build(space).eval(), kept))
+            zeroed.append(copy.deepcopy(model))
+    model.load_state_dict(state)
+    dtypes = [torch.float32] if dev.type == "cpu" else [torch.float16, torch.bfloat16]
+    for dtype in dtypes:
+        moved = [n.to(device=dev, dtype=dtype).to(memory_format=torch.channels_last) for _, n, _ in nets]
+        x = torch.randn(2, 3, hw, hw, device=dev, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():  # each subnet against its zeroed model, in this precision
+            worst = max(_compare(m(x).float(), z.to(device=dev, dtype=dtype)(x).float())
+                        for m, z in zip(moved[1:], zeroed))
+        ok = worst < (5e-2 if dtype != torch.float32 else 1e-3)
+        record(f"subnets in {str(dtype).replace('torch.', '')}, channels_last", ok,
+               f"largest relative difference subnet vs zeroed model {worst:.2g}")
+        for batch in batches:
+            xb = torch.randn(batch, 3, hw, hw, device=dev, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            lat = measure_latency(moved, (xb,), repeats=20 if dev.type == "cuda" else 3, warmup=3)
+            for (label, _, kept), sec in zip(nets, lat):
+                print(f"| {name} | {label} | {str(dtype).replace('torch.', '')} | {batch} | {kept:.1%} | "
+                      f"{sec * 1e3:.2f} ms | {lat[0] / sec:.2f}× | {1 / kept:.2f}× |", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpu-smoke", action="store_true", help="run on the CPU at a small size, GPU-only parts skipped")
@@ -426,6 +481,10 @@ def main() -> int:
         else:
             guarded("timing tiny", lambda: time_epochs(dev, True, 6, 64))
             record("H2SPG epoch on the default-size DARTS", None, "GPU only; skipped on the CPU")
+        print(f"\n## 4. subnet latency on {dev.type}, channels_last\n")
+        print("| model | subnet | dtype | batch | FLOPs kept | latency | speed-up | FLOPs ratio |\n"
+              "|---|---|---|---:|---:|---:|---:|---:|")
+        guarded("subnet latency", lambda: time_subnets(dev, small))
     print(f"\n## Summary ({dev.type}, {time.time() - t0:.0f} s)\n")
     print("| check | result | detail |\n|---|---|---|")
     for name, status, detail in RESULTS:

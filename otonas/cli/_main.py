@@ -196,6 +196,9 @@ def _latency_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-device", metavar="DEV", help="cpu (default) or cuda: where the latency is measured")
     p.add_argument("--latency-threads", type=int, metavar="N",
                    help="CPU threads the latency is measured with (default: torch's setting)")
+    p.add_argument("--latency-memory-format", choices=("contiguous", "channels_last"),
+                   help="layout both networks (and the latency table) are timed in: contiguous (NCHW, default) or "
+                        "channels_last (NHWC, what oneDNN/cuDNN convolutions run fastest on)")
 
 
 def _tune_config(args: argparse.Namespace) -> Any:
@@ -209,7 +212,8 @@ def _tune_config(args: argparse.Namespace) -> Any:
 
         check_option_types(values["search"], SearchConfig, source=f"--config {args.config!r} [search]")
     search = dict(values.get("search", {}))
-    for name in ("mode", "lr", "batch_size", "round_to", "latency_batch", "latency_device", "latency_threads"):
+    for name in ("mode", "lr", "batch_size", "round_to", "latency_batch", "latency_device", "latency_threads",
+                 "latency_memory_format"):
         v = getattr(args, name, None)
         if v is not None:
             search[name] = v
@@ -470,7 +474,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
             est = lat.get("estimated_fraction")
             print(f"latency         {1e3 * lat['dense_seconds']:.2f} ms -> {1e3 * lat['subnet_seconds']:.2f} ms "
                   f"({lat['measured_fraction']:.1%} of dense measured" + (f", {est:.1%} estimated" if est else "")
-                  + f"; batch {lat['batch']} on {lat['device']}, {lat['threads']} thread(s))")
+                  + f"; batch {lat['batch']} on {lat['device']}, {lat['threads']} thread(s)"
+                  + (f", {lat['memory_format']}" if lat.get("memory_format", "contiguous") != "contiguous" else "")
+                  + ")")
         print(f"channel groups  {r['removed_groups']:,} of {r['prunable_groups']:,} prunable removed "
               f"(group sparsity {r['group_sparsity']:.3f})" + ("" if r["mode"] == "prune" else
                                                               f"; erased {len(r['erased_operators'])} of "

@@ -32,7 +32,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import OtonasError
-from ._measure import time_call
+from ._measure import MEMORY_FORMATS, time_call, to_memory_format
 from ._table import LatencyTable, LayerShape, LayerTimes
 
 __all__ = ["LatencyModel", "batched_inputs"]
@@ -72,17 +72,18 @@ class LatencyModel:
     Building one measures the layer shapes the table lacks and the dense network end to end
     (both cached: a second model of the same network and setting measures nothing). Pass a
     ``table`` to share one, or the table's settings (``device``, ``dtype``, ``num_threads``,
-    ``cache_dir``) to make it.
+    ``cache_dir``, ``memory_format``) to make it.
     """
 
     def __init__(self, space: Any, *, batch: int = 1, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, num_threads: int | None = None,
-                 cache_dir: str | bool | None = None, table: LatencyTable | None = None, repeats: int = 10) -> None:
+                 cache_dir: str | bool | None = None, table: LatencyTable | None = None, repeats: int = 10,
+                 memory_format: str | torch.memory_format | None = None) -> None:
         if not hasattr(space, "kept_shapes"):
             raise OtonasError("LatencyModel needs the SearchSpace from otonas.analyze (space.kept_shapes)")
         self.space = space
         self.table = table or LatencyTable(device=device, dtype=dtype, batch=batch, num_threads=num_threads,
-                                           cache_dir=cache_dir)
+                                           cache_dir=cache_dir, memory_format=memory_format)
         graph = space.capture.graph
         batch = self.table.batch
         cap_batch = next((int(x.shape[0]) for x in space.capture.example_inputs
@@ -172,9 +173,11 @@ class LatencyModel:
         if any(p.is_meta for p in model.parameters()):
             raise OtonasError("LatencyModel: the model is on the meta device; its latency needs real weights "
                               "(analyse a model with weights, or give target_flops instead)")
+        fmt = self.table.memory_format
         net = copy.deepcopy(model).to(device=self.table.device, dtype=self.table.dtype).eval()
-        inputs = batched_inputs(self.space.capture.example_inputs, self.table.batch, self.table.device,
-                                self.table.dtype)
+        net = net.to(memory_format=MEMORY_FORMATS[fmt])
+        inputs = to_memory_format(batched_inputs(self.space.capture.example_inputs, self.table.batch,
+                                                 self.table.device, self.table.dtype), fmt)
         repeats = max(3, self.table.repeats)
         nodes = {n.name: n for n in self.space.capture.graph.nodes}
         calls: dict[str, list[float]] = {}
@@ -252,7 +255,7 @@ class LatencyModel:
     def info(self) -> dict[str, Any]:
         """The setting and the calibration, for a report."""
         return {"batch": self.table.batch, "device": str(self.table.device), "dtype": self.table.setting["dtype"],
-                "threads": self.table.num_threads, "table": self.table.path, "layers": len(self._layers),
+                "memory_format": self.table.memory_format, "threads": self.table.num_threads, "table": self.table.path, "layers": len(self._layers),
                 "dense_seconds": self.dense_seconds, "layer_seconds": self.layer_seconds,
                 "rest_seconds": self.rest_seconds, "alone_seconds": self.alone_seconds,
                 "in_network_factor": self.in_network_factor, "measured_shapes": self.table.measured}

@@ -11,7 +11,7 @@ away. That is the approximate part: the table knows the time at the grid points,
 speed-up or slow-down of a particular channel count between them (``round_to`` keeps counts
 on the multiples that kernels like).
 
-The cache is one JSON file per (device, dtype, batch, CPU threads, torch version) under
+The cache is one JSON file per (device, dtype, memory format, batch, CPU threads, torch version) under
 :func:`default_cache_dir` — ``$OTONAS_CACHE_DIR``, else ``$XDG_CACHE_HOME/otonas``, else
 ``~/.cache/otonas`` — in its ``latency/`` folder. A second table for the same setting finds
 every layer it needs there and measures nothing. Delete the file to measure again (after a
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import OtonasError
-from ._measure import threads, time_call
+from ._measure import MEMORY_FORMATS, memory_format_name, threads, time_call
 
 __all__ = ["LayerShape", "LayerTimes", "LatencyTable", "default_cache_dir", "GRID"]
 
@@ -93,8 +93,10 @@ class LayerShape:
                  f"d{self.dilation[0]},{self.dilation[1]} b{int(self.bias)}")
         return f"{fixed} in{','.join(map(str, ins))} out{','.join(map(str, outs))}"
 
-    def run(self, cin: int, cout: int, device: torch.device, dtype: torch.dtype) -> Any:
-        """A closure that runs this layer once at ``cin`` -> ``cout`` kept channels."""
+    def run(self, cin: int, cout: int, device: torch.device, dtype: torch.dtype,
+            memory_format: str = "contiguous") -> Any:
+        """A closure that runs this layer once at ``cin`` -> ``cout`` kept channels (a
+        convolution's input and weight in ``memory_format``)."""
         g = torch.Generator(device="cpu").manual_seed(0)
 
         def rnd(*shape: int) -> torch.Tensor:
@@ -106,8 +108,9 @@ class LayerShape:
             return lambda: F.linear(x, w, b)
         depthwise = self.kind == "dwconv2d"
         c_out = cin if depthwise else cout
-        x = rnd(self.rows, cin, *self.spatial)
-        w = rnd(c_out, 1 if depthwise else cin, *self.kernel)
+        fmt = MEMORY_FORMATS[memory_format]
+        x = rnd(self.rows, cin, *self.spatial).contiguous(memory_format=fmt)
+        w = rnd(c_out, 1 if depthwise else cin, *self.kernel).contiguous(memory_format=fmt)
         b = rnd(c_out) if self.bias else None
         groups = cin if depthwise else 1
         return lambda: F.conv2d(x, w, b, self.stride, self.padding, self.dilation, groups)
@@ -161,7 +164,8 @@ def _device_name(device: torch.device) -> str:
 
 
 class LatencyTable:
-    """Measured per-layer latencies for one device, dtype, batch and CPU thread count.
+    """Measured per-layer latencies for one device, dtype, batch, CPU thread count and memory
+    format (``"contiguous"`` or ``"channels_last"``: convolutions' inputs and weights).
 
     ``times(shape)`` gives the :class:`LayerTimes` of a :class:`LayerShape`, measuring it the
     first time any table of this setting needs it and writing it to the cache file ``path``
@@ -172,7 +176,8 @@ class LatencyTable:
     """
 
     def __init__(self, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, batch: int = 1,
-                 num_threads: int | None = None, cache_dir: str | bool | None = None, repeats: int = 5) -> None:
+                 num_threads: int | None = None, cache_dir: str | bool | None = None, repeats: int = 5,
+                 memory_format: str | torch.memory_format | None = None) -> None:
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise OtonasError(f"LatencyTable: batch={batch!r} is invalid; expected an int >= 1")
         if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
@@ -183,14 +188,19 @@ class LatencyTable:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise OtonasError("LatencyTable: device cuda was asked for but torch sees no CUDA device; use cpu")
         self.dtype = dtype
+        self.memory_format = memory_format_name(memory_format)
         self.batch = int(batch)
         self.num_threads = int(num_threads) if num_threads is not None else torch.get_num_threads()
         self.repeats = max(1, int(repeats))
         self.setting = {"device": str(self.device), "device_name": _device_name(self.device),
                         "dtype": str(dtype).replace("torch.", ""), "batch": self.batch, "threads": self.num_threads,
                         "torch": torch.__version__}
+        fmt = ""
+        if self.memory_format != "contiguous":  # (contiguous tables keep the settings and names they had)
+            self.setting["memory_format"] = self.memory_format
+            fmt = "-cl"
         digest = hashlib.sha1(json.dumps(self.setting, sort_keys=True).encode()).hexdigest()[:10]
-        name = f"{self.device.type}-{self.setting['dtype']}-b{self.batch}-t{self.num_threads}-{digest}.json"
+        name = f"{self.device.type}-{self.setting['dtype']}{fmt}-b{self.batch}-t{self.num_threads}-{digest}.json"
         self.path: str | None = None if cache_dir is False else os.path.join(
             default_cache_dir() if cache_dir in (None, True) else str(cache_dir), name)
         self.measured = 0
@@ -252,10 +262,10 @@ class LatencyTable:
         if key not in self._layers:
             with threads(self.num_threads):
                 if shape.kind == "dwconv2d":
-                    diag = [self._time(shape.run(c, c, self.device, self.dtype)) for c in ins]
+                    diag = [self._time(shape.run(c, c, self.device, self.dtype, self.memory_format)) for c in ins]
                     seconds = [[diag[min(i, j)] for j in range(len(outs))] for i in range(len(ins))]
                 else:
-                    seconds = [[self._time(shape.run(ci, co, self.device, self.dtype)) for co in outs] for ci in ins]
+                    seconds = [[self._time(shape.run(ci, co, self.device, self.dtype, self.memory_format)) for co in outs] for ci in ins]
             self._layers[key] = seconds
             self.measured += 1
             self._save()

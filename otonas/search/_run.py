@@ -49,6 +49,7 @@ class SearchConfig:
     latency_batch: int = 1
     latency_device: str = "cpu"
     latency_threads: int | None = None  # CPU threads for the latency; default: torch's setting
+    latency_memory_format: str = "contiguous"  # or channels_last: weights and inputs of both nets, and the table
     schedule: str = "progressive"  # progressive (groups shrunk to zero period by period) | half_space (OTOv2/v3)
     periods: int = 5  # periods of the progressive schedule
     round_to: int = 1  # every family keeps a multiple of round_to channels (or all of them); 8/16/32 suit kernels
@@ -104,6 +105,9 @@ class SearchConfig:
                 isinstance(self.latency_threads, int) and self.latency_threads >= 1)):
             raise UsageError(f"--latency-threads {self.latency_threads!r} must be an integer >= 1, e.g. 1 "
                              "(or leave it out for torch's setting)")
+        if self.latency_memory_format not in ("contiguous", "channels_last"):
+            raise UsageError(f"--latency-memory-format {self.latency_memory_format!r} is not one of contiguous, "
+                             "channels_last")
         if self.latency_device not in ("cpu", "cuda") and not self.latency_device.startswith("cuda:"):
             raise UsageError(f"--latency-device {self.latency_device!r} is not one of cpu, cuda")
         if self.latency_device.startswith("cuda") and not torch.cuda.is_available():
@@ -310,9 +314,10 @@ def latency_model(cfg: SearchConfig, space: Any) -> Any:
     """The latency model of a run's space at its latency setting (the table cached per machine)."""
     from ..latency import LatencyModel
 
-    logger.info(f"latency table: batch {cfg.latency_batch} on {cfg.latency_device} (layers not in the cache are "
-                "measured now)")
-    return LatencyModel(space, batch=cfg.latency_batch, device=cfg.latency_device, num_threads=cfg.latency_threads)
+    logger.info(f"latency table: batch {cfg.latency_batch} on {cfg.latency_device}, {cfg.latency_memory_format} "
+                "(layers not in the cache are measured now)")
+    return LatencyModel(space, batch=cfg.latency_batch, device=cfg.latency_device, num_threads=cfg.latency_threads,
+                        memory_format=cfg.latency_memory_format)
 
 
 def _set_lr(opt: Any, cfg: SearchConfig, step: int, total: int) -> None:
@@ -631,8 +636,9 @@ def _latency(cfg: SearchConfig, model: nn.Module, subnet: nn.Module, estimate: A
     nets = [copy.deepcopy(m).to(device).eval() for m in (model, subnet)]
     inputs = batched_inputs(space.capture.example_inputs, cfg.latency_batch, device, torch.float32)
     dense_s, subnet_s = measure_latency(nets, inputs, repeats=10 if cfg.latency_batch < 8 else 5,
-                                        num_threads=cfg.latency_threads)
+                                        num_threads=cfg.latency_threads, memory_format=cfg.latency_memory_format)
     out: dict[str, Any] = {"batch": cfg.latency_batch, "device": str(device),
+                           "memory_format": cfg.latency_memory_format,
                            "threads": cfg.latency_threads or torch.get_num_threads(),
                            "dense_seconds": dense_s, "subnet_seconds": subnet_s,
                            "measured_fraction": subnet_s / dense_s if dense_s > 0 else None,

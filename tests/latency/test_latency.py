@@ -116,6 +116,7 @@ def test_search_with_target_latency_reports_estimate_and_measurement(tmp_path, m
                                  latency_threads=1, epochs=1, batch_size=128, progress=False, export=False, seed=2))
     lat = report["latency"]
     assert lat["target"] == 0.5 and lat["batch"] == 1 and lat["device"] == "cpu" and lat["threads"] == 1
+    assert lat["memory_format"] == "contiguous"
     assert 0.47 <= lat["estimated_fraction"] <= 0.5
     assert lat["dense_seconds"] > 0 and lat["subnet_seconds"] > 0
     assert lat["measured_fraction"] == pytest.approx(lat["subnet_seconds"] / lat["dense_seconds"])
@@ -138,11 +139,20 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     (["--target-latency", "0.5", "--mode", "erase"], "--erase-budget"),
     (["--target-latency", "0.5", "--latency-batch", "0"], "--latency-batch 0 must be an integer >= 1"),
     (["--target-latency", "0.5", "--latency-device", "tpu"], "--latency-device 'tpu' is not one of cpu, cuda"),
+    (["--target-latency", "0.5", "--latency-memory-format", "nhwc"], "--latency-memory-format: invalid choice"),
 ])
 def test_bad_latency_options_name_the_flag(tmp_path, args, needle):
     p = _cli("search", *args, "--out", str(tmp_path), "--epochs", "1")
     assert p.returncode == 2, p.stderr
     assert needle in p.stderr and "Traceback" not in p.stderr
+
+
+def test_search_config_rejects_an_unknown_memory_format(tmp_path):
+    from otonas import UsageError
+    from otonas.search import SearchConfig, search
+
+    with pytest.raises(UsageError, match="--latency-memory-format 'nhwc' is not one of contiguous, channels_last"):
+        search(SearchConfig(out=str(tmp_path / "run"), target_latency=0.5, latency_memory_format="nhwc", epochs=1))
 
 
 def test_tune_target_latency_range():
@@ -157,3 +167,43 @@ def test_tune_target_latency_range():
         BudgetSpace.from_dict({"latency": [0.0, 0.8]})
     p = _cli("tune", "--target-latency", "0.5")
     assert p.returncode == 2 and "--target-latency '0.5': give the range" in p.stderr
+
+
+def test_channels_last_table_is_its_own_cache_file_and_measures_in_that_layout(space, tmp_path, monkeypatch):
+    nchw = LatencyModel(space, cache_dir=str(tmp_path), num_threads=1)
+    seen: list[bool] = []
+    real = torch.nn.functional.conv2d
+
+    def spy(x, w, *a, **k):
+        seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+                    and w.is_contiguous(memory_format=torch.channels_last))
+        return real(x, w, *a, **k)
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", spy)
+    nhwc = LatencyModel(space, cache_dir=str(tmp_path), num_threads=1, memory_format=torch.channels_last)
+    monkeypatch.setattr(torch.nn.functional, "conv2d", real)
+    assert nhwc.table.path != nchw.table.path and nhwc.table.measured > 0 and nhwc.table.measured_models == 1
+    assert nhwc.table.setting["memory_format"] == "channels_last" and "memory_format" not in nchw.table.setting
+    # every convolution timed for the table (alone, and inside the dense network) ran channels-last
+    assert seen and all(seen)
+    assert nhwc.info()["memory_format"] == "channels_last" and nchw.info()["memory_format"] == "contiguous"
+    again = LatencyModel(space, cache_dir=str(tmp_path), num_threads=1, memory_format="channels_last")
+    assert again.table.measured == 0 and again.table.measured_models == 0
+    with pytest.raises(OtonasError, match="not one of contiguous, channels_last"):
+        LatencyTable(cache_dir=False, memory_format="nhwc")
+
+
+def test_measure_latency_in_channels_last_leaves_the_nets_as_they_were(space):
+    from otonas.latency import measure_latency
+
+    net = _net()
+    layouts: list[bool] = []
+    net[0].register_forward_pre_hook(lambda m, a: layouts.append(a[0].is_contiguous(memory_format=torch.channels_last)
+                                                                 and not a[0].is_contiguous()))
+    x = torch.randn(2, 3, 16, 16)
+    (t,) = measure_latency([net], (x,), repeats=2, warmup=1, memory_format="channels_last")
+    assert t > 0 and layouts and all(layouts)
+    assert net[0].weight.is_contiguous() and x.is_contiguous()  # the caller's net and input untouched
+    layouts.clear()
+    measure_latency([net], (x,), repeats=1, warmup=0)
+    assert layouts == [False]
