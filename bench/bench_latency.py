@@ -23,7 +23,9 @@ With ``--levels`` a random set of that share of the prunable groups is zeroed
 ``torch.inference_mode`` after one warm-up pass; the full model and its subnets are timed in
 turn inside each repetition so that machine noise hits them alike. ``--memory-format
 channels_last`` times copies of every net (full and subnets alike) with their 4-d weights and the
-input in channels-last layout (``net.to(memory_format=torch.channels_last)``).
+input in channels-last layout (``net.to(memory_format=torch.channels_last)``). ``--fold-bn``
+folds the BatchNorms into the convolutions (``otonas.build.fold_batchnorm``) in the full network
+(then ``otonas.build`` of the dense space) and in every subnet alike.
 """
 
 from __future__ import annotations
@@ -73,14 +75,21 @@ def subnets(name: str, levels: list[float], seed: int = 0) -> tuple[list[tuple[s
     return out, shape
 
 
-def flops_subnets(name: str, targets: list[float], round_tos: list[int],
-                  seed: int = 0) -> tuple[list[tuple[str, torch.nn.Module, float]], tuple[int, ...]]:
-    """The full model and one subnet per (FLOPs target, round_to), with DHSPG's aligned quotas."""
+def flops_subnets(name: str, targets: list[float], round_tos: list[int], seed: int = 0,
+                  fold_bn: bool = False) -> tuple[list[tuple[str, torch.nn.Module, float]], tuple[int, ...]]:
+    """The full model and one subnet per (FLOPs target, round_to), with DHSPG's aligned quotas.
+    With ``fold_bn`` the full model is ``otonas.build`` of the dense space, and it and every
+    subnet have their BatchNorms folded into the convolutions (``otonas.build.fold_batchnorm``)."""
     import warnings
 
+    from otonas.build import fold_batchnorm
     from otonas.optim import DHSPG
 
     model, shape, space, state, base, out = _setup(name, seed)
+    if fold_bn:
+        dense = otonas.build(space).eval()
+        fold_batchnorm(dense)
+        out = [("full, BN folded", dense, 1.0)]
     for t in targets:
         for r in round_tos:
             model.load_state_dict(state)
@@ -93,7 +102,10 @@ def flops_subnets(name: str, targets: list[float], round_tos: list[int],
                 mask[np.asarray(members)[:k]] = True
             zero_groups_(space, mask)
             removed = space.removable(mask)
-            out.append((f"FLOPs {t:g}, round_to {r}", otonas.build(space).eval(),
+            sub = otonas.build(space).eval()
+            if fold_bn:
+                fold_batchnorm(sub)
+            out.append((f"FLOPs {t:g}, round_to {r}" + (", BN folded" if fold_bn else ""), sub,
                         space.costs(removed=removed).flops / base.flops))
     model.load_state_dict(state)
     return out, shape
@@ -173,6 +185,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 1 is steadiest on a shared machine")
     ap.add_argument("--target-latency", default=None, help="latency mode: fractions of the dense latency to keep")
     ap.add_argument("--cache-dir", default=None, help="latency mode: the table's cache (default: the user cache)")
+    ap.add_argument("--fold-bn", action="store_true",
+                    help="default mode: fold BatchNorms into convolutions in the full network (built) and the subnets")
     ap.add_argument("--memory-format", default="contiguous",
                     help="comma-separated layouts the nets are timed in: contiguous (NCHW), channels_last (NHWC); "
                          "with both, each batch is timed in each, full and subnets alike")
@@ -197,7 +211,7 @@ def main() -> None:
             nets, shape = subnets(name, [float(v) for v in args.levels.split(",")])
         else:
             nets, shape = flops_subnets(name, [float(v) for v in args.flops.split(",")],
-                                        [int(v) for v in args.round_to.split(",")])
+                                        [int(v) for v in args.round_to.split(",")], fold_bn=args.fold_bn)
         p_full = sum(p.numel() for p in nets[0][1].parameters())
         for batch in (int(b) for b in args.batches.split(",")):
             for fmt in formats:
