@@ -149,3 +149,24 @@ def test_one_search_builds_once_and_decides_once_at_the_end(tmp_path, monkeypatc
     assert calls["plan"] == epochs + 1  # one per epoch's figures, one at the end
     assert report["accuracy_subnet"] == report["accuracy_full"] and report["max_abs_diff"] < 1e-4
     assert (tmp_path / "model.py").exists() and (tmp_path / "report.html").exists()
+
+
+def test_report_from_a_plan_is_the_report_from_its_masks(tmp_path):
+    from otonas.report import layer_channels, write_report_html
+
+    model = search_spaces.create("darts", size="tiny").eval()
+    x = torch.randn((2, *search_spaces.info("darts").tiny_input_shape), generator=torch.Generator().manual_seed(0))
+    space = otonas.analyze(model, (x,))
+    erased = random_valid_erasure(space, 0.3, np.random.default_rng(5))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for i in np.nonzero(erased)[0]:
+            for f in space.erasing_groups[i].params:
+                params[f].zero_()
+    plan = space.plan()
+    assert layer_channels(space, plan=plan) == layer_channels(space, removed=plan.removed, erased=plan.erased)
+    report = {"model": "darts", "params_before": plan.before.params, "params_after": plan.after.params}
+    write_report_html(tmp_path / "a.html", report=report, history=[], space=space, plan=plan)
+    write_report_html(tmp_path / "b.html", report=report, history=[], space=space, removed=plan.removed,
+                      erased=plan.erased)
+    assert (tmp_path / "a.html").read_text() == (tmp_path / "b.html").read_text()

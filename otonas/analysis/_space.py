@@ -300,6 +300,10 @@ class SearchSpace:
             self._dims_cache = list(seen.values())
         return self._dims_cache
 
+    def has_channels(self, name: str) -> bool:
+        """Whether the channel flow covers the output of graph node ``name`` (its sizes can change)."""
+        return name in self._flow.dims
+
     def keep_masks(self, name: str, removed_root: np.ndarray | None) -> Any:
         """Keep-mask of every position of every dim of a node's output(s)."""
         d = self._flow.dims[name]

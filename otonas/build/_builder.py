@@ -129,7 +129,7 @@ def _build_graph(space: SearchSpace, plan: Plan) -> fx.GraphModule:
                             value, is_param = program.constants[fqn], False
                         if value.is_meta:
                             raise BuildError("the model is on the meta device: load real weights before building")
-                        masks = ctx.masks(node) if source.get(node.name) in space._flow.dims else []
+                        masks = ctx.masks(node) if space.has_channels(source.get(node.name, "")) else []
                         _set_attr(root, fqn, _slice_tensor(value, masks), is_param)
                         done_attrs.add(fqn)
                     env[node] = g.get_attr(fqn)
@@ -161,7 +161,7 @@ def _build_graph(space: SearchSpace, plan: Plan) -> fx.GraphModule:
                 args = list(fx.map_arg(node.args, lambda a: env[a]))
                 kwargs = dict(fx.map_arg(node.kwargs, lambda a: env[a]))
                 target = node.target
-                if name in space._flow.dims:
+                if name is not None and space.has_channels(name):
                     target, args, kwargs = rule_for(target).rewrite(ctx, node, args, kwargs)
                 new = g.call_function(target, tuple(args), kwargs)
                 for key in ("nn_module_stack", "stack_trace", "source_fn_stack"):

@@ -379,7 +379,7 @@ def _sliced(space: SearchSpace, removed_root: np.ndarray | None) -> dict[str, Sl
         if spec.kind not in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
             continue
         name = getattr(spec.arg, "name", None)
-        if name is None or name not in space._flow.dims or spec.target is None:
+        if name is None or not space.has_channels(name) or spec.target is None:
             continue
         masks = space.keep_masks(name, removed_root)
         if all(m.all() for m in masks):
@@ -401,7 +401,7 @@ def _tensorless_norms(space: SearchSpace, removed_root: np.ndarray | None, modul
             continue
         path = module_path(node)
         x = node.args[0] if node.args else None
-        if path in want and isinstance(x, torch.fx.Node) and x.name in space._flow.dims:
+        if path in want and isinstance(x, torch.fx.Node) and space.has_channels(x.name):
             sizes = space.kept_sizes(x.name, removed_root)
             if isinstance(sizes, list) and len(sizes) > 1 and isinstance(sizes[1], int):
                 n = sizes[1]
