@@ -4,7 +4,7 @@ search all consume."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -37,9 +37,11 @@ class Plan:
 
     removed: np.ndarray | None  # bool over prunable groups, after SearchSpace.removable
     erased: np.ndarray | None  # bool over erasing groups: a valid erasure
-    dead: frozenset[str]  # nodes of the analysed graph that the erasure takes out
-    removed_root: np.ndarray | None  # bool over channel-id roots: what the builder slices away; None: nothing
-    kept: Mapping[str, tuple[int, ...]]  # live op -> kept sizes of its (first) output
+    # nodes of the analysed graph that the erasure takes out
+    dead: frozenset[str] = field(repr=False)
+    # bool over channel-id roots: what the builder slices away; None: nothing
+    removed_root: np.ndarray | None = field(repr=False)
+    kept: Mapping[str, tuple[int, ...]] = field(repr=False)  # live op -> kept sizes of its (first) output
     before: Costs
     after: Costs
 

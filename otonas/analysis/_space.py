@@ -346,9 +346,11 @@ class SearchSpace:
         over erasing groups, which must be a valid erasure) replace what is read from the weights.
         """
         n, e = self.num_prunable_groups, self.num_erasing_groups
-        if removed is not None:
+        if not n:
+            removed = None
+        elif removed is not None:
             removed = self.removable(self._mask(removed, n, "removed"))
-        elif n:
+        else:
             removed = self.removable(self.zero_groups())
         if not e:
             erased = None
@@ -356,13 +358,12 @@ class SearchSpace:
             erased = self._mask(erased, e, "erased")
         else:
             erased = self.erasable(self.zero_erasing_groups())
-        dead, removed_root = self._removal(removed if n else None, erased, unchecked=_unchecked)
+        dead, removed_root = self._removal(removed, erased, unchecked=_unchecked)
         sizes = self._sizes(removed_root)
         if self._full_costs is None:
             self._full_costs = self._count(set(), self._sizes(None))
         kept = {k: tuple(v) for k, v in self._kept(dead, sizes, None).items()}
-        return Plan(removed if n else None, erased, frozenset(dead), removed_root, kept, self._full_costs,
-                    self._count(dead, sizes))
+        return Plan(removed, erased, frozenset(dead), removed_root, kept, self._full_costs, self._count(dead, sizes))
 
     @staticmethod
     def _mask(mask: Any, n: int, what: str) -> np.ndarray:
