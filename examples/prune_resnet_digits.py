@@ -44,9 +44,10 @@ for epoch in range(epochs):
     print(f"epoch {epoch + 1}: loss {loss.item():.3f}, val accuracy {acc:.3f}, "
           f"group sparsity {opt.group_sparsity():.2f}")
 
-subnet = otonas.build(space)                     # the zero groups are gone
+plan = space.plan()                              # what goes: the zero groups, read once
+subnet = otonas.build(space, plan)               # the zero groups are gone
 with torch.no_grad():
     same = torch.equal(model(x[val]).argmax(1), subnet(x[val]).argmax(1))
-before, after = space.costs(), space.costs(space.removable(space.zero_groups()))
+before, after = plan.before, plan.after
 print(f"params {before.params:,} -> {after.params:,}, FLOPs {before.flops:,} -> {after.flops:,}, "
       f"same predictions: {same}")

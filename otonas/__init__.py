@@ -5,7 +5,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from ._errors import AnalysisError, BuildError, BusyError, CaptureError, OtonasError, UsageError, UserCodeError
-from .analysis import SearchSpace, analyze
+from .analysis import Plan, SearchSpace, analyze
 from .build import build
 from ._verify import VerifyReport, verify
 from .optim import DHSPG
@@ -14,6 +14,6 @@ from .export import load
 from .tuning import TuneConfig, tune
 from ._torchvision import prepare_torchvision
 
-__all__ = ["__version__", "analyze", "build", "verify", "DHSPG", "export", "load", "ExportResult", "ExportError", "VerifyReport", "SearchSpace", "OtonasError", "CaptureError", "AnalysisError", "BuildError",
+__all__ = ["__version__", "analyze", "build", "verify", "DHSPG", "export", "load", "ExportResult", "ExportError", "VerifyReport", "SearchSpace", "Plan", "OtonasError", "CaptureError", "AnalysisError", "BuildError",
            "UsageError", "BusyError", "UserCodeError", "tune", "TuneConfig",
            "prepare_torchvision"]

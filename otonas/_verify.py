@@ -204,7 +204,8 @@ def verify(
         zero_groups_(space, mask)
     stage("build", f"the smaller network ({int(mask.sum())} groups zeroed, {int(erased.sum())} operators erased)")
     t1 = time.perf_counter()
-    subnet = build(space)
+    plan = space.plan()  # what build, export and the figures below all take
+    subnet = build(space, plan)
     t_build = time.perf_counter() - t1
     test_batch = 3 if capture_batch != 3 else 4
     xt = example_inputs(module, shapes, dtypes, batch=test_batch if space.capture.dynamic_batch else capture_batch,
@@ -221,16 +222,15 @@ def verify(
             other = _compare(module(*shorter), subnet(*shorter))
         max_abs, max_rel = max(max_abs, other[0]), max(max_rel, other[1])
         checked.append(list(shorter[0].shape))
-    erased_now = space.erasable(space.zero_erasing_groups()) if e else erased
     if export_dir is not None:
         import sys
 
         from .export import export
 
-        export(space, export_dir, subnet=subnet, example_inputs=xt, command=" ".join(sys.argv),
+        export(space, export_dir, plan=plan, subnet=subnet, example_inputs=xt, command=" ".join(sys.argv),
                architecture={"options": {"model": name, "fraction": fraction, "seed": seed, "mode": mode,
                                          "input_shapes": [list(s) for s in shapes]}})
-    after = space.costs(space.removable(space.zero_groups()), erased_now if e else None)
+    after = plan.after
     params_before = sum(p.numel() for p in module.parameters())
     params_after = sum(p.numel() for p in subnet.parameters()) + (params_before - full.params)
     passed = max_rel <= RTOL and params_after < params_before
@@ -241,7 +241,7 @@ def verify(
         name, space.num_groups, n, int(mask.sum()), len(space.families), params_before, params_after, full.flops,
         after.flops, max_abs, max_rel, passed, prunable_param_share(space), t_analyze, t_build, pinned, msg, mode,
         export_dir or "", e,
-        [space.erasing_groups[i].module or space.erasing_groups[i].output for i in np.nonzero(erased_now)[0]],
+        [space.erasing_groups[i].module or space.erasing_groups[i].output for i in plan.erased_groups],
         checked, _largest_pin(space))
 
 

@@ -17,10 +17,11 @@ from ..capture import Capture, capture
 from ..graph import build_opgraph
 from ..ops import GQA, GQA_MODES, FlowResult, IdTable, PinEvent, module_path, rule_for
 from ._flow import run_flow
+from ._plan import Plan
 from ._rewrites import unrewritable_families
 from ._segments import ErasingGroup, Segments
 
-__all__ = ["Family", "Costs", "SearchSpace", "ErasingGroup", "analyze", "analyze_captured"]
+__all__ = ["Family", "Costs", "Plan", "SearchSpace", "ErasingGroup", "analyze", "analyze_captured"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class SearchSpace:
         pinned_root[self._roots] = self._pinned
         self.segments = Segments(cap.program, flow, self._roots, pinned_root)
         self._hierarchy: nx.DiGraph | None = None
+        self._full_costs: Costs | None = None  # the costs of the whole network, which plan() reports
 
     def _index(self) -> None:
         """Groups and families from the channel ids (again after the rewrite check pins some)."""
@@ -298,6 +300,10 @@ class SearchSpace:
             self._dims_cache = list(seen.values())
         return self._dims_cache
 
+    def has_channels(self, name: str) -> bool:
+        """Whether the channel flow covers the output of graph node ``name`` (its sizes can change)."""
+        return name in self._flow.dims
+
     def keep_masks(self, name: str, removed_root: np.ndarray | None) -> Any:
         """Keep-mask of every position of every dim of a node's output(s)."""
         d = self._flow.dims[name]
@@ -317,26 +323,80 @@ class SearchSpace:
             return [int(k.sum()) for k in m]
         return type(m)(None if x is None else [int(k.sum()) for k in x] for x in m)
 
-    def _removal(self, removed: np.ndarray | None, erased: np.ndarray | None) -> tuple[set[str], np.ndarray | None]:
-        """The dead nodes of the erasure ``erased`` (an invalid one raises) and the removed
-        roots of ``removed`` with them: what :meth:`costs` and :meth:`kept_shapes` count on."""
+    def _removal(self, removed: np.ndarray | None, erased: np.ndarray | None, *,
+                 unchecked: bool = False) -> tuple[set[str], np.ndarray | None]:
+        """The dead nodes of the erasure ``erased`` (an invalid one raises, unless ``unchecked``)
+        and the removed roots of ``removed`` with them: what :meth:`plan`, :meth:`costs` and
+        :meth:`kept_shapes` count on."""
         dead: set[str] = set()
         if erased is not None and np.asarray(erased).any():
             dead, why = self.segments.dead_nodes(np.asarray(erased, dtype=bool))
-            if why:
+            if why and not unchecked:
                 raise OtonasError(f"invalid erasure: {why}")
         return dead, self._removed_root(removed, dead)
 
+    def plan(self, removed: np.ndarray | None = None, erased: np.ndarray | None = None, *,
+             _unchecked: bool = False) -> Plan:
+        """The removal decision for the current weights, once, for build, export and report.
+
+        By default it is read from the model: the zero pruning groups that the builder can
+        remove (:meth:`removable` of :meth:`zero_groups`) and the largest valid set of zero
+        erasing groups (:meth:`erasable` of :meth:`zero_erasing_groups`). ``removed`` (a boolean
+        mask over prunable groups, passed through :meth:`removable`) and ``erased`` (a boolean mask
+        over erasing groups, which must be a valid erasure) replace what is read from the weights.
+        """
+        n, e = self.num_prunable_groups, self.num_erasing_groups
+        if not n:
+            removed = None
+        elif removed is not None:
+            removed = self.removable(self._mask(removed, n, "removed"))
+        else:
+            removed = self.removable(self.zero_groups())
+        if not e:
+            erased = None
+        elif erased is not None:
+            erased = self._mask(erased, e, "erased")
+        else:
+            erased = self.erasable(self.zero_erasing_groups())
+        dead, removed_root = self._removal(removed, erased, unchecked=_unchecked)
+        sizes = self._sizes(removed_root)
+        if self._full_costs is None:
+            self._full_costs = self._count(set(), self._sizes(None))
+        kept = {k: tuple(v) for k, v in self._kept(dead, sizes, None).items()}
+        return Plan(removed, erased, frozenset(dead), removed_root, kept, self._full_costs, self._count(dead, sizes))
+
+    @staticmethod
+    def _mask(mask: Any, n: int, what: str) -> np.ndarray:
+        out = np.asarray(mask, dtype=bool)
+        if out.shape != (n,):
+            raise UsageError(f"{what} is a boolean mask of shape {out.shape}; this search space has {n} {what} "
+                             f"entries, so it must have shape ({n},)")
+        return out
+
+    def _sizes(self, removed_root: np.ndarray | None) -> Any:
+        """``kept_sizes`` of a node by name, each computed once."""
+        memo: dict[str, Any] = {}
+
+        def sizes(name: str) -> Any:
+            if name not in memo:
+                memo[name] = self.kept_sizes(name, removed_root)
+            return memo[name]
+        return sizes
+
     def costs(self, removed: np.ndarray | None = None, erased: np.ndarray | None = None) -> Costs:
         """Parameters and per-sample FLOPs of the network with ``removed`` pruning groups and
-        ``erased`` erasing groups (boolean masks) taken out."""
+        ``erased`` erasing groups (boolean masks, taken as they are) taken out. For the
+        network the builder makes, read :attr:`Plan.after` of :meth:`plan`."""
         dead, removed_root = self._removal(removed, erased)
+        return self._count(dead, self._sizes(removed_root))
+
+    def _count(self, dead: set[str] | frozenset[str], sizes: Any) -> Costs:
         graph_nodes = {n.name: n for n in self.capture.graph.nodes}
         params = 0
         for node_name in self._flow.param_nodes:
             users = graph_nodes[node_name].users
             if node_name in self._flow.dims and not (users and all(u.name in dead for u in users)):
-                params += math.prod(self.kept_sizes(node_name, removed_root))
+                params += math.prod(sizes(node_name))
         flops = 0
         batch = self._batch_size()
         for node in self.capture.graph.nodes:
@@ -345,11 +405,11 @@ class SearchSpace:
             rule = rule_for(node.target)
             if not rule.implements("flops") or node.name not in self._flow.dims:
                 continue
-            out = self.kept_sizes(node.name, removed_root)
+            out = sizes(node.name)
             if not isinstance(out, list) or (out and not isinstance(out[0], int)):
                 out = out[0]
-            ins = [[self.kept_sizes(t.name, removed_root) for t in a] if _tensor_list(a) else
-                   self.kept_sizes(a.name, removed_root) if isinstance(a, fx.Node) and a.name in self._flow.dims
+            ins = [[sizes(t.name) for t in a] if _tensor_list(a) else
+                   sizes(a.name) if isinstance(a, fx.Node) and a.name in self._flow.dims
                    and isinstance(self._flow.dims[a.name], list) else None for a in node.args]
             flops += int(rule.flops(node, out, ins) or 0)
         return Costs(params, flops // max(batch, 1))
@@ -359,18 +419,22 @@ class SearchSpace:
         """The kept sizes of the output of every live op (or of the op names in ``nodes``) with
         ``removed`` pruning groups and ``erased`` erasing groups taken out: node name -> sizes
         (the first output of an op with several). Ops the channel flow does not cover are left
-        out. A latency model reads layer widths from this, as :meth:`costs` reads FLOPs."""
+        out. A latency model reads layer widths from this, as :meth:`costs` reads FLOPs; the
+        network the builder makes has :attr:`Plan.kept`."""
         dead, removed_root = self._removal(removed, erased)
+        return self._kept(dead, self._sizes(removed_root), nodes)
+
+    def _kept(self, dead: set[str] | frozenset[str], sizes: Any, nodes: Any) -> dict[str, list[int]]:
         names = nodes if nodes is not None else [n.name for n in self.capture.graph.nodes]
         out: dict[str, list[int]] = {}
         for name in names:
             if name in dead or name not in self._flow.dims:
                 continue
-            sizes = self.kept_sizes(name, removed_root)
-            if sizes and not isinstance(sizes[0], int):
-                sizes = next((s for s in sizes if s is not None), None)
-            if sizes is not None:
-                out[name] = list(sizes)
+            s = sizes(name)
+            if s and not isinstance(s[0], int):
+                s = next((x for x in s if x is not None), None)
+            if s is not None:
+                out[name] = list(s)
         return out
 
     def _batch_size(self) -> int:

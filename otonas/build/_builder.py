@@ -17,8 +17,8 @@ import torch
 from torch import fx, nn
 from torch.export.graph_signature import InputKind, OutputKind
 
-from ..errors import BuildError
-from ..analysis import SearchSpace
+from ..errors import BuildError, UsageError
+from ..analysis import Plan, SearchSpace
 from ..ops import BuildContext, module_path, rule_for
 
 __all__ = ["build", "BuildContext"]
@@ -45,26 +45,27 @@ def _slice_tensor(t: torch.Tensor, masks: list[np.ndarray]) -> torch.Tensor:
 
 
 @overload
-def build(space: SearchSpace, *, removed: np.ndarray | None = ..., erased: np.ndarray | None = ...,
-          inplace: Literal[False] = ..., _unchecked: bool = ...) -> fx.GraphModule: ...
+def build(space: SearchSpace, plan: Plan | None = ..., *, removed: np.ndarray | None = ...,
+          erased: np.ndarray | None = ..., inplace: Literal[False] = ..., _unchecked: bool = ...) -> fx.GraphModule: ...
 
 
 @overload
-def build(space: SearchSpace, *, removed: np.ndarray | None = ..., erased: np.ndarray | None = ...,
-          inplace: Literal[True], _unchecked: bool = ...) -> nn.Module: ...
+def build(space: SearchSpace, plan: Plan | None = ..., *, removed: np.ndarray | None = ...,
+          erased: np.ndarray | None = ..., inplace: Literal[True], _unchecked: bool = ...) -> nn.Module: ...
 
 
-def build(space: SearchSpace, *, removed: np.ndarray | None = None, erased: np.ndarray | None = None,
-          inplace: bool = False, _unchecked: bool = False) -> fx.GraphModule | nn.Module:
+def build(space: SearchSpace, plan: Plan | None = None, *, removed: np.ndarray | None = None,
+          erased: np.ndarray | None = None, inplace: bool = False, _unchecked: bool = False) -> fx.GraphModule | nn.Module:
     """Return the network without the groups whose parameters are all exactly zero.
 
-    Erasing groups whose parameters are all zero are removed whole (the largest valid
+    What goes is ``plan`` (:meth:`SearchSpace.plan`), made here from the weights when it is not
+    given: erasing groups whose parameters are all zero are removed whole (the largest valid
     set of them, outer groups first: see :meth:`SearchSpace.erasable`), with the joins
     they fed: an ``add`` left with one input becomes that input, a ``cat`` drops the
     input and its consumers' columns. Pruning groups whose parameters are all zero are
     sliced away; no tensor dimension loses its last channel (:meth:`SearchSpace.removable`).
-    ``removed`` / ``erased`` (boolean masks) override what is read from the model.
-    Outputs equal the model's outputs in eval mode.
+    ``removed`` / ``erased`` (boolean masks) override what is read from the model, as in
+    ``space.plan(removed=..., erased=...)``. Outputs equal the model's outputs in eval mode.
 
     With ``inplace`` the same groups are sliced out of ``space.model`` itself: its modules keep
     their classes and methods (a transformers model still ``generate()``s) and get their size
@@ -73,27 +74,29 @@ def build(space: SearchSpace, *, removed: np.ndarray | None = None, erased: np.n
     :class:`BuildError` that names it, and the model is then left unchanged. Returns the model.
     Erasing operators in place is not supported yet (an error says which are all zero).
     """
-    removed = space.removable(space.zero_groups() if removed is None else np.asarray(removed, dtype=bool))
-    if space.num_erasing_groups:
-        erased = space.erasable(space.zero_erasing_groups()) if erased is None else np.asarray(erased, dtype=bool)
-        dead, why = space.segments.dead_nodes(erased)
-        if why and not _unchecked:  # _unchecked: tests build invalid sets to show they break
-            raise BuildError(f"the erasure set is not valid: {why}")
-    else:
-        dead = set()
+    if plan is None:
+        if erased is not None and space.num_erasing_groups and not _unchecked:
+            # _unchecked: tests build invalid sets to show they break
+            why = space.check_erasure(np.asarray(erased, dtype=bool))
+            if why:
+                raise BuildError(f"the erasure set is not valid: {why}")
+        plan = space.plan(removed, erased, _unchecked=True)  # a given erasure is checked above
+    elif removed is not None or erased is not None:
+        raise UsageError("build takes a plan or removed=/erased=, not both: make the plan with "
+                         "space.plan(removed=..., erased=...)")
     if inplace:
         from ._inplace import build_inplace
 
         def reference(inputs: tuple[Any, ...]) -> Any:
-            gm = _build_graph(space, removed, dead)
+            gm = _build_graph(space, plan)
             with torch.no_grad():
                 return gm(*inputs)
 
-        return build_inplace(space, removed, erased, reference)
-    return _build_graph(space, removed, dead)
+        return build_inplace(space, plan, reference)
+    return _build_graph(space, plan)
 
 
-def _build_graph(space: SearchSpace, removed: np.ndarray, dead: set[str]) -> fx.GraphModule:
+def _build_graph(space: SearchSpace, plan: Plan) -> fx.GraphModule:
     copied = space.capture.build_program()
     program, source = copied.program, copied.source
     sig = program.graph_signature
@@ -101,7 +104,8 @@ def _build_graph(space: SearchSpace, removed: np.ndarray, dead: set[str]) -> fx.
     params = dict(space.model.named_parameters(remove_duplicate=False))
     buffers = dict(space.model.named_buffers(remove_duplicate=False))
     g = fx.Graph()
-    ctx = BuildContext(space, space._removed_root(removed, dead), g, source)
+    dead = plan.dead
+    ctx = BuildContext(space, plan.removed_root, g, source)
     root = nn.Module()
     env: dict[fx.Node, Any] = {}
     done_attrs: set[str] = set()
@@ -125,7 +129,7 @@ def _build_graph(space: SearchSpace, removed: np.ndarray, dead: set[str]) -> fx.
                             value, is_param = program.constants[fqn], False
                         if value.is_meta:
                             raise BuildError("the model is on the meta device: load real weights before building")
-                        masks = ctx.masks(node) if source.get(node.name) in space._flow.dims else []
+                        masks = ctx.masks(node) if space.has_channels(source.get(node.name, "")) else []
                         _set_attr(root, fqn, _slice_tensor(value, masks), is_param)
                         done_attrs.add(fqn)
                     env[node] = g.get_attr(fqn)
@@ -157,7 +161,7 @@ def _build_graph(space: SearchSpace, removed: np.ndarray, dead: set[str]) -> fx.
                 args = list(fx.map_arg(node.args, lambda a: env[a]))
                 kwargs = dict(fx.map_arg(node.kwargs, lambda a: env[a]))
                 target = node.target
-                if name in space._flow.dims:
+                if name is not None and space.has_channels(name):
                     target, args, kwargs = rule_for(target).rewrite(ctx, node, args, kwargs)
                 new = g.call_function(target, tuple(args), kwargs)
                 for key in ("nn_module_stack", "stack_trace", "source_fn_stack"):

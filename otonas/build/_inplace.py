@@ -1,6 +1,6 @@
 """Build in place: slice the user's own modules and fix their size attributes, so the smaller
 model keeps its class and methods (``generate()``, its KV cache, ``save_pretrained`` of the
-weights). The removal decision is the graph build's (:meth:`SearchSpace.removable`); the
+weights). The removal decision is the graph build's (the same :class:`Plan`); the
 result is checked against the graph build on the example inputs before it is committed.
 
 What one module type does with sliced tensors is a :class:`Resizer`, registered with
@@ -23,7 +23,7 @@ from torch.export.graph_signature import InputKind
 from torch.utils import _pytree as pytree
 
 from ..errors import BuildError
-from ..analysis import SearchSpace
+from ..analysis import Plan, SearchSpace
 
 __all__ = ["Resizer", "register_resizer", "build_inplace"]
 
@@ -371,7 +371,7 @@ def _owner(root: nn.Module, fqn: str) -> tuple[str, nn.Module, str]:
     return path, root.get_submodule(path) if path else root, name
 
 
-def _plan(space: SearchSpace, removed_root: np.ndarray | None) -> dict[str, Sliced]:
+def _sliced(space: SearchSpace, removed_root: np.ndarray | None) -> dict[str, Sliced]:
     """Every parameter, buffer and tensor attribute of the model that loses positions, by FQN."""
     sig = space.capture.program.graph_signature
     out: dict[str, Sliced] = {}
@@ -379,7 +379,7 @@ def _plan(space: SearchSpace, removed_root: np.ndarray | None) -> dict[str, Slic
         if spec.kind not in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
             continue
         name = getattr(spec.arg, "name", None)
-        if name is None or name not in space._flow.dims or spec.target is None:
+        if name is None or not space.has_channels(name) or spec.target is None:
             continue
         masks = space.keep_masks(name, removed_root)
         if all(m.all() for m in masks):
@@ -401,7 +401,7 @@ def _tensorless_norms(space: SearchSpace, removed_root: np.ndarray | None, modul
             continue
         path = module_path(node)
         x = node.args[0] if node.args else None
-        if path in want and isinstance(x, torch.fx.Node) and x.name in space._flow.dims:
+        if path in want and isinstance(x, torch.fx.Node) and space.has_channels(x.name):
             sizes = space.kept_sizes(x.name, removed_root)
             if isinstance(sizes, list) and len(sizes) > 1 and isinstance(sizes[1], int):
                 n = sizes[1]
@@ -494,15 +494,13 @@ def _config_attrs(model: nn.Module, per_module: dict[str, dict[str, Any]],
     return out
 
 
-def build_inplace(space: SearchSpace, removed: np.ndarray, erased: np.ndarray | None,
-                  reference: Callable[[tuple[Any, ...]], Any]) -> nn.Module:
-    """Slice ``space.model``'s own tensors by ``removed`` (already through
-    :meth:`SearchSpace.removable`), set its modules' size attributes, and check it against
+def build_inplace(space: SearchSpace, plan: Plan, reference: Callable[[tuple[Any, ...]], Any]) -> nn.Module:
+    """Slice ``space.model``'s own tensors by ``plan``, set its modules' size attributes, and check it against
     ``reference(inputs)`` (the graph build's outputs on the example inputs). On any error the model
     is left as it was."""
     model = space.model
-    if erased is not None and np.asarray(erased).any():
-        groups = [space.erasing_groups[i] for i in np.nonzero(erased)[0]]
+    if plan.erased_groups:
+        groups = [space.erasing_groups[i] for i in plan.erased_groups]
         names = ", ".join(f"'{g.module or g.output}' (into {g.join_kind} {g.join})" for g in groups[:4])
         raise BuildError(f"the in-place build cannot erase operators yet, and {len(groups)} erasing group(s) are all "
                          f"zero: {names}{', …' if len(groups) > 4 else ''}. Use the graph build "
@@ -510,8 +508,7 @@ def build_inplace(space: SearchSpace, removed: np.ndarray, erased: np.ndarray | 
     for t in list(model.parameters()) + list(model.buffers()):
         if t.is_meta:
             raise BuildError("the model is on the meta device: load real weights before building")
-    removed_root = space._removed_root(removed)
-    plan = _plan(space, removed_root)
+    sliced = _sliced(space, plan.removed_root)
     aliases = _aliases(model)
     device = next((t.device for t in model.parameters()), None)
     inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) and device is not None else x
@@ -523,7 +520,7 @@ def build_inplace(space: SearchSpace, removed: np.ndarray, erased: np.ndarray | 
     tensors: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
     tensors.update(dict(model.named_buffers(remove_duplicate=False)))
     new_values: dict[str, torch.Tensor] = {}
-    for fqn, s in plan.items():
+    for fqn, s in sliced.items():
         try:
             _, owner, name = _owner(model, fqn)
         except AttributeError:
@@ -576,7 +573,7 @@ def build_inplace(space: SearchSpace, removed: np.ndarray, erased: np.ndarray | 
         extra.update(_mlp_attrs(module, children))
         if extra:
             attrs.setdefault(path, {}).update(extra)
-    for path, n in _tensorless_norms(space, removed_root, modules, by_module).items():
+    for path, n in _tensorless_norms(space, plan.removed_root, modules, by_module).items():
         attrs.setdefault(path, {})["num_features"] = n
     config_attrs = _config_attrs(model, attrs, heads)
 

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from torch import fx, nn
 from torch.utils import _pytree as pytree
 
-from ..analysis import SearchSpace, analyze
+from ..analysis import Plan, SearchSpace, analyze
 from ..build import build
 from ..capture import shorter_inputs
 from ._arch import architecture as architecture_doc
@@ -138,6 +138,7 @@ def export(
     architecture: Mapping[str, Any] | None = None,
     command: str | None = None,
     check: bool = True,
+    plan: Plan | None = None,
     subnet: fx.GraphModule | None = None,
 ) -> ExportResult:
     """Write ``model.py``, ``model.safetensors`` and ``architecture.json`` to ``out_dir``.
@@ -149,7 +150,9 @@ def export(
     network was built with); ``command`` records how (default: this process's command line).
     With ``check`` the written ``model.py`` is loaded back and run on the example inputs
     (``example_inputs`` or those the space was captured with) against the subnet. With a
-    space, ``subnet`` (what ``otonas.build(space)`` returned) saves building it again.
+    space, ``plan`` (:meth:`SearchSpace.plan`) is what was removed, read from the weights when it
+    is not given, and ``subnet`` (what ``otonas.build(space, plan)`` returned) saves building it
+    again; pass both when you have them, as ``otonas search`` does.
     """
     from .. import __version__
 
@@ -167,20 +170,19 @@ def export(
     else:
         raise ExportError(f"export takes a SearchSpace, a GraphModule from otonas.build or an nn.Module, "
                           f"not {type(subnet_or_space).__name__}")
-    removed = erased = None
     erased_ops: list[dict[str, Any]] = []
     if space is not None:
-        removed = space.removable(space.zero_groups())
-        if space.num_erasing_groups:
-            erased = space.erasable(space.zero_erasing_groups())
+        plan = plan if plan is not None else space.plan()
+        if plan.erased is not None:
             graph_nodes = {n.name: n for n in space.capture.program.graph.nodes}
             erased_ops = [{"module": g.module, "join": g.join, "join_kind": g.join_kind,
                            "operators": [{"node": k, "op": str(graph_nodes[k].target)} for k in sorted(g.nodes)
                                          if k in graph_nodes and graph_nodes[k].op == "call_function"],
-                           "params": list(g.params)} for g, e in zip(space.erasing_groups, erased) if e]
-        gm = subnet if subnet is not None else build(space, removed=removed, erased=erased)
-    elif subnet is not None:
-        raise ExportError("subnet= goes with a SearchSpace: export(space, out_dir, subnet=otonas.build(space))")
+                           "params": list(g.params)} for g, e in zip(space.erasing_groups, plan.erased) if e]
+        gm = subnet if subnet is not None else build(space, plan)
+    elif subnet is not None or plan is not None:
+        raise ExportError("subnet= and plan= go with a SearchSpace: "
+                          "export(space, out_dir, plan=plan, subnet=otonas.build(space, plan))")
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     inputs = tuple(example_inputs) if example_inputs is not None else (
@@ -207,10 +209,9 @@ def export(
 
     # totals and per-layer costs
     totals: dict[str, Any] = {}
-    if space is not None:
-        full, after = space.costs(), space.costs(removed, erased)
-        totals = {"params": {"before": full.params, "after": after.params},
-                  "flops": {"before": full.flops, "after": after.flops}}
+    if plan is not None:
+        totals = {"params": {"before": plan.before.params, "after": plan.after.params},
+                  "flops": {"before": plan.before.flops, "after": plan.after.flops}}
     reference, shapes = None, None
     if inputs is not None:
         if any(n.target is torch.ops.aten.sym_size.int for n in gm.graph.nodes):

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..analysis import Plan
 from ..errors import OtonasError
 
 __all__ = ["LayerChannels", "OpFacts", "GraphFacts", "graph_facts", "layer_channels", "short_op"]
@@ -88,14 +89,20 @@ def _dims(space: Any, name: str) -> list[np.ndarray] | None:
     return list(d)
 
 
-def graph_facts(space: Any, *, removed: Any = None, erased: Any = None) -> GraphFacts:
+def graph_facts(space: Any, *, removed: Any = None, erased: Any = None, plan: Plan | None = None) -> GraphFacts:
     """Read every op of ``space.graph`` with ``removed`` prunable groups and ``erased``
-    erasing groups (boolean masks) taken out."""
+    erasing groups (boolean masks) taken out, or what ``plan`` (:meth:`SearchSpace.plan`) takes out."""
+    graph = space.graph
+    if plan is not None:
+        if removed is not None or erased is not None:
+            raise OtonasError("graph_facts takes a plan or removed=/erased=, not both")
+        removed, erased = plan.removed, plan.erased
     removed_mask = _as_mask(removed, space.num_prunable_groups, "removed").copy()
     erased_mask = _as_mask(erased, space.num_erasing_groups, "erased")
-    graph = space.graph
     dead: set[str] = set()
-    if erased_mask.any():
+    if plan is not None:
+        dead = {n for n in plan.dead if n in graph}
+    elif erased_mask.any():
         all_dead, why = space.segments.dead_nodes(erased_mask)
         if why:
             raise OtonasError(f"invalid erasure: {why}; draw a valid set (see SearchSpace.check_erasure)")
@@ -156,13 +163,15 @@ def graph_facts(space: Any, *, removed: Any = None, erased: Any = None) -> Graph
     return GraphFacts(ops, removed_mask, erased_mask, frozenset(dead))
 
 
-def layer_channels(space: Any, *, removed: Any = None, erased: Any = None) -> list[LayerChannels]:
+def layer_channels(space: Any, *, removed: Any = None, erased: Any = None,
+                   plan: Plan | None = None) -> list[LayerChannels]:
     """Output channels of every layer (op that makes channels from a parameter), before and
-    after removing the ``removed`` prunable groups and erasing the ``erased`` erasing groups.
+    after removing the ``removed`` prunable groups and erasing the ``erased`` erasing groups
+    (or what ``plan`` removes).
 
     One row per module path (a module called twice is listed once), in graph order.
     """
-    facts = graph_facts(space, removed=removed, erased=erased)
+    facts = graph_facts(space, removed=removed, erased=erased, plan=plan)
     return _layers_from(facts)
 
 

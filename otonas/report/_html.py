@@ -13,6 +13,7 @@ from html import escape
 from typing import Any
 
 from .. import __version__
+from ..analysis import Plan
 from ._charts import Series, before_after_bars, channel_bars, human, line_chart, wants_log_scale
 from ._facts import LayerChannels, layer_channels
 from ._svg import FONT, draw_graph, family_colour
@@ -113,10 +114,10 @@ window.addEventListener('resize',function(){vb[3]=vb[2]*ch()/cw();apply()});star
 
 
 def _viewer(space: Any, *, removed: Any, erased: Any, max_nodes: int, title: str | None,
-            legend_width: float) -> str:
+            legend_width: float, plan: Plan | None = None) -> str:
     """The legend, then the graph in a box that pans and zooms."""
     d = draw_graph(space, removed=removed, erased=erased, max_nodes=max_nodes, title=title,
-                   legend_width=legend_width)
+                   legend_width=legend_width, plan=plan)
     return ('<div class="otn-viewer" data-otn-viewer>'
             f'<div class="otn-legend-box">{d.legend_svg()}</div><div class="otn-tools">'
             '<button data-act="in" title="zoom in">+</button><button data-act="out" title="zoom out">−</button>'
@@ -134,12 +135,14 @@ def render_graph_html(
     erased: Any = None,
     max_nodes: int = 400,
     title: str | None = None,
+    plan: Plan | None = None,
 ) -> str:
     """:func:`render_graph_svg` in a standalone HTML page with pan and zoom (inline CSS and JS)."""
     name = title or f"{type(space.model).__name__} — otonas graph"
     css = _CSS % {"font": FONT} + "html,body{height:100%}body{display:flex;flex-direction:column}" \
         ".otn-viewer{flex:1;margin:10px;min-height:0}"
-    viewer = _viewer(space, removed=removed, erased=erased, max_nodes=max_nodes, title=title, legend_width=1200)
+    viewer = _viewer(space, removed=removed, erased=erased, max_nodes=max_nodes, title=title, legend_width=1200,
+                     plan=plan)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{escape(name)}</title><style>{css}</style></head>"
@@ -346,7 +349,8 @@ def _history_charts(history: Sequence[dict[str, Any]]) -> list[str]:
     return charts
 
 
-def _layer_rows(report: dict[str, Any], space: Any, removed: Any, erased: Any) -> list[LayerChannels] | None:
+def _layer_rows(report: dict[str, Any], space: Any, removed: Any, erased: Any,
+                plan: Plan | None = None) -> list[LayerChannels] | None:
     given = report.get("layers")
     if isinstance(given, list) and given and all(isinstance(r, dict) for r in given):
         rows = []
@@ -360,7 +364,7 @@ def _layer_rows(report: dict[str, Any], space: Any, removed: Any, erased: Any) -
         if rows:
             return rows
     if space is not None:
-        return layer_channels(space, removed=removed, erased=erased)
+        return layer_channels(space, removed=removed, erased=erased, plan=plan)
     return None
 
 
@@ -403,6 +407,7 @@ def write_report_html(
     title: str | None = None,
     max_nodes: int = 200,
     partial: str | None = None,
+    plan: Plan | None = None,
 ) -> None:
     """Write one self-contained HTML page about a run to ``path``.
 
@@ -410,7 +415,7 @@ def write_report_html(
     erased operators, output difference, time; any other keys in a table), curves over
     ``history`` (one dict per epoch: loss, accuracies, group sparsity, erased ops, FLOPs;
     missing keys are skipped), parameters and FLOPs before and after, channels per layer
-    (from ``report["layers"]`` when present, else from ``space`` and ``removed``/``erased``),
+    (from ``report["layers"]`` when present, else from ``space`` and ``plan`` or ``removed``/``erased``),
     and the network graph with pruned and erased parts marked (when ``space`` is given;
     drawn one box per module above ``max_nodes`` ops, see :func:`render_graph_svg`).
 
@@ -454,11 +459,11 @@ def write_report_html(
     if charts:
         parts.append('<section><h2>Training</h2><div class="charts">'
                      + "".join(f'<div class="panel">{c}</div>' for c in charts) + "</div></section>")
-    rows = _layer_rows(report, space, removed, erased)
+    rows = _layer_rows(report, space, removed, erased, plan)
     if rows:
         parts.append(_layer_section(rows))
     if space is not None:
-        viewer = _viewer(space, removed=removed, erased=erased, max_nodes=max_nodes, legend_width=1130,
+        viewer = _viewer(space, removed=removed, erased=erased, max_nodes=max_nodes, legend_width=1130, plan=plan,
                          title=f"{type(space.model).__name__}" + (f" ({model})" if model else ""))
         parts.append(f'<section class="graph"><h2>Network</h2>{viewer}</section>')
     rest = [(k, v) for k, v in _flatten({k: v for k, v in report.items() if k not in used})]

@@ -13,6 +13,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from ..analysis import Plan
 from ._facts import GraphFacts, OpFacts, graph_facts, short_op
 from ._layout import Layout, layered_layout
 
@@ -543,6 +544,7 @@ def render_graph_svg(
     erased: Any = None,
     max_nodes: int = 400,
     title: str | None = None,
+    plan: Plan | None = None,
 ) -> str:
     """The network of ``space`` as one self-contained SVG document (a string).
 
@@ -554,9 +556,10 @@ def render_graph_svg(
     one group); ops whose channels are pinned get a red border and a pin; every box has
     a tooltip (op, module path, shape, why pinned). A graph of more than ``max_nodes``
     ops is drawn with one box per module, at the deepest module level that keeps the
-    count at or under ``max_nodes``.
+    count at or under ``max_nodes``. ``plan`` (:meth:`SearchSpace.plan`) marks what it removes
+    instead of ``removed`` and ``erased``.
     """
-    d = draw_graph(space, removed=removed, erased=erased, max_nodes=max_nodes, title=title)
+    d = draw_graph(space, removed=removed, erased=erased, max_nodes=max_nodes, title=title, plan=plan)
     return d.svg(legend=True)
 
 
@@ -611,9 +614,12 @@ _DEFS = ("<defs>"
 
 
 def draw_graph(space: Any, *, removed: Any = None, erased: Any = None, max_nodes: int = 400,
-               title: str | None = None, legend_width: float | None = None) -> GraphDrawing:
+               title: str | None = None, legend_width: float | None = None,
+               plan: Plan | None = None) -> GraphDrawing:
     """Lay the graph out and draw its pieces (see :func:`render_graph_svg`)."""
-    facts = graph_facts(space, removed=removed, erased=erased)
+    facts = graph_facts(space, removed=removed, erased=erased, plan=plan)
+    if plan is not None:
+        removed = plan.removed
     boxes, edges, collapsed, cluster = _make_boxes(space, facts, max(1, int(max_nodes)))
     order = list(boxes)
     layout = layered_layout(order, edges, {k: b.size for k, b in boxes.items()}, node_gap=20.0, layer_gap=30.0,

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Sized
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from ..errors import OtonasError, UsageError
 from ..logging import get_logger
 from ._data import DataSpec, load_data
 from ._state import atomic_write_text, folder_lock, load_state, save_state
+
+if TYPE_CHECKING:
+    from ..analysis import Plan
 
 __all__ = ["SearchConfig", "search", "prepare", "Prepared"]
 
@@ -550,14 +553,12 @@ def _train(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, devi
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                                 sparsity=f"{sparsity_now:.2f}", erased=erased_now, refresh=False)
         val_acc, val_loss = evaluate(model, data.val, cfg, device)
-        removed = space.removable(space.zero_groups()) if space.num_prunable_groups else None
-        erased = space.erasable(space.zero_erasing_groups()) if space.num_erasing_groups else None
-        costs = space.costs(removed, erased)
+        plan = space.plan()  # what the subnet would be after this epoch
+        costs = plan.after
         row = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                "val_accuracy": val_acc, "val_loss": val_loss,
-               "group_sparsity": float(removed.mean()) if removed is not None else 0.0,
-               "removed_groups": int(removed.sum()) if removed is not None else 0,
-               "erased_ops": int(erased.sum()) if erased is not None else 0,
+               "group_sparsity": plan.group_sparsity, "removed_groups": plan.removed_groups,
+               "erased_ops": len(plan.erased_groups),
                "flops": costs.flops, "params": costs.params, "lr": float(opt.param_groups[0]["lr"]),
                "seconds": time.time() - t0}
         history.append(row)
@@ -625,7 +626,7 @@ def _load_checkpoint(ckpt: str, model: nn.Module, opt: Any, cfg: SearchConfig) -
 
 
 def _latency(cfg: SearchConfig, model: nn.Module, subnet: nn.Module, estimate: Any, space: Any,
-             removed: np.ndarray | None, erased: np.ndarray | None) -> dict[str, Any]:
+             plan: Plan) -> dict[str, Any]:
     """The dense model and the built subnet timed in turn (medians) at the run's latency
     setting, beside the latency model's estimate (of a run with ``target_latency``)."""
     import copy
@@ -644,7 +645,7 @@ def _latency(cfg: SearchConfig, model: nn.Module, subnet: nn.Module, estimate: A
                            "measured_fraction": subnet_s / dense_s if dense_s > 0 else None,
                            "target": cfg.target_latency, "estimated_fraction": None}
     if estimate is not None:
-        out["estimated_fraction"] = float(estimate.fraction(removed, erased))
+        out["estimated_fraction"] = float(estimate.fraction(plan.removed, plan.erased))
         out["estimated_dense_seconds"] = float(estimate.dense_seconds)
         out["table"] = estimate.table.path
     return out
@@ -657,27 +658,25 @@ def _finish(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, dev
     t0 = time.time()
     acc_full, _ = evaluate(model, data.val, cfg, device)
     model.cpu()
-    subnet = build(space)
+    plan = space.plan()  # the one removal decision: the build, export, latency and report all take it
+    subnet = build(space, plan)
     acc_sub, _ = evaluate(subnet, data.val, cfg, torch.device("cpu"))
     max_diff = 0.0
     with torch.no_grad():
         model.eval()
         for x, _ in _loader(data.val, cfg, 0, False):
             max_diff = max(max_diff, float((model(x) - subnet(x)).abs().max()))
-    removed = space.removable(space.zero_groups()) if space.num_prunable_groups else None
-    erased = space.erasable(space.zero_erasing_groups()) if space.num_erasing_groups else None
-    before, after = space.costs(), space.costs(removed, erased)
-    latency = (_latency(cfg, model, subnet, getattr(opt, "latency_model", None), space, removed, erased)
+    before, after = plan.before, plan.after
+    latency = (_latency(cfg, model, subnet, getattr(opt, "latency_model", None), space, plan)
                if cfg.target_latency is not None or cfg.measure_latency else None)
     report = {
         "model": cfg.model, "data": cfg.data, "mode": cfg.mode, "optimizer": cfg.optimizer,
         "accuracy_full": acc_full, "accuracy_subnet": acc_sub,
         "params_before": before.params, "params_after": after.params,
         "flops_before": before.flops, "flops_after": after.flops,
-        "group_sparsity": float(removed.mean()) if removed is not None else 0.0,
-        "removed_groups": int(removed.sum()) if removed is not None else 0,
+        "group_sparsity": plan.group_sparsity, "removed_groups": plan.removed_groups,
         "erased_operators": [space.erasing_groups[i].module or space.erasing_groups[i].output
-                             for i in np.nonzero(erased)[0]] if erased is not None else [],
+                             for i in plan.erased_groups],
         "erasing_groups": space.num_erasing_groups, "prunable_groups": space.num_prunable_groups,
         "max_abs_diff": max_diff, "epochs": cfg.epochs, "seed": cfg.seed,
         "flops_kept": after.flops / max(before.flops, 1), "params_kept": after.params / max(before.params, 1),
@@ -694,7 +693,8 @@ def _finish(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, dev
         except ImportError:
             export = None  # type: ignore[assignment]  # the export package is optional
         if export is not None:
-            export(space, cfg.out, architecture={"command": " ".join(sys.argv), "config": asdict(cfg)})
+            export(space, cfg.out, plan=plan, subnet=subnet,
+                   architecture={"command": " ".join(sys.argv), "config": asdict(cfg)})
     atomic_write_text(os.path.join(cfg.out, "report.json"), json.dumps(report, indent=1))
     try:
         from ..report import write_report_html
@@ -702,5 +702,5 @@ def _finish(cfg: SearchConfig, model: nn.Module, space: Any, data: DataSpec, dev
         write_report_html = None  # type: ignore[assignment]  # the report package is optional
     if write_report_html is not None:
         write_report_html(os.path.join(cfg.out, "report.html"), report=report, history=history, space=space,
-                          removed=removed, erased=erased)
+                          plan=plan)
     return report
