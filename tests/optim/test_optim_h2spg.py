@@ -201,6 +201,62 @@ def test_select_erasure_on_a_stub() -> None:
     assert "encloses the accepted erasing group 1" in next(s.reason for s in skipped if s.index == 0)
 
 
+class _FullCheck:
+    """A search space seen without its incremental ``erasure_walk``: the walk calls the full
+    ``check_erasure`` (``Segments.dead_nodes``) for every candidate, as it did before the walk."""
+
+    def __init__(self, space: otonas.SearchSpace) -> None:
+        self.erasing_groups = space.erasing_groups
+        self.check_erasure = space.check_erasure
+
+
+def _same_walks(space: otonas.SearchSpace, orders: int, seed: int) -> None:
+    """select_erasure with the incremental walk and with the full check: the same groups accepted
+    in the same order and the same candidates skipped for the same reasons, over random score
+    orders (ties and NaNs among them), every budget from half to all, and an earlier period's
+    random valid set walked first."""
+    from otonas.testing import random_valid_erasure
+
+    rng = np.random.default_rng(seed)
+    e = space.num_erasing_groups
+    invalid = 0
+    for k in range(orders):
+        scores = rng.random(e)
+        if k % 3 == 1:
+            scores = np.round(scores * 4) / 4  # ties: the lower index first
+        if k % 3 == 2:
+            scores[rng.random(e) < 0.1] = math.nan
+        first = np.nonzero(random_valid_erasure(space, 0.2, rng))[0].tolist() if k % 2 else []
+        first = [first[j] for j in rng.permutation(len(first))]
+        budget = int(rng.integers(e // 2, e + 1))
+        got = select_erasure(space, scores.tolist(), budget, first=first)
+        want = select_erasure(_FullCheck(space), scores.tolist(), budget, first=first)  # type: ignore[arg-type]
+        assert got == want, k
+        invalid += sum("erasing it with" in s.reason for s in want[1])
+    assert invalid, "no candidate was found invalid: the walks were not compared on a failing check"
+
+
+def test_select_erasure_walk_is_the_full_check_walk(space: otonas.SearchSpace) -> None:
+    _same_walks(space, 30, 0)
+
+
+def test_select_erasure_walk_is_the_full_check_walk_on_darts() -> None:
+    import search_spaces
+
+    model = search_spaces.create("darts", num_classes=10, in_chans=1, size="tiny")
+    darts = otonas.analyze(model, (torch.randn(1, 1, 8, 8),))
+    _same_walks(darts, 30, 1)
+
+
+@pytest.mark.slow
+def test_select_erasure_walk_is_the_full_check_walk_on_the_default_darts() -> None:
+    import search_spaces
+
+    model = search_spaces.create("darts")
+    darts = otonas.analyze(model, (torch.randn(1, *search_spaces.info("darts").input_shape),))
+    _same_walks(darts, 4, 2)
+
+
 # ---------------------------------------------------------------------------- budgets and zeros
 @pytest.mark.parametrize("variant", ["sgd", "adamw"])
 def test_budgets_are_exact_and_zero_groups_never_revive(space: otonas.SearchSpace, variant: str) -> None:
