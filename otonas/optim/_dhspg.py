@@ -657,8 +657,11 @@ class DHSPG(torch.optim.Optimizer):
                 dp = torch.cat([params[i].new_zeros(params[i].numel()) if (di := d[i]) is None else di.reshape(-1)
                                 for i in pack.positions])
                 prods = [xp * dp, xp * xp, dp * dp] + ([xp.abs()] if with_abs else [])
-                flat = torch.stack(prods).to(acc)
-                stats.index_add_(1, pack.groups, flat if pack.elements is None else flat[:, pack.elements])
+                if pack.matrix is not None and pack.matrix.dtype == acc:
+                    stats += torch.sparse.mm(pack.matrix, torch.stack(prods, dim=1).to(acc)).t()
+                else:
+                    flat = torch.stack(prods).to(acc)
+                    stats.index_add_(1, pack.groups, flat if pack.elements is None else flat[:, pack.elements])
                 plans, index = pack.rest, pack.rest_index
         ds = [torch.zeros_like(params[q.position]) if (dq := d[q.position]) is None else dq for q in plans]
         # Parameters whose every element is a slice of its own (biases, norm weights): many and
@@ -730,8 +733,7 @@ class DHSPG(torch.optim.Optimizer):
         offset = 0
         for q in plans:
             x = params[q.position]
-            small = (not q.is_vector and x.numel() < _PACK_MAX and not _in_blocks(q, x)
-                     and (dtype is None or x.dtype == dtype))
+            small = x.numel() < _PACK_MAX and not _in_blocks(q, x) and (dtype is None or x.dtype == dtype)
             keep.extend(torch.full((e.size,), not small, dtype=torch.bool, device=index.device) for e in q.entries)
             if not small:
                 rest.append(q)
@@ -746,8 +748,17 @@ class DHSPG(torch.optim.Optimizer):
         if packed:
             el = torch.cat(elements)
             one_each = el.numel() == offset  # every packed weight has one entry: no gather needed
-            pack = _Packing(tuple(packed), None if one_each else el, torch.cat(groups), tuple(rest),
-                            index[torch.cat(keep)] if keep else index)
+            gr = torch.cat(groups)
+            matrix = None
+            if index.device.type in ("cpu", "cuda"):
+                ones = torch.ones(el.numel(), dtype=self._acc_dtype, device=index.device)
+                coo = torch.sparse_coo_tensor(torch.stack([gr, el]), ones, (self.num_groups + 1, offset),
+                                              check_invariants=True)
+                with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta": ours is a plain product
+                    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                    matrix = coo.coalesce().to_sparse_csr()
+            pack = _Packing(tuple(packed), None if one_each else el, gr, tuple(rest),
+                            index[torch.cat(keep)] if keep else index, matrix)
         else:
             pack = _Packing((), None, index[:0], tuple(plans), index)
         self._packings[key] = (plans, pack)
@@ -879,7 +890,7 @@ class DHSPG(torch.optim.Optimizer):
         """Record G_r and restrict the work of later steps to the slices it touches."""
         self._redundant = redundant
         # One host read, here only: which parameter slices G_r touches decides what later steps visit.
-        self._active = _touching(self._layout.plans, redundant)
+        self._active = _touching(self._layout.plans, redundant, self._layout.slice_index)
         self._active_index = (slice_index(self._active) if self._active
                               else torch.zeros(0, dtype=torch.int64, device=redundant.device))
         self._active_dims, self._dim_index = _dims(self._active, self.num_groups, redundant.device)
@@ -1044,7 +1055,7 @@ class DHSPG(torch.optim.Optimizer):
         self._shrinking = shrinking
         self._sgd_plans = None
         fusable = self._sgd_masks()  # scaled in their own loop (or from its masks), not by the lists
-        plans = _touching(self._active, shrinking)
+        plans = _touching(self._active, shrinking, self._active_index)
         self._shrink_plans = plans
         self._shrink_index = (slice_index(self._shrink_plans) if plans
                               else torch.zeros(0, dtype=torch.int64, device=dev))
@@ -1220,9 +1231,17 @@ def _dims(plans: Sequence[ParamPlan], n: int, device: torch.device) -> tuple[tup
     return tuple(dims), index
 
 
-def _touching(plans: Sequence[ParamPlan], groups: Tensor) -> tuple[ParamPlan, ...]:
-    """``plans`` restricted to the entries with a slice in ``groups`` (bool ``[N + 1]``); one host read."""
-    touched = torch.stack([groups[e.index].any() for q in plans for e in q.entries]).tolist() if plans else []
+def _touching(plans: Sequence[ParamPlan], groups: Tensor, index: Tensor | None = None) -> tuple[ParamPlan, ...]:
+    """``plans`` restricted to the entries with a slice in ``groups`` (bool ``[N + 1]``); one host read.
+    ``index``: ``slice_index(plans)`` when the caller has it. One segment count over all slices,
+    not a call per entry (a supernet has thousands of them)."""
+    if not plans:
+        return ()
+    hit = groups[slice_index(plans) if index is None else index]
+    sizes = torch.tensor([e.size for q in plans for e in q.entries], dtype=torch.int64, device=hit.device)
+    ends = sizes.cumsum(0)
+    count = torch.cat([hit.new_zeros(1, dtype=torch.int64), hit.to(torch.int64).cumsum(0)])  # hits before each slice
+    touched = (count[ends] > count[ends - sizes]).tolist()
     out: list[ParamPlan] = []
     i = 0
     for q in plans:
@@ -1269,6 +1288,10 @@ class _Packing:
     groups: Tensor  # and its group
     rest: tuple[ParamPlan, ...]  # the other plans
     rest_index: Tensor  # their slices' groups
+    # [N + 1, packed elements], 1 where an element is in a group (CSR, the statistics' dtype): the
+    # per-group sums as one sparse product, a tenth of the gather and index_add_ over (element, entry)
+    # pairs; None where the device has no sparse product (the gather and index_add_ then)
+    matrix: Tensor | None = None
 
 
 _PACK_MAX = 1 << 12

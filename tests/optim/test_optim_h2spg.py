@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import logging
 import math
@@ -538,10 +539,7 @@ def test_h2spg_erases_half_of_a_darts_supernet_on_digits() -> None:
     assert acc_h2 >= acc_sgd - 2.0, (acc_sgd, acc_h2)
 
 
-def test_packed_statistics_match_the_per_weight_sums(space: otonas.SearchSpace) -> None:
-    """The warm-up's and period starts' statistics sum the small weights packed together (both
-    levels: a weight in a channel group and in one or two erasing groups): the same per-group
-    sums as the per-weight reductions the half-space step uses."""
+def _packed_against_per_weight(space: otonas.SearchSpace) -> None:
     opt = H2SPG(space, lr=0.1, warmup_steps=5)
     params = opt.param_groups[0]["params"]
     gen = torch.Generator().manual_seed(3)
@@ -549,6 +547,27 @@ def test_packed_statistics_match_the_per_weight_sums(space: otonas.SearchSpace) 
     plans, index = opt._layout.plans, opt._layout.slice_index
     with torch.no_grad():
         packed, _, _ = opt._stats(plans, index, params, d, with_abs=True, keep_xx=False)
-        assert opt._packing(plans, index, params).positions  # some weights were packed
+        pack = opt._packing(plans, index, params)
+        assert pack.positions and pack.matrix is not None  # some weights were packed, summed by the sparse product
+        assert any(plans[i].is_vector for i, q in enumerate(plans) if q.position in pack.positions)  # biases too
         plain, _, _ = opt._stats(plans, index, params, d, with_abs=True)
+        opt._packings[id(plans)] = (plans, dataclasses.replace(pack, matrix=None))  # the gather and index_add_
+        gathered, _, _ = opt._stats(plans, index, params, d, with_abs=True, keep_xx=False)
     torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gathered, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_statistics_match_the_per_weight_sums(space: otonas.SearchSpace) -> None:
+    """The warm-up's and period starts' statistics sum the small weights packed together (both
+    levels: a weight in a channel group and in one or two erasing groups; biases and norm weights
+    with them), by one sparse product (or, where the device has none, a gather and one
+    ``index_add_``): the same per-group sums as the per-weight reductions the half-space step uses."""
+    _packed_against_per_weight(space)
+
+
+def test_packed_statistics_match_the_per_weight_sums_on_darts() -> None:
+    import search_spaces
+
+    # in float64, so that the dots (sums of terms of both signs) compare at the same tolerance
+    model = search_spaces.create("darts", num_classes=10, in_chans=1, size="tiny").double()
+    _packed_against_per_weight(otonas.analyze(model, (torch.randn(1, 1, 8, 8, dtype=torch.float64),)))
