@@ -40,10 +40,10 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -53,6 +53,7 @@ from torch import Tensor
 from ..errors import BudgetWarning, ForcedProjectionWarning, OtonasError
 from . import _kernels
 from ._base import SGDRule, make_rule
+from ._flat import FlatMomentum
 from ._layout import BLAS, BLOCK, Entry, GroupLayout, ParamPlan, SearchSpaceLike, block_sums, slice_index
 from ._schedule import (SCHEDULES, align_quota, cell_alignment, cost_quotas, period_bounds, select_in_cells,
                         split_quota)
@@ -360,13 +361,14 @@ class DHSPG(torch.optim.Optimizer):
         self._shrinking: Tensor | None = None
         self._shrink_plans: tuple[ParamPlan, ...] = ()
         self._shrink_index = torch.zeros(0, dtype=torch.int64, device=dev)
-        self._shrink_lists: list[tuple[list[Tensor], list[Tensor], list[Tensor]]] = []
+        self._shrink_lists: list[tuple[list[Tensor], list[Tensor]]] = []
         self._shrink_indexed: list[tuple[Tensor, int, Tensor]] = []
         self._period = -1
         # The weights whose whole step is one fused loop (``_kernels.sgd_step``), by position: their
         # live rows and columns and how many of the period's groups hold each (see ``_sgd_masks``).
         self._sgd_plans: dict[int, _SGDMasks] | None = None
         self._packings: dict[int, tuple[Sequence[ParamPlan], _Packing]] = {}  # see _packing
+        self._flat: FlatMomentum | Literal[False] | None = None  # see _flat_momentum (False: none to pack)
         self._blocked: dict[int, tuple[Sequence[ParamPlan], list[int]]] = {}  # see _fusable
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -399,8 +401,6 @@ class DHSPG(torch.optim.Optimizer):
         progressive = hp["schedule"] == "progressive"
         # Weights whose masking, base step and shrink are one loop this step (and their factor).
         fused_sgd, factor = self._sgd_fusable(params, hp, t)
-        if self._redundant is not None:
-            self._mask_grads(params, static=t >= end, skip=fused_sgd)
         # In the projection phase, the momentum of some weights is updated inside the loop that
         # takes their statistics (``_kernels.stats``); the base rule does the rest.
         # So are those of every weight at a step that takes the statistics of all groups once: a
@@ -411,14 +411,33 @@ class DHSPG(torch.optim.Optimizer):
             self._fused = self._fusable(params, hp, self._layout.plans)
         else:
             self._fused = {}
+        # The many small weights: their masking and momentum step on one flat buffer (_flat).
+        flat = self._flat_momentum(params, hp)
+        if flat is not None and (flat.members & self._fused.keys() or flat.members & fused_sgd.keys()):
+            flat = None
+        if self._redundant is not None:
+            self._mask_grads(params, static=t >= end,
+                             skip=fused_sgd.keys() | flat.members if flat is not None else fused_sgd)
+        flat_d = None
+        if flat is not None:
+            flat_d = flat.directions(params, [self.state[params[i]] for i in flat.positions], hp,
+                                     self._zero if self._redundant is not None else None)
+            if flat_d is None:  # buffers it cannot take over: the per-tensor step, masking included
+                if self._redundant is not None:
+                    self._mask_grads(params, static=t >= end, skip=fused_sgd)
+                flat = None
+        skip = flat.members if flat is not None else frozenset()
         with_grad = [i for i, p in enumerate(params)
-                     if p.grad is not None and i not in self._fused and i not in fused_sgd]
+                     if p.grad is not None and i not in self._fused and i not in fused_sgd and i not in skip]
         grads = [g for i in with_grad if (g := params[i].grad) is not None]  # all of them
         dirs = self._rule.directions([params[i] for i in with_grad], grads, [self.state[params[i]] for i in with_grad],
                                      hp)
         d: list[Tensor | None] = [None] * len(params)
         for i, di in zip(with_grad, dirs):
             d[i] = di
+        if flat is not None and flat_d is not None:
+            for i, di in zip(flat.positions, flat_d):
+                d[i] = di
         for i, buf in self._fused.items():
             d[i] = buf  # updated by _stats before anything reads it
         for i, masks in fused_sgd.items():
@@ -464,7 +483,23 @@ class DHSPG(torch.optim.Optimizer):
         if idx:
             torch._foreach_add_([params[i] for i in idx], [d[i] for i in idx], alpha=-lr)  # type: ignore[misc]
 
-    def _mask_grads(self, params: Sequence[Tensor], *, static: bool, skip: Mapping[int, Any]) -> None:
+    def _flat_momentum(self, params: Sequence[Tensor], hp: dict[str, Any]) -> FlatMomentum | None:
+        """The small weights whose SGD step this is goes through one flat buffer (:mod:`._flat`): with
+        SGD's momentum (no Nesterov), the weights under ``_PACK_MAX`` elements of the first such
+        weight's dtype and device, when every one has a gradient; None otherwise."""
+        if not isinstance(self._rule, SGDRule) or hp["momentum"] == 0 or hp["nesterov"]:
+            return None
+        if self._flat is None:
+            small = [i for i, x in enumerate(params) if x.numel() < _PACK_MAX]
+            if small:
+                first = params[small[0]]
+                small = [i for i in small if params[i].dtype == first.dtype and params[i].device == first.device]
+            self._flat = FlatMomentum(small, params, self._layout.plans) if len(small) > 1 else False
+        if self._flat is False or not self._flat.usable(params):
+            return None
+        return self._flat
+
+    def _mask_grads(self, params: Sequence[Tensor], *, static: bool, skip: Container[int]) -> None:
         """Zero the gradient entries of zero groups, so that no base rule can move them (not those
         of the weights in ``skip``, whose fused loop leaves the zero groups alone)."""
         self._zero_slices_of(self._zero, [[None if q.position in skip else params[q.position].grad]
@@ -566,20 +601,25 @@ class DHSPG(torch.optim.Optimizer):
         """For every active entry with slices in ``groups``: (plan number, entry, where), where is
         the slices' positions when writing only them is cheap (leading dim, or few slices), else a
         0/1 vector repeated over each slice's contiguous block. One host read."""
-        hit = groups[self._active_index].cpu()
+        entries = [(i, e) for i, q in enumerate(self._active) for e in q.entries]
+        if not entries:
+            return []
+        # one nonzero over all active slices, split by entry (not a call per entry: a supernet has thousands)
+        where = groups[self._active_index].cpu().nonzero().flatten()
+        sizes = torch.tensor([e.size for _, e in entries], dtype=torch.int64)
+        ends = sizes.cumsum(0)
+        owner = torch.searchsorted(ends, where, right=True)
+        counts = torch.bincount(owner, minlength=len(entries))
+        parts = (where - (ends - sizes)[owner]).split(counts.tolist())
         out: list[tuple[int, Entry, Tensor]] = []
-        offset = 0
-        for i, q in enumerate(self._active):
-            for e in q.entries:
-                zero = hit[offset:offset + e.size].nonzero().flatten()
-                offset += e.size
-                if not zero.numel():
-                    continue
-                if e.pre == 1 or 8 * zero.numel() <= e.size:
-                    out.append((i, e, zero.to(e.index.device)))
-                else:
-                    alive = torch.ones(e.size, device=e.index.device)
-                    out.append((i, e, alive.index_fill_(0, zero.to(alive.device), 0).repeat_interleave(e.post)))
+        for k in counts.nonzero().flatten().tolist():
+            i, e = entries[k]
+            zero = parts[k]
+            if e.pre == 1 or 8 * zero.numel() <= e.size:
+                out.append((i, e, zero.to(e.index.device)))
+            else:
+                alive = torch.ones(e.size, device=e.index.device)
+                out.append((i, e, alive.index_fill_(0, zero.to(alive.device), 0).repeat_interleave(e.post)))
         return out
 
     def _per_slice(self, per_group: Tensor) -> list[list[Tensor]]:
@@ -1001,8 +1041,8 @@ class DHSPG(torch.optim.Optimizer):
         """Multiply every slice of the period's groups by ``factor`` (an element in two of them,
         by its square), but in the weights of ``fused`` (their loop has done it)."""
         assert self._shrinking is not None
-        for targets, masks, rests in self._shrink_lists:
-            torch._foreach_mul_(targets, torch._foreach_add(rests, masks, alpha=factor))
+        for targets, masks in self._shrink_lists:  # x·(1 − s + factor·s), in place: x + (factor − 1)·x·s
+            torch._foreach_addcmul_(targets, targets, masks, value=factor - 1)
         for x, dim, where in self._shrink_indexed:
             x.index_copy_(dim, where, x.index_select(dim, where).mul_(factor))
         # The weights the fused loop can take are in neither list: when it did not take them this
@@ -1061,15 +1101,16 @@ class DHSPG(torch.optim.Optimizer):
                               else torch.zeros(0, dtype=torch.int64, device=dev))
         # How a step scales the period's slices. Along the leading dim of a large parameter: only the
         # selected rows, found once here (one host read, at the period start), by index_select /
-        # index_copy_. Every other entry: a 0/1 membership s and 1 − s shaped to broadcast against
-        # the parameter, the factors being rest + factor·s, in multi-tensor calls; lists by entry
-        # rank, so that no call multiplies one parameter twice (CUDA's fused path would race).
+        # index_copy_. Every other entry: a 0/1 membership s shaped to broadcast against the
+        # parameter, x + (factor − 1)·x·s in place, one multi-tensor call per list (no factor
+        # tensors to allocate; exactly 0 at factor 0); lists by entry rank, so that no call writes
+        # one parameter twice (CUDA's fused path would race).
         params = self.param_groups[0]["params"]
         flat = shrinking[self._shrink_index]
         sizes = [e.size for q in plans for e in q.entries]
         on = iter(flat.split(sizes))
         hits = iter(flat.cpu().split(sizes))
-        lists: list[tuple[list[Tensor], list[Tensor], list[Tensor]]] = []
+        lists: list[tuple[list[Tensor], list[Tensor]]] = []
         indexed: list[tuple[Tensor, int, Tensor]] = []
         for q in plans:
             if q.position in fusable:
@@ -1086,11 +1127,9 @@ class DHSPG(torch.optim.Optimizer):
                         indexed.append((x, e.dim, where.to(x.device)))  # dim: 0 or a leading size-1 dim
                     continue
                 if rank == len(lists):
-                    lists.append(([], [], []))
-                m = m.to(x.dtype).view(e.view)
+                    lists.append(([], []))
                 lists[rank][0].append(x)
-                lists[rank][1].append(m)
-                lists[rank][2].append(1 - m)
+                lists[rank][1].append(m.to(x.dtype).view(e.view))
                 rank += 1
         self._shrink_lists = lists
         self._shrink_indexed = indexed
