@@ -415,16 +415,18 @@ class DHSPG(torch.optim.Optimizer):
         flat = self._flat_momentum(params, hp)
         if flat is not None and (flat.members & self._fused.keys() or flat.members & fused_sgd.keys()):
             flat = None
+        # Not masked here: the weights of a fused loop (sgd_step, or _stats's momentum update, which
+        # masks in the loop) and the flat buffer's (masked as they are packed).
+        in_loops = fused_sgd.keys() | self._fused.keys()
         if self._redundant is not None:
-            self._mask_grads(params, static=t >= end,
-                             skip=fused_sgd.keys() | flat.members if flat is not None else fused_sgd)
+            self._mask_grads(params, static=t >= end, skip=in_loops | flat.members if flat is not None else in_loops)
         flat_d = None
         if flat is not None:
             flat_d = flat.directions(params, [self.state[params[i]] for i in flat.positions], hp,
                                      self._zero if self._redundant is not None else None)
             if flat_d is None:  # buffers it cannot take over: the per-tensor step, masking included
                 if self._redundant is not None:
-                    self._mask_grads(params, static=t >= end, skip=fused_sgd)
+                    self._mask_grads(params, static=t >= end, skip=in_loops)
                 flat = None
         skip = flat.members if flat is not None else frozenset()
         with_grad = [i for i, p in enumerate(params)
@@ -724,12 +726,15 @@ class DHSPG(torch.optim.Optimizer):
             if _in_blocks(q, x):  # one fused loop, or a block of rows at a time, reduced while in cache
                 if _kernels.usable(x):
                     hp = self.param_groups[0]
-                    sgd = None
+                    sgd, alive = None, None
                     if q.position in self._fused:
                         assert x.grad is not None  # _fusable takes only parameters with a gradient
                         sgd = (x.grad, hp["momentum"], hp["dampening"], hp["weight_decay"])
+                        masks = self._sgd_masks().get(q.position) if self._redundant is not None else None
+                        if masks is not None:  # its zero groups' gradient masked in the loop (step() leaves it)
+                            alive = (masks[0], masks[2])
                     sums = dict(zip((0, 1), _kernels.stats(x, _like(dq, x), math.prod(x.shape[2:]),
-                                                           with_abs=with_abs, sgd=sgd)))
+                                                           with_abs=with_abs, sgd=sgd, alive=alive)))
                 else:
                     e1 = next(e for e in q.entries if e.dim == 1)
                     block = self._scratch("block", x.dtype, (k * max(BLOCK, x[0].numel()),))
