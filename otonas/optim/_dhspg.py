@@ -43,7 +43,7 @@ import warnings
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -351,8 +351,9 @@ class DHSPG(torch.optim.Optimizer):
         self._forced: int | None = None
         self._active: tuple[ParamPlan, ...] = ()  # the grouped parameters, restricted to slices of G_r
         self._active_index = torch.zeros(0, dtype=torch.int64, device=dev)
-        self._active_dims: tuple[tuple[_Dim, ...], ...] = ()  # per active plan: its entries by dim
-        self._dim_index = torch.zeros(0, 1, dtype=torch.int64, device=dev)  # per active slice: its dim's groups
+        # per active plan: its entries by dim; per active slice: its dim's groups (see _by_dim)
+        self._active_dims: tuple[tuple[_Dim, ...], ...] | None = ()
+        self._dim_index = torch.zeros(0, 1, dtype=torch.int64, device=dev)
         self._zero_slices: list[tuple[int, Entry, Tensor]] | None = None
         self._buffers: dict[Any, Tensor] = {}  # scratch and x² buffers of the projection phase
         self._fused: dict[int, Tensor] = {}  # this step: momentum buffers _stats updates (see _fusable)
@@ -367,6 +368,7 @@ class DHSPG(torch.optim.Optimizer):
         # The weights whose whole step is one fused loop (``_kernels.sgd_step``), by position: their
         # live rows and columns and how many of the period's groups hold each (see ``_sgd_masks``).
         self._sgd_plans: dict[int, _SGDMasks] | None = None
+        self._alive: tuple[tuple[Tensor, tuple[ParamPlan, ...]], dict[int, tuple[Tensor, Tensor]]] | None = None
         self._packings: dict[int, tuple[Sequence[ParamPlan], _Packing]] = {}  # see _packing
         self._flat: FlatMomentum | Literal[False] | None = None  # see _flat_momentum (False: none to pack)
         self._blocked: dict[int, tuple[Sequence[ParamPlan], list[int]]] = {}  # see _fusable
@@ -423,7 +425,7 @@ class DHSPG(torch.optim.Optimizer):
         flat_d = None
         if flat is not None:
             flat_d = flat.directions(params, [self.state[params[i]] for i in flat.positions], hp,
-                                     self._zero if self._redundant is not None else None)
+                                     self._zero if self._redundant is not None else None, self._step)
             if flat_d is None:  # buffers it cannot take over: the per-tensor step, masking included
                 if self._redundant is not None:
                     self._mask_grads(params, static=t >= end, skip=in_loops)
@@ -504,6 +506,8 @@ class DHSPG(torch.optim.Optimizer):
     def _mask_grads(self, params: Sequence[Tensor], *, static: bool, skip: Container[int]) -> None:
         """Zero the gradient entries of zero groups, so that no base rule can move them (not those
         of the weights in ``skip``, whose fused loop leaves the zero groups alone)."""
+        if all(q.position in skip for q in self._active):  # ResNet-50 at a period start: nothing left to mask
+            return
         self._zero_slices_of(self._zero, [[None if q.position in skip else params[q.position].grad]
                                           for q in self._active],
                              host=static or self._host_reads, cached=True)
@@ -553,24 +557,44 @@ class DHSPG(torch.optim.Optimizer):
             return self._sgd_plans
         params = self.param_groups[0]["params"]
         out: dict[int, _SGDMasks] = {}
+        shrinking = self._shrinking
+        for q in self._active:
+            alive = self._alive_masks().get(q.position)
+            if alive is None:
+                continue
+            x = params[q.position]
+            count = [torch.zeros(x.shape[0], dtype=torch.int64, device=x.device),
+                     torch.zeros(x[0].numel(), dtype=torch.int64, device=x.device)]
+            if shrinking is not None:
+                for e in q.entries:  # per column of the [O, M] view: its input channel's
+                    post = 1 if e.dim == 0 else e.post
+                    count[e.dim] += shrinking[e.index].to(torch.int64).repeat_interleave(post)
+            out[q.position] = (alive[0], count[0], alive[1], count[1])
+        self._sgd_plans = out
+        return out
+
+    def _alive_masks(self) -> dict[int, tuple[Tensor, Tensor]]:
+        """The live rows and columns (no zero group) of every active weight the fused loops can
+        take, as :meth:`_sgd_masks` gives them; kept while G_r and the zero set are (the period's
+        groups change nothing here: a period start's statistics loop reads them before the
+        selection, the step after it)."""
+        key = (self._zero, self._active)
+        if self._alive is not None and self._alive[0][0] is key[0] and self._alive[0][1] is key[1]:
+            return self._alive[1]
+        params = self.param_groups[0]["params"]
+        out: dict[int, tuple[Tensor, Tensor]] = {}
         if isinstance(self._rule, SGDRule):
-            zero, shrinking = self._zero, self._shrinking
+            zero = self._zero
             for q in self._active:
                 x = params[q.position]
                 if not _sgd_candidate(q, x):
                     continue
-                o, m = x.shape[0], x[0].numel()
-                alive = [torch.ones(o, dtype=torch.bool, device=x.device),
-                         torch.ones(m, dtype=torch.bool, device=x.device)]
-                count = [torch.zeros(o, dtype=torch.int64, device=x.device),
-                         torch.zeros(m, dtype=torch.int64, device=x.device)]
+                alive = [torch.ones(x.shape[0], dtype=torch.bool, device=x.device),
+                         torch.ones(x[0].numel(), dtype=torch.bool, device=x.device)]
                 for e in q.entries:  # per column of the [O, M] view: its input channel's
-                    post = 1 if e.dim == 0 else e.post
-                    alive[e.dim] &= (~zero[e.index]).repeat_interleave(post)
-                    if shrinking is not None:
-                        count[e.dim] += shrinking[e.index].to(torch.int64).repeat_interleave(post)
-                out[q.position] = (alive[0], count[0], alive[1], count[1])
-        self._sgd_plans = out
+                    alive[e.dim] &= (~zero[e.index]).repeat_interleave(1 if e.dim == 0 else e.post)
+                out[q.position] = (alive[0], alive[1])
+        self._alive = (key, out)
         return out
 
     def _zero_slices_of(self, groups: Tensor, tensors: Sequence[Sequence[Tensor | None]], *, host: bool,
@@ -695,9 +719,13 @@ class DHSPG(torch.optim.Optimizer):
         if not keep_xx:
             pack = self._packing(plans, index, params)
             if pack.positions:
-                xp = torch.cat([params[i].reshape(-1) for i in pack.positions])
-                dp = torch.cat([params[i].new_zeros(params[i].numel()) if (di := d[i]) is None else di.reshape(-1)
-                                for i in pack.positions])
+                both = self._flat.packed(pack.positions, d, self._step) if self._flat else None  # packed already
+                if both is not None:
+                    xp, dp = both
+                else:
+                    xp = torch.cat([params[i].reshape(-1) for i in pack.positions])
+                    dp = torch.cat([params[i].new_zeros(params[i].numel()) if (di := d[i]) is None else di.reshape(-1)
+                                    for i in pack.positions])
                 prods = [xp * dp, xp * xp, dp * dp] + ([xp.abs()] if with_abs else [])
                 if pack.matrix is not None and pack.matrix.dtype == acc:
                     stats += torch.sparse.mm(pack.matrix, torch.stack(prods, dim=1).to(acc)).t()
@@ -730,9 +758,8 @@ class DHSPG(torch.optim.Optimizer):
                     if q.position in self._fused:
                         assert x.grad is not None  # _fusable takes only parameters with a gradient
                         sgd = (x.grad, hp["momentum"], hp["dampening"], hp["weight_decay"])
-                        masks = self._sgd_masks().get(q.position) if self._redundant is not None else None
-                        if masks is not None:  # its zero groups' gradient masked in the loop (step() leaves it)
-                            alive = (masks[0], masks[2])
+                        if self._redundant is not None:  # its zero groups' gradient masked in the loop
+                            alive = self._alive_masks().get(q.position)
                     sums = dict(zip((0, 1), _kernels.stats(x, _like(dq, x), math.prod(x.shape[2:]),
                                                            with_abs=with_abs, sgd=sgd, alive=alive)))
                 else:
@@ -815,7 +842,7 @@ class DHSPG(torch.optim.Optimizer):
         the other dims of a parameter grouped along several (an element in two G_r groups is
         shrunk by both): per slice, Σ of the other dims' coefficients weighted by x². A matrix-
         vector product per pair of dims, for the parameters whose x² is in ``xx_full``."""
-        for q, dims in zip(plans, self._active_dims):
+        for q, dims in zip(plans, self._by_dim()):
             xx = xx_full.get(q.position)
             if xx is None:
                 continue
@@ -938,8 +965,21 @@ class DHSPG(torch.optim.Optimizer):
         self._active = _touching(self._layout.plans, redundant, self._layout.slice_index)
         self._active_index = (slice_index(self._active) if self._active
                               else torch.zeros(0, dtype=torch.int64, device=redundant.device))
-        self._active_dims, self._dim_index = _dims(self._active, self.num_groups, redundant.device)
+        self._active_dims = None  # built when a half-space step needs them (_by_dim)
         self._zero_slices, self._sgd_plans = None, None
+
+    @overload
+    def _by_dim(self, index: Literal[False] = False) -> tuple[tuple[_Dim, ...], ...]: ...
+
+    @overload
+    def _by_dim(self, index: Literal[True]) -> Tensor: ...
+
+    def _by_dim(self, index: bool = False) -> tuple[tuple[_Dim, ...], ...] | Tensor:
+        """The active plans' entries by dim, or (``index``) every active slice's groups on its dim
+        (:func:`_dims`); built once per G_r, when a half-space step first needs them."""
+        if self._active_dims is None:
+            self._active_dims, self._dim_index = _dims(self._active, self.num_groups, self._layout.device)
+        return self._dim_index if index else self._active_dims
 
     def _hybrid_step(self, params: Sequence[Tensor], d: Sequence[Tensor | None], hp: dict[str, Any], *,
                      last: bool) -> None:
@@ -963,14 +1003,14 @@ class DHSPG(torch.optim.Optimizer):
         # The step x̂ = x − lr·d − lr·(Σ coef over the element's groups)·x, and on the way the sums
         # that give ⟨x̂_g, x_g⟩ = ‖x_g‖² − lr⟨d_g, x_g⟩ − lr·Σ_g (Σ coef)·x²: per slice, its own dim's
         # coefficients (coef_dim) times Σ x², plus the other dims' shares (x² of the old x).
-        coef_dim = coef[self._dim_index].sum(1)
+        coef_dim = coef[self._by_dim(index=True)].sum(1)
         cross = coef_dim * xx_slices
         self._cross(plans, xx_full, coef_dim, cross)
         u, v = 1 - lr * coef_dim, coef_dim * -lr
         xs: list[Tensor] = []  # the parameters with one group per element, shrunk together
         factors: list[Tensor] = []
         done: set[int] = set()  # parameters whose whole step is taken here
-        for q, dims in zip(plans, self._active_dims):
+        for q, dims in zip(plans, self._by_dim()):
             x = params[q.position]
             if _in_blocks(q, x):
                 self._step_in_blocks(x, d[q.position], dims, u, v, coef_dim, cross, lr)

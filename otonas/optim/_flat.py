@@ -55,13 +55,34 @@ class FlatMomentum:
         self._elements = torch.cat(elements) if elements else torch.zeros(0, dtype=torch.int64, device=dev)
         self._groups = torch.cat(groups) if groups else torch.zeros(0, dtype=torch.int64, device=dev)
         self._dead: tuple[Tensor, Tensor] | None = None  # (the zero set it was made for, per element: in one)
+        self._gather: tuple[tuple[int, ...], Tensor] | None = None  # see packed
+        self._x: tuple[int, Tensor] | None = None  # (step, the weights concatenated by directions then)
+
+    def packed(self, positions: tuple[int, ...], d: Sequence[Tensor | None], step: int) -> tuple[Tensor, Tensor] | None:
+        """The weights and the directions ``d`` of ``positions``, each concatenated, read off the
+        flat buffers of step ``step`` (one gather each instead of a concatenation of many small
+        tensors): when this step's :meth:`directions` concatenated the weights (weight decay) and
+        ``d`` holds its buffers for all of them; else None."""
+        if self._buf is None or self._x is None or self._x[0] != step or not self.members.issuperset(positions):
+            return None
+        where = {i: k for k, i in enumerate(self.positions)}
+        if any(d[i] is not self._views[where[i]] for i in positions):
+            return None
+        if self._gather is None or self._gather[0] != positions:
+            offsets = [0]
+            for v in self._views:
+                offsets.append(offsets[-1] + v.numel())
+            ranges = [torch.arange(offsets[where[i]], offsets[where[i] + 1], device=self._buf.device)
+                      for i in positions]
+            self._gather = (positions, torch.cat(ranges))
+        idx = self._gather[1]
+        return self._x[1][idx], self._buf[idx]
 
     def usable(self, params: Sequence[Tensor]) -> bool:
         """Whether this step can go through the flat buffer: every member has a dense gradient of its dtype."""
-        for i in self.positions:
-            x = params[i]
-            g = x.grad
-            if g is None or g.is_sparse or g.dtype != x.dtype or g.device != x.device:
+        for i in self.positions:  # (torch itself refuses a .grad of another dtype or device)
+            g = params[i].grad
+            if g is None or g.is_sparse:
                 return False
         return True
 
@@ -88,10 +109,11 @@ class FlatMomentum:
             s["momentum_buffer"] = v
 
     def directions(self, params: Sequence[Tensor], states: Sequence[dict[str, Any]], hp: dict[str, Any],
-                   zero: Tensor | None) -> list[Tensor] | None:
+                   zero: Tensor | None, step: int) -> list[Tensor] | None:
         """SGD's momentum step (momentum > 0, no Nesterov) for the members, their gradients'
         entries in the groups of ``zero`` (bool ``[N + 1]``; None: none) taken as zero; returns
-        their buffers (the directions), or None when the per-tensor step must run instead."""
+        their buffers (the directions), or None when the per-tensor step must run instead.
+        ``step``: the optimizer's step count, which the weights concatenated here are kept for."""
         attached = self._attach(states, params)
         if attached is None:
             return None
@@ -100,8 +122,11 @@ class FlatMomentum:
         if zero is not None and self._elements.numel():
             g.masked_fill_(self._dead_elements(zero), 0)
         wd = hp["weight_decay"]
+        self._x = None
         if wd != 0:
-            g = torch.add(g, torch.cat([x.reshape(-1) for x in xs]), alpha=wd)
+            xcat = torch.cat([x.reshape(-1) for x in xs])
+            self._x = (step, xcat)  # the statistics of this step read them (before the step moves them)
+            g = torch.add(g, xcat, alpha=wd)
         if not attached:  # as SGDRule's first step: the buffer starts as the (decayed) gradient
             self._adopt(g, states, xs)  # a new tensor already (the concatenation, or the sum)
             return self._views

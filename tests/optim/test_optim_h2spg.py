@@ -571,3 +571,29 @@ def test_packed_statistics_match_the_per_weight_sums_on_darts() -> None:
     # in float64, so that the dots (sums of terms of both signs) compare at the same tolerance
     model = search_spaces.create("darts", num_classes=10, in_chans=1, size="tiny").double()
     _packed_against_per_weight(otonas.analyze(model, (torch.randn(1, 1, 8, 8, dtype=torch.float64),)))
+
+
+@pytest.mark.parametrize("wd", [0.0, 1e-3])
+def test_warmup_scores_off_the_flat_buffer_are_those_of_the_one_by_one_step(
+        analysed: tuple[otonas.SearchSpace, dict[str, torch.Tensor]], wd: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warm-up's statistics read the small weights and their momentum off the flat buffer of
+    the base step (``_flat``): the same moving average of the scores, bit for bit, and the same
+    selection, as with every weight stepped one by one."""
+    space, state = analysed
+    runs = []
+    for flat in (True, False):
+        space.model.load_state_dict(state)
+        opt = make(space, warmup_steps=4, end_step=8, weight_decay=wd)
+        if not flat:
+            monkeypatch.setattr(opt, "_flat_momentum", lambda params, hp: None)
+        for s in range(5):
+            x, y = batch(s)
+            F.cross_entropy(space.model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+        if flat:
+            assert opt._flat and opt._flat._buf is not None
+        runs.append((opt._ema.clone(), list(opt.accepted), {n: p.detach().clone() for n, p in space.model.named_parameters()}))
+    (ema_a, acc_a, xa), (ema_b, acc_b, xb) = runs
+    assert torch.equal(ema_a, ema_b) and acc_a == acc_b
+    assert all(torch.equal(xa[n], xb[n]) for n in xa)
