@@ -16,6 +16,7 @@ nothing outside the dead part produces and that no pin guards.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -26,7 +27,7 @@ from torch.export.graph_signature import OutputKind
 
 from ..ops import FlowResult, OpRule, module_path, node_shape, rule_for
 
-__all__ = ["ErasingGroup", "Segments", "find_segments"]
+__all__ = ["ErasingGroup", "ErasureWalk", "Segments", "find_segments"]
 
 @dataclass(frozen=True)
 class ErasingGroup:
@@ -99,6 +100,7 @@ class Segments:
         self._order = [n for n in self.nodes if n.op == "call_function"]
         self._inputs = {n.name: [a.name for a in n.all_input_nodes] for n in self._order}
         self._users = {n.name: [u.name for u in n.users] for n in self._order}
+        self._walk_tables: _WalkTables | None = None
 
     # --- discovery ------------------------------------------------------------------
     def _leaves(self, join: fx.Node) -> list[fx.Node]:
@@ -298,6 +300,13 @@ class Segments:
         """None if erasing these groups leaves a valid, connected network, else why not."""
         return self.dead_nodes(erased)[1]
 
+    def walk(self) -> ErasureWalk:
+        """An empty erasure to grow one group at a time, each addition checked as :meth:`check`
+        checks the grown set (same verdict, same reason) at the cost of the nodes it reaches."""
+        if self._walk_tables is None:
+            self._walk_tables = _WalkTables(self)
+        return ErasureWalk(self._walk_tables)
+
     def removed_roots(self, dead: set[str]) -> np.ndarray:
         """Id roots of the channels that dead inputs of concatenations take away."""
         out: list[np.ndarray] = []
@@ -334,6 +343,174 @@ class Segments:
             else:
                 tree.add_edge("model", f"F{fam.index}")
         return tree
+
+
+# how a live node with a dead input fares in the forward sweep of dead_nodes: a join dies when
+# every tensor input is dead (else it checks what it drops); _ZERO and _GETITEM die; _KEEP dies
+# when its first input is dead; anything else makes the erasure invalid
+_JOIN, _ZERO, _KEEP, _GETITEM, _OTHER = range(5)
+
+
+class _WalkTables:
+    """What :meth:`Segments.dead_nodes` decides per node, read off the graph once: nodes are
+    numbered in graph order (a topological order), so that the forward sweep from a few new
+    dead nodes can visit only the nodes they reach, in the same order as the full sweep."""
+
+    def __init__(self, seg: Segments) -> None:
+        self.seg = seg
+        self.names = [n.name for n in seg.nodes]
+        self.id = {name: i for i, name in enumerate(self.names)}
+        count = len(self.names)
+        self.kind = [_OTHER] * count
+        self.join: list[str | None] = [None] * count
+        self.ins: list[list[int]] = [[] for _ in range(count)]
+        self.tensors: list[list[int]] = [[] for _ in range(count)]
+        self.same_shape: list[list[bool]] = [[] for _ in range(count)]  # per input: has the sum's shape
+        self.users: list[list[int]] = [[] for _ in range(count)]
+        for n in seg._order:
+            i = self.id[n.name]
+            r = _rule(n)
+            ins = [self.id[a.name] for a in n.all_input_nodes]
+            tensors = [self.id[a.name] for a in n.all_input_nodes if _is_tensor(a)]
+            self.ins[i], self.tensors[i], self.join[i] = ins, tensors, r.join
+            for a in set(ins):
+                self.users[a].append(i)
+            if r.join == "add" and len(tensors) == 2 or r.join == "cat":
+                self.kind[i] = _JOIN
+                shape = node_shape(n.meta.get("val"))
+                self.same_shape[i] = [node_shape(a.meta.get("val")) == shape for a in n.all_input_nodes]
+            elif r.zero_if == "any":
+                self.kind[i] = _ZERO
+            elif str(n.target) == "<built-in function getitem>":  # dead with any dead input, as _ZERO
+                self.kind[i] = _GETITEM
+            elif r.keeps_zero_tensor and len(tensors) == 1:
+                self.kind[i] = _KEEP
+        self.groups = [[self.id[name] for name in g.nodes] for g in seg.groups]
+        self.outputs = [self.id[o] for o in seg.output_values]
+        self._cat_inputs: dict[int, list[tuple[int, bool, list[int] | None]]] = {}
+
+    def cat_inputs(self, i: int) -> list[tuple[int, bool, list[int] | None]]:
+        """Per tensor input of the cat ``i``: its id, whether its channels are pinned, their roots."""
+        out = self._cat_inputs.get(i)
+        if out is None:
+            seg = self.seg
+            cat = seg.by_name[self.names[i]]
+            inputs = cat.args[0]
+            assert isinstance(inputs, (list, tuple))
+            dim: Any = cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)
+            d = int(dim)
+            out = []
+            for a in inputs:
+                if _is_tensor(a):
+                    dims = seg.flow.dims.get(a.name)
+                    if dims is None:  # as _cat_drop_ok, fail only if this input is ever dropped
+                        out.append((self.id[a.name], False, None))
+                        continue
+                    roots = np.unique(seg._roots[dims[d % len(dims)]])
+                    out.append((self.id[a.name], bool(seg._pinned_root[roots].any()), roots.tolist()))
+            self._cat_inputs[i] = out
+        return out
+
+
+class ErasureWalk:
+    """A valid erasure grown one group at a time (:meth:`Segments.walk`).
+
+    ``check(g)`` says why erasing ``g`` with the groups accepted so far would be invalid (None
+    when valid) — exactly what ``Segments.check`` says for the grown set — and ``accept(g)``
+    adds it. The set accepted so far is valid, so a live node that passed the full sweep for it
+    passes again unless one of its inputs died with ``g``: the check sweeps forward from
+    ``g``'s new dead nodes only, in graph order, and stops at the first failure, which is the
+    full sweep's first failure."""
+
+    def __init__(self, tables: _WalkTables) -> None:
+        self._t = tables
+        self.accepted: list[int] = []
+        self._dead: set[int] = set()  # the full forward sweep's dead nodes for the accepted set
+        self._erased: set[int] = set()  # the nodes of the accepted groups themselves
+        self._pending: tuple[int, set[int]] | None = None
+
+    def check(self, g: int) -> str | None:
+        t = self._t
+        dead = self._dead
+        own = t.groups[g]
+        new = {i for i in own if i not in dead}
+        own_set = set(own)
+        heap = sorted({u for i in new for u in t.users[i]})
+        seen = set(heap)
+
+        def is_dead(i: int) -> bool:
+            return i in dead or i in new
+
+        while heap:
+            n = heapq.heappop(heap)
+            if is_dead(n):
+                continue
+            kind = t.kind[n]
+            name = t.names[n]
+            died = False
+            if kind == _JOIN:
+                if all(is_dead(a) for a in t.tensors[n]):
+                    died = True
+                elif t.join[n] == "add":
+                    k = next(k for k, a in enumerate(t.ins[n]) if not is_dead(a))
+                    if not t.same_shape[n][k]:
+                        return f"{name}: the term left after erasure ({t.names[t.ins[n][k]]}) is broadcast to the sum"
+                else:
+                    why = self._cat_drop(n, new, own_set)
+                    if why:
+                        return why
+            elif kind == _ZERO or kind == _KEEP and is_dead(t.ins[n][0]) or kind == _GETITEM:
+                died = True
+            else:
+                first = next(a for a in t.ins[n] if is_dead(a))
+                target = t.seg.by_name[name].target
+                return f"{name} ({target}) would read the erased value of {t.names[first]}"
+            if died:
+                new.add(n)
+                for u in t.users[n]:
+                    if u not in seen:
+                        seen.add(u)
+                        heapq.heappush(heap, u)
+        for o in t.outputs:
+            if is_dead(o):
+                return f"model output {t.names[o]} would be erased"
+        self._pending = (g, new)
+        return None
+
+    def accept(self, g: int) -> None:
+        """Add ``g`` (checked valid by :meth:`check` just before)."""
+        if self._pending is None or self._pending[0] != g:
+            if self.check(g) is not None:
+                raise ValueError(f"erasing group {g} does not keep the erasure valid")
+        assert self._pending is not None
+        self._dead |= self._pending[1]
+        self._erased.update(self._t.groups[g])
+        self.accepted.append(g)
+        self._pending = None
+
+    def _cat_drop(self, cat: int, new: set[int], own: set[int]) -> str | None:
+        """``Segments._cat_drop_ok`` on the dead set the full sweep holds when it reaches ``cat``:
+        the erased groups' nodes, and the nodes it found dead before ``cat``."""
+        t = self._t
+        dead, erased = self._dead, self._erased
+        name = t.names[cat]
+        for a, pinned, roots in t.cat_inputs(cat):
+            if a not in dead and a not in new:
+                continue
+            if roots is None:
+                raise KeyError(t.names[a])
+            if pinned:
+                return f"{name} cannot drop the channels of {t.names[a]}: they are pinned"
+            for r in roots:
+                live = []
+                for m in t.seg._minters.get(r, ()):
+                    i = t.id.get(m)
+                    gone = i is not None and (i in erased or i in own or i < cat and (i in dead or i in new))
+                    if not gone:
+                        live.append(m)
+                if live:
+                    return f"{name} cannot drop the channels of {t.names[a]}: {sorted(live)[0]} also produces them"
+        return None
 
 
 def find_segments(program: Any, flow: FlowResult, roots: np.ndarray, pinned_root: np.ndarray) -> Segments:

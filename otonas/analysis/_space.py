@@ -19,7 +19,7 @@ from ..ops import GQA, GQA_MODES, FlowResult, IdTable, PinEvent, module_path, ru
 from ._flow import run_flow
 from ._plan import Plan
 from ._rewrites import unrewritable_families
-from ._segments import ErasingGroup, Segments
+from ._segments import ErasingGroup, ErasureWalk, Segments
 
 __all__ = ["Family", "Costs", "Plan", "SearchSpace", "ErasingGroup", "analyze", "analyze_captured"]
 
@@ -127,6 +127,12 @@ class SearchSpace:
         """None when erasing these groups (indices or a boolean mask) leaves a valid,
         connected network; otherwise the reason it does not."""
         return self.segments.check(erased)
+
+    def erasure_walk(self) -> ErasureWalk:
+        """An empty erasure to grow group by group (``walk.check(g)``, ``walk.accept(g)``), each
+        addition judged as :meth:`check_erasure` judges the grown set, but at the cost of the
+        nodes the new group reaches rather than of the whole graph."""
+        return self.segments.walk()
 
     def is_valid(self, erased: Any) -> bool:
         return self.segments.check(erased) is None

@@ -40,10 +40,10 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -53,6 +53,7 @@ from torch import Tensor
 from ..errors import BudgetWarning, ForcedProjectionWarning, OtonasError
 from . import _kernels
 from ._base import SGDRule, make_rule
+from ._flat import FlatMomentum
 from ._layout import BLAS, BLOCK, Entry, GroupLayout, ParamPlan, SearchSpaceLike, block_sums, slice_index
 from ._schedule import (SCHEDULES, align_quota, cell_alignment, cost_quotas, period_bounds, select_in_cells,
                         split_quota)
@@ -350,8 +351,9 @@ class DHSPG(torch.optim.Optimizer):
         self._forced: int | None = None
         self._active: tuple[ParamPlan, ...] = ()  # the grouped parameters, restricted to slices of G_r
         self._active_index = torch.zeros(0, dtype=torch.int64, device=dev)
-        self._active_dims: tuple[tuple[_Dim, ...], ...] = ()  # per active plan: its entries by dim
-        self._dim_index = torch.zeros(0, 1, dtype=torch.int64, device=dev)  # per active slice: its dim's groups
+        # per active plan: its entries by dim; per active slice: its dim's groups (see _by_dim)
+        self._active_dims: tuple[tuple[_Dim, ...], ...] | None = ()
+        self._dim_index = torch.zeros(0, 1, dtype=torch.int64, device=dev)
         self._zero_slices: list[tuple[int, Entry, Tensor]] | None = None
         self._buffers: dict[Any, Tensor] = {}  # scratch and x² buffers of the projection phase
         self._fused: dict[int, Tensor] = {}  # this step: momentum buffers _stats updates (see _fusable)
@@ -360,13 +362,15 @@ class DHSPG(torch.optim.Optimizer):
         self._shrinking: Tensor | None = None
         self._shrink_plans: tuple[ParamPlan, ...] = ()
         self._shrink_index = torch.zeros(0, dtype=torch.int64, device=dev)
-        self._shrink_lists: list[tuple[list[Tensor], list[Tensor], list[Tensor]]] = []
+        self._shrink_lists: list[tuple[list[Tensor], list[Tensor]]] = []
         self._shrink_indexed: list[tuple[Tensor, int, Tensor]] = []
         self._period = -1
         # The weights whose whole step is one fused loop (``_kernels.sgd_step``), by position: their
         # live rows and columns and how many of the period's groups hold each (see ``_sgd_masks``).
         self._sgd_plans: dict[int, _SGDMasks] | None = None
+        self._alive: tuple[tuple[Tensor, tuple[ParamPlan, ...]], dict[int, tuple[Tensor, Tensor]]] | None = None
         self._packings: dict[int, tuple[Sequence[ParamPlan], _Packing]] = {}  # see _packing
+        self._flat: FlatMomentum | Literal[False] | None = None  # see _flat_momentum (False: none to pack)
         self._blocked: dict[int, tuple[Sequence[ParamPlan], list[int]]] = {}  # see _fusable
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -399,8 +403,6 @@ class DHSPG(torch.optim.Optimizer):
         progressive = hp["schedule"] == "progressive"
         # Weights whose masking, base step and shrink are one loop this step (and their factor).
         fused_sgd, factor = self._sgd_fusable(params, hp, t)
-        if self._redundant is not None:
-            self._mask_grads(params, static=t >= end, skip=fused_sgd)
         # In the projection phase, the momentum of some weights is updated inside the loop that
         # takes their statistics (``_kernels.stats``); the base rule does the rest.
         # So are those of every weight at a step that takes the statistics of all groups once: a
@@ -411,14 +413,35 @@ class DHSPG(torch.optim.Optimizer):
             self._fused = self._fusable(params, hp, self._layout.plans)
         else:
             self._fused = {}
+        # The many small weights: their masking and momentum step on one flat buffer (_flat).
+        flat = self._flat_momentum(params, hp)
+        if flat is not None and (flat.members & self._fused.keys() or flat.members & fused_sgd.keys()):
+            flat = None
+        # Not masked here: the weights of a fused loop (sgd_step, or _stats's momentum update, which
+        # masks in the loop) and the flat buffer's (masked as they are packed).
+        in_loops = fused_sgd.keys() | self._fused.keys()
+        if self._redundant is not None:
+            self._mask_grads(params, static=t >= end, skip=in_loops | flat.members if flat is not None else in_loops)
+        flat_d = None
+        if flat is not None:
+            flat_d = flat.directions(params, [self.state[params[i]] for i in flat.positions], hp,
+                                     self._zero if self._redundant is not None else None, self._step)
+            if flat_d is None:  # buffers it cannot take over: the per-tensor step, masking included
+                if self._redundant is not None:
+                    self._mask_grads(params, static=t >= end, skip=in_loops)
+                flat = None
+        skip = flat.members if flat is not None else frozenset()
         with_grad = [i for i, p in enumerate(params)
-                     if p.grad is not None and i not in self._fused and i not in fused_sgd]
+                     if p.grad is not None and i not in self._fused and i not in fused_sgd and i not in skip]
         grads = [g for i in with_grad if (g := params[i].grad) is not None]  # all of them
         dirs = self._rule.directions([params[i] for i in with_grad], grads, [self.state[params[i]] for i in with_grad],
                                      hp)
         d: list[Tensor | None] = [None] * len(params)
         for i, di in zip(with_grad, dirs):
             d[i] = di
+        if flat is not None and flat_d is not None:
+            for i, di in zip(flat.positions, flat_d):
+                d[i] = di
         for i, buf in self._fused.items():
             d[i] = buf  # updated by _stats before anything reads it
         for i, masks in fused_sgd.items():
@@ -464,9 +487,27 @@ class DHSPG(torch.optim.Optimizer):
         if idx:
             torch._foreach_add_([params[i] for i in idx], [d[i] for i in idx], alpha=-lr)  # type: ignore[misc]
 
-    def _mask_grads(self, params: Sequence[Tensor], *, static: bool, skip: Mapping[int, Any]) -> None:
+    def _flat_momentum(self, params: Sequence[Tensor], hp: dict[str, Any]) -> FlatMomentum | None:
+        """The small weights whose SGD step this is goes through one flat buffer (:mod:`._flat`): with
+        SGD's momentum (no Nesterov), the weights under ``_PACK_MAX`` elements of the first such
+        weight's dtype and device, when every one has a gradient; None otherwise."""
+        if not isinstance(self._rule, SGDRule) or hp["momentum"] == 0 or hp["nesterov"]:
+            return None
+        if self._flat is None:
+            small = [i for i, x in enumerate(params) if x.numel() < _PACK_MAX]
+            if small:
+                first = params[small[0]]
+                small = [i for i in small if params[i].dtype == first.dtype and params[i].device == first.device]
+            self._flat = FlatMomentum(small, params, self._layout.plans) if len(small) > 1 else False
+        if self._flat is False or not self._flat.usable(params):
+            return None
+        return self._flat
+
+    def _mask_grads(self, params: Sequence[Tensor], *, static: bool, skip: Container[int]) -> None:
         """Zero the gradient entries of zero groups, so that no base rule can move them (not those
         of the weights in ``skip``, whose fused loop leaves the zero groups alone)."""
+        if all(q.position in skip for q in self._active):  # ResNet-50 at a period start: nothing left to mask
+            return
         self._zero_slices_of(self._zero, [[None if q.position in skip else params[q.position].grad]
                                           for q in self._active],
                              host=static or self._host_reads, cached=True)
@@ -516,24 +557,44 @@ class DHSPG(torch.optim.Optimizer):
             return self._sgd_plans
         params = self.param_groups[0]["params"]
         out: dict[int, _SGDMasks] = {}
+        shrinking = self._shrinking
+        for q in self._active:
+            alive = self._alive_masks().get(q.position)
+            if alive is None:
+                continue
+            x = params[q.position]
+            count = [torch.zeros(x.shape[0], dtype=torch.int64, device=x.device),
+                     torch.zeros(x[0].numel(), dtype=torch.int64, device=x.device)]
+            if shrinking is not None:
+                for e in q.entries:  # per column of the [O, M] view: its input channel's
+                    post = 1 if e.dim == 0 else e.post
+                    count[e.dim] += shrinking[e.index].to(torch.int64).repeat_interleave(post)
+            out[q.position] = (alive[0], count[0], alive[1], count[1])
+        self._sgd_plans = out
+        return out
+
+    def _alive_masks(self) -> dict[int, tuple[Tensor, Tensor]]:
+        """The live rows and columns (no zero group) of every active weight the fused loops can
+        take, as :meth:`_sgd_masks` gives them; kept while G_r and the zero set are (the period's
+        groups change nothing here: a period start's statistics loop reads them before the
+        selection, the step after it)."""
+        key = (self._zero, self._active)
+        if self._alive is not None and self._alive[0][0] is key[0] and self._alive[0][1] is key[1]:
+            return self._alive[1]
+        params = self.param_groups[0]["params"]
+        out: dict[int, tuple[Tensor, Tensor]] = {}
         if isinstance(self._rule, SGDRule):
-            zero, shrinking = self._zero, self._shrinking
+            zero = self._zero
             for q in self._active:
                 x = params[q.position]
                 if not _sgd_candidate(q, x):
                     continue
-                o, m = x.shape[0], x[0].numel()
-                alive = [torch.ones(o, dtype=torch.bool, device=x.device),
-                         torch.ones(m, dtype=torch.bool, device=x.device)]
-                count = [torch.zeros(o, dtype=torch.int64, device=x.device),
-                         torch.zeros(m, dtype=torch.int64, device=x.device)]
+                alive = [torch.ones(x.shape[0], dtype=torch.bool, device=x.device),
+                         torch.ones(x[0].numel(), dtype=torch.bool, device=x.device)]
                 for e in q.entries:  # per column of the [O, M] view: its input channel's
-                    post = 1 if e.dim == 0 else e.post
-                    alive[e.dim] &= (~zero[e.index]).repeat_interleave(post)
-                    if shrinking is not None:
-                        count[e.dim] += shrinking[e.index].to(torch.int64).repeat_interleave(post)
-                out[q.position] = (alive[0], count[0], alive[1], count[1])
-        self._sgd_plans = out
+                    alive[e.dim] &= (~zero[e.index]).repeat_interleave(1 if e.dim == 0 else e.post)
+                out[q.position] = (alive[0], alive[1])
+        self._alive = (key, out)
         return out
 
     def _zero_slices_of(self, groups: Tensor, tensors: Sequence[Sequence[Tensor | None]], *, host: bool,
@@ -566,20 +627,25 @@ class DHSPG(torch.optim.Optimizer):
         """For every active entry with slices in ``groups``: (plan number, entry, where), where is
         the slices' positions when writing only them is cheap (leading dim, or few slices), else a
         0/1 vector repeated over each slice's contiguous block. One host read."""
-        hit = groups[self._active_index].cpu()
+        entries = [(i, e) for i, q in enumerate(self._active) for e in q.entries]
+        if not entries:
+            return []
+        # one nonzero over all active slices, split by entry (not a call per entry: a supernet has thousands)
+        where = groups[self._active_index].cpu().nonzero().flatten()
+        sizes = torch.tensor([e.size for _, e in entries], dtype=torch.int64)
+        ends = sizes.cumsum(0)
+        owner = torch.searchsorted(ends, where, right=True)
+        counts = torch.bincount(owner, minlength=len(entries))
+        parts = (where - (ends - sizes)[owner]).split(counts.tolist())
         out: list[tuple[int, Entry, Tensor]] = []
-        offset = 0
-        for i, q in enumerate(self._active):
-            for e in q.entries:
-                zero = hit[offset:offset + e.size].nonzero().flatten()
-                offset += e.size
-                if not zero.numel():
-                    continue
-                if e.pre == 1 or 8 * zero.numel() <= e.size:
-                    out.append((i, e, zero.to(e.index.device)))
-                else:
-                    alive = torch.ones(e.size, device=e.index.device)
-                    out.append((i, e, alive.index_fill_(0, zero.to(alive.device), 0).repeat_interleave(e.post)))
+        for k in counts.nonzero().flatten().tolist():
+            i, e = entries[k]
+            zero = parts[k]
+            if e.pre == 1 or 8 * zero.numel() <= e.size:
+                out.append((i, e, zero.to(e.index.device)))
+            else:
+                alive = torch.ones(e.size, device=e.index.device)
+                out.append((i, e, alive.index_fill_(0, zero.to(alive.device), 0).repeat_interleave(e.post)))
         return out
 
     def _per_slice(self, per_group: Tensor) -> list[list[Tensor]]:
@@ -653,12 +719,19 @@ class DHSPG(torch.optim.Optimizer):
         if not keep_xx:
             pack = self._packing(plans, index, params)
             if pack.positions:
-                xp = torch.cat([params[i].reshape(-1) for i in pack.positions])
-                dp = torch.cat([params[i].new_zeros(params[i].numel()) if (di := d[i]) is None else di.reshape(-1)
-                                for i in pack.positions])
+                both = self._flat.packed(pack.positions, d, self._step) if self._flat else None  # packed already
+                if both is not None:
+                    xp, dp = both
+                else:
+                    xp = torch.cat([params[i].reshape(-1) for i in pack.positions])
+                    dp = torch.cat([params[i].new_zeros(params[i].numel()) if (di := d[i]) is None else di.reshape(-1)
+                                    for i in pack.positions])
                 prods = [xp * dp, xp * xp, dp * dp] + ([xp.abs()] if with_abs else [])
-                flat = torch.stack(prods).to(acc)
-                stats.index_add_(1, pack.groups, flat if pack.elements is None else flat[:, pack.elements])
+                if pack.matrix is not None and pack.matrix.dtype == acc:
+                    stats += torch.sparse.mm(pack.matrix, torch.stack(prods, dim=1).to(acc)).t()
+                else:
+                    flat = torch.stack(prods).to(acc)
+                    stats.index_add_(1, pack.groups, flat if pack.elements is None else flat[:, pack.elements])
                 plans, index = pack.rest, pack.rest_index
         ds = [torch.zeros_like(params[q.position]) if (dq := d[q.position]) is None else dq for q in plans]
         # Parameters whose every element is a slice of its own (biases, norm weights): many and
@@ -681,12 +754,14 @@ class DHSPG(torch.optim.Optimizer):
             if _in_blocks(q, x):  # one fused loop, or a block of rows at a time, reduced while in cache
                 if _kernels.usable(x):
                     hp = self.param_groups[0]
-                    sgd = None
+                    sgd, alive = None, None
                     if q.position in self._fused:
                         assert x.grad is not None  # _fusable takes only parameters with a gradient
                         sgd = (x.grad, hp["momentum"], hp["dampening"], hp["weight_decay"])
+                        if self._redundant is not None:  # its zero groups' gradient masked in the loop
+                            alive = self._alive_masks().get(q.position)
                     sums = dict(zip((0, 1), _kernels.stats(x, _like(dq, x), math.prod(x.shape[2:]),
-                                                           with_abs=with_abs, sgd=sgd)))
+                                                           with_abs=with_abs, sgd=sgd, alive=alive)))
                 else:
                     e1 = next(e for e in q.entries if e.dim == 1)
                     block = self._scratch("block", x.dtype, (k * max(BLOCK, x[0].numel()),))
@@ -730,8 +805,7 @@ class DHSPG(torch.optim.Optimizer):
         offset = 0
         for q in plans:
             x = params[q.position]
-            small = (not q.is_vector and x.numel() < _PACK_MAX and not _in_blocks(q, x)
-                     and (dtype is None or x.dtype == dtype))
+            small = x.numel() < _PACK_MAX and not _in_blocks(q, x) and (dtype is None or x.dtype == dtype)
             keep.extend(torch.full((e.size,), not small, dtype=torch.bool, device=index.device) for e in q.entries)
             if not small:
                 rest.append(q)
@@ -746,8 +820,17 @@ class DHSPG(torch.optim.Optimizer):
         if packed:
             el = torch.cat(elements)
             one_each = el.numel() == offset  # every packed weight has one entry: no gather needed
-            pack = _Packing(tuple(packed), None if one_each else el, torch.cat(groups), tuple(rest),
-                            index[torch.cat(keep)] if keep else index)
+            gr = torch.cat(groups)
+            matrix = None
+            if index.device.type in ("cpu", "cuda"):
+                ones = torch.ones(el.numel(), dtype=self._acc_dtype, device=index.device)
+                coo = torch.sparse_coo_tensor(torch.stack([gr, el]), ones, (self.num_groups + 1, offset),
+                                              check_invariants=True)
+                with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta": ours is a plain product
+                    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                    matrix = coo.coalesce().to_sparse_csr()
+            pack = _Packing(tuple(packed), None if one_each else el, gr, tuple(rest),
+                            index[torch.cat(keep)] if keep else index, matrix)
         else:
             pack = _Packing((), None, index[:0], tuple(plans), index)
         self._packings[key] = (plans, pack)
@@ -759,7 +842,7 @@ class DHSPG(torch.optim.Optimizer):
         the other dims of a parameter grouped along several (an element in two G_r groups is
         shrunk by both): per slice, Σ of the other dims' coefficients weighted by x². A matrix-
         vector product per pair of dims, for the parameters whose x² is in ``xx_full``."""
-        for q, dims in zip(plans, self._active_dims):
+        for q, dims in zip(plans, self._by_dim()):
             xx = xx_full.get(q.position)
             if xx is None:
                 continue
@@ -879,11 +962,24 @@ class DHSPG(torch.optim.Optimizer):
         """Record G_r and restrict the work of later steps to the slices it touches."""
         self._redundant = redundant
         # One host read, here only: which parameter slices G_r touches decides what later steps visit.
-        self._active = _touching(self._layout.plans, redundant)
+        self._active = _touching(self._layout.plans, redundant, self._layout.slice_index)
         self._active_index = (slice_index(self._active) if self._active
                               else torch.zeros(0, dtype=torch.int64, device=redundant.device))
-        self._active_dims, self._dim_index = _dims(self._active, self.num_groups, redundant.device)
+        self._active_dims = None  # built when a half-space step needs them (_by_dim)
         self._zero_slices, self._sgd_plans = None, None
+
+    @overload
+    def _by_dim(self, index: Literal[False] = False) -> tuple[tuple[_Dim, ...], ...]: ...
+
+    @overload
+    def _by_dim(self, index: Literal[True]) -> Tensor: ...
+
+    def _by_dim(self, index: bool = False) -> tuple[tuple[_Dim, ...], ...] | Tensor:
+        """The active plans' entries by dim, or (``index``) every active slice's groups on its dim
+        (:func:`_dims`); built once per G_r, when a half-space step first needs them."""
+        if self._active_dims is None:
+            self._active_dims, self._dim_index = _dims(self._active, self.num_groups, self._layout.device)
+        return self._dim_index if index else self._active_dims
 
     def _hybrid_step(self, params: Sequence[Tensor], d: Sequence[Tensor | None], hp: dict[str, Any], *,
                      last: bool) -> None:
@@ -907,14 +1003,14 @@ class DHSPG(torch.optim.Optimizer):
         # The step x̂ = x − lr·d − lr·(Σ coef over the element's groups)·x, and on the way the sums
         # that give ⟨x̂_g, x_g⟩ = ‖x_g‖² − lr⟨d_g, x_g⟩ − lr·Σ_g (Σ coef)·x²: per slice, its own dim's
         # coefficients (coef_dim) times Σ x², plus the other dims' shares (x² of the old x).
-        coef_dim = coef[self._dim_index].sum(1)
+        coef_dim = coef[self._by_dim(index=True)].sum(1)
         cross = coef_dim * xx_slices
         self._cross(plans, xx_full, coef_dim, cross)
         u, v = 1 - lr * coef_dim, coef_dim * -lr
         xs: list[Tensor] = []  # the parameters with one group per element, shrunk together
         factors: list[Tensor] = []
         done: set[int] = set()  # parameters whose whole step is taken here
-        for q, dims in zip(plans, self._active_dims):
+        for q, dims in zip(plans, self._by_dim()):
             x = params[q.position]
             if _in_blocks(q, x):
                 self._step_in_blocks(x, d[q.position], dims, u, v, coef_dim, cross, lr)
@@ -990,8 +1086,8 @@ class DHSPG(torch.optim.Optimizer):
         """Multiply every slice of the period's groups by ``factor`` (an element in two of them,
         by its square), but in the weights of ``fused`` (their loop has done it)."""
         assert self._shrinking is not None
-        for targets, masks, rests in self._shrink_lists:
-            torch._foreach_mul_(targets, torch._foreach_add(rests, masks, alpha=factor))
+        for targets, masks in self._shrink_lists:  # x·(1 − s + factor·s), in place: x + (factor − 1)·x·s
+            torch._foreach_addcmul_(targets, targets, masks, value=factor - 1)
         for x, dim, where in self._shrink_indexed:
             x.index_copy_(dim, where, x.index_select(dim, where).mul_(factor))
         # The weights the fused loop can take are in neither list: when it did not take them this
@@ -1044,21 +1140,22 @@ class DHSPG(torch.optim.Optimizer):
         self._shrinking = shrinking
         self._sgd_plans = None
         fusable = self._sgd_masks()  # scaled in their own loop (or from its masks), not by the lists
-        plans = _touching(self._active, shrinking)
+        plans = _touching(self._active, shrinking, self._active_index)
         self._shrink_plans = plans
         self._shrink_index = (slice_index(self._shrink_plans) if plans
                               else torch.zeros(0, dtype=torch.int64, device=dev))
         # How a step scales the period's slices. Along the leading dim of a large parameter: only the
         # selected rows, found once here (one host read, at the period start), by index_select /
-        # index_copy_. Every other entry: a 0/1 membership s and 1 − s shaped to broadcast against
-        # the parameter, the factors being rest + factor·s, in multi-tensor calls; lists by entry
-        # rank, so that no call multiplies one parameter twice (CUDA's fused path would race).
+        # index_copy_. Every other entry: a 0/1 membership s shaped to broadcast against the
+        # parameter, x + (factor − 1)·x·s in place, one multi-tensor call per list (no factor
+        # tensors to allocate; exactly 0 at factor 0); lists by entry rank, so that no call writes
+        # one parameter twice (CUDA's fused path would race).
         params = self.param_groups[0]["params"]
         flat = shrinking[self._shrink_index]
         sizes = [e.size for q in plans for e in q.entries]
         on = iter(flat.split(sizes))
         hits = iter(flat.cpu().split(sizes))
-        lists: list[tuple[list[Tensor], list[Tensor], list[Tensor]]] = []
+        lists: list[tuple[list[Tensor], list[Tensor]]] = []
         indexed: list[tuple[Tensor, int, Tensor]] = []
         for q in plans:
             if q.position in fusable:
@@ -1075,11 +1172,9 @@ class DHSPG(torch.optim.Optimizer):
                         indexed.append((x, e.dim, where.to(x.device)))  # dim: 0 or a leading size-1 dim
                     continue
                 if rank == len(lists):
-                    lists.append(([], [], []))
-                m = m.to(x.dtype).view(e.view)
+                    lists.append(([], []))
                 lists[rank][0].append(x)
-                lists[rank][1].append(m)
-                lists[rank][2].append(1 - m)
+                lists[rank][1].append(m.to(x.dtype).view(e.view))
                 rank += 1
         self._shrink_lists = lists
         self._shrink_indexed = indexed
@@ -1220,9 +1315,17 @@ def _dims(plans: Sequence[ParamPlan], n: int, device: torch.device) -> tuple[tup
     return tuple(dims), index
 
 
-def _touching(plans: Sequence[ParamPlan], groups: Tensor) -> tuple[ParamPlan, ...]:
-    """``plans`` restricted to the entries with a slice in ``groups`` (bool ``[N + 1]``); one host read."""
-    touched = torch.stack([groups[e.index].any() for q in plans for e in q.entries]).tolist() if plans else []
+def _touching(plans: Sequence[ParamPlan], groups: Tensor, index: Tensor | None = None) -> tuple[ParamPlan, ...]:
+    """``plans`` restricted to the entries with a slice in ``groups`` (bool ``[N + 1]``); one host read.
+    ``index``: ``slice_index(plans)`` when the caller has it. One segment count over all slices,
+    not a call per entry (a supernet has thousands of them)."""
+    if not plans:
+        return ()
+    hit = groups[slice_index(plans) if index is None else index]
+    sizes = torch.tensor([e.size for q in plans for e in q.entries], dtype=torch.int64, device=hit.device)
+    ends = sizes.cumsum(0)
+    count = torch.cat([hit.new_zeros(1, dtype=torch.int64), hit.to(torch.int64).cumsum(0)])  # hits before each slice
+    touched = (count[ends] > count[ends - sizes]).tolist()
     out: list[ParamPlan] = []
     i = 0
     for q in plans:
@@ -1269,6 +1372,10 @@ class _Packing:
     groups: Tensor  # and its group
     rest: tuple[ParamPlan, ...]  # the other plans
     rest_index: Tensor  # their slices' groups
+    # [N + 1, packed elements], 1 where an element is in a group (CSR, the statistics' dtype): the
+    # per-group sums as one sparse product, a tenth of the gather and index_add_ over (element, entry)
+    # pairs; None where the device has no sparse product (the gather and index_add_ then)
+    matrix: Tensor | None = None
 
 
 _PACK_MAX = 1 << 12

@@ -81,12 +81,21 @@ def _define(cache: bool) -> tuple[Any, ...]:
 
     @jit
     def stats_rows(x: Any, d: Any, g: Any, momentum: Any, damp1: Any, wd: Any, update: bool, with_abs: bool,
-                   rows: Any, cols: Any, lo: int, hi: int) -> None:  # pragma: no cover - compiled
+                   masked: bool, row_alive: Any, col_alive: Any, rows: Any, cols: Any, lo: int,
+                   hi: int) -> None:  # pragma: no cover - compiled
         """Rows lo..hi: their sums into ``rows``, their share of the column sums added to ``cols``."""
         m = x.shape[1]
+        nil = momentum - momentum  # 0 in x's dtype: a masked gradient entry
         for o in range(lo, hi):
             xo, do, go = x[o], d[o], g[o]
-            if update:  # d is SGD's momentum buffer: d ← momentum·d + (1 − dampening)·(g + wd·x)
+            if update and masked and not row_alive[o]:  # a zero group's row: its gradient taken as zero
+                for j in range(m):
+                    do[j] = momentum * do[j] + damp1 * (nil + wd * xo[j])
+            elif update and masked:
+                for j in range(m):
+                    gj = go[j] if col_alive[j] else nil
+                    do[j] = momentum * do[j] + damp1 * (gj + wd * xo[j])
+            elif update:  # d is SGD's momentum buffer: d ← momentum·d + (1 − dampening)·(g + wd·x)
                 for j in range(m):
                     do[j] = momentum * do[j] + damp1 * (go[j] + wd * xo[j])
             sxd, sxx, sdd, sab = rows[0, o], rows[1, o], rows[2, o], rows[0, o]  # zeros of x's dtype
@@ -135,11 +144,12 @@ def _define(cache: bool) -> tuple[Any, ...]:
     # worker thread that another process holds the core of costs milliseconds.
     @numba.njit(fastmath=_FLAGS, nogil=True, cache=cache, parallel=True)
     def stats_blocks(x: Any, d: Any, g: Any, momentum: Any, damp1: Any, wd: Any, update: bool, with_abs: bool,
-                     rows: Any, cols: Any) -> None:  # pragma: no cover - compiled
+                     masked: bool, row_alive: Any, col_alive: Any, rows: Any,
+                     cols: Any) -> None:  # pragma: no cover - compiled
         n, chunks = x.shape[0], cols.shape[0]
         for b in numba.prange(chunks):
-            stats_rows(x, d, g, momentum, damp1, wd, update, with_abs, rows, cols[b], b * n // chunks,
-                       (b + 1) * n // chunks)
+            stats_rows(x, d, g, momentum, damp1, wd, update, with_abs, masked, row_alive, col_alive, rows, cols[b],
+                       b * n // chunks, (b + 1) * n // chunks)
 
     @numba.njit(fastmath=_FLAGS, nogil=True, cache=cache, parallel=True)
     def step_blocks(x: Any, d: Any, has_d: bool, u0: Any, v1: Any, c0: Any, c1: Any, lr: Any, rowc: Any,
@@ -228,6 +238,7 @@ def _numba_threads(threads: int) -> None:
 
 
 _PARALLEL_MIN = 1 << 16
+_NO_MASK = np.ones(1, dtype=np.bool_)  # the masks' place when there are none (never read)
 
 
 def _scalar(v: float, dtype: torch.dtype) -> Any:
@@ -236,22 +247,29 @@ def _scalar(v: float, dtype: torch.dtype) -> Any:
 
 
 def stats(x: Tensor, d: Tensor, post: int, *, with_abs: bool,
-          sgd: tuple[Tensor, float, float, float] | None = None) -> tuple[Tensor, Tensor]:
+          sgd: tuple[Tensor, float, float, float] | None = None,
+          alive: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """Per-row and per-input-channel sums of x·d, x², d² (and |x|) of a weight: ``[k, O]`` and
     ``[k, O_in]``, ``post`` elements per input channel (kernel elements). Same results as
     ``_layout.block_sums`` up to the order of summation.
 
     ``sgd = (g, momentum, dampening, weight_decay)``: ``d`` is SGD's momentum buffer, first
     updated in place to ``momentum·d + (1 − dampening)·(g + weight_decay·x)`` in the same loop
-    (what ``_base.SGDRule`` does, in one pass instead of three)."""
+    (what ``_base.SGDRule`` does, in one pass instead of three). ``alive = (row_alive, col_alive)``
+    (bool, per row and per column of the ``[O, M]`` view, as :func:`sgd_step` takes them): the
+    gradient's entries outside a live row and column are taken as zero, as if masked."""
     x2, d2 = x.view(x.shape[0], -1), d.view(x.shape[0], -1)
     k = 4 if with_abs else 3
     rows = x2.new_zeros(k, x2.shape[0])
     cols = x2.new_zeros(_chunks(x2), k, x2.shape[1])
     g, momentum, dampening, wd = sgd if sgd is not None else (d, 0.0, 0.0, 0.0)
     dt = x.dtype
+    if alive is None:
+        row_alive, col_alive = _NO_MASK, _NO_MASK
+    else:
+        row_alive, col_alive = _np(alive[0]), _np(alive[1])
     args = (_np(x2), _np(d2), _np(g.view(x2.shape)), _scalar(momentum, dt), _scalar(1 - dampening, dt),
-            _scalar(wd, dt), sgd is not None, with_abs, _np(rows))
+            _scalar(wd, dt), sgd is not None, with_abs, alive is not None, row_alive, col_alive, _np(rows))
     if cols.shape[0] == 1:
         _loops()[0](*args, _np(cols[0]), 0, x2.shape[0])
     else:

@@ -221,3 +221,40 @@ def test_is_valid_agrees_with_building_and_running(case):
         except Exception:
             works = False
         assert space.is_valid(erased) == works, (plan, np.nonzero(erased)[0], space.check_erasure(erased))
+
+
+def _walk_against_full_check(space, rng, orders):
+    """Grow erasures group by group in random orders: every ``walk.check`` says what the full
+    ``check_erasure`` of the grown set says (verdict and reason)."""
+    e = space.num_erasing_groups
+    checked = invalid = 0
+    for _ in range(orders):
+        walk = space.erasure_walk()
+        accepted: list[int] = []
+        for g in rng.permutation(e).tolist():
+            got = walk.check(g)
+            assert got == space.check_erasure(sorted(accepted + [g])), (accepted, g)
+            checked += 1
+            if got is None:
+                walk.accept(g)
+                accepted.append(g)
+            else:
+                invalid += 1
+        assert walk.accepted == accepted
+    return checked, invalid
+
+
+@pytest.mark.parametrize("name", SUPERNETS)
+def test_erasure_walk_judges_as_the_full_check(name):
+    model, x = _tiny(name)
+    space = otonas.analyze(model, (x(2),))
+    checked, invalid = _walk_against_full_check(space, np.random.default_rng(0), 6)
+    assert checked and invalid, (checked, invalid)
+
+
+@pytest.mark.slow
+def test_erasure_walk_judges_as_the_full_check_on_the_default_darts():
+    model = search_spaces.create("darts").eval()
+    space = otonas.analyze(model, (torch.randn(1, *search_spaces.info("darts").input_shape),))
+    checked, invalid = _walk_against_full_check(space, np.random.default_rng(1), 1)
+    assert checked == space.num_erasing_groups and invalid

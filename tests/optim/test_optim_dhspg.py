@@ -608,3 +608,39 @@ def test_channels_last_parameters_match_contiguous_ones() -> None:
     for pa, pb in zip(a.model.parameters(), b.model.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-9, atol=1e-12)
     assert zero_set(opt_a) == zero_set(opt_b) and len(zero_set(opt_a)) == 5
+
+
+@pytest.mark.parametrize("schedule", ["progressive", "half_space"])
+@pytest.mark.parametrize("wd", [0.0, 1e-3])
+def test_small_weights_on_one_flat_buffer_step_as_one_by_one(schedule: str, wd: float,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The small weights' masking and momentum step on one flat buffer (``_flat``) against the same
+    optimizer stepping them one by one: the same weights and momentum buffers, bit for bit, through
+    the warm-up, the projection (zero groups masked) and after; a step where one weight has no
+    gradient (the one-by-one step for all); and a checkpoint loaded into a fresh optimizer."""
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=wd, target_group_sparsity=0.5, start_step=3, end_step=9,
+              schedule=schedule)
+    a, b = tiny_space(), tiny_space()
+    flat = DHSPG(a, **kw)  # type: ignore[arg-type]
+    plain = DHSPG(b, **kw)  # type: ignore[arg-type]
+    monkeypatch.setattr(plain, "_flat_momentum", lambda params, hp: None)
+    gen = torch.Generator().manual_seed(4)
+    for t in range(14):
+        g = random_grads(a.model, gen)
+        for m in (a.model, b.model):
+            set_grads(m, g)
+            if t == 5:
+                m.fc.bias.grad = None
+        quiet_step(flat)
+        quiet_step(plain)
+        if t == 1:
+            assert flat._flat and flat._flat._buf is not None  # the flat step is taken
+        if t == 7:  # a checkpoint, loaded into a fresh optimizer that goes on
+            sd = copy.deepcopy(flat.state_dict())
+            flat = DHSPG(a, **kw)  # type: ignore[arg-type]
+            flat.load_state_dict(sd)
+        for (name, x), y in zip(a.model.named_parameters(), b.model.parameters()):
+            assert torch.equal(x, y), (t, name)
+            bx, by = flat.state[x].get("momentum_buffer"), plain.state[y].get("momentum_buffer")
+            assert (bx is None) == (by is None) and (bx is None or torch.equal(bx, by)), (t, name)
+    assert flat.zero_groups().sum() == flat.target_zero_groups

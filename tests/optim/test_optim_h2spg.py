@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import logging
 import math
@@ -199,6 +200,62 @@ def test_select_erasure_on_a_stub() -> None:
     accepted, skipped = select_erasure(S(), [inf, 0.1, 0.2, 0.3, 0.4, 0.5], 3, first=[1, 3])  # type: ignore[arg-type]
     assert accepted[:2] == [1, 3] and 0 in [s.index for s in skipped]
     assert "encloses the accepted erasing group 1" in next(s.reason for s in skipped if s.index == 0)
+
+
+class _FullCheck:
+    """A search space seen without its incremental ``erasure_walk``: the walk calls the full
+    ``check_erasure`` (``Segments.dead_nodes``) for every candidate, as it did before the walk."""
+
+    def __init__(self, space: otonas.SearchSpace) -> None:
+        self.erasing_groups = space.erasing_groups
+        self.check_erasure = space.check_erasure
+
+
+def _same_walks(space: otonas.SearchSpace, orders: int, seed: int) -> None:
+    """select_erasure with the incremental walk and with the full check: the same groups accepted
+    in the same order and the same candidates skipped for the same reasons, over random score
+    orders (ties and NaNs among them), every budget from half to all, and an earlier period's
+    random valid set walked first."""
+    from otonas.testing import random_valid_erasure
+
+    rng = np.random.default_rng(seed)
+    e = space.num_erasing_groups
+    invalid = 0
+    for k in range(orders):
+        scores = rng.random(e)
+        if k % 3 == 1:
+            scores = np.round(scores * 4) / 4  # ties: the lower index first
+        if k % 3 == 2:
+            scores[rng.random(e) < 0.1] = math.nan
+        first = np.nonzero(random_valid_erasure(space, 0.2, rng))[0].tolist() if k % 2 else []
+        first = [first[j] for j in rng.permutation(len(first))]
+        budget = int(rng.integers(e // 2, e + 1))
+        got = select_erasure(space, scores.tolist(), budget, first=first)
+        want = select_erasure(_FullCheck(space), scores.tolist(), budget, first=first)  # type: ignore[arg-type]
+        assert got == want, k
+        invalid += sum("erasing it with" in s.reason for s in want[1])
+    assert invalid, "no candidate was found invalid: the walks were not compared on a failing check"
+
+
+def test_select_erasure_walk_is_the_full_check_walk(space: otonas.SearchSpace) -> None:
+    _same_walks(space, 30, 0)
+
+
+def test_select_erasure_walk_is_the_full_check_walk_on_darts() -> None:
+    import search_spaces
+
+    model = search_spaces.create("darts", num_classes=10, in_chans=1, size="tiny")
+    darts = otonas.analyze(model, (torch.randn(1, 1, 8, 8),))
+    _same_walks(darts, 30, 1)
+
+
+@pytest.mark.slow
+def test_select_erasure_walk_is_the_full_check_walk_on_the_default_darts() -> None:
+    import search_spaces
+
+    model = search_spaces.create("darts")
+    darts = otonas.analyze(model, (torch.randn(1, *search_spaces.info("darts").input_shape),))
+    _same_walks(darts, 4, 2)
 
 
 # ---------------------------------------------------------------------------- budgets and zeros
@@ -482,10 +539,7 @@ def test_h2spg_erases_half_of_a_darts_supernet_on_digits() -> None:
     assert acc_h2 >= acc_sgd - 2.0, (acc_sgd, acc_h2)
 
 
-def test_packed_statistics_match_the_per_weight_sums(space: otonas.SearchSpace) -> None:
-    """The warm-up's and period starts' statistics sum the small weights packed together (both
-    levels: a weight in a channel group and in one or two erasing groups): the same per-group
-    sums as the per-weight reductions the half-space step uses."""
+def _packed_against_per_weight(space: otonas.SearchSpace) -> None:
     opt = H2SPG(space, lr=0.1, warmup_steps=5)
     params = opt.param_groups[0]["params"]
     gen = torch.Generator().manual_seed(3)
@@ -493,6 +547,53 @@ def test_packed_statistics_match_the_per_weight_sums(space: otonas.SearchSpace) 
     plans, index = opt._layout.plans, opt._layout.slice_index
     with torch.no_grad():
         packed, _, _ = opt._stats(plans, index, params, d, with_abs=True, keep_xx=False)
-        assert opt._packing(plans, index, params).positions  # some weights were packed
+        pack = opt._packing(plans, index, params)
+        assert pack.positions and pack.matrix is not None  # some weights were packed, summed by the sparse product
+        assert any(plans[i].is_vector for i, q in enumerate(plans) if q.position in pack.positions)  # biases too
         plain, _, _ = opt._stats(plans, index, params, d, with_abs=True)
+        opt._packings[id(plans)] = (plans, dataclasses.replace(pack, matrix=None))  # the gather and index_add_
+        gathered, _, _ = opt._stats(plans, index, params, d, with_abs=True, keep_xx=False)
     torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gathered, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_statistics_match_the_per_weight_sums(space: otonas.SearchSpace) -> None:
+    """The warm-up's and period starts' statistics sum the small weights packed together (both
+    levels: a weight in a channel group and in one or two erasing groups; biases and norm weights
+    with them), by one sparse product (or, where the device has none, a gather and one
+    ``index_add_``): the same per-group sums as the per-weight reductions the half-space step uses."""
+    _packed_against_per_weight(space)
+
+
+def test_packed_statistics_match_the_per_weight_sums_on_darts() -> None:
+    import search_spaces
+
+    # in float64, so that the dots (sums of terms of both signs) compare at the same tolerance
+    model = search_spaces.create("darts", num_classes=10, in_chans=1, size="tiny").double()
+    _packed_against_per_weight(otonas.analyze(model, (torch.randn(1, 1, 8, 8, dtype=torch.float64),)))
+
+
+@pytest.mark.parametrize("wd", [0.0, 1e-3])
+def test_warmup_scores_off_the_flat_buffer_are_those_of_the_one_by_one_step(
+        analysed: tuple[otonas.SearchSpace, dict[str, torch.Tensor]], wd: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warm-up's statistics read the small weights and their momentum off the flat buffer of
+    the base step (``_flat``): the same moving average of the scores, bit for bit, and the same
+    selection, as with every weight stepped one by one."""
+    space, state = analysed
+    runs = []
+    for flat in (True, False):
+        space.model.load_state_dict(state)
+        opt = make(space, warmup_steps=4, end_step=8, weight_decay=wd)
+        if not flat:
+            monkeypatch.setattr(opt, "_flat_momentum", lambda params, hp: None)
+        for s in range(5):
+            x, y = batch(s)
+            F.cross_entropy(space.model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+        if flat:
+            assert opt._flat and opt._flat._buf is not None
+        runs.append((opt._ema.clone(), list(opt.accepted), {n: p.detach().clone() for n, p in space.model.named_parameters()}))
+    (ema_a, acc_a, xa), (ema_b, acc_b, xb) = runs
+    assert torch.equal(ema_a, ema_b) and acc_a == acc_b
+    assert all(torch.equal(xa[n], xb[n]) for n in xa)

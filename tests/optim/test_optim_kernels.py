@@ -64,6 +64,25 @@ def test_stats_update_sgd_momentum_as_sgd_rule_does(dtype: torch.dtype, dampenin
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_stats_with_masks_update_momentum_as_from_the_masked_gradient(dtype: torch.dtype, threads: int) -> None:
+    """``alive``: the gradient's entries in dead rows and columns taken as zero inside the loop, the
+    same buffer and sums, bit for bit, as the loop on a gradient masked beforehand."""
+    g = torch.Generator().manual_seed(2)
+    x, grad, buf = (torch.randn(12, 6, 3, 3, generator=g, dtype=dtype) for _ in range(3))
+    row_alive = torch.rand(12, generator=g) > 0.3
+    col_alive = (torch.rand(6, generator=g) > 0.3).repeat_interleave(9)
+    x[~row_alive] = 0
+    x.view(12, -1)[:, ~col_alive] = 0
+    masked = grad.clone()
+    masked[~row_alive] = 0
+    masked.view(12, -1)[:, ~col_alive] = 0
+    want = buf.clone()
+    want_rows, want_cols = _kernels.stats(x, want, 9, with_abs=True, sgd=(masked, 0.9, 0.3, 1e-2))
+    rows, cols = _kernels.stats(x, buf, 9, with_abs=True, sgd=(grad, 0.9, 0.3, 1e-2), alive=(row_alive, col_alive))
+    assert torch.equal(buf, want) and torch.equal(rows, want_rows) and torch.equal(cols, want_cols)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("with_d", [True, False])
 @pytest.mark.parametrize("shape", [(7, 5, 3, 3), (16, 40)])
 def test_step_is_the_shrink_and_base_step_with_cross_sums(dtype: torch.dtype, with_d: bool,
