@@ -79,8 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--target-sparsity", type=float, help="share of prunable channel groups to remove (default 0.5)")
     s.add_argument("--erase-budget", type=float, help="share of erasing groups to erase (default 0.5)")
     s.add_argument("--target-flops", type=float, metavar="F",
-                   help="fraction of the dense FLOPs to keep, met within 1%% by per-family quotas (prune mode; "
-                        "replaces --target-sparsity)")
+                   help="fraction of the dense FLOPs to keep: prune mode, met within 1%% by per-family quotas "
+                        "(replaces --target-sparsity); erase mode, by erasing the fewest operators that reach it "
+                        "(replaces --erase-budget)")
     s.add_argument("--target-params", type=float, metavar="F", help="fraction of the dense parameters to keep "
                    "(likewise)")
     s.add_argument("--target-latency", type=float, metavar="F",

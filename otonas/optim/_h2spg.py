@@ -19,6 +19,10 @@ What differs is how G_r is chosen:
   ``round(target_group_sparsity·N)`` most redundant prunable groups outside the accepted
   operators join them (:func:`select_erasure`, :meth:`H2SPG._select_pruning`).
 
+With the progressive schedule (the default) the selection happens at each period start instead,
+to the period's share of the budget; with ``target_flops`` / ``target_params`` that budget is a
+share of the supernet's cost, reached by the fewest operators of the walk (``docs/optim.md``).
+
 Host-device synchronisation: as DHSPG, plus the selection reads the averaged scores back
 once (and, under ``torch.distributed``, broadcasts them from rank 0 first, so that all ranks
 walk the same order and take the same decisions).
@@ -244,7 +248,7 @@ class H2SPG(DHSPG):
         warmup_steps: int,
         variant: str = "sgd",
         target_group_sparsity: float = 0.0,
-        erase_budget: float = 0.5,
+        erase_budget: float | None = None,
         end_step: int | None = None,
         momentum: float = 0.9,
         dampening: float = 0.0,
@@ -265,11 +269,35 @@ class H2SPG(DHSPG):
         schedule: str = "progressive",
         periods: int = 5,
         round_to: int = 1,
+        target_flops: float | None = None,
+        target_params: float | None = None,
     ) -> None:
+        costs = [(k, v) for k, v in (("flops", target_flops), ("params", target_params)) if v is not None]
+        if len(costs) > 1:
+            raise OtonasError("H2SPG: give target_flops or target_params, not both")
+        self._cost_target: tuple[str, float] | None = (costs[0][0], float(costs[0][1])) if costs else None
+        if self._cost_target is not None:
+            metric, t = self._cost_target
+            if not 0.0 < t <= 1.0:
+                raise OtonasError(f"H2SPG: target_{metric}={t!r} is invalid; expected the fraction of the supernet's "
+                                  f"{metric} to keep, in (0, 1]")
+            if erase_budget is not None:
+                raise OtonasError(f"H2SPG: give erase_budget (a share of the erasing groups) or target_{metric} (a "
+                                  f"share of the {metric} to keep, reached by erasing operators), not both")
+            if float(target_group_sparsity) > 0.0:
+                raise OtonasError(f"H2SPG: target_{metric} is spent on erasing operators only; with channel pruning "
+                                  "too (target_group_sparsity > 0) give erase_budget instead")
+            if schedule != "progressive":
+                raise OtonasError(f"H2SPG: target_{metric} needs schedule='progressive' (it is reached period by "
+                                  "period)")
+            if not hasattr(space, "costs"):
+                raise OtonasError(f"H2SPG: target_{metric} needs a search space with a cost model (space.costs): "
+                                  "pass the SearchSpace from otonas.analyze")
+        erase_budget = 0.5 if erase_budget is None and self._cost_target is None else erase_budget
         if isinstance(target_group_sparsity, Mapping):
             raise OtonasError("H2SPG: per-stage target_group_sparsity is not supported yet; pass one fraction, "
                               "or prune channels only with DHSPG, which takes per-stage targets")
-        if not 0.0 <= erase_budget <= 1.0:
+        if erase_budget is not None and not 0.0 <= erase_budget <= 1.0:
             raise OtonasError(f"H2SPG: erase_budget={erase_budget!r} is invalid; expected a fraction in [0, 1]")
         if not 0.0 <= target_group_sparsity <= 1.0:
             raise OtonasError(f"H2SPG: target_group_sparsity={target_group_sparsity!r} is invalid; "
@@ -289,7 +317,8 @@ class H2SPG(DHSPG):
         self.num_pruning_groups = n = int(space.num_prunable_groups)
         self.num_erasing_groups = e = len(space.erasing_groups)
         self.target_pruned_groups = _count(n, float(target_group_sparsity))
-        self.target_erased_groups = _count(e, float(erase_budget))
+        # with a cost target: the count the walk needs, known at each period start (0 before)
+        self.target_erased_groups = _count(e, float(erase_budget)) if erase_budget is not None else 0
         super().__init__(_TwoLevelSpace(space), lr=lr, target_group_sparsity=0.0, start_step=warmup_steps,
                          end_step=end_step, variant=variant, momentum=momentum, dampening=dampening,
                          nesterov=nesterov, weight_decay=weight_decay, betas=betas, eps=eps, lmbda=lmbda,
@@ -297,8 +326,9 @@ class H2SPG(DHSPG):
                          lambda_rule=lambda_rule, lambda_gain=lambda_gain, score=score, keep_one_per_family=False,
                          process_group=process_group, schedule=schedule, periods=periods)
         for store in (self.param_groups[0], self.defaults):
-            store.update(target_group_sparsity=float(target_group_sparsity), erase_budget=float(erase_budget),
-                         ema=float(ema))
+            store.update(target_group_sparsity=float(target_group_sparsity),
+                         erase_budget=float(erase_budget) if erase_budget is not None else None, ema=float(ema),
+                         target_flops=target_flops, target_params=target_params)
         self._pfamily = family_ids(space, n, self.target_pruned_groups, target_group_sparsity, keep_one_per_family,
                                    self._layout.device)
         self._pcells, _ = _cells(space, n, None, keep_one_per_family)
@@ -323,6 +353,8 @@ class H2SPG(DHSPG):
         self._skipped: list[SkippedCandidate] = []
         self._moot = np.zeros(self.num_pruning_groups, dtype=bool)
         self._pruned: list[int] = []
+        self._dense_cost: float | None = None  # with a cost target: the supernet's, counted once
+        self.erased_kept_fraction: float | None = None  # with a cost target: what the final erasure keeps
 
     @property
     def skipped(self) -> list[SkippedCandidate]:
@@ -413,8 +445,12 @@ class H2SPG(DHSPG):
         self._ema = self._broadcast_tensor(self._ema)
         n = self.num_pruning_groups
         ema = self._ema.cpu().numpy()
-        budget = self.target_erased_groups * (p + 1) // periods
         previous = list(self._accepted)
+        last = p == periods - 1
+        if self._cost_target is not None:
+            budget = self._cost_budget(ema[n:].tolist(), previous, p, periods)
+        else:
+            budget = self.target_erased_groups * (p + 1) // periods
         # zero already, they stay accepted: walked first, in the order they were accepted (a group
         # scored +inf elsewhere, e.g. one whose parameters are all zero, must not come before them)
         accepted, skipped = select_erasure(self._space, ema[n:].tolist(), max(budget, len(previous)), first=previous)
@@ -423,8 +459,11 @@ class H2SPG(DHSPG):
             raise OtonasError(f"H2SPG: the erasing groups {sorted(lost)} accepted in an earlier period were not "
                               "accepted again; please report this")
         new_ops = [i for i in accepted if i not in set(previous)]
-        last = p == periods - 1
-        if last and len(accepted) < self.target_erased_groups:
+        if self._cost_target is not None:
+            self.target_erased_groups = len(accepted)
+            if last:
+                self._warn_cost(accepted, len(skipped))
+        elif last and len(accepted) < self.target_erased_groups:
             self._warn_budget(len(accepted), len(skipped))
         self._accepted, self._skipped = accepted, skipped
         self._moot = self._moot_groups(accepted)
@@ -450,6 +489,49 @@ class H2SPG(DHSPG):
         self._pruned = sorted(set(self._pruned) | set(new_groups))
         self.target_zero_groups = len(self._pruned) + len(accepted)
         self._begin_period(new_groups + [n + i for i in new_ops])
+
+    def _cost(self, accepted: Sequence[int]) -> float:
+        """The fraction of the supernet's FLOPs (or parameters) left with ``accepted`` erased."""
+        assert self._cost_target is not None
+        metric = self._cost_target[0]
+        space: Any = self._space
+        if self._dense_cost is None:
+            self._dense_cost = float(getattr(space.costs(), metric))
+        mask = np.zeros(self.num_erasing_groups, dtype=bool)
+        mask[list(accepted)] = True
+        return float(getattr(space.costs(erased=mask), metric)) / max(self._dense_cost, 1.0)
+
+    def _cost_budget(self, scores: list[float], previous: list[int], p: int, periods: int) -> int:
+        """With a cost target: how many erasing groups period ``p`` accepts — the fewest of the
+        walk's order (the earlier periods' groups first) that keep at most the period's share
+        ``1 − (1 − target)·(p + 1)/P`` of the cost. Each prefix of the walk is a valid erasure and
+        erasing more never costs more, so the count is bisected on ``space.costs``."""
+        assert self._cost_target is not None
+        goal = 1.0 - (1.0 - self._cost_target[1]) * (p + 1) / periods
+        order, _ = select_erasure(self._space, scores, self.num_erasing_groups, first=previous)
+        lo, hi = len(previous), len(order)  # cost(order[:hi]) is the least the walk can reach
+        if self._cost(order[:lo]) <= goal + 1e-12:
+            return lo
+        if self._cost(order[:hi]) > goal + 1e-12:
+            return hi
+        while hi - lo > 1:  # cost(order[:lo]) > goal >= cost(order[:hi])
+            mid = (lo + hi) // 2
+            if self._cost(order[:mid]) <= goal + 1e-12:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    def _warn_cost(self, accepted: Sequence[int], skipped: int) -> None:
+        """The last period's walk could not bring the cost down to the target: say so."""
+        assert self._cost_target is not None
+        metric, t = self._cost_target
+        kept = self._cost(accepted)
+        self.erased_kept_fraction = kept
+        if kept > t + 1e-12:
+            _budget_warning(f"H2SPG: target_{metric}={t} cannot be reached by erasing operators: erasing every "
+                            f"operator the walk could take together ({len(accepted)} of {self.num_erasing_groups}; "
+                            f"{skipped} skipped, see opt.skipped) keeps {kept:.3f} of the {metric}; erasing those")
 
     def _warn_budget(self, accepted: int, skipped: int) -> None:
         """The erasure walk found fewer valid erasing groups than the budget asks: say so."""
@@ -571,6 +653,8 @@ class H2SPG(DHSPG):
             num_erasing_groups=self.num_erasing_groups,
             erase_budget=hp["erase_budget"],
             target_erased_groups=self.target_erased_groups,
+            target_flops=hp.get("target_flops"),
+            target_params=hp.get("target_params"),
             num_accepted_erasing_groups=len(self._accepted),
             num_skipped_erasing_groups=len(self._skipped),
             num_projected_erasing_groups=int(zero[n:self.num_groups].sum()),
@@ -608,5 +692,7 @@ class H2SPG(DHSPG):
         self._skipped = [SkippedCandidate(int(i), str(r)) for i, r in extra["skipped"]]
         self._pruned = [int(i) for i in extra["pruned"]]
         self._moot = extra["moot"].cpu().numpy().astype(bool).copy()
+        if self._cost_target is not None:
+            self.target_erased_groups = len(self._accepted)
         if self._redundant is not None:
             self.target_zero_groups = len(self._pruned) + len(self._accepted)

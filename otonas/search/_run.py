@@ -44,7 +44,9 @@ class SearchConfig:
     optimizer: str | None = None  # dhspg | h2spg; default from the mode
     target_sparsity: float | dict[str, float] = 0.5  # or stage -> fraction (see otonas.analysis.group_stages)
     erase_budget: float = 0.5  # share of the erasing groups to erase
-    target_flops: float | None = None  # fraction of the dense FLOPs to keep (prune mode; replaces target_sparsity)
+    # fraction of the dense FLOPs to keep: prune mode, by channels (replaces target_sparsity); erase
+    # mode, by erasing operators (replaces erase_budget)
+    target_flops: float | None = None
     target_params: float | None = None  # fraction of the dense parameters to keep (likewise)
     # fraction of the dense model's latency to keep, measured on this machine at latency_batch on
     # latency_device (estimated from a cached per-layer table; the built subnet is measured too)
@@ -300,13 +302,19 @@ def _make_optimizer(cfg: SearchConfig, space: Any, steps_per_epoch: int) -> Any:
     if cfg.optimizer == "dhspg":
         budget_kw: dict[str, Any] = cost if cost is not None else dict(target_group_sparsity=cfg.target_sparsity)
         return optim.DHSPG(space, start_step=start, end_step=end, **budget_kw, **common)
-    if cost is not None or cfg.target_latency is not None:
-        raise UsageError("--target-flops / --target-params / --target-latency set the channel budget of --mode prune (DHSPG); with "
-                         "operator erasure give --erase-budget (and --target-sparsity) instead")
+    if cfg.target_latency is not None:
+        raise UsageError("--target-latency sets the channel budget of --mode prune (DHSPG); with operator erasure "
+                         "give --erase-budget or --target-flops instead")
+    if cost is not None and cfg.mode != "erase":
+        raise UsageError("--target-flops / --target-params with H2SPG are reached by erasing operators (--mode "
+                         "erase); with --mode both give --erase-budget and --target-sparsity instead, or prune "
+                         "channels to a FLOPs target with --mode prune")
     H2SPG = getattr(optim, "H2SPG", None)
     if H2SPG is None:
         raise OtonasError("the H2SPG optimizer (operator erasure) is not available in this version of otonas; "
                           "use --mode prune --optimizer dhspg")
+    if cost is not None:  # erase operators until the supernet keeps at most that share of its FLOPs / params
+        return H2SPG(space, warmup_steps=start, end_step=end, **cost, **common)
     sparsity = cfg.target_sparsity if cfg.mode in ("prune", "both") else 0.0
     budget = cfg.erase_budget if cfg.mode in ("erase", "both") else 0.0
     return H2SPG(space, target_group_sparsity=sparsity, erase_budget=budget, warmup_steps=start, end_step=end,

@@ -3,8 +3,9 @@
 A budget file (``--space budgets.toml``)::
 
     sparsity = [0.1, 0.8]   # target group sparsity (channel pruning), low and high
-    flops = [0.2, 0.9]      # or: the fraction of FLOPs to keep (channel pruning), low and high;
-                            # trials then draw ``flops`` instead of ``sparsity`` (per = "global")
+    flops = [0.2, 0.9]      # or: the fraction of FLOPs to keep, low and high; trials then draw
+                            # ``flops`` instead of ``sparsity`` (prune mode, per = "global") or
+                            # instead of ``erase`` (erase mode: operators erased to that share)
     latency = [0.3, 0.9]    # or: the fraction of the dense latency to keep (likewise; trials draw
                             # ``latency``, estimated from the cached latency table)
     erase = [0.0, 0.7]      # erase budget (share of erasing groups), low and high
@@ -161,5 +162,8 @@ class BudgetSpace:
                                              limits.get(s, 1.0)) for s in stages}
             else:
                 sparsity = self._suggest(trial, "sparsity", self.sparsity, limits.get("*", 1.0))
+        if erase and not prune and self.flops is not None:  # erase mode: operators erased to the FLOPs drawn
+            self._suggest(trial, "flops", self.flops)
+            return sparsity, 0.0
         budget = self._suggest(trial, "erase", self.erase) if erase else 0.0
         return sparsity, budget

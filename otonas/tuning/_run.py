@@ -202,6 +202,8 @@ def _trial_config(cfg: TuneConfig, info: dict[str, Any], sparsity: Any, erase: f
 def _cost_of(params: Mapping[str, Any], info: dict[str, Any]) -> dict[str, float] | None:
     """The search budget of a trial that drew the fraction of FLOPs or latency to keep (a
     ``flops`` or ``latency`` budget range): ``{"target_flops": F}`` or ``{"target_latency": F}``."""
+    if info["mode"] == "erase" and "flops" in params:  # operators erased to that share of the FLOPs
+        return {"target_flops": float(params["flops"])}
     if info["mode"] != "prune":
         return None
     for key in ("flops", "latency"):
@@ -331,9 +333,12 @@ def tune(cfg: TuneConfig | None = None, /, **options: Any) -> dict[str, Any]:
     space = cfg.budget_space()
     with _worker_lock(cfg.out) as worker, _optuna_verbosity(optuna.logging.WARNING):
         info = _model_info(cfg)  # refuses a model with nothing to prune or erase in this mode
-        if (space.flops is not None or space.latency is not None) and info["mode"] != "prune":
-            raise UsageError(f"a flops or latency budget range needs --mode prune (this study's mode is {info['mode']}); "
-                             "with operator erasure use sparsity and erase ranges")
+        if space.latency is not None and info["mode"] != "prune":
+            raise UsageError(f"a latency budget range needs --mode prune (this study's mode is {info['mode']}); "
+                             "with operator erasure use a flops range (--mode erase) or sparsity and erase ranges")
+        if space.flops is not None and info["mode"] == "both":
+            raise UsageError("a flops budget range needs --mode prune (channels) or --mode erase (operators); with "
+                             "--mode both use sparsity and erase ranges")
         if space.per == "stage":
             if info["mode"] != "prune":
                 raise UsageError(f"per = \"stage\" budgets need mode prune (this run's mode is {info['mode']}): "

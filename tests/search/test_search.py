@@ -173,7 +173,18 @@ def test_round_to_keeps_multiples_of_n_channels(tmp_path):
     assert pruned > 0
 
 
-def test_flops_target_with_erasure_is_a_usage_error(tmp_path):
-    p = _cli("--mode", "erase", "--target-flops", "0.5", "--out", str(tmp_path), "--epochs", "1")
+def test_flops_target_with_both_modes_is_a_usage_error(tmp_path):
+    p = _cli("--mode", "both", "--target-flops", "0.5", "--out", str(tmp_path), "--epochs", "1")
     _, err = p.communicate(timeout=300)
-    assert p.returncode == 2 and "--erase-budget" in err and "Traceback" not in err
+    assert p.returncode == 2 and "--erase-budget" in err and "--mode erase" in err and "Traceback" not in err
+
+
+def test_erase_search_to_a_flops_target(tmp_path):
+    """--mode erase --target-flops 0.6 on the DARTS supernet: operators erased until the subnet keeps
+    at most 60% of the supernet's FLOPs, nothing forced, the subnet equal to the trained supernet."""
+    report = search(SearchConfig(out=str(tmp_path), model="search_spaces:darts", data="digits", mode="erase",
+                                 target_flops=0.6, epochs=2, batch_size=128, lr=0.05, progress=False, seed=1,
+                                 export=False))
+    assert 0.45 <= report["flops_kept"] <= 0.6
+    assert report["forced_groups"] == 0 and report["erased_operators"]
+    assert report["accuracy_subnet"] == report["accuracy_full"] and report["max_abs_diff"] < 1e-4

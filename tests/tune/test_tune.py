@@ -203,3 +203,21 @@ def test_round_to_reaches_every_trial(tmp_path):
     report = json.loads((out / "trials" / "trial-0000" / "report.json").read_text())
     assert report["config"]["round_to"] == 2 and report["round_to"] == 2
     assert report["flops_kept"] <= 0.5 and report["forced_groups"] == 0
+
+
+def test_erase_mode_flops_range_erases_operators_to_the_drawn_share(tmp_path):
+    """--mode erase --target-flops LO,HI: each trial draws ``flops`` (no ``erase``) and its search
+    erases operators until the supernet keeps at most that share of its FLOPs."""
+    out = tmp_path / "t"
+    res = run([*tune_cmd(out), "--model", "search_spaces:darts", "--mode", "erase", "--trials", "1",
+               "--trial-epochs", "1", "--pruner", "none", "--target-flops", "0.6,0.7", "--json"])
+    assert res.returncode == 0, res.stderr
+    (trial,) = _study(out).trials
+    assert set(trial.params) == {"flops"} and 0.6 <= trial.params["flops"] <= 0.7
+    report = json.loads((out / "trials" / "trial-0000" / "report.json").read_text())
+    assert report["config"]["target_flops"] == pytest.approx(trial.params["flops"])
+    assert report["flops_kept"] <= trial.params["flops"] and report["forced_groups"] == 0
+    assert report["erased_operators"]
+    both = run([*tune_cmd(tmp_path / "b"), "--model", "search_spaces:darts", "--mode", "both", "--trials", "1",
+                "--target-flops", "0.6,0.7"])
+    assert both.returncode == 2 and "--mode both use sparsity and erase ranges" in both.stderr
