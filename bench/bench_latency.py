@@ -36,6 +36,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +46,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import otonas  # noqa: E402
 from otonas.models import resolve_model  # noqa: E402
 from otonas.testing import zero_groups_  # noqa: E402
+
+
+def zero_quotas_(space: otonas.SearchSpace, opt: Any) -> np.ndarray:
+    """Zero the first groups of each of DHSPG's cells up to its quota (within a family any choice
+    costs alike) and return that mask."""
+    assert opt._cells is not None
+    mask = np.zeros(space.num_prunable_groups, dtype=bool)
+    for members, k in zip(opt._cells, opt._quota):
+        mask[np.asarray(members)[:k]] = True
+    zero_groups_(space, mask)
+    return mask
 
 
 def _setup(name: str, seed: int) -> tuple[torch.nn.Module, tuple[int, ...], otonas.SearchSpace, dict[str, torch.Tensor],
@@ -96,11 +108,7 @@ def flops_subnets(name: str, targets: list[float], round_tos: list[int], seed: i
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 opt = DHSPG(space, lr=0.1, target_flops=t, round_to=r, start_step=1, end_step=2)
-            assert opt._cells is not None
-            mask = np.zeros(space.num_prunable_groups, dtype=bool)
-            for members, k in zip(opt._cells, opt._quota):
-                mask[np.asarray(members)[:k]] = True
-            zero_groups_(space, mask)
+            mask = zero_quotas_(space, opt)
             removed = space.removable(mask)
             sub = otonas.build(space).eval()
             if fold_bn:
@@ -134,11 +142,7 @@ def latency_rows(name: str, targets: list[float], round_tos: list[int], batches:
                     warnings.simplefilter("ignore")
                     opt = DHSPG(space, lr=0.1, target_latency=t, latency_model=lm, round_to=r, start_step=1,
                                 end_step=2)
-                assert opt._cells is not None
-                mask = np.zeros(space.num_prunable_groups, dtype=bool)
-                for members, k in zip(opt._cells, opt._quota):
-                    mask[np.asarray(members)[:k]] = True
-                zero_groups_(space, mask)
+                mask = zero_quotas_(space, opt)
                 removed = space.removable(mask)
                 rows.append((t, r, lm.fraction(removed), space.costs(removed=removed).flops / base.flops,
                              otonas.build(space).eval()))
