@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 
 import optuna
@@ -22,11 +23,34 @@ def test_two_processes_share_one_postgres_study(tmp_path):
         if os.environ.get("OTONAS_REQUIRE_POSTGRES") == "1":
             pytest.fail("OTONAS_REQUIRE_POSTGRES=1 but OTONAS_TEST_POSTGRES_URL is not set: .ci/postgres.sh failed")
         pytest.skip("no PostgreSQL server: set OTONAS_TEST_POSTGRES_URL (bash .ci/postgres.sh starts one)")
+    import sqlalchemy
+
     name = f"shared-{uuid.uuid4().hex[:8]}"
-    procs = [subprocess.Popen(tune_cmd(tmp_path / f"w{i}", "--storage", URL, "--study", name,
-                                       "--trials", str(n), "--seed", "0"),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
-             for i, n in enumerate((3, 2))]
+    # A barrier that does not depend on how fast each process starts: the test holds the
+    # trials table locked until both workers wait on it, so their first trials are asked for
+    # at the same moment and run side by side (the contended case this test is about).
+    optuna.delete_study(study_name=optuna.create_study(storage=URL).study_name, storage=URL)  # the tables exist
+    engine = sqlalchemy.create_engine(URL)
+    with engine.connect() as lock:
+        lock.execute(sqlalchemy.text("LOCK TABLE trials IN ACCESS EXCLUSIVE MODE"))
+        procs = [subprocess.Popen(tune_cmd(tmp_path / f"w{i}", "--storage", URL, "--study", name,
+                                           "--trials", str(n), "--seed", "0"),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+                 for i, n in enumerate((3, 2))]
+        waiting = "SELECT count(*) FROM pg_locks WHERE relation = 'trials'::regclass AND NOT granted"
+        deadline = time.monotonic() + 600
+        with engine.connect() as probe:
+            while probe.execute(sqlalchemy.text(waiting)).scalar_one() < 2:
+                probe.rollback()
+                gone = [p for p in procs if p.poll() is not None]
+                if gone or time.monotonic() > deadline:
+                    for p in procs:
+                        p.kill()
+                    errs = [p.communicate()[1] for p in procs]
+                    pytest.fail(f"the workers did not both reach the study: {errs}")
+                time.sleep(0.2)
+        lock.rollback()  # release: both ask for a trial at once
+    engine.dispose()
     outs = [p.communicate(timeout=900) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err
