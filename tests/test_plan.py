@@ -170,3 +170,42 @@ def test_report_from_a_plan_is_the_report_from_its_masks(tmp_path):
     write_report_html(tmp_path / "b.html", report=report, history=[], space=space, removed=plan.removed,
                       erased=plan.erased)
     assert (tmp_path / "a.html").read_text() == (tmp_path / "b.html").read_text()
+
+
+@pytest.mark.parametrize("name", ["resnet20", "darts"])
+def test_plan_layer_table_is_what_the_built_network_has(name):
+    """Plan.layers against the built subnet: every live layer's weight has the channels the
+    table says, an erased layer has no weight left, and the table's groups lost include
+    those that dead concat inputs take away (Plan.gone)."""
+    model = search_spaces.create(name, size="tiny").eval()
+    x = torch.randn((2, *search_spaces.info(name).tiny_input_shape), generator=torch.Generator().manual_seed(0))
+    space = otonas.analyze(model, (x,))
+    rng = np.random.default_rng(2)
+    if space.num_erasing_groups:
+        erased = random_valid_erasure(space, 0.4, rng)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for i in np.nonzero(erased)[0]:
+                for f in space.erasing_groups[i].params:
+                    params[f].zero_()
+    if space.num_prunable_groups:
+        zero_groups_(space, space.removable(rng.random(space.num_prunable_groups) < 0.4))
+    plan = space.plan()
+    assert plan.layers and all(isinstance(r.channels_after, int) for r in plan.layers)
+    if plan.removed is not None:
+        assert plan.gone is not None and (plan.gone >= plan.removed).all()
+    sub = otonas.build(space, plan)
+    built = {k: v.shape for k, v in sub.named_parameters()}
+    full = dict(model.named_parameters())
+    checked = 0
+    for r in plan.layers:
+        w = f"{r.layer}.weight"
+        assert r.channels_before == full[w].shape[0] if w in full else True, r
+        if r.erased:
+            assert r.channels_after == 0 and w not in built, r
+        elif w in built:
+            assert built[w][0] == r.channels_after, (r, built[w])
+            checked += 1
+    assert checked >= len([r for r in plan.layers if not r.erased]) // 2
+    shrunk = [r for r in plan.layers if 0 < r.channels_after < r.channels_before]
+    assert shrunk  # the check above saw pruned layers, not only full ones

@@ -13,7 +13,25 @@ import numpy as np
 if TYPE_CHECKING:
     from ._space import Costs
 
-__all__ = ["Plan"]
+__all__ = ["Plan", "LayerChannels"]
+
+
+@dataclass(frozen=True)
+class LayerChannels:
+    """One channel-making layer (conv, linear, …) of a :class:`Plan`: its output channels
+    before and after, as the built network has them."""
+
+    layer: str  # module path (the graph node name when the op is not inside a module)
+    node: str  # the graph node of the layer's op
+    op: str  # short op name: 'conv2d', 'linear', …
+    channels_before: int
+    channels_after: int  # 0 when the layer is erased
+    erased: bool = False
+    family: int | None = None
+
+    @property
+    def kept_fraction(self) -> float:
+        return self.channels_after / self.channels_before if self.channels_before else 1.0
 
 
 def _frozen(a: np.ndarray | None) -> np.ndarray | None:
@@ -44,9 +62,17 @@ class Plan:
     kept: Mapping[str, tuple[int, ...]] = field(repr=False)  # live op -> kept sizes of its (first) output
     before: Costs
     after: Costs
+    # bool over prunable groups: the channels the built network lacks, ``removed`` and those that
+    # dead inputs of concatenations take away
+    gone: np.ndarray | None = field(default=None, repr=False)
+    # the per-layer table: one row per channel-making layer (module path), in graph order
+    layers: tuple[LayerChannels, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("removed", "erased", "removed_root"):
+        if self.gone is None and self.removed is not None:
+            object.__setattr__(self, "gone", self.removed)
+        object.__setattr__(self, "layers", tuple(self.layers))
+        for name in ("removed", "erased", "removed_root", "gone"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         object.__setattr__(self, "dead", frozenset(self.dead))
         object.__setattr__(self, "kept", MappingProxyType(dict(self.kept)))

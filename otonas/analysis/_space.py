@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,13 +16,13 @@ from torch import fx, nn
 from ..errors import OtonasError, UsageError
 from ..capture import Capture, capture
 from ..graph import build_opgraph
-from ..ops import GQA, GQA_MODES, FlowResult, IdTable, PinEvent, module_path, rule_for
+from ..ops import GQA, GQA_MODES, FlowResult, IdTable, PinEvent, module_path, rule_for, short_op
 from ._flow import run_flow
-from ._plan import Plan
+from ._plan import LayerChannels, Plan
 from ._rewrites import unrewritable_families
 from ._segments import ErasingGroup, ErasureWalk, Segments
 
-__all__ = ["Family", "Costs", "Plan", "SearchSpace", "ErasingGroup", "analyze", "analyze_captured"]
+__all__ = ["Family", "Costs", "Plan", "LayerChannels", "SearchSpace", "ErasingGroup", "analyze", "analyze_captured"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class SearchSpace:
         self.segments = Segments(cap.program, flow, self._roots, pinned_root)
         self._hierarchy: nx.DiGraph | None = None
         self._full_costs: Costs | None = None  # the costs of the whole network, which plan() reports
+        self._minted: dict[str, int] | None = None  # minting node -> its family, for plan()'s layer table
 
     def _index(self) -> None:
         """Groups and families from the channel ids (again after the rewrite check pins some)."""
@@ -369,7 +371,59 @@ class SearchSpace:
         if self._full_costs is None:
             self._full_costs = self._count(set(), self._sizes(None))
         kept = {k: tuple(v) for k, v in self._kept(dead, sizes, None).items()}
-        return Plan(removed, erased, frozenset(dead), removed_root, kept, self._full_costs, self._count(dead, sizes))
+        gone = None
+        if n:
+            gone = removed_root[self._prunable_roots] if removed_root is not None else np.zeros(n, dtype=bool)
+        return Plan(removed, erased, frozenset(dead), removed_root, kept, self._full_costs, self._count(dead, sizes),
+                    gone=gone, layers=tuple(self._layer_table(dead, kept)))
+
+    def channel_dim(self, name: str) -> tuple[int, np.ndarray] | None:
+        """The channel dim of graph node ``name``'s (first) output: the dim with the most prunable
+        positions, with the group id (or -1) of each of its positions; None when no dim has one."""
+        if name not in self._flow.dims:
+            return None
+        d = self.node_groups(name)
+        if isinstance(d, tuple):
+            d = next((x for x in d if x is not None), None)
+        if not d or not isinstance(d[0], np.ndarray):
+            return None
+        counts = [int((g >= 0).sum()) for g in d]
+        if not counts or max(counts) == 0:
+            return None
+        dim = int(np.argmax(counts))
+        return dim, d[dim]
+
+    def _layer_table(self, dead: frozenset[str] | set[str], kept: Mapping[str, Sequence[int]]) -> list[LayerChannels]:
+        """One row per channel-making layer (an op that makes channels from a parameter), by
+        module path, in graph order: its output channels in the full and in the built network."""
+        if self._minted is None:
+            minted: dict[str, int] = {}
+            for fam in self.families:
+                for name in fam.minting_nodes:
+                    minted.setdefault(name, fam.index)
+            self._minted = minted
+        group_family = np.asarray(self.group_family, dtype=np.int64)
+        rows: dict[str, LayerChannels] = {}
+        for name, data in self.graph.nodes(data=True):
+            if name not in self._minted or not data.get("params"):
+                continue
+            op = short_op(str(data.get("op", "")))
+            shape = data.get("shape")
+            found = self.channel_dim(name)
+            if found is not None:
+                dim, g = found
+                valid = g[g >= 0]
+                family: int | None = Counter(group_family[valid].tolist()).most_common(1)[0][0]
+                before = len(g)
+                after = 0 if name in dead else int(kept[name][dim])
+            elif isinstance(shape, (tuple, list)) and shape:
+                c = int(shape[1] if "conv" in op and len(shape) > 1 else shape[-1])
+                family, before, after = self._minted[name], c, 0 if name in dead else c
+            else:
+                continue
+            key = str(data.get("module") or "") or name
+            rows.setdefault(key, LayerChannels(key, name, op, before, after, name in dead, family))
+        return list(rows.values())
 
     @staticmethod
     def _mask(mask: Any, n: int, what: str) -> np.ndarray:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ._code import Call, Expr, LayerCall, LayerSpec
     from ._context import BuildContext, FlowContext
 
-__all__ = ["OpRule", "OpKey", "op_key", "functional_of", "register", "lookup", "rule_for", "registered"]
+__all__ = ["OpRule", "OpKey", "op_key", "short_op", "functional_of", "register", "lookup", "rule_for", "registered"]
 
 
 class OpKey(NamedTuple):
@@ -48,6 +48,17 @@ def op_key(target: Any) -> OpKey:
         packet, overload = name.rsplit(".", 1)
         return OpKey(name, packet, overload)
     return OpKey(name, name, "")
+
+
+def short_op(op: str) -> str:
+    """The short name an op is shown by: 'aten.conv2d.default' -> 'conv2d';
+    '<built-in function getitem>' -> 'getitem'; anything else as it is."""
+    if op.startswith("<built-in function "):
+        return op[len("<built-in function "):-1]
+    parts = op.split(".")
+    if parts[0] in ("aten", "prims", "quantized") and len(parts) >= 2:
+        return parts[1]
+    return op
 
 
 def functional_of(target: Any) -> Any:

@@ -9,27 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis import Plan
+from ..analysis import LayerChannels, Plan
+from ..ops import short_op
 from ..errors import OtonasError
 
 __all__ = ["LayerChannels", "OpFacts", "GraphFacts", "graph_facts", "layer_channels", "short_op"]
-
-
-@dataclass(frozen=True)
-class LayerChannels:
-    """One channel-making layer (conv, linear, …): its output channels before and after."""
-
-    layer: str  # module path (the graph node name when the op is not inside a module)
-    node: str  # the graph node of the layer's op
-    op: str
-    channels_before: int
-    channels_after: int  # 0 when the layer is erased
-    erased: bool = False
-    family: int | None = None
-
-    @property
-    def kept_fraction(self) -> float:
-        return self.channels_after / self.channels_before if self.channels_before else 1.0
 
 
 @dataclass(frozen=True)
@@ -56,14 +40,22 @@ class GraphFacts:
     dead: frozenset[str]  # graph nodes erased
 
 
-def short_op(op: str) -> str:
-    """'aten.conv2d.default' -> 'conv2d'; '<built-in function getitem>' -> 'getitem'."""
-    if op.startswith("<built-in function "):
-        return op[len("<built-in function "):-1]
-    parts = op.split(".")
-    if parts[0] in ("aten", "prims", "quantized") and len(parts) >= 2:
-        return parts[1]
-    return op
+def _plan_of(space: Any, removed: Any, erased: Any, plan: Plan | None) -> Plan:
+    """``plan``, or the plan of the ``removed`` / ``erased`` masks (none removed, none erased
+    when not given: nothing is read from the weights)."""
+    if plan is not None:
+        if removed is not None or erased is not None:
+            raise OtonasError("graph_facts takes a plan or removed=/erased=, not both")
+        return plan
+    n, e = space.num_prunable_groups, space.num_erasing_groups
+    removed = _as_mask(removed, n, "removed")
+    erased = _as_mask(erased, e, "erased")
+    try:
+        return space.plan(removed=removed, erased=erased)
+    except OtonasError as err:
+        if "invalid erasure" in str(err):
+            raise OtonasError(f"{err}; draw a valid set (see SearchSpace.check_erasure)") from None
+        raise
 
 
 def _as_mask(mask: Any, n: int, what: str) -> np.ndarray:
@@ -76,46 +68,16 @@ def _as_mask(mask: Any, n: int, what: str) -> np.ndarray:
     return out
 
 
-def _dims(space: Any, name: str) -> list[np.ndarray] | None:
-    """Group ids per position of every dim of a node's (first) output, or None."""
-    try:
-        d = space.node_groups(name)
-    except KeyError:
-        return None
-    if isinstance(d, tuple):
-        d = next((x for x in d if x is not None), None)
-    if not d or not isinstance(d[0], np.ndarray):
-        return None
-    return list(d)
-
-
 def graph_facts(space: Any, *, removed: Any = None, erased: Any = None, plan: Plan | None = None) -> GraphFacts:
-    """Read every op of ``space.graph`` with ``removed`` prunable groups and ``erased``
-    erasing groups (boolean masks) taken out, or what ``plan`` (:meth:`SearchSpace.plan`) takes out."""
+    """Read every op of ``space.graph`` with what ``plan`` (:meth:`SearchSpace.plan`) takes out,
+    or the plan of the ``removed`` prunable groups and ``erased`` erasing groups (boolean masks).
+    Channel counts are the plan's: what the built network has."""
     graph = space.graph
-    if plan is not None:
-        if removed is not None or erased is not None:
-            raise OtonasError("graph_facts takes a plan or removed=/erased=, not both")
-        removed, erased = plan.removed, plan.erased
-    removed_mask = _as_mask(removed, space.num_prunable_groups, "removed").copy()
-    erased_mask = _as_mask(erased, space.num_erasing_groups, "erased")
-    dead: set[str] = set()
-    if plan is not None:
-        dead = {n for n in plan.dead if n in graph}
-    elif erased_mask.any():
-        all_dead, why = space.segments.dead_nodes(erased_mask)
-        if why:
-            raise OtonasError(f"invalid erasure: {why}; draw a valid set (see SearchSpace.check_erasure)")
-        dead = {n for n in all_dead if n in graph}
-    dims = {n: _dims(space, n) for n in graph.nodes}
-    # a live concat that loses a dead input loses that input's channels downstream too
-    for n in graph.nodes:
-        if n in dead or short_op(graph.nodes[n]["op"]) not in ("cat", "concat", "concatenate"):
-            continue
-        for p in graph.predecessors(n):
-            if p in dead and (dp := dims[p]) is not None:
-                ids = np.concatenate([g[g >= 0] for g in dp])
-                removed_mask[ids] = True
+    plan = _plan_of(space, removed, erased, plan)
+    n_groups = space.num_prunable_groups
+    removed_mask = plan.gone if plan.gone is not None else np.zeros(n_groups, dtype=bool)
+    erased_mask = plan.erased if plan.erased is not None else np.zeros(space.num_erasing_groups, dtype=bool)
+    dead = {n for n in plan.dead if n in graph}
 
     pins: dict[str, list[str]] = {}
     for ev in space.pins:
@@ -140,15 +102,12 @@ def graph_facts(space: Any, *, removed: Any = None, erased: Any = None, plan: Pl
         shape = tuple(int(s) for s in shape) if isinstance(shape, (tuple, list)) else None
         family: int | None = None
         channels: tuple[int, int] | None = None
-        d = dims[n]
-        if d is not None:
-            counts = [int((g >= 0).sum()) for g in d]
-            if counts and max(counts) > 0:
-                g = d[int(np.argmax(counts))]
-                valid = g[g >= 0]
-                family = Counter(group_family[valid].tolist()).most_common(1)[0][0]
-                kept = int((g < 0).sum()) + int((~removed_mask[valid]).sum())
-                channels = (len(g), 0 if n in dead else kept)
+        found = space.channel_dim(n)
+        if found is not None:
+            dim, g = found
+            valid = g[g >= 0]
+            family = Counter(group_family[valid].tolist()).most_common(1)[0][0]
+            channels = (len(g), 0 if n in dead else int(plan.kept[n][dim]))
         is_layer = n in minted and bool(data.get("params"))
         if family is None and n in minted:
             family = minted[n]
@@ -166,21 +125,9 @@ def graph_facts(space: Any, *, removed: Any = None, erased: Any = None, plan: Pl
 def layer_channels(space: Any, *, removed: Any = None, erased: Any = None,
                    plan: Plan | None = None) -> list[LayerChannels]:
     """Output channels of every layer (op that makes channels from a parameter), before and
-    after removing the ``removed`` prunable groups and erasing the ``erased`` erasing groups
-    (or what ``plan`` removes).
+    after: :attr:`Plan.layers` of ``plan``, or of the plan of the ``removed`` prunable groups
+    and ``erased`` erasing groups (boolean masks; none when not given).
 
     One row per module path (a module called twice is listed once), in graph order.
     """
-    facts = graph_facts(space, removed=removed, erased=erased, plan=plan)
-    return _layers_from(facts)
-
-
-def _layers_from(facts: GraphFacts) -> list[LayerChannels]:
-    out: dict[str, LayerChannels] = {}
-    for f in facts.ops.values():
-        if not f.layer or f.channels is None:
-            continue
-        key = f.module or f.name
-        if key not in out:
-            out[key] = LayerChannels(key, f.name, short_op(f.op), f.channels[0], f.channels[1], f.dead, f.family)
-    return list(out.values())
+    return list(_plan_of(space, removed, erased, plan).layers)

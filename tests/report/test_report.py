@@ -91,8 +91,10 @@ def _check_picture(space: otonas.SearchSpace, removed: np.ndarray | None, erased
 def _check_layers(space: otonas.SearchSpace, removed: np.ndarray, erased: np.ndarray | None,
                   rows: list[LayerChannels]) -> None:
     dead = _dead(space, erased)
-    removed_root = space._removed_root(removed, dead)  # what the builder and costs() use
-    assert rows
+    plan = space.plan(removed=removed, erased=erased)  # what the builder and costs() use
+    assert plan.dead == frozenset(dead)
+    removed_root = plan.removed_root
+    assert rows and rows == list(plan.layers)
     for r in rows:
         shape = space.graph.nodes[r.node]["shape"]
         dim = 1 if "conv" in space.graph.nodes[r.node]["op"] else len(shape) - 1
