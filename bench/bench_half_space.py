@@ -59,7 +59,7 @@ def run(ctx: Context, method: str, target: float, epochs: int, seed: int) -> dic
     space = otonas.analyze(net, (ctx.example,))
     o = ctx.cfg["otonas"]
     opt = DHSPG(space, lr=ctx.cfg["lr_max"], momentum=ctx.cfg["momentum"], weight_decay=ctx.cfg["weight_decay"],
-                target_flops=target, start_step=round(o["warmup"] * tr.total),
+                target_flops=target, warmup_steps=round(o["warmup"] * tr.total),
                 end_step=round(o["projection_end"] * tr.total), score=make_score(o["score"]), **METHODS[method])
     start, end = opt.param_groups[0]["start_step"], opt.param_groups[0]["end_step"]
     seen: dict[str, float] = {}

@@ -51,9 +51,9 @@ from otonas.testing import zero_groups_  # noqa: E402
 def zero_quotas_(space: otonas.SearchSpace, opt: Any) -> np.ndarray:
     """Zero the first groups of each of DHSPG's cells up to its quota (within a family any choice
     costs alike) and return that mask."""
-    assert opt._cells is not None
+    assert opt.selector.cells is not None
     mask = np.zeros(space.num_prunable_groups, dtype=bool)
-    for members, k in zip(opt._cells, opt._quota):
+    for members, k in zip(opt.selector.cells, opt.selector.quotas):
         mask[np.asarray(members)[:k]] = True
     zero_groups_(space, mask)
     return mask
@@ -107,7 +107,7 @@ def flops_subnets(name: str, targets: list[float], round_tos: list[int], seed: i
             model.load_state_dict(state)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                opt = DHSPG(space, lr=0.1, target_flops=t, round_to=r, start_step=1, end_step=2)
+                opt = DHSPG(space, lr=0.1, target_flops=t, round_to=r, warmup_steps=1, end_step=2)
             mask = zero_quotas_(space, opt)
             removed = space.removable(mask)
             sub = otonas.build(space).eval()
@@ -140,7 +140,7 @@ def latency_rows(name: str, targets: list[float], round_tos: list[int], batches:
                 model.load_state_dict(state)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    opt = DHSPG(space, lr=0.1, target_latency=t, latency_model=lm, round_to=r, start_step=1,
+                    opt = DHSPG(space, lr=0.1, target_latency=t, latency_model=lm, round_to=r, warmup_steps=1,
                                 end_step=2)
                 mask = zero_quotas_(space, opt)
                 removed = space.removable(mask)

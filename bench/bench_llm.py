@@ -116,7 +116,7 @@ def run_seed(args: argparse.Namespace, train: torch.Tensor, val: torch.Tensor, s
     model = make_model(seed)
     space = otonas.analyze(model, (example(train, args.seq),))
     opt = otonas.DHSPG(space, variant="adamw", lr=args.lr, weight_decay=0.01, target_group_sparsity=args.sparsity,
-                       start_step=run.start, end_step=run.end)
+                       warmup_steps=run.start, end_step=run.end)
     t = time.perf_counter()
     run.fit(model, opt)
     removed = space.removable(space.zero_groups())
@@ -187,7 +187,7 @@ def step_cost(args: argparse.Namespace, train: torch.Tensor, repeats: int = 7) -
     space = otonas.analyze(otonas_model, (example(train, args.seq),))
     runs = [(base_model, adamw(base_model, args.lr)),
             (otonas_model, otonas.DHSPG(space, variant="adamw", lr=args.lr, weight_decay=0.01,
-                                        target_group_sparsity=args.sparsity, start_step=0, end_step=10 * repeats))]
+                                        target_group_sparsity=args.sparsity, warmup_steps=0, end_step=10 * repeats))]
     xy = torch.stack([train[i * 1000:i * 1000 + args.seq + 1] for i in range(args.batch)])
 
     def step(model: LlamaForCausalLM, opt: torch.optim.Optimizer) -> float:

@@ -183,7 +183,7 @@ def build_arms(kind: str, model: nn.Module, space: Any, *, rounds: int, periods:
         m, params = fresh()
         s = _OnCopy(space, m)
         if kind == "dhspg":
-            opt: torch.optim.Optimizer = DHSPG(s, target_group_sparsity=target, start_step=start, end_step=end,
+            opt: torch.optim.Optimizer = DHSPG(s, target_group_sparsity=target, warmup_steps=start, end_step=end,
                                                schedule=schedule, periods=periods, **base_kw)
         else:
             opt = H2SPG(s, target_group_sparsity=h2_target, erase_budget=budget, warmup_steps=start, end_step=end,

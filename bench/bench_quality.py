@@ -22,7 +22,7 @@ steps: one-cycle (linear warm-up over the first 15 % from 0.004 to 0.1, then cos
   trains the final structure; the built subnet
   (``otonas.build``) is evaluated; ``forced_groups`` is ``metrics()["num_forced_groups"]``.
 - ``random_train``: at initialisation, in every family ("cell") of otonas' search space, as many
-  random groups as DHSPG's per-family quota for ``t`` (``opt._quota`` / ``opt._cells``) are zeroed
+  random groups as DHSPG's per-family quota for ``t`` (``opt.selector.quotas`` / ``opt.selector.cells``) are zeroed
   and kept at zero for all E epochs; then built and evaluated.
 - ``prune_finetune``: dense for round(2E/3) epochs, then in every family the quota's groups of
   lowest L2 norm (over all their slices) are zeroed and kept at zero for the rest (fresh SGD
@@ -294,10 +294,10 @@ class Context:
         """DHSPG's cells and per-cell quotas for ``target`` (they depend on the shapes only)."""
         if target not in self._quotas:
             net = make_net()
-            opt = DHSPG(otonas.analyze(net, (self.example,)), lr=0.1, target_flops=target, start_step=1, end_step=2,
+            opt = DHSPG(otonas.analyze(net, (self.example,)), lr=0.1, target_flops=target, warmup_steps=1, end_step=2,
                         schedule="progressive")
-            assert opt._cells is not None
-            self._quotas[target] = ([np.asarray(c) for c in opt._cells], list(opt._quota))
+            assert opt.selector.cells is not None
+            self._quotas[target] = ([np.asarray(c) for c in opt.selector.cells], list(opt.selector.quotas))
         return self._quotas[target]
 
 
@@ -372,7 +372,7 @@ def run_otonas(ctx: Context, target: float, epochs: int, seed: int) -> tuple[nn.
     space = otonas.analyze(net, (ctx.example,))
     o = ctx.cfg["otonas"]
     opt = DHSPG(space, lr=ctx.cfg["lr_max"], momentum=ctx.cfg["momentum"], weight_decay=ctx.cfg["weight_decay"],
-                target_flops=target, start_step=round(o["warmup"] * tr.total),
+                target_flops=target, warmup_steps=round(o["warmup"] * tr.total),
                 end_step=round(o["projection_end"] * tr.total), schedule=o["schedule"], periods=o["periods"],
                 score=make_score(o["score"]))
     tr.run(net, opt, epochs)

@@ -208,7 +208,7 @@ def check_dhspg(dev: torch.device, small: bool, schedule: str, budget: str) -> N
     periods, per = 5, 4
     start, end = 3, 3 + periods * per
     kw: dict[str, Any] = dict(target_flops=0.5) if budget == "flops" else dict(target_group_sparsity=0.5)
-    opt = DHSPG(space, lr=0.05, momentum=0.9, weight_decay=1e-4, start_step=start, end_step=end, schedule=schedule,
+    opt = DHSPG(space, lr=0.05, momentum=0.9, weight_decay=1e-4, warmup_steps=start, end_step=end, schedule=schedule,
                 periods=periods, **kw)
     assert all(p.device.type == dev.type for p in model.parameters())
     data = _batches(shape, classes, 4, 16, dev)
@@ -415,10 +415,10 @@ def time_subnets(dev: torch.device, small: bool) -> None:
             model.load_state_dict(state)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                opt = DHSPG(space, lr=0.1, target_flops=t, round_to=r, start_step=1, end_step=2)
+                opt = DHSPG(space, lr=0.1, target_flops=t, round_to=r, warmup_steps=1, end_step=2)
             mask = np.zeros(space.num_prunable_groups, dtype=bool)
-            assert opt._cells is not None
-            for members, k in zip(opt._cells, opt._quota):
+            assert opt.selector.cells is not None
+            for members, k in zip(opt.selector.cells, opt.selector.quotas):
                 mask[np.asarray(members)[:k]] = True
             zero_groups_(space, mask)
             kept = space.costs(removed=space.removable(mask)).flops / base

@@ -38,7 +38,7 @@ epochs, batch = args.epochs, 32  # per rank
 shard = torch.arange(rank, len(y), world)  # each rank its own slice of the data
 steps = epochs * (len(shard) // batch)
 opt = otonas.DHSPG(space, lr=0.1, momentum=0.9, lmbda=2.0, target_group_sparsity=0.5,
-                   start_step=steps // 4, end_step=3 * steps // 4)
+                   warmup_steps=steps // 4, end_step=3 * steps // 4)
 for epoch in range(epochs):
     g = torch.Generator().manual_seed(epoch)
     for idx in shard[torch.randperm(len(shard), generator=g)].split(batch)[:-1]:

@@ -86,7 +86,7 @@ def main() -> None:
         opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     else:  # warm up a tenth, remove groups over the next half in 5 periods, then train the final structure
         opt = otonas.DHSPG(space, variant="adamw", lr=3e-3, weight_decay=0.01, target_group_sparsity=args.sparsity,
-                           start_step=steps // 10, end_step=steps // 10 + steps // 2)
+                           warmup_steps=steps // 10, end_step=steps // 10 + steps // 2)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()

@@ -30,7 +30,7 @@ print(space.summary())
 epochs, batch = args.epochs, 64
 steps = epochs * (len(train) // batch)
 opt = otonas.DHSPG(space, lr=0.1, momentum=0.9, weight_decay=1e-4, target_group_sparsity=0.5,
-                   start_step=steps // 4, end_step=3 * steps // 4)
+                   warmup_steps=steps // 4, end_step=3 * steps // 4)
 for epoch in range(epochs):
     model.train()
     for idx in train[torch.randperm(len(train))].split(batch)[:-1]:

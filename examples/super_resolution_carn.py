@@ -28,7 +28,7 @@ space = otonas.analyze(model, (lr_img[:2],))
 epochs, batch = args.epochs, 50
 steps = epochs * (len(train) // batch)
 opt = otonas.DHSPG(space, lr=0.01, variant="adam", target_group_sparsity=0.4,
-                   start_step=steps // 4, end_step=3 * steps // 4)
+                   warmup_steps=steps // 4, end_step=3 * steps // 4)
 
 
 def psnr(pred, target):

@@ -37,27 +37,23 @@ See ``docs/optim.md`` (Cost) for measured figures.
 from __future__ import annotations
 
 import math
-import os
-import sys
 import warnings
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any, Literal, overload
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..errors import BudgetWarning, ForcedProjectionWarning, OtonasError
+from ..errors import ForcedProjectionWarning, OtonasError
 from . import _kernels
 from ._base import SGDRule, make_rule
 from ._flat import FlatMomentum
 from ._layout import BLAS, BLOCK, Entry, GroupLayout, ParamPlan, SearchSpaceLike, block_sums, slice_index
-from ._schedule import (SCHEDULES, align_quota, cell_alignment, cost_quotas, period_bounds, select_in_cells,
-                        split_quota)
+from ._schedule import SCHEDULES, period_bounds
 from ._score import CosineMagnitudeScore, GroupStats, RedundancyScore
+from ._select import Selection, Selector, SelectorContext, TopKSelector, _caller_level
 
 __all__ = ["DHSPG", "ForcedProjectionWarning", "group_lambdas", "schedule_lambdas"]
 
@@ -112,64 +108,6 @@ def schedule_lambdas(lam: Tensor, dot: Tensor, x_norm: Tensor, *, lr: float, ste
     return torch.where(live, torch.maximum(lam, need), lam)
 
 
-def _count(n: int, target: float) -> int:
-    """K = round(N·target), halves rounding up (N·0.5 of an odd N rounds up)."""
-    return min(n, int(math.floor(n * target + 0.5 + 1e-9)))
-
-
-def family_ids(space: Any, n: int, target_count: int, target: float, keep_one_per_family: bool,
-               device: torch.device) -> Tensor | None:
-    """The family id of each of ``n`` prunable groups when one group per family is kept (else
-    None), checked against the number of groups the target asks to zero."""
-    family = getattr(space, "group_family", None)
-    if family is None or not keep_one_per_family or not n:
-        return None
-    ids = torch.as_tensor(list(family), dtype=torch.int64, device=device)
-    if ids.numel() != n:
-        raise OtonasError(f"space.group_family has {ids.numel()} entries for {n} prunable "
-                          "groups; expected one family id per group")
-    spare = n - int(torch.unique(ids).numel())
-    if target_count > spare:
-        raise OtonasError(
-            f"target_group_sparsity={target} asks for {target_count} zero groups, "
-            f"but keeping one group in each family leaves only {spare} removable; lower the target "
-            f"to at most {spare / n:.3f} or pass keep_one_per_family=False")
-    return ids
-
-
-def stage_quotas(space: Any, n: int, targets: Mapping[str, float], keep_one_per_family: bool,
-                 device: torch.device) -> tuple[Tensor, list[int]]:
-    """Per-stage targets -> (stage id of each of the ``n`` prunable groups, groups to zero per
-    stage). Stages are ``otonas.analysis.group_stages``; ``"*"`` sets the target of every stage
-    not named; other stages keep all their groups. With one group kept per family, a stage may
-    give at most its groups minus the families it touches."""
-    from ..analysis import group_stages
-
-    stages = group_stages(space)
-    unknown = sorted(set(targets) - set(stages) - {"*"})
-    if unknown:
-        raise OtonasError(f"target_group_sparsity names stage {unknown[0]!r}, which the model does not have; "
-                          f"its stages: {', '.join(stages)}")
-    family = getattr(space, "group_family", None)
-    ids = torch.full((n,), -1, dtype=torch.int64)
-    quota: list[int] = []
-    for b, (name, members) in enumerate(stages.items()):
-        t = float(targets.get(name, targets.get("*", 0.0)))
-        if not 0.0 <= t <= 1.0:
-            raise OtonasError(f"target_group_sparsity[{name!r}]={t!r} is invalid; expected a fraction in [0, 1]")
-        k = _count(len(members), t)
-        if keep_one_per_family and family is not None and k:
-            spare = len(members) - len({int(family[g]) for g in members})
-            if k > spare:
-                raise OtonasError(
-                    f"target_group_sparsity[{name!r}]={t} asks for {k} of the stage's {len(members)} groups, but "
-                    f"keeping one group in each family leaves {spare}; lower it to at most "
-                    f"{spare / len(members):.3f}")
-        ids[list(members)] = b
-        quota.append(k)
-    return ids.to(device), quota
-
-
 class DHSPG(torch.optim.Optimizer):
     """Dual Half-Space Projected Gradient: trains and drives exactly K prunable groups to zero.
 
@@ -189,16 +127,13 @@ class DHSPG(torch.optim.Optimizer):
     round(n_s · target_s) groups of each stage s. See ``docs/optim.md`` for every option.
     """
 
-    _scores_in_warmup = False
-    """Whether :meth:`_observe` takes the statistics of every group at every warm-up step (H2SPG)."""
-
     def __init__(
         self,
         space: SearchSpaceLike,
         *,
         lr: float,
         target_group_sparsity: float | Mapping[str, float] | None = None,
-        start_step: int,
+        warmup_steps: int | None = None,
         end_step: int | None = None,
         variant: str = "sgd",
         momentum: float = 0.9,
@@ -214,6 +149,7 @@ class DHSPG(torch.optim.Optimizer):
         lambda_rule: str = "schedule",
         lambda_gain: float = 1.5,
         score: RedundancyScore | None = None,
+        selector: Selector | None = None,
         keep_one_per_family: bool = True,
         process_group: Any = None,
         schedule: str = "progressive",
@@ -223,20 +159,38 @@ class DHSPG(torch.optim.Optimizer):
         round_to: int = 1,
         target_latency: float | None = None,
         latency_model: Any = None,
+        start_step: int | None = None,
     ) -> None:
-        start_step = int(start_step)
-        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-            raise OtonasError(f"DHSPG: round_to={round_to!r} is invalid; expected an int >= 1 (every family keeps a "
-                              "multiple of round_to channels, or all of them)")
+        name = type(self).__name__
+        if start_step is not None:
+            if warmup_steps is not None:
+                raise OtonasError(f"{name}: give warmup_steps only; start_step is its deprecated name, and both "
+                                  f"were given (warmup_steps={warmup_steps!r}, start_step={start_step!r})")
+            warnings.warn(f"{name}: start_step is deprecated; pass warmup_steps={start_step!r} instead (the same "
+                          "number: base steps before the projection phase)", DeprecationWarning, stacklevel=2)
+            warmup_steps, start_name = start_step, "start_step"
+        else:
+            start_name = "warmup_steps"
+        if warmup_steps is None:
+            raise OtonasError(f"{name}: give warmup_steps, the number of plain base steps before the projection "
+                              "phase starts")
+        start_step = int(warmup_steps)
+        if selector is None:
+            selector = TopKSelector(target_group_sparsity=target_group_sparsity, target_flops=target_flops,
+                                    target_params=target_params, target_latency=target_latency,
+                                    latency_model=latency_model, keep_one_per_family=keep_one_per_family,
+                                    round_to=round_to)
+            target: float | dict[str, float] | None = selector.target_group_sparsity
+        else:
+            given = [k for k, v in (("target_group_sparsity", target_group_sparsity), ("target_flops", target_flops),
+                                    ("target_params", target_params), ("target_latency", target_latency),
+                                    ("latency_model", latency_model)) if v is not None]
+            given += ["round_to"] if round_to != 1 else []
+            if given:
+                raise OtonasError(f"{name}: with selector= the budget is the selector's; give {', '.join(given)} to "
+                                  "the selector (TopKSelector takes them), not to the optimizer")
+            target = None
         end_step = 2 * start_step + 1 if end_step is None else int(end_step)
-        budgets = [k for k, v in (("target_group_sparsity", target_group_sparsity), ("target_flops", target_flops),
-                                  ("target_params", target_params),
-                                  ("target_latency", target_latency)) if v is not None]
-        if len(budgets) != 1:
-            raise OtonasError("DHSPG: give exactly one budget: target_group_sparsity (share of the prunable groups "
-                              "to zero), target_flops, target_params or target_latency (share of the FLOPs, parameters or "
-                              "estimated latency to keep)"
-                              + (f"; got {' and '.join(budgets)}" if budgets else ""))
         if schedule not in SCHEDULES:
             raise OtonasError(f"DHSPG: schedule={schedule!r} is invalid; expected one of "
                               + ", ".join(repr(v) for v in SCHEDULES))
@@ -248,92 +202,33 @@ class DHSPG(torch.optim.Optimizer):
         if not (isinstance(lambda_gain, (int, float)) and lambda_gain > 1):
             raise OtonasError(f"DHSPG: lambda_gain={lambda_gain!r} is invalid; expected a float > 1 (at the last "
                               "projection step the λ step must overshoot the half-space boundary)")
-        if target_group_sparsity is None:
-            target_group_sparsity = 0.0  # the quotas come from the cost budget below
-        if isinstance(target_group_sparsity, Mapping):
-            stage_targets: dict[str, float] | None = dict(target_group_sparsity)
-            target = 0.0  # checked per stage by stage_quotas
-        else:
-            stage_targets, target = None, float(target_group_sparsity)
-        _validate(lr=lr, target=target, start=start_step, end=end_step, variant=variant,
+        _validate(lr=lr, start=start_step, start_name=start_name, end=end_step, variant=variant,
                   momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
                   betas=betas, eps=eps, lmbda=lmbda, amplify=lmbda_amplify, coeff=hat_lmbda_coeff,
                   epsilon=epsilon)
         params = [p for p in space.model.parameters() if p.requires_grad]
         if not params:
             raise OtonasError("space.model has no parameter with requires_grad=True; there is nothing to optimize")
+        # "start_step" stays the key of param_groups (and so of saved state dicts) for warmup_steps.
         defaults = dict(lr=lr, variant=variant, momentum=momentum, dampening=dampening, nesterov=nesterov,
                         weight_decay=weight_decay, betas=tuple(betas), eps=eps, lmbda=lmbda,
                         lmbda_amplify=lmbda_amplify, hat_lmbda_coeff=hat_lmbda_coeff, epsilon=epsilon,
                         lambda_rule=lambda_rule, lambda_gain=float(lambda_gain),
-                        target_group_sparsity=stage_targets if stage_targets is not None else target,
+                        target_group_sparsity=target,
                         start_step=start_step,
                         end_step=end_step, schedule=schedule, periods=int(periods), target_flops=target_flops,
                         target_params=target_params, round_to=round_to, target_latency=target_latency)
         super().__init__(params, defaults)
-        self._layout = GroupLayout(space, params)
+        self._selector = selector
+        self._num_prunable = int(space.num_prunable_groups)  # the space's groups; a selector's extra ones follow
+        self._layout = GroupLayout(selector.layout(space), params)
         self._rule = make_rule(variant)
         self._score = score or CosineMagnitudeScore()
         self._process_group = process_group
-        n = self._layout.num_groups
-        self.num_groups = n
-        self._stage: Tensor | None = None
-        self._stage_quota: list[int] = []
-        if stage_targets is not None:
-            self._stage, self._stage_quota = stage_quotas(space, n, stage_targets, keep_one_per_family,
-                                                          self._layout.device)
-            self.target_zero_groups = sum(self._stage_quota)
-        else:
-            self.target_zero_groups = _count(n, target)
-        cost_metric, cost_target = (("flops", target_flops) if target_flops is not None else
-                                    ("params", target_params) if target_params is not None else
-                                    ("latency", target_latency) if target_latency is not None else (None, None))
-        self.latency_model: Any = None  # with target_latency: the estimate the quotas were bisected on
-        if target_latency is not None:
-            if latency_model is None:
-                from ..latency import LatencyModel
-
-                latency_model = LatencyModel(space)  # batch 1 on the CPU, torch's thread count; cached
-            if not callable(getattr(latency_model, "seconds", None)):
-                raise OtonasError("DHSPG: latency_model must have a seconds(removed) method (an "
-                                  "otonas.latency.LatencyModel); got " + type(latency_model).__name__)
-            self.latency_model = latency_model
-        elif latency_model is not None:
-            raise OtonasError("DHSPG: latency_model is used by target_latency only; give target_latency too")
-        if cost_metric is None:
-            self._family = family_ids(space, n, self.target_zero_groups,
-                                      self.target_zero_groups / max(n, 1) if stage_targets is not None else target,
-                                      keep_one_per_family,
-                                      self._layout.device)
-        else:
-            self._family = family_ids(space, n, 0, 0.0, keep_one_per_family, self._layout.device)
-        # Cells (a family, or a family within a stage) and their quotas: the progressive schedule
-        # and cost budgets select within cells, never across them.
-        self._cells: list[np.ndarray] | None = None
-        self._quota: list[int] = []
-        self.kept_fraction: float | None = None  # of the FLOPs / parameters / latency, with a cost budget
-        self.round_to = int(round_to)
-        if schedule == "progressive" or cost_metric is not None or round_to > 1:
-            self._cells, caps = _cells(space, n, self._stage, keep_one_per_family)
-            align = cell_alignment(space, self._cells, round_to) if round_to > 1 else None
-            if cost_metric is not None:
-                assert cost_target is not None
-                self._quota, self.kept_fraction = cost_quotas(
-                    space, self._cells, caps, target=float(cost_target), metric=cost_metric, align=align,
-                    cost=self.latency_model.seconds if cost_metric == "latency" else None)
-                if align is not None and self.kept_fraction < float(cost_target) - 0.01:
-                    msg = (f"DHSPG: with round_to={round_to} the closest the quotas come to target_{cost_metric}="
-                           f"{cost_target} is {self.kept_fraction:.3f} (more than 1% under); the families are "
-                           f"too narrow for steps of {round_to} channels: lower round_to")
-                    warnings.warn(msg, BudgetWarning, stacklevel=2)
-            else:
-                if self._stage is not None:
-                    self._quota = _stage_split(self._cells, caps, self._stage, self._stage_quota)
-                else:
-                    self._quota = split_quota(self.target_zero_groups, [len(c) for c in self._cells], caps)
-                if align is not None:  # the fraction is then met only as closely as whole steps allow
-                    self._quota = [align_quota(align, i, q, caps[i]) for i, q in enumerate(self._quota)]
-            self.target_zero_groups = int(sum(self._quota))
+        self.num_groups = self._layout.num_groups
+        selector.bind(SelectorContext(space=space, num_groups=self.num_groups, device=self._layout.device,
+                                      score=self._score, schedule=schedule, periods=int(periods),
+                                      broadcast=self._broadcast_tensor))
         # On CPU reading a value back costs nothing: zero slices are then written one by one
         # instead of masking whole tensors (elsewhere a read would stall the device).
         self._host_reads = self._layout.device.type == "cpu"
@@ -386,8 +281,33 @@ class DHSPG(torch.optim.Optimizer):
 
     @property
     def redundant_groups(self) -> Tensor | None:
-        """Bool mask ``[N]`` of G_r, the groups being projected to zero (None before start_step)."""
-        return None if self._redundant is None else self._redundant[:-1].clone()
+        """Bool mask ``[N]`` of the prunable groups selected for zero (None before the first selection)."""
+        return None if self._redundant is None else self._redundant[: self._num_prunable].clone()
+
+    @property
+    def selector(self) -> Selector:
+        """The strategy that chooses the groups (``selector=``; :class:`TopKSelector` by default)."""
+        return self._selector
+
+    @property
+    def target_zero_groups(self) -> int:
+        """How many groups the selection aims at (the selector's count)."""
+        return self._selector.target_zero_groups
+
+    @property
+    def kept_fraction(self) -> float | None:
+        """With a cost budget: the fraction of the FLOPs / parameters / latency the quotas keep."""
+        return getattr(self._selector, "kept_fraction", None)
+
+    @property
+    def latency_model(self) -> Any:
+        """With ``target_latency``: the estimate the quotas were bisected on."""
+        return getattr(self._selector, "latency_model", None)
+
+    @property
+    def round_to(self) -> int:
+        """Every family keeps a multiple of ``round_to`` channels (or all of them)."""
+        return int(getattr(self._selector, "round_to", 1))
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
@@ -409,7 +329,7 @@ class DHSPG(torch.optim.Optimizer):
         # period start and (H2SPG) a warm-up step. (The half-space partition takes them twice.)
         if self._redundant is not None and start <= t < end and not progressive:
             self._fused = self._fusable(params, hp, self._active)
-        elif self._selects_now(hp, t) or (t < start and self._scores_in_warmup):
+        elif self._selects_now(hp, t) or (t < start and self._selector.observes_warmup):
             self._fused = self._fusable(params, hp, self._layout.plans)
         else:
             self._fused = {}
@@ -450,7 +370,8 @@ class DHSPG(torch.optim.Optimizer):
             _kernels.sgd_step(x, x.grad, self.state[x]["momentum_buffer"], *masks, factor, momentum=hp["momentum"],
                               dampening=hp["dampening"], weight_decay=hp["weight_decay"], lr=hp["lr"])
         if t < start:
-            self._observe(params, d)
+            if self._selector.observes_warmup:
+                self._selector.observe(self._selection_stats(params, d, packed=True))
         elif self._redundant is None and not progressive:
             self._partition(params, d)
         if start <= t < end and progressive:
@@ -903,40 +824,25 @@ class DHSPG(torch.optim.Optimizer):
                 cross[start:start + dim.entry.size] += extra
 
     # ------------------------------------------------------------------ the three phases
-    def _observe(self, params: Sequence[Tensor], d: Sequence[Tensor | None]) -> None:
-        """Called at every warm-up step with the base directions, before the step is applied;
-        DHSPG needs nothing from the warm-up (subclasses may keep statistics here)."""
+    def _selection_stats(self, params: Sequence[Tensor], d: Sequence[Tensor | None], *, packed: bool) -> GroupStats:
+        """This step's statistics of every group, for the selector (``packed``: the small weights summed
+        together, see :meth:`_stats`)."""
+        stats, _, _ = self._stats(self._layout.plans, self._layout.slice_index, params, d, with_abs=True,
+                                  keep_xx=not packed)
+        s = stats[:, : self.num_groups]
+        return GroupStats(dot=s[0], x_sq=s[1], d_sq=s[2], x_abs=s[3], size=self._layout.group_size.to(s.dtype),
+                          family=None)
 
     def _partition(self, params: Sequence[Tensor], d: Sequence[Tensor | None]) -> None:
-        """Choose G_r: the K most redundant groups (once, at start_step)."""
-        n, k = self.num_groups, self.target_zero_groups
-        stats, _, _ = self._stats(self._layout.plans, self._layout.slice_index, params, d, with_abs=True)
-        s = stats[:, :n]
-        score = self._score(GroupStats(dot=s[0], x_sq=s[1], d_sq=s[2], x_abs=s[3],
-                                       size=self._layout.group_size.to(s.dtype), family=self._family))
-        score = score.to(torch.float64)
-        if self._family is not None:
-            # The least redundant group of every family is never chosen: a family keeps a channel.
-            fam_min = torch.full((int(self._family.max()) + 1,), torch.inf, dtype=score.dtype,
-                                 device=score.device).scatter_reduce(0, self._family, score, "amin")
-            is_min = score == fam_min[self._family]
-            pos = torch.arange(n, device=score.device)
-            first = torch.full_like(fam_min, n, dtype=torch.int64).scatter_reduce(
-                0, self._family, torch.where(is_min, pos, n), "amin")
-            score = torch.where(first[self._family] == pos, -torch.inf, score)
-        redundant = torch.zeros(n + 1, dtype=torch.bool, device=score.device)
-        if self._cells is not None:  # a cost budget or round_to: each cell gives exactly its quota
-            chosen = select_in_cells(score.cpu().numpy(), np.ones(n, dtype=bool), self._cells, self._quota,
-                                     [0] * len(self._cells))
-            redundant[torch.as_tensor(chosen, dtype=torch.int64, device=score.device)] = True
-        elif self._stage is None:
-            redundant[torch.sort(score, descending=True, stable=True).indices[:k]] = True
-        else:  # per-stage targets: the most redundant groups of each stage, up to its quota
-            order = torch.sort(score, descending=True, stable=True).indices
-            stage = self._stage[order]
-            for b, quota in enumerate(self._stage_quota):
-                if quota:
-                    redundant[order[stage == b][:quota]] = True
+        """Choose G_r (the half-space schedule, once, at warmup_steps): the selector's choice."""
+        # A selector that saw no warm-up gets the statistics summed weight by weight, the order DHSPG's
+        # half-space partition always used (its runs reproduce bit for bit); one that did, packed sums,
+        # as at its warm-up steps.
+        stats = self._selection_stats(params, d, packed=self._selector.observes_warmup)
+        zero = self._zero[: self.num_groups].cpu().numpy()
+        chosen = self._selector.select(Selection(stats=stats, zero=zero, period=0, periods=1, progressive=False))
+        redundant = torch.zeros(self.num_groups + 1, dtype=torch.bool, device=self._layout.device)
+        redundant[torch.as_tensor(list(chosen), dtype=torch.int64, device=redundant.device)] = True
         self._set_redundant(self._broadcast(redundant))
         self._buffers.clear()  # the partition used scratch for every plan; G_r needs less
 
@@ -1101,30 +1007,12 @@ class DHSPG(torch.optim.Optimizer):
                     f = torch.pow(torch.tensor(factor, dtype=x2.dtype, device=x2.device), count.to(x2.dtype))
                     x2.mul_(f.view(-1, 1) if dim == 0 else f)
 
-    def _period_scores(self, params: Sequence[Tensor], d: Sequence[Tensor | None]) -> np.ndarray:
-        """This step's redundancy score of every group (rank 0's under torch.distributed); one host read."""
-        n = self.num_groups
-        stats, _, _ = self._stats(self._layout.plans, self._layout.slice_index, params, d, with_abs=True,
-                                  keep_xx=False)
-        s = stats[:, :n]
-        score = self._score(GroupStats(dot=s[0], x_sq=s[1], d_sq=s[2], x_abs=s[3],
-                                       size=self._layout.group_size.to(s.dtype), family=self._family))
-        return self._broadcast_tensor(score.to(torch.float64)).cpu().numpy()
-
-    def _cumulative(self, p: int, periods: int) -> list[int]:
-        """How many groups of each cell are selected once period ``p`` has started."""
-        return [q * (p + 1) // periods for q in self._quota]
-
     def _select_period(self, params: Sequence[Tensor], d: Sequence[Tensor | None], p: int, periods: int) -> None:
-        """At the start of period ``p``: re-score, and in every cell select its most redundant groups
-        not yet zero, up to the cell's cumulative quota."""
-        assert self._cells is not None
-        n = self.num_groups
-        score = self._period_scores(params, d)
-        zero = self._zero[:n].cpu().numpy()
-        have = [int(zero[c].sum()) for c in self._cells]
-        new = select_in_cells(score, ~zero, self._cells, self._cumulative(p, periods), have)
-        self._begin_period(new)
+        """At the start of period ``p``: the selector's choice among the groups not yet zero."""
+        stats = self._selection_stats(params, d, packed=True)
+        zero = self._zero[: self.num_groups].cpu().numpy()
+        new = self._selector.select(Selection(stats=stats, zero=zero, period=p, periods=periods, progressive=True))
+        self._begin_period(list(new))
 
     def _begin_period(self, new: Sequence[int]) -> None:
         """Make ``new`` the groups shrunk in this period (group ids in ``[0, num_groups)``)."""
@@ -1181,8 +1069,8 @@ class DHSPG(torch.optim.Optimizer):
 
     def _forced_message(self, rest: Tensor, end_step: int) -> str:
         """The warning for the G_r groups (mask ``rest``) forced to zero at the end of the phase."""
-        return (f"DHSPG: {self._forced} of the {self.target_zero_groups} redundant groups had not reached zero "
-                f"by end_step={end_step} and were set to zero now; {self._gentler()}")
+        return (f"{type(self).__name__}: {self._selector.forced_message(rest)} had not reached zero by "
+                f"end_step={end_step} and were set to zero now; {self._gentler()}")
 
     def _gentler(self) -> str:
         """What the forced-projection warning suggests: the scheduled λ forces only when nothing moves."""
@@ -1204,30 +1092,41 @@ class DHSPG(torch.optim.Optimizer):
 
     def zero_groups(self) -> Tensor:
         """Bool mask ``[N]``: the prunable groups whose every element is exactly zero now."""
-        return self._group_abs() == 0
+        return self._group_abs()[: self._num_prunable] == 0
+
+    def _counted_zero(self, zero: Tensor) -> Tensor:
+        """The prunable groups zero in ``zero`` (layout groups), but the selector's moot ones."""
+        counted = zero[: self._num_prunable]
+        moot = self._selector.moot_groups()
+        return counted if moot is None else counted & ~torch.from_numpy(moot).to(counted.device)
 
     def group_sparsity(self) -> float:
-        """The fraction of prunable groups whose every element is exactly zero."""
-        return float(self.zero_groups().sum()) / self.num_groups if self.num_groups else 0.0
+        """The fraction of the N prunable groups whose every element is exactly zero (not counting
+        those the selector calls moot: inside an erased operator, they go with it)."""
+        n = self._num_prunable
+        return int(self._counted_zero(self._group_abs() == 0).sum()) / n if n else 0.0
 
     def metrics(self) -> dict[str, Any]:
-        """Numbers to log: sparsity reached, target, and the state of the projection."""
+        """Numbers to log: sparsity reached, target, and the state of the projection (and the selector's)."""
         hp = self.param_groups[0]
-        zero = int(self.zero_groups().sum())
+        n = self._num_prunable
+        all_zero = self._group_abs() == 0
+        zero = int(self._counted_zero(all_zero).sum())
         live = self._lambdas[self._lambdas > 0]
+        red = self._redundant
         # The phase of the steps taken so far: "warmup" until the partition, "done" once G_r is zero.
         phase = "warmup" if self._step <= hp["start_step"] else (
             "projection" if self._step < hp["end_step"] else "done")
-        return {
+        m = {
             "step": self._step,
             "phase": phase,
-            "num_groups": self.num_groups,
+            "num_groups": n,
             "target_zero_groups": self.target_zero_groups,
             "num_zero_groups": zero,
-            "group_sparsity": zero / self.num_groups if self.num_groups else 0.0,
+            "group_sparsity": zero / n if n else 0.0,
             "target_group_sparsity": hp["target_group_sparsity"],
-            "num_redundant_groups": 0 if self._redundant is None else int(self._redundant.sum()),
-            "num_projected_groups": int(self._zero.sum()),
+            "num_redundant_groups": 0 if red is None else int(red[:n].sum()),
+            "num_projected_groups": 0 if red is None else int((self._zero[:n] & red[:n]).sum()),
             "redundant_norm": float(self._redundant_norm),
             "lambda_mean": float(live.mean()) if live.numel() else math.nan,
             "lambda_min": float(live.min()) if live.numel() else math.nan,
@@ -1238,6 +1137,8 @@ class DHSPG(torch.optim.Optimizer):
             "period": self._period + 1 if hp["schedule"] == "progressive" else None,
             "num_shrinking_groups": 0 if self._shrinking is None else int(self._shrinking.sum()),
         }
+        m.update(self._selector.metrics(all_zero, self._zero[: self.num_groups]))
+        return m
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -1253,10 +1154,14 @@ class DHSPG(torch.optim.Optimizer):
             "shrinking": None if self._shrinking is None else self._shrinking.clone(),
             "period": self._period,
         }
+        own = self._selector.state_dict()
+        if own is not None:
+            sd[self._selector.state_key] = own
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
+        self._selector.load_state_dict(state_dict.pop(self._selector.state_key, None))
         extra = state_dict.pop("dhspg", None)
         if extra is None:
             raise OtonasError("this state dict has no 'dhspg' entry: it was not saved by DHSPG.state_dict()")
@@ -1336,33 +1241,6 @@ def _touching(plans: Sequence[ParamPlan], groups: Tensor, index: Tensor | None =
     return tuple(out)
 
 
-def _cells(space: Any, n: int, stage: Tensor | None, keep_one_per_family: bool) -> tuple[list[np.ndarray], list[int]]:
-    """The cells the progressive schedule and cost budgets select within — a family, or a family
-    within a stage when per-stage targets are given (one cell of all groups when the space gives
-    no families) — and the most groups each may give (all but one with ``keep_one_per_family``)."""
-    family = getattr(space, "group_family", None)
-    fam = (np.asarray(list(family), dtype=np.int64) if family is not None and len(family) == n
-           else np.zeros(n, dtype=np.int64))
-    st = stage.cpu().numpy().astype(np.int64) if stage is not None else np.zeros(n, dtype=np.int64)
-    key = st * (int(fam.max(initial=0)) + 1) + fam
-    cells = [np.nonzero(key == k)[0] for k in np.unique(key)]
-    if stage is not None:
-        cells = [c for c in cells if st[c[0]] >= 0]  # groups in no stage stay
-    one = 1 if keep_one_per_family and family is not None else 0
-    return cells, [max(0, len(c) - one) for c in cells]
-
-
-def _stage_split(cells: Sequence[np.ndarray], caps: Sequence[int], stage: Tensor, quota: Sequence[int]) -> list[int]:
-    """Each stage's quota spread over its cells in proportion to their sizes."""
-    st = stage.cpu().numpy()
-    out = [0] * len(cells)
-    for b, k in enumerate(quota):
-        mine = [i for i, c in enumerate(cells) if st[c[0]] == b]
-        for i, q in zip(mine, split_quota(k, [len(cells[i]) for i in mine], [caps[i] for i in mine])):
-            out[i] = q
-    return out
-
-
 @dataclass(frozen=True, eq=False)
 class _Packing:
     """The small weights :meth:`DHSPG._stats` sums packed together, and what is left to it."""
@@ -1436,17 +1314,7 @@ def _fill_zero(t: Tensor, e: Entry, where: Tensor) -> None:
         t.mul_(where[:: e.post].view(e.view))
 
 
-def _caller_level() -> int:
-    """The ``stacklevel`` that points a warning at the user's ``opt.step()`` line."""
-    skip = (os.path.dirname(os.path.dirname(__file__)), os.path.dirname(torch.__file__))
-    frame: FrameType | None = sys._getframe(1)
-    level = 1
-    while frame is not None and frame.f_code.co_filename.startswith(skip):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
-def _validate(*, lr: float, target: float, start: int, end: int, variant: str, momentum: float, dampening: float,
+def _validate(*, lr: float, start: int, start_name: str, end: int, variant: str, momentum: float, dampening: float,
               nesterov: bool, weight_decay: float, betas: tuple[float, float], eps: float, lmbda: float,
               amplify: float, coeff: float, epsilon: float) -> None:
     def bad(name: str, value: object, expected: str) -> OtonasError:
@@ -1456,12 +1324,10 @@ def _validate(*, lr: float, target: float, start: int, end: int, variant: str, m
         raise bad("variant", variant, "one of " + ", ".join(repr(v) for v in _VARIANTS))
     if not (isinstance(lr, (int, float)) and lr >= 0):
         raise bad("lr", lr, "a float >= 0")
-    if not 0.0 <= target <= 1.0:
-        raise bad("target_group_sparsity", target, "a fraction in [0, 1]")
     if start < 0:
-        raise bad("start_step", start, "a step count >= 0")
+        raise bad(start_name, start, "a step count >= 0")
     if end <= start:
-        raise bad("end_step", end, f"a step after start_step={start} (the projection phase needs at least one step)")
+        raise bad("end_step", end, f"a step after {start_name}={start} (the projection phase needs at least one step)")
     if momentum < 0:
         raise bad("momentum", momentum, "a float >= 0")
     if nesterov and (momentum <= 0 or dampening != 0):

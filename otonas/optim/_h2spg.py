@@ -39,13 +39,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import OtonasError
+from ..errors import BudgetWarning, OtonasError
 from ..logging import get_logger
-from ._dhspg import DHSPG, BudgetWarning, _caller_level, _cells, _count, family_ids
+from ._dhspg import DHSPG
+from ._layout import SearchSpaceLike
 from ._schedule import Alignment, align_quota, align_up, cell_alignment, select_in_cells, split_quota
 from ._score import GroupStats, RedundancyScore
+from ._select import Selection, Selector, SelectorContext, _caller_level, _cells, _count, family_ids
 
-__all__ = ["H2SPG", "BudgetWarning", "SkippedCandidate", "select_erasure", "ErasureSpaceLike"]
+__all__ = ["H2SPG", "ErasureSelector", "BudgetWarning", "SkippedCandidate", "select_erasure", "ErasureSpaceLike"]
 
 logger = get_logger("otonas.optim")
 
@@ -218,60 +220,27 @@ class _TwoLevelSpace:
         return self._layout
 
 
-class H2SPG(DHSPG):
-    """Hierarchical Half-Space Projected Gradient: erases whole operators and prunes channels,
-    keeping the network valid.
+class ErasureSelector(Selector):
+    """H2SPG's selection, connected-hierarchical: whole operators first, then channels outside them.
 
-    ``space`` is the ``SearchSpace`` from ``otonas.analyze`` (with its erasing groups); use it
-    like any optimizer::
-
-        opt = H2SPG(space, lr=0.1, erase_budget=0.5, target_group_sparsity=0.2,
-                    warmup_steps=1000, end_step=3000)
-        for x, y in loader:
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-            opt.zero_grad()
-        subnet = otonas.build(space)
-
-    After ``end_step`` steps exactly ``round(erase_budget · E)`` erasing groups (fewer, with a
-    :class:`BudgetWarning`, if the network has no more valid ones) have all their parameters
-    at zero, none of them nested in another and together a valid erasure, and exactly
-    ``round(target_group_sparsity · N)`` prunable groups outside them are zero. See
-    ``docs/optim.md``.
+    The engine steps over N + E groups (:meth:`layout`: the N prunable groups, then one group per
+    erasing group covering its operator's parameters whole). At every warm-up step each group's
+    redundancy score is computed (each level normalized on its own: an operator and a channel are
+    not alike) and folded into an exponential moving average (decay ``ema``). At a selection point
+    the erasing groups are walked from most to least redundant by :func:`select_erasure` (accepted
+    while erasing all accepted ones keeps the network valid) up to ``round(erase_budget·E)`` — or,
+    with ``target_flops`` / ``target_params``, the fewest of the walk that keep at most that share
+    of the supernet's cost — then ``round(target_group_sparsity·N)`` prunable groups outside the
+    accepted operators are chosen (per family with the progressive schedule, with a family keeping
+    a channel under ``keep_one_per_family``; ``round_to``: kept channels in multiples of it).
     """
 
-    def __init__(
-        self,
-        space: ErasureSpaceLike,
-        *,
-        lr: float,
-        warmup_steps: int,
-        variant: str = "sgd",
-        target_group_sparsity: float = 0.0,
-        erase_budget: float | None = None,
-        end_step: int | None = None,
-        momentum: float = 0.9,
-        dampening: float = 0.0,
-        nesterov: bool = False,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        lmbda: float = 10.0,
-        lmbda_amplify: float = 1.1,
-        hat_lmbda_coeff: float = 10.0,
-        epsilon: float = 0.0,
-        lambda_rule: str = "schedule",
-        lambda_gain: float = 1.5,
-        ema: float = 0.9,
-        score: RedundancyScore | None = None,
-        keep_one_per_family: bool = True,
-        process_group: Any = None,
-        schedule: str = "progressive",
-        periods: int = 5,
-        round_to: int = 1,
-        target_flops: float | None = None,
-        target_params: float | None = None,
-    ) -> None:
+    observes_warmup = True
+    state_key = "h2spg"
+
+    def __init__(self, *, erase_budget: float | None = None, target_group_sparsity: float = 0.0,
+                 target_flops: float | None = None, target_params: float | None = None, ema: float = 0.9,
+                 keep_one_per_family: bool = True, round_to: int = 1) -> None:
         costs = [(k, v) for k, v in (("flops", target_flops), ("params", target_params)) if v is not None]
         if len(costs) > 1:
             raise OtonasError("H2SPG: give target_flops or target_params, not both")
@@ -287,12 +256,6 @@ class H2SPG(DHSPG):
             if float(target_group_sparsity) > 0.0:
                 raise OtonasError(f"H2SPG: target_{metric} is spent on erasing operators only; with channel pruning "
                                   "too (target_group_sparsity > 0) give erase_budget instead")
-            if schedule != "progressive":
-                raise OtonasError(f"H2SPG: target_{metric} needs schedule='progressive' (it is reached period by "
-                                  "period)")
-            if not hasattr(space, "costs"):
-                raise OtonasError(f"H2SPG: target_{metric} needs a search space with a cost model (space.costs): "
-                                  "pass the SearchSpace from otonas.analyze")
         erase_budget = 0.5 if erase_budget is None and self._cost_target is None else erase_budget
         if isinstance(target_group_sparsity, Mapping):
             raise OtonasError("H2SPG: per-stage target_group_sparsity is not supported yet; pass one fraction, "
@@ -304,148 +267,116 @@ class H2SPG(DHSPG):
                               "expected a fraction in [0, 1]")
         if not 0.0 <= ema < 1.0:
             raise OtonasError(f"H2SPG: ema={ema!r} is invalid; expected a decay in [0, 1) (0: the last score only)")
-        if int(warmup_steps) < 0:
-            raise OtonasError(f"H2SPG: warmup_steps={warmup_steps!r} is invalid; expected a step count >= 0")
-        if end_step is not None and int(end_step) <= int(warmup_steps):
-            raise OtonasError(f"H2SPG: end_step={end_step!r} is invalid; expected a step after "
-                              f"warmup_steps={warmup_steps} (the projection phase needs at least one step)")
+        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+            raise OtonasError(f"H2SPG: round_to={round_to!r} is invalid; expected an int >= 1")
+        self._given_sparsity = target_group_sparsity
+        self.target_group_sparsity = float(target_group_sparsity)
+        self.erase_budget = float(erase_budget) if erase_budget is not None else None
+        self.ema = float(ema)
+        self.target_flops, self.target_params = target_flops, target_params
+        self.keep_one_per_family = bool(keep_one_per_family)
+        self.round_to = int(round_to)
+
+    def layout(self, space: SearchSpaceLike) -> SearchSpaceLike:
         if not hasattr(space, "erasing_groups") or not hasattr(space, "check_erasure"):
             raise OtonasError("H2SPG needs a search space with erasing groups (space.erasing_groups and "
                               "space.check_erasure): pass the SearchSpace from otonas.analyze, or use DHSPG")
-        self._space = space
+        return _TwoLevelSpace(space)  # type: ignore[arg-type]  # checked just above
+
+    def bind(self, context: SelectorContext) -> None:
+        super().bind(context)
+        space: Any = context.space
+        if self._cost_target is not None:
+            metric = self._cost_target[0]
+            if context.schedule != "progressive":
+                raise OtonasError(f"H2SPG: target_{metric} needs schedule='progressive' (it is reached period by "
+                                  "period)")
+            if not hasattr(space, "costs"):
+                raise OtonasError(f"H2SPG: target_{metric} needs a search space with a cost model (space.costs): "
+                                  "pass the SearchSpace from otonas.analyze")
+        if self.round_to > 1 and context.schedule != "progressive":
+            raise OtonasError("H2SPG: round_to needs schedule='progressive' (the half-space mode picks channels "
+                              "across families)")
+        self._space: ErasureSpaceLike = space
         self._slices: tuple[dict[str, Tensor], list[tuple[int, np.ndarray]]] | None = None  # see _slice_groups
         self.num_pruning_groups = n = int(space.num_prunable_groups)
         self.num_erasing_groups = e = len(space.erasing_groups)
-        self.target_pruned_groups = _count(n, float(target_group_sparsity))
+        self.target_pruned_groups = _count(n, self.target_group_sparsity)
         # with a cost target: the count the walk needs, known at each period start (0 before)
-        self.target_erased_groups = _count(e, float(erase_budget)) if erase_budget is not None else 0
-        super().__init__(_TwoLevelSpace(space), lr=lr, target_group_sparsity=0.0, start_step=warmup_steps,
-                         end_step=end_step, variant=variant, momentum=momentum, dampening=dampening,
-                         nesterov=nesterov, weight_decay=weight_decay, betas=betas, eps=eps, lmbda=lmbda,
-                         lmbda_amplify=lmbda_amplify, hat_lmbda_coeff=hat_lmbda_coeff, epsilon=epsilon,
-                         lambda_rule=lambda_rule, lambda_gain=lambda_gain, score=score, keep_one_per_family=False,
-                         process_group=process_group, schedule=schedule, periods=periods)
-        for store in (self.param_groups[0], self.defaults):
-            store.update(target_group_sparsity=float(target_group_sparsity),
-                         erase_budget=float(erase_budget) if erase_budget is not None else None, ema=float(ema),
-                         target_flops=target_flops, target_params=target_params)
-        self._pfamily = family_ids(space, n, self.target_pruned_groups, target_group_sparsity, keep_one_per_family,
-                                   self._layout.device)
-        self._pcells, _ = _cells(space, n, None, keep_one_per_family)
-        self._keep_one = bool(keep_one_per_family and self._pfamily is not None)
-        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-            raise OtonasError(f"H2SPG: round_to={round_to!r} is invalid; expected an int >= 1")
-        if round_to > 1 and schedule != "progressive":
-            raise OtonasError("H2SPG: round_to needs schedule='progressive' (the half-space mode picks channels "
-                              "across families)")
-        self.round_to = int(round_to)
-        self._palign = cell_alignment(space, self._pcells, round_to) if round_to > 1 else None
-        for store in (self.param_groups[0], self.defaults):
-            store.update(round_to=self.round_to)
+        self.target_erased_groups = _count(e, self.erase_budget) if self.erase_budget is not None else 0
+        self.target_zero_groups = 0  # the accepted and selected groups so far
+        self._pfamily = family_ids(space, n, self.target_pruned_groups, self._given_sparsity,
+                                   self.keep_one_per_family, context.device)
+        self._pcells, _ = _cells(space, n, None, self.keep_one_per_family)
+        self._keep_one = bool(self.keep_one_per_family and self._pfamily is not None)
+        self._palign = cell_alignment(space, self._pcells, self.round_to) if self.round_to > 1 else None
+        self._reset()
 
-    _scores_in_warmup = True
-
-    # ------------------------------------------------------------------ bookkeeping
-    def _reset_run_state(self) -> None:
-        super()._reset_run_state()
+    def _reset(self) -> None:
         self._ema: Tensor | None = None  # float64 [N + E]: averaged scores, prunable then erasing
-        self._accepted: list[int] = []
-        self._skipped: list[SkippedCandidate] = []
-        self._moot = np.zeros(self.num_pruning_groups, dtype=bool)
-        self._pruned: list[int] = []
+        self.accepted: list[int] = []  # the accepted erasing groups, in the order the walk took them
+        self.skipped: list[SkippedCandidate] = []
+        self.moot = np.zeros(self.num_pruning_groups, dtype=bool)
+        self.pruned: list[int] = []  # the selected prunable groups
         self._dense_cost: float | None = None  # with a cost target: the supernet's, counted once
         self.erased_kept_fraction: float | None = None  # with a cost target: what the final erasure keeps
 
     @property
-    def skipped(self) -> list[SkippedCandidate]:
-        """Erasing groups the selection passed over, as ``(group index, reason)``, in walk order."""
-        return list(self._skipped)
-
-    @property
-    def accepted(self) -> list[int]:
-        """The accepted erasing groups, in the order the selection took them (empty before it)."""
-        return list(self._accepted)
-
-    @property
-    def pruning_scores(self) -> Tensor | None:
-        """The averaged redundancy score of each prunable group ``[N]`` (None before the first step)."""
-        return None if self._ema is None else self._ema[: self.num_pruning_groups].clone()
-
-    @property
-    def erasing_scores(self) -> Tensor | None:
-        """The averaged redundancy score of each erasing group ``[E]`` (None before the first step)."""
-        return None if self._ema is None else self._ema[self.num_pruning_groups:].clone()
-
-    @property
-    def moot_groups(self) -> np.ndarray:
-        """Bool mask ``[N]``: prunable groups that live inside an accepted erasing group (they go
-        with it, so they are neither selected nor counted in the sparsity)."""
-        return self._moot.copy()
-
-    @property
-    def redundant_groups(self) -> Tensor | None:
-        """Bool mask ``[N]`` of the prunable groups selected for zero (None before the selection)."""
-        return None if self._redundant is None else self._redundant[: self.num_pruning_groups].clone()
-
-    def erased_mask(self) -> np.ndarray:
-        """Bool mask ``[E]`` of the accepted erasing groups (all False before the selection)."""
-        mask = np.zeros(self.num_erasing_groups, dtype=bool)
-        mask[self._accepted] = True
-        return mask
+    def scores(self) -> Tensor | None:
+        """The averaged redundancy scores ``[N + E]``, prunable groups then erasing (None before the first step)."""
+        return self._ema
 
     # ------------------------------------------------------------------ warm-up and selection
-    def _observe(self, params: Sequence[Tensor], d: Sequence[Tensor | None]) -> None:
-        stats, _, _ = self._stats(self._layout.plans, self._layout.slice_index, params, d, with_abs=True,
-                                  keep_xx=False)
-        n, total = self.num_pruning_groups, self.num_groups
-        size = self._layout.group_size.to(stats.dtype)
+    def observe(self, stats: GroupStats) -> None:
+        n, total = self.num_pruning_groups, self.context.num_groups
         scores = []
         for lo, hi, family in ((0, n, self._pfamily), (n, total, None)):
             if hi > lo:  # each level normalized on its own: an operator and a channel are not alike
-                s = stats[:, lo:hi]
-                scores.append(self._score(GroupStats(dot=s[0], x_sq=s[1], d_sq=s[2], x_abs=s[3], size=size[lo:hi],
-                                                     family=family)).to(torch.float64))
-        score = torch.cat(scores) if scores else torch.zeros(0, dtype=torch.float64, device=stats.device)
-        beta = self.param_groups[0]["ema"]
+                scores.append(self.context.score(GroupStats(
+                    dot=stats.dot[lo:hi], x_sq=stats.x_sq[lo:hi], d_sq=stats.d_sq[lo:hi], x_abs=stats.x_abs[lo:hi],
+                    size=stats.size[lo:hi], family=family)).to(torch.float64))
+        score = torch.cat(scores) if scores else torch.zeros(0, dtype=torch.float64, device=stats.dot.device)
+        beta = self.ema
         if self._ema is None or beta == 0:
             self._ema = score
         else:  # β > 0 and 1 − β > 0: an infinite score stays infinite, never NaN
             self._ema = self._ema * beta + score * (1 - beta)
 
-    def _partition(self, params: Sequence[Tensor], d: Sequence[Tensor | None]) -> None:
-        """At ``warmup_steps``: fold in this step's scores, then choose both levels of G_r."""
-        self._observe(params, d)
+    def select(self, selection: Selection) -> list[int]:
+        """Fold this step's scores in, then choose: both levels at once (half-space schedule) or the
+        period's share of each budget (progressive)."""
+        self.observe(selection.stats)
         assert self._ema is not None
-        self._ema = self._broadcast_tensor(self._ema)  # every rank walks rank 0's order
-        n, e = self.num_pruning_groups, self.num_erasing_groups
+        self._ema = self.context.broadcast(self._ema)  # every rank walks rank 0's order
+        if not selection.progressive:
+            return self._partition()
+        return self._select_period(selection.zero, selection.period, selection.periods)
+
+    def _partition(self) -> list[int]:
+        """At ``warmup_steps``: both levels of G_r."""
+        assert self._ema is not None
+        n = self.num_pruning_groups
         ema = self._ema.cpu().numpy()  # one host read, once
         accepted, skipped = select_erasure(self._space, ema[n:].tolist(), self.target_erased_groups)
         for s in skipped:
             logger.debug("H2SPG skipped erasing group %s: %s", _name(self._space.erasing_groups, s.index), s.reason)
         if len(accepted) < self.target_erased_groups:
             self._warn_budget(len(accepted), len(skipped))
-        self._accepted, self._skipped = accepted, skipped
-        self._moot = self._moot_groups(accepted)
-        self._pruned = self._select_pruning(ema[:n], self._moot)
-        redundant = torch.zeros(n + e + 1, dtype=torch.bool)
-        redundant[self._pruned] = True
-        redundant[[n + i for i in accepted]] = True
-        self.target_zero_groups = len(self._pruned) + len(accepted)
-        self._set_redundant(redundant.to(self._layout.device))
-        self._buffers.clear()
+        self.accepted, self.skipped = accepted, skipped
+        self.moot = self._moot_groups(accepted)
+        self.pruned = self._select_pruning(ema[:n], self.moot)
+        self.target_zero_groups = len(self.pruned) + len(accepted)
+        return self.pruned + [n + i for i in accepted]
 
-    def _select_period(self, params: Sequence[Tensor], d: Sequence[Tensor | None], p: int, periods: int) -> None:
-        """Progressive schedule, at the start of period ``p``: fold this step into the averaged
-        scores; extend the accepted erasing groups (the earlier ones first, then the walk of
-        :func:`select_erasure`) to the period's share of the erasure budget; then, within each
-        family, select prunable groups outside the erased operators up to the family's share of
-        the pruning budget."""
-        self._observe(params, d)
+    def _select_period(self, zero_all: np.ndarray, p: int, periods: int) -> list[int]:
+        """Progressive schedule, at the start of period ``p``: extend the accepted erasing groups (the
+        earlier ones first, then the walk of :func:`select_erasure`) to the period's share of the
+        erasure budget; then, within each family, select prunable groups outside the erased
+        operators up to the family's share of the pruning budget."""
         assert self._ema is not None
-        self._ema = self._broadcast_tensor(self._ema)
         n = self.num_pruning_groups
         ema = self._ema.cpu().numpy()
-        previous = list(self._accepted)
+        previous = list(self.accepted)
         last = p == periods - 1
         if self._cost_target is not None:
             budget = self._cost_budget(ema[n:].tolist(), previous, p, periods)
@@ -465,17 +396,17 @@ class H2SPG(DHSPG):
                 self._warn_cost(accepted, len(skipped))
         elif last and len(accepted) < self.target_erased_groups:
             self._warn_budget(len(accepted), len(skipped))
-        self._accepted, self._skipped = accepted, skipped
-        self._moot = self._moot_groups(accepted)
-        zero = self._zero[:n].cpu().numpy()
-        live = ~self._moot
+        self.accepted, self.skipped = accepted, skipped
+        self.moot = self._moot_groups(accepted)
+        zero = zero_all[:n]
+        live = ~self.moot
         sizes = [int(live[c].sum()) for c in self._pcells]
         caps = [max(0, k - 1) if self._keep_one else k for k in sizes]
         quota = split_quota(self.target_pruned_groups, sizes, caps)
         if last and sum(quota) < self.target_pruned_groups:
-            msg = (f"H2SPG: target_group_sparsity={self.param_groups[0]['target_group_sparsity']} asks for "
+            msg = (f"H2SPG: target_group_sparsity={self.target_group_sparsity} asks for "
                    f"{self.target_pruned_groups} zero prunable groups, but only {sum(caps)} are left outside the "
-                   f"erased operators ({int(self._moot.sum())} live inside them) after keeping a channel per family; "
+                   f"erased operators ({int(self.moot.sum())} live inside them) after keeping a channel per family; "
                    "zeroing those")
             _budget_warning(msg)
         if self._palign is not None:  # kept channels in steps of round_to, on the live groups
@@ -486,9 +417,9 @@ class H2SPG(DHSPG):
             quota = [q if q >= h else align_up(al, i, h, caps[i]) for i, (q, h) in enumerate(zip(quota, have))]
         want = [q * (p + 1) // periods for q in quota]
         new_groups = select_in_cells(ema[:n], live & ~zero, self._pcells, want, have)
-        self._pruned = sorted(set(self._pruned) | set(new_groups))
-        self.target_zero_groups = len(self._pruned) + len(accepted)
-        self._begin_period(new_groups + [n + i for i in new_ops])
+        self.pruned = sorted(set(self.pruned) | set(new_groups))
+        self.target_zero_groups = len(self.pruned) + len(accepted)
+        return new_groups + [n + i for i in new_ops]
 
     def _cost(self, accepted: Sequence[int]) -> float:
         """The fraction of the supernet's FLOPs (or parameters) left with ``accepted`` erased."""
@@ -535,7 +466,7 @@ class H2SPG(DHSPG):
 
     def _warn_budget(self, accepted: int, skipped: int) -> None:
         """The erasure walk found fewer valid erasing groups than the budget asks: say so."""
-        msg = (f"H2SPG: erase_budget={self.param_groups[0]['erase_budget']} asks for {self.target_erased_groups} "
+        msg = (f"H2SPG: erase_budget={self.erase_budget} asks for {self.target_erased_groups} "
                f"of the {self.num_erasing_groups} erasing groups, but the walk found only {accepted} that can be "
                f"erased together ({skipped} skipped: nested in an accepted one, or erasing them breaks the "
                "network; see opt.skipped); erasing those")
@@ -597,102 +528,203 @@ class H2SPG(DHSPG):
         cand = np.nonzero(eligible)[0]
         cand = cand[np.argsort(-score[cand], kind="stable")]
         if len(cand) < k:
-            msg = (f"H2SPG: target_group_sparsity={self.param_groups[0]['target_group_sparsity']} asks for {k} zero "
+            msg = (f"H2SPG: target_group_sparsity={self.target_group_sparsity} asks for {k} zero "
                    f"prunable groups, but only {len(cand)} are left outside the erased operators "
                    f"({int(moot.sum())} live inside them) after keeping a channel per family; zeroing those")
             _budget_warning(msg)
         return sorted(int(g) for g in cand[:k])
 
-    def _forced_message(self, rest: Tensor, end_step: int) -> str:
+    # ------------------------------------------------------------------ reporting and checkpoints
+    def moot_groups(self) -> np.ndarray:
+        return self.moot
+
+    def forced_message(self, rest: Tensor) -> str:
         n = self.num_pruning_groups
         ops, chans = int(rest[n:].sum()), int(rest[:n].sum())
-        return (f"H2SPG: {ops} of the {len(self._accepted)} accepted erasing groups and {chans} of the "
-                f"{len(self._pruned)} selected prunable groups had not reached zero by end_step={end_step} and were "
-                f"set to zero now; {self._gentler()}")
+        return (f"{ops} of the {len(self.accepted)} accepted erasing groups and {chans} of the "
+                f"{len(self.pruned)} selected prunable groups")
 
-    # ------------------------------------------------------------------ reporting
-    def zero_groups(self) -> Tensor:
-        """Bool mask ``[N]``: the prunable groups whose every element is exactly zero now."""
-        return self._group_abs()[: self.num_pruning_groups] == 0
+    def metrics(self, zero: Tensor, projected: Tensor) -> dict[str, Any]:
+        """The erasure's numbers; ``target_zero_groups`` is the prunable groups' target."""
+        n = self.num_pruning_groups
+        return dict(
+            target_zero_groups=self.target_pruned_groups,
+            num_moot_groups=int(self.moot.sum()),
+            num_erasing_groups=self.num_erasing_groups,
+            erase_budget=self.erase_budget,
+            target_erased_groups=self.target_erased_groups,
+            target_flops=self.target_flops,
+            target_params=self.target_params,
+            num_accepted_erasing_groups=len(self.accepted),
+            num_skipped_erasing_groups=len(self.skipped),
+            num_projected_erasing_groups=int(projected[n:].sum()),
+            erased_groups=int(zero[n:][self.accepted].sum()) if self.accepted else 0,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "ema": None if self._ema is None else self._ema.clone(),
+            "accepted": list(self.accepted),
+            "skipped": [(s.index, s.reason) for s in self.skipped],
+            "pruned": list(self.pruned),
+            "moot": torch.from_numpy(self.moot.copy()),
+            "num_pruning_groups": self.num_pruning_groups,
+            "num_erasing_groups": self.num_erasing_groups,
+        }
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state is None:
+            raise OtonasError("this state dict has no 'h2spg' entry: it was not saved by H2SPG.state_dict()")
+        shape = (state["num_pruning_groups"], state["num_erasing_groups"])
+        if shape != (self.num_pruning_groups, self.num_erasing_groups):
+            raise OtonasError(f"the state dict is for {shape[0]} prunable and {shape[1]} erasing groups but this "
+                              f"optimizer has {self.num_pruning_groups} and {self.num_erasing_groups}; load it into "
+                              "an optimizer built on the same search space")
+        self._reset()
+        self._ema = None if state["ema"] is None else state["ema"].to(self.context.device, torch.float64)
+        self.accepted = [int(i) for i in state["accepted"]]
+        self.skipped = [SkippedCandidate(int(i), str(r)) for i, r in state["skipped"]]
+        self.pruned = [int(i) for i in state["pruned"]]
+        self.moot = state["moot"].cpu().numpy().astype(bool).copy()
+        if self._cost_target is not None:
+            self.target_erased_groups = len(self.accepted)
+        self.target_zero_groups = len(self.pruned) + len(self.accepted)
+
+
+class H2SPG(DHSPG):
+    """Hierarchical Half-Space Projected Gradient: erases whole operators and prunes channels,
+    keeping the network valid.
+
+    ``space`` is the ``SearchSpace`` from ``otonas.analyze`` (with its erasing groups); use it
+    like any optimizer::
+
+        opt = H2SPG(space, lr=0.1, erase_budget=0.5, target_group_sparsity=0.2,
+                    warmup_steps=1000, end_step=3000)
+        for x, y in loader:
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+        subnet = otonas.build(space)
+
+    After ``end_step`` steps exactly ``round(erase_budget · E)`` erasing groups (fewer, with a
+    :class:`BudgetWarning`, if the network has no more valid ones) have all their parameters
+    at zero, none of them nested in another and together a valid erasure, and exactly
+    ``round(target_group_sparsity · N)`` prunable groups outside them are zero. See
+    ``docs/optim.md``.
+    """
+
+    def __init__(
+        self,
+        space: ErasureSpaceLike,
+        *,
+        lr: float,
+        warmup_steps: int,
+        variant: str = "sgd",
+        target_group_sparsity: float = 0.0,
+        erase_budget: float | None = None,
+        end_step: int | None = None,
+        momentum: float = 0.9,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        lmbda: float = 10.0,
+        lmbda_amplify: float = 1.1,
+        hat_lmbda_coeff: float = 10.0,
+        epsilon: float = 0.0,
+        lambda_rule: str = "schedule",
+        lambda_gain: float = 1.5,
+        ema: float = 0.9,
+        score: RedundancyScore | None = None,
+        keep_one_per_family: bool = True,
+        process_group: Any = None,
+        schedule: str = "progressive",
+        periods: int = 5,
+        round_to: int = 1,
+        target_flops: float | None = None,
+        target_params: float | None = None,
+    ) -> None:
+        selector = ErasureSelector(erase_budget=erase_budget, target_group_sparsity=target_group_sparsity,
+                                   target_flops=target_flops, target_params=target_params, ema=ema,
+                                   keep_one_per_family=keep_one_per_family, round_to=round_to)
+        if int(warmup_steps) < 0:
+            raise OtonasError(f"H2SPG: warmup_steps={warmup_steps!r} is invalid; expected a step count >= 0")
+        if end_step is not None and int(end_step) <= int(warmup_steps):
+            raise OtonasError(f"H2SPG: end_step={end_step!r} is invalid; expected a step after "
+                              f"warmup_steps={warmup_steps} (the projection phase needs at least one step)")
+        self._erasure = selector
+        super().__init__(space, lr=lr, warmup_steps=warmup_steps, end_step=end_step, variant=variant,
+                         momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
+                         betas=betas, eps=eps, lmbda=lmbda, lmbda_amplify=lmbda_amplify,
+                         hat_lmbda_coeff=hat_lmbda_coeff, epsilon=epsilon, lambda_rule=lambda_rule,
+                         lambda_gain=lambda_gain, score=score, selector=selector, process_group=process_group,
+                         schedule=schedule, periods=periods)
+        for store in (self.param_groups[0], self.defaults):
+            store.update(target_group_sparsity=selector.target_group_sparsity, erase_budget=selector.erase_budget,
+                         ema=selector.ema, target_flops=target_flops, target_params=target_params,
+                         round_to=selector.round_to)
+
+    @property
+    def num_pruning_groups(self) -> int:
+        """N, the prunable groups (the first N of the optimizer's ``num_groups``)."""
+        return self._erasure.num_pruning_groups
+
+    @property
+    def num_erasing_groups(self) -> int:
+        """E, the erasing groups (groups N … N + E − 1 of the optimizer's ``num_groups``)."""
+        return self._erasure.num_erasing_groups
+
+    @property
+    def target_pruned_groups(self) -> int:
+        """``round(target_group_sparsity · N)``."""
+        return self._erasure.target_pruned_groups
+
+    @property
+    def target_erased_groups(self) -> int:
+        """``round(erase_budget · E)``; with a cost target, the walk's count at the last period start."""
+        return self._erasure.target_erased_groups
+
+    @property
+    def erased_kept_fraction(self) -> float | None:
+        """With a cost target: the fraction of the cost the final erasure keeps (None before the last period)."""
+        return self._erasure.erased_kept_fraction
+
+    @property
+    def skipped(self) -> list[SkippedCandidate]:
+        """Erasing groups the selection passed over, as ``(group index, reason)``, in walk order."""
+        return list(self._erasure.skipped)
+
+    @property
+    def accepted(self) -> list[int]:
+        """The accepted erasing groups, in the order the selection took them (empty before it)."""
+        return list(self._erasure.accepted)
+
+    @property
+    def pruning_scores(self) -> Tensor | None:
+        """The averaged redundancy score of each prunable group ``[N]`` (None before the first step)."""
+        ema = self._erasure.scores
+        return None if ema is None else ema[: self.num_pruning_groups].clone()
+
+    @property
+    def erasing_scores(self) -> Tensor | None:
+        """The averaged redundancy score of each erasing group ``[E]`` (None before the first step)."""
+        ema = self._erasure.scores
+        return None if ema is None else ema[self.num_pruning_groups:].clone()
+
+    @property
+    def moot_groups(self) -> np.ndarray:
+        """Bool mask ``[N]``: prunable groups that live inside an accepted erasing group (they go
+        with it, so they are neither selected nor counted in the sparsity)."""
+        return self._erasure.moot.copy()
+
+    def erased_mask(self) -> np.ndarray:
+        """Bool mask ``[E]`` of the accepted erasing groups (all False before the selection)."""
+        mask = np.zeros(self.num_erasing_groups, dtype=bool)
+        mask[self._erasure.accepted] = True
+        return mask
 
     def zero_erasing_groups(self) -> Tensor:
         """Bool mask ``[E]``: the erasing groups whose every parameter is exactly zero now
         (an accepted group's nested groups included)."""
         return self._group_abs()[self.num_pruning_groups: self.num_groups] == 0
-
-    def _zero_counts(self) -> tuple[int, int]:
-        """(zero prunable groups outside the erased operators, accepted erasing groups all zero now)."""
-        zero = self._group_abs() == 0
-        n = self.num_pruning_groups
-        pruned = int((zero[:n] & ~torch.from_numpy(self._moot).to(zero.device)).sum())
-        erased = int(zero[n:][self._accepted].sum()) if self._accepted else 0
-        return pruned, erased
-
-    def group_sparsity(self) -> float:
-        """The fraction of the N prunable groups that are zero, not counting those inside erased
-        operators (they go with the operator); ends at ``round(N·target)/N``."""
-        n = self.num_pruning_groups
-        return self._zero_counts()[0] / n if n else 0.0
-
-    def metrics(self) -> dict[str, Any]:
-        """DHSPG's numbers for the prunable groups, plus the erasure's."""
-        m = super().metrics()
-        hp = self.param_groups[0]
-        n = self.num_pruning_groups
-        pruned, erased = self._zero_counts()
-        red = self._redundant
-        zero = self._zero
-        m.update(
-            num_groups=n,
-            target_zero_groups=self.target_pruned_groups,
-            num_zero_groups=pruned,
-            group_sparsity=pruned / n if n else 0.0,
-            num_redundant_groups=len(self._pruned) if red is not None else 0,
-            num_projected_groups=int((zero[:n] & red[:n]).sum()) if red is not None else 0,
-            num_moot_groups=int(self._moot.sum()),
-            num_erasing_groups=self.num_erasing_groups,
-            erase_budget=hp["erase_budget"],
-            target_erased_groups=self.target_erased_groups,
-            target_flops=hp.get("target_flops"),
-            target_params=hp.get("target_params"),
-            num_accepted_erasing_groups=len(self._accepted),
-            num_skipped_erasing_groups=len(self._skipped),
-            num_projected_erasing_groups=int(zero[n:self.num_groups].sum()),
-            erased_groups=erased,
-        )
-        return m
-
-    # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
-        sd["h2spg"] = {
-            "ema": None if self._ema is None else self._ema.clone(),
-            "accepted": list(self._accepted),
-            "skipped": [(s.index, s.reason) for s in self._skipped],
-            "pruned": list(self._pruned),
-            "moot": torch.from_numpy(self._moot.copy()),
-            "num_pruning_groups": self.num_pruning_groups,
-            "num_erasing_groups": self.num_erasing_groups,
-        }
-        return sd
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        extra = state_dict.pop("h2spg", None)
-        if extra is None:
-            raise OtonasError("this state dict has no 'h2spg' entry: it was not saved by H2SPG.state_dict()")
-        shape = (extra["num_pruning_groups"], extra["num_erasing_groups"])
-        if shape != (self.num_pruning_groups, self.num_erasing_groups):
-            raise OtonasError(f"the state dict is for {shape[0]} prunable and {shape[1]} erasing groups but this "
-                              f"optimizer has {self.num_pruning_groups} and {self.num_erasing_groups}; load it into "
-                              "an optimizer built on the same search space")
-        super().load_state_dict(state_dict)  # resets the run state, ours included
-        self._ema = None if extra["ema"] is None else extra["ema"].to(self._layout.device, torch.float64)
-        self._accepted = [int(i) for i in extra["accepted"]]
-        self._skipped = [SkippedCandidate(int(i), str(r)) for i, r in extra["skipped"]]
-        self._pruned = [int(i) for i in extra["pruned"]]
-        self._moot = extra["moot"].cpu().numpy().astype(bool).copy()
-        if self._cost_target is not None:
-            self.target_erased_groups = len(self._accepted)
-        if self._redundant is not None:
-            self.target_zero_groups = len(self._pruned) + len(self._accepted)

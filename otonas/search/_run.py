@@ -301,7 +301,7 @@ def _make_optimizer(cfg: SearchConfig, space: Any, steps_per_epoch: int) -> Any:
             if cfg.target_latency is not None and cfg.optimizer == "dhspg" else None)
     if cfg.optimizer == "dhspg":
         budget_kw: dict[str, Any] = cost if cost is not None else dict(target_group_sparsity=cfg.target_sparsity)
-        return optim.DHSPG(space, start_step=start, end_step=end, **budget_kw, **common)
+        return optim.DHSPG(space, warmup_steps=start, end_step=end, **budget_kw, **common)
     if cfg.target_latency is not None:
         raise UsageError("--target-latency sets the channel budget of --mode prune (DHSPG); with operator erasure "
                          "give --erase-budget or --target-flops instead")

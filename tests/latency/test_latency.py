@@ -85,7 +85,7 @@ def test_layer_shape_grid_respects_what_an_axis_can_keep():
 
 def test_dhspg_meets_target_latency_with_the_estimate(space, tmp_path):
     lm = LatencyModel(space, cache_dir=str(tmp_path), num_threads=1)
-    opt = DHSPG(space, lr=0.1, target_latency=0.6, latency_model=lm, start_step=1, end_step=2)
+    opt = DHSPG(space, lr=0.1, target_latency=0.6, latency_model=lm, warmup_steps=1, end_step=2)
     assert opt.latency_model is lm
     assert opt.kept_fraction is not None and 0.55 <= opt.kept_fraction <= 0.6
 
@@ -93,13 +93,13 @@ def test_dhspg_meets_target_latency_with_the_estimate(space, tmp_path):
 def test_dhspg_latency_errors(space, tmp_path):
     lm = LatencyModel(space, cache_dir=str(tmp_path), num_threads=1)
     with pytest.raises(OtonasError, match="target_latency=1.5 is invalid"):
-        DHSPG(space, lr=0.1, target_latency=1.5, latency_model=lm, start_step=1)
+        DHSPG(space, lr=0.1, target_latency=1.5, latency_model=lm, warmup_steps=1)
     with pytest.raises(OtonasError, match="exactly one budget"):
-        DHSPG(space, lr=0.1, target_latency=0.5, target_flops=0.5, latency_model=lm, start_step=1)
+        DHSPG(space, lr=0.1, target_latency=0.5, target_flops=0.5, latency_model=lm, warmup_steps=1)
     with pytest.raises(OtonasError, match="give target_latency too"):
-        DHSPG(space, lr=0.1, target_group_sparsity=0.5, latency_model=lm, start_step=1)
+        DHSPG(space, lr=0.1, target_group_sparsity=0.5, latency_model=lm, warmup_steps=1)
     with pytest.raises(OtonasError, match="cannot be reached"):
-        DHSPG(space, lr=0.1, target_latency=0.001, latency_model=lm, start_step=1)
+        DHSPG(space, lr=0.1, target_latency=0.001, latency_model=lm, warmup_steps=1)
     with pytest.raises(OtonasError, match="batch=0"):
         LatencyTable(batch=0, cache_dir=False)
 

@@ -44,7 +44,7 @@ def run(out: str, variant: str) -> None:
     space = tiny_space(family=False)  # same seed: same initial weights on every rank
     model = DistributedDataParallel(space.model)
     opt = DHSPG(space, schedule="half_space", lr=0.05, variant=variant, momentum=0.9, weight_decay=1e-3, target_group_sparsity=4 / 9,
-                start_step=2, end_step=6, lmbda=0.5, score=RankScore())
+                warmup_steps=2, end_step=6, lmbda=0.5, score=RankScore())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ForcedProjectionWarning)
         for step in range(10):

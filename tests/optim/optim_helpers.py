@@ -130,7 +130,7 @@ class RefDHSPG:
     space: StubSpace
     lr: float
     k: int
-    start_step: int
+    warmup_steps: int
     end_step: int
     momentum: float = 0.0
     weight_decay: float = 0.0
@@ -168,10 +168,10 @@ class RefDHSPG:
                 gn = self.bufs[n]
             d[n] = gn
         t = self.step
-        if t >= self.start_step and self.redundant is None:
+        if t >= self.warmup_steps and self.redundant is None:
             self.redundant = ref_partition(ref_scores(self.slices, x, d), self.k, self.family)
         new = {n: x[n] - self.lr * d[n] for n in x}
-        if self.start_step <= t < self.end_step:
+        if self.warmup_steps <= t < self.end_step:
             assert self.redundant is not None
             self.lambdas = {}
             pending = [r for r in sorted(self.redundant) if r not in self.zero]

@@ -60,7 +60,7 @@ def test_warmup_is_torch_sgd_bit_for_bit(kw: dict, scratch_min: int | None, monk
     if scratch_min is not None:
         monkeypatch.setattr(_base, "_SCRATCH_MIN", scratch_min)
     a, b = tiny_space(), tiny_space()
-    opt = DHSPG(a, schedule="half_space", lr=0.05, target_group_sparsity=0.5, start_step=6, **kw)
+    opt = DHSPG(a, schedule="half_space", lr=0.05, target_group_sparsity=0.5, warmup_steps=6, **kw)
     ref = torch.optim.SGD(b.model.parameters(), lr=0.05, foreach=True, **kw)
     gen = torch.Generator().manual_seed(0)
     for _ in range(6):
@@ -78,7 +78,7 @@ def test_warmup_is_torch_sgd_bit_for_bit(kw: dict, scratch_min: int | None, monk
 def test_warmup_is_torch_adam(variant: str, cls: type) -> None:
     a, b = tiny_space(), tiny_space()
     opt = DHSPG(a, schedule="half_space", lr=1e-2, variant=variant, weight_decay=0.1, betas=(0.8, 0.99), eps=1e-6,
-                target_group_sparsity=0.5, start_step=5)
+                target_group_sparsity=0.5, warmup_steps=5)
     ref = cls(b.model.parameters(), lr=1e-2, weight_decay=0.1, betas=(0.8, 0.99), eps=1e-6)
     gen = torch.Generator().manual_seed(1)
     for _ in range(5):
@@ -95,7 +95,7 @@ def test_warmup_is_torch_adam(variant: str, cls: type) -> None:
 @pytest.mark.parametrize("target,family", [(0.5, True), (0.3, True), (0.0, True), (1.0, False), (0.45, False)])
 def test_partition_is_the_k_most_redundant(target: float, family: bool) -> None:
     space = tiny_space(family=family)
-    opt = DHSPG(space, schedule="half_space", lr=0.1, momentum=0.0, target_group_sparsity=target, start_step=0, end_step=50)
+    opt = DHSPG(space, schedule="half_space", lr=0.1, momentum=0.0, target_group_sparsity=target, warmup_steps=0, end_step=50)
     g = random_grads(space.model, torch.Generator().manual_seed(2))
     set_grads(space.model, g)
     x = params_of(space.model)
@@ -109,13 +109,13 @@ def test_partition_is_the_k_most_redundant(target: float, family: bool) -> None:
 
 def test_family_keeps_one_group_and_rejects_targets_that_empty_a_family() -> None:
     space = tiny_space()
-    opt = DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity=7 / 9, start_step=0)
+    opt = DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity=7 / 9, warmup_steps=0)
     set_grads(space.model, random_grads(space.model, torch.Generator().manual_seed(0)))
     opt.step()
     chosen = opt.redundant_groups
     assert chosen is not None and not chosen[:6].all() and not chosen[6:].all()
     with pytest.raises(OtonasError, match="keep_one_per_family"):
-        DHSPG(tiny_space(), schedule="half_space", lr=0.1, target_group_sparsity=0.9, start_step=0)
+        DHSPG(tiny_space(), schedule="half_space", lr=0.1, target_group_sparsity=0.9, warmup_steps=0)
 
 
 def test_custom_score_decides_the_partition() -> None:
@@ -124,7 +124,7 @@ def test_custom_score_decides_the_partition() -> None:
             return torch.arange(stats.dot.numel(), dtype=torch.float64)
 
     space = tiny_space(family=False)
-    opt = DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity=3 / 9, start_step=0, score=LastGroups())
+    opt = DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity=3 / 9, warmup_steps=0, score=LastGroups())
     set_grads(space.model, random_grads(space.model, torch.Generator().manual_seed(0)))
     opt.step()
     assert torch.nonzero(opt.redundant_groups).flatten().tolist() == [6, 7, 8]
@@ -193,7 +193,7 @@ def test_projection_matches_group_by_group_reference(momentum: float, wd: float,
     monkeypatch.setattr(DHSPG, "_fusable", lambda self, *a: fused.append(r := _fusable(self, *a)) or r)
     space = tiny_space()
     model = space.model
-    kw = dict(lr=0.1, start_step=2, end_step=14)
+    kw = dict(lr=0.1, warmup_steps=2, end_step=14)
     opt = DHSPG(space, schedule="half_space", momentum=momentum, weight_decay=wd, target_group_sparsity=0.5, lmbda=lmbda,
                 epsilon=epsilon, lambda_rule=rule, **kw)
     opt._host_reads = host_reads
@@ -233,7 +233,7 @@ def test_half_space_test_zeroes_exactly_the_groups_below_epsilon() -> None:
     for seed in range(6):
         space = tiny_space(seed=seed, family=False)
         model = space.model
-        opt = DHSPG(space, schedule="half_space", lr=0.5, momentum=0.0, target_group_sparsity=1.0, start_step=0, end_step=5,
+        opt = DHSPG(space, schedule="half_space", lr=0.5, momentum=0.0, target_group_sparsity=1.0, warmup_steps=0, end_step=5,
                     lmbda=1.0, hat_lmbda_coeff=3.0, epsilon=0.3)
         g = random_grads(model, torch.Generator().manual_seed(seed), scale=0.3)
         x = params_of(model)
@@ -255,7 +255,7 @@ def test_half_space_test_zeroes_exactly_the_groups_below_epsilon() -> None:
 # ---------------------------------------------------------------------------- phases and invariants
 def test_no_projection_before_start_step() -> None:
     space = tiny_space()
-    opt = DHSPG(space, schedule="half_space", lr=0.5, momentum=0.0, target_group_sparsity=0.5, start_step=10, lmbda=10.0, epsilon=0.9)
+    opt = DHSPG(space, schedule="half_space", lr=0.5, momentum=0.0, target_group_sparsity=0.5, warmup_steps=10, lmbda=10.0, epsilon=0.9)
     gen = torch.Generator().manual_seed(0)
     for _ in range(10):
         x = params_of(space.model)
@@ -278,7 +278,7 @@ def test_zero_groups_never_revive(variant: str, host_reads: bool) -> None:
     space = tiny_space()
     model = space.model
     opt = DHSPG(space, schedule="half_space", lr=0.05, variant=variant, momentum=0.9, weight_decay=0.1, target_group_sparsity=0.5,
-                start_step=2, end_step=12, lmbda=1.0, epsilon=0.1)
+                warmup_steps=2, end_step=12, lmbda=1.0, epsilon=0.1)
     opt._host_reads = host_reads
     batch = tiny_batch()
     seen: set[int] = set()
@@ -306,7 +306,7 @@ def test_zero_groups_never_revive(variant: str, host_reads: bool) -> None:
 @pytest.mark.parametrize("variant", ["sgd", "adam", "adamw"])
 def test_end_step_forces_exactly_k_and_says_so(variant: str) -> None:
     space = tiny_space()
-    opt = DHSPG(space, schedule="half_space", lr=1e-3, variant=variant, target_group_sparsity=0.5, start_step=1, end_step=4,
+    opt = DHSPG(space, schedule="half_space", lr=1e-3, variant=variant, target_group_sparsity=0.5, warmup_steps=1, end_step=4,
                 lmbda=1e-6, lambda_rule="fixed")
     batch = tiny_batch()
     for _ in range(3):
@@ -324,7 +324,7 @@ def test_scheduled_lambda_reaches_zero_where_the_fixed_rule_forces(variant: str)
     """The run that forces all of G_r under lambda_rule="fixed" (λ far too weak for 3 steps):
     with the default rule every group crosses the half-space boundary by itself."""
     space = tiny_space()
-    opt = DHSPG(space, schedule="half_space", lr=1e-3, variant=variant, target_group_sparsity=0.5, start_step=1, end_step=4,
+    opt = DHSPG(space, schedule="half_space", lr=1e-3, variant=variant, target_group_sparsity=0.5, warmup_steps=1, end_step=4,
                 lmbda=1e-6)
     batch = tiny_batch()
     with warnings.catch_warnings():
@@ -363,7 +363,7 @@ def test_schedule_lambdas_set_the_move_along_the_group() -> None:
 def test_natural_projection_reaches_the_target_without_forcing() -> None:
     """With gradients too weak to hold the redundant groups up, λ drives them to zero before end_step."""
     space = tiny_space()
-    opt = DHSPG(space, schedule="half_space", lr=0.1, momentum=0.0, target_group_sparsity=0.5, start_step=2, end_step=40, lmbda=2.0)
+    opt = DHSPG(space, schedule="half_space", lr=0.1, momentum=0.0, target_group_sparsity=0.5, warmup_steps=2, end_step=40, lmbda=2.0)
     gen = torch.Generator().manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ForcedProjectionWarning)
@@ -378,7 +378,7 @@ def test_natural_projection_reaches_the_target_without_forcing() -> None:
 
 def test_metrics_report_the_run() -> None:
     space = tiny_space()
-    opt = DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity=0.5, start_step=1, end_step=3, lmbda=0.1)
+    opt = DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity=0.5, warmup_steps=1, end_step=3, lmbda=0.1)
     batch = tiny_batch()
     loss_step(space.model, opt, batch)
     loss_step(space.model, opt, batch)
@@ -397,7 +397,7 @@ def test_metrics_report_the_run() -> None:
 def test_unused_parameters_are_still_projected() -> None:
     """A grouped parameter that gets no gradient (an unused branch) is shrunk and zeroed with its group."""
     space = tiny_space(family=False)
-    opt = DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity=1.0, start_step=0, end_step=2, lmbda=0.1)
+    opt = DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity=1.0, warmup_steps=0, end_step=2, lmbda=0.1)
     g = random_grads(space.model, torch.Generator().manual_seed(0))
     del g["bn1.bias"]
     for n, p in space.model.named_parameters():
@@ -419,7 +419,7 @@ def test_resume_is_bit_exact(variant: str, cut: int, kernels: bool, monkeypatch:
         pytest.skip(f"numba is not usable here: {_kernels._failed}")
     monkeypatch.setattr(_kernels, "enabled", lambda: kernels)
     monkeypatch.setattr(_kernels, "MIN_NUMEL", 0)
-    kw = dict(lr=0.05, variant=variant, momentum=0.9, weight_decay=1e-2, target_group_sparsity=0.5, start_step=3,
+    kw = dict(lr=0.05, variant=variant, momentum=0.9, weight_decay=1e-2, target_group_sparsity=0.5, warmup_steps=3,
               end_step=8, lmbda=0.5, epsilon=0.05)
     batches = [tiny_batch(seed=s) for s in range(12)]
 
@@ -456,7 +456,7 @@ def test_resume_is_bit_exact(variant: str, cut: int, kernels: bool, monkeypatch:
 
 def test_state_dict_is_a_snapshot_and_checks_its_source() -> None:
     space = tiny_space()
-    opt = DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity=0.5, start_step=0, end_step=5)
+    opt = DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity=0.5, warmup_steps=0, end_step=5)
     loss_step(space.model, opt, tiny_batch())
     sd = copy.deepcopy(opt.state_dict())
     assert sd["dhspg"]["redundant"].sum() == 5 and sd["dhspg"]["step"] == 1
@@ -464,22 +464,46 @@ def test_state_dict_is_a_snapshot_and_checks_its_source() -> None:
         opt.load_state_dict(torch.optim.SGD(space.model.parameters(), lr=0.1).state_dict())
     other = StubSpace(space.model, {"fc.weight": [(0, torch.arange(5))]}, 5)
     with pytest.raises(OtonasError, match="same search space"):
-        DHSPG(other, schedule="half_space", lr=0.1, target_group_sparsity=0.5, start_step=0).load_state_dict(sd)
+        DHSPG(other, schedule="half_space", lr=0.1, target_group_sparsity=0.5, warmup_steps=0).load_state_dict(sd)
 
 
 # ---------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kw,match", [
     (dict(variant="rmsprop"), "variant"), (dict(target_group_sparsity=1.5), "target_group_sparsity"),
-    (dict(start_step=-1), "start_step"), (dict(start_step=5, end_step=5), "end_step"),
+    (dict(warmup_steps=-1), "warmup_steps"), (dict(start_step=-1), "start_step"), (dict(warmup_steps=5, end_step=5), "end_step"),
     (dict(lmbda=0.0), "lmbda"), (dict(epsilon=1.0), "epsilon"), (dict(hat_lmbda_coeff=0.5), "hat_lmbda_coeff"),
     (dict(lmbda_amplify=0.9), "lmbda_amplify"), (dict(nesterov=True, momentum=0.0), "nesterov"),
     (dict(lr=-1.0), "lr"), (dict(betas=(0.9, 1.0)), "betas"),
     (dict(lambda_rule="adaptive"), "lambda_rule"), (dict(lambda_gain=1.0), "lambda_gain"),
 ])
 def test_bad_options_name_the_option(kw: dict, match: str) -> None:
-    args = dict(lr=0.1, target_group_sparsity=0.5, start_step=0) | kw
+    args = dict(lr=0.1, target_group_sparsity=0.5, warmup_steps=0) | kw
     with pytest.raises(OtonasError, match=match):
         DHSPG(tiny_space(), schedule="half_space", **args)
+
+
+def test_start_step_is_the_deprecated_name_of_warmup_steps() -> None:
+    """``start_step=`` still works, warns once with the new name, and trains exactly as
+    ``warmup_steps=``; giving both is refused."""
+    runs = []
+    for kw in (dict(warmup_steps=2), dict(start_step=2)):
+        space = tiny_space()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            opt = DHSPG(space, lr=0.1, target_group_sparsity=0.5, end_step=5, **kw)
+        dep = [w for w in caught if issubclass(w.category, DeprecationWarning)]
+        assert len(dep) == ("start_step" in kw)
+        if dep:
+            assert "warmup_steps=2" in str(dep[0].message)
+        x, y = tiny_batch()
+        for _ in range(6):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(space.model(x), y).backward()
+            opt.step()
+        runs.append({n: p.detach().clone() for n, p in space.model.named_parameters()})
+    assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
+    with pytest.raises(OtonasError, match="warmup_steps only"):
+        DHSPG(tiny_space(), lr=0.1, target_group_sparsity=0.5, warmup_steps=2, start_step=2)
 
 
 def test_bad_layouts_name_the_parameter() -> None:
@@ -496,13 +520,13 @@ def test_bad_layouts_name_the_parameter() -> None:
     ]
     for s, match in cases:
         with pytest.raises(OtonasError, match=match):
-            DHSPG(s, schedule="half_space", lr=0.1, target_group_sparsity=0.5, start_step=0)
+            DHSPG(s, schedule="half_space", lr=0.1, target_group_sparsity=0.5, warmup_steps=0)
     frozen = tiny_space()
     frozen.model.bn1.weight.requires_grad_(False)
     with pytest.raises(OtonasError, match="bn1.weight.requires_grad"):
-        DHSPG(frozen, schedule="half_space", lr=0.1, target_group_sparsity=0.5, start_step=0)
+        DHSPG(frozen, schedule="half_space", lr=0.1, target_group_sparsity=0.5, warmup_steps=0)
     with pytest.raises(OtonasError, match="one group"):
-        DHSPG(tiny_space(), schedule="half_space", lr=0.1, target_group_sparsity=0.5, start_step=0).add_param_group(
+        DHSPG(tiny_space(), schedule="half_space", lr=0.1, target_group_sparsity=0.5, warmup_steps=0).add_param_group(
             {"params": [torch.zeros(1, requires_grad=True)]})
 
 
@@ -532,7 +556,7 @@ def test_any_layout_matches_reference(host_reads: bool, kernels: bool, rule: str
         "b": [(0, torch.tensor([4, 5, -1])), (0, torch.tensor([9, -1, 8]))],
     }
     space = StubSpace(model, layout, 10)
-    kw = dict(lr=0.2, start_step=1, end_step=9)
+    kw = dict(lr=0.2, warmup_steps=1, end_step=9)
     opt = DHSPG(space, schedule="half_space", momentum=0.5, weight_decay=1e-2, target_group_sparsity=0.6, lmbda=2.0, epsilon=0.5,
                 lambda_rule=rule, **kw)
     opt._host_reads = host_reads
@@ -562,7 +586,7 @@ def test_nothing_to_prune_is_plain_sgd(n_groups: int, target: float) -> None:
     a, b = tiny_space(family=False), tiny_space(family=False)
     if n_groups == 0:
         a = StubSpace(a.model, {}, 0)
-    opt = DHSPG(a, schedule="half_space", lr=0.05, momentum=0.9, target_group_sparsity=target, start_step=1, end_step=3)
+    opt = DHSPG(a, schedule="half_space", lr=0.05, momentum=0.9, target_group_sparsity=target, warmup_steps=1, end_step=3)
     ref = torch.optim.SGD(b.model.parameters(), lr=0.05, momentum=0.9, foreach=True)
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):
@@ -595,7 +619,7 @@ def test_zero_slices_are_cleared_whichever_way_they_are_written(contiguous: bool
 
 def test_channels_last_parameters_match_contiguous_ones() -> None:
     """Memory format does not change the arithmetic (views of non-contiguous tensors are handled)."""
-    kw = dict(lr=0.05, momentum=0.9, weight_decay=1e-2, target_group_sparsity=0.5, start_step=2, end_step=6,
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=1e-2, target_group_sparsity=0.5, warmup_steps=2, end_step=6,
               lmbda=0.5, epsilon=0.05)
     a, b = tiny_space(), tiny_space()
     b.model.to(memory_format=torch.channels_last)
@@ -618,7 +642,7 @@ def test_small_weights_on_one_flat_buffer_step_as_one_by_one(schedule: str, wd: 
     optimizer stepping them one by one: the same weights and momentum buffers, bit for bit, through
     the warm-up, the projection (zero groups masked) and after; a step where one weight has no
     gradient (the one-by-one step for all); and a checkpoint loaded into a fresh optimizer."""
-    kw = dict(lr=0.05, momentum=0.9, weight_decay=wd, target_group_sparsity=0.5, start_step=3, end_step=9,
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=wd, target_group_sparsity=0.5, warmup_steps=3, end_step=9,
               schedule=schedule)
     a, b = tiny_space(), tiny_space()
     flat = DHSPG(a, **kw)  # type: ignore[arg-type]
@@ -644,3 +668,37 @@ def test_small_weights_on_one_flat_buffer_step_as_one_by_one(schedule: str, wd: 
             bx, by = flat.state[x].get("momentum_buffer"), plain.state[y].get("momentum_buffer")
             assert (bx is None) == (by is None) and (bx is None or torch.equal(bx, by)), (t, name)
     assert flat.zero_groups().sum() == flat.target_zero_groups
+
+
+# ---------------------------------------------------------------------------- selectors
+def test_a_selector_of_ones_own_decides_which_groups_go() -> None:
+    """The engine drives exactly the groups a user's ``Selector`` returns to zero, on both
+    schedules, and asks it at each selection point (once for the half-space schedule, at every
+    period start for the progressive one); budget options beside ``selector=`` are refused."""
+    from otonas.optim import Selection, Selector, TopKSelector
+
+    class Fixed(Selector):
+        def __init__(self, order: list[int], per_call: int) -> None:
+            self.order, self.per_call, self.calls = order, per_call, []
+            self.target_zero_groups = per_call
+
+        def select(self, selection: Selection) -> list[int]:
+            self.calls.append((selection.period, selection.progressive))
+            todo = [g for g in self.order if not selection.zero[g]]
+            return todo[: self.per_call]
+
+    for schedule, periods in (("half_space", 1), ("progressive", 3)):
+        space = tiny_space()
+        sel = Fixed([7, 2, 4, 0, 8, 1], per_call=2 if schedule == "progressive" else 3)
+        opt = DHSPG(space, lr=0.05, warmup_steps=2, end_step=8, schedule=schedule, periods=periods, selector=sel)
+        assert opt.selector is sel
+        x, y = tiny_batch()
+        for _ in range(10):
+            opt.zero_grad()
+            F.cross_entropy(space.model(x), y).backward()
+            opt.step()
+        want = {7, 2, 4} if schedule == "half_space" else {7, 2, 4, 0, 8, 1}
+        assert set(torch.nonzero(opt.zero_groups()).flatten().tolist()) == want
+        assert sel.calls == ([(0, False)] if schedule == "half_space" else [(p, True) for p in range(3)])
+    with pytest.raises(OtonasError, match="target_flops"):
+        DHSPG(tiny_space(), lr=0.1, warmup_steps=1, selector=TopKSelector(target_group_sparsity=0.5), target_flops=0.5)

@@ -114,7 +114,7 @@ def test_dhspg_on_digits_prunes_half_and_keeps_accuracy() -> None:
     def make_dhspg(m: nn.Module) -> DHSPG:
         # λ large enough for most of G_r to reach zero by itself within the projection phase
         return DHSPG(space, schedule="half_space", lr=0.1, momentum=0.9, weight_decay=5e-4, target_group_sparsity=0.5,
-                     start_step=8 * steps_per_epoch, end_step=20 * steps_per_epoch, lmbda=2.0)
+                     warmup_steps=8 * steps_per_epoch, end_step=20 * steps_per_epoch, lmbda=2.0)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ForcedProjectionWarning)
@@ -154,7 +154,7 @@ def test_dhspg_analyze_build_smoke() -> None:
     space = otonas.analyze(net, (data.x_train[:2],))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ForcedProjectionWarning)
-        opt = train(net, data, lambda m: DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity=0.3, start_step=spe,
+        opt = train(net, data, lambda m: DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity=0.3, warmup_steps=spe,
                                                end_step=2 * spe, lmbda=1.0), epochs=3)
     k = round(space.num_prunable_groups * 0.3)
     assert opt.metrics()["num_zero_groups"] == k  # type: ignore[attr-defined]
@@ -184,7 +184,7 @@ def test_scheduled_lambda_forces_the_exception_where_the_fixed_rule_forces_most(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ForcedProjectionWarning)
             opt = train(net, data, lambda m: DHSPG(space, schedule="half_space", lr=0.1, momentum=0.9, weight_decay=5e-4,
-                                                   target_group_sparsity=0.5, start_step=spe, end_step=2 * spe,
+                                                   target_group_sparsity=0.5, warmup_steps=spe, end_step=2 * spe,
                                                    lmbda=2.0, lambda_rule=rule), epochs=3)
         m = opt.metrics()  # type: ignore[attr-defined]
         assert m["num_zero_groups"] == m["target_zero_groups"] == int(torch.as_tensor(space.zero_groups()).sum())

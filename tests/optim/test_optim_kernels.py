@@ -123,7 +123,7 @@ def _run(kernels: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, torc
     torch.manual_seed(0)
     model = _Net()
     opt = DHSPG(_space(model), lr=0.05, momentum=0.9, weight_decay=1e-3, target_group_sparsity=0.5, lmbda=3.0,
-                start_step=2, end_step=12)
+                warmup_steps=2, end_step=12)
     gen = torch.Generator().manual_seed(3)
     for _ in range(14):
         for p in model.parameters():
@@ -200,7 +200,7 @@ def test_rows_only_and_columns_only_weights_match_reference(momentum: float, thr
     fused: list[dict] = []
     real = DHSPG._fusable
     monkeypatch.setattr(DHSPG, "_fusable", lambda self, *a: fused.append(r := real(self, *a)) or r)
-    kw = dict(lr=0.2, start_step=1, end_step=9)
+    kw = dict(lr=0.2, warmup_steps=1, end_step=9)
     opt = DHSPG(space, schedule="half_space", momentum=momentum, weight_decay=1e-2, target_group_sparsity=0.5,
                 lmbda=2.0, epsilon=0.3, lambda_rule=rule, **kw)
     ref = RefDHSPG(space, k=opt.target_zero_groups, momentum=momentum, weight_decay=1e-2,
@@ -289,7 +289,7 @@ def _progressive_run(kernels: bool, monkeypatch: pytest.MonkeyPatch, dampening: 
     layout = {"up": [(0, h)], "down": [(1, h)],
               "both": [(0, h + 6), (1, h), (0, torch.tensor([12, 12, 13, 13, -1, 14]))]}
     opt = DHSPG(StubSpace(model, layout, 15), lr=0.2, momentum=0.9, dampening=dampening, weight_decay=1e-2,
-                target_group_sparsity=0.6, keep_one_per_family=False, start_step=2, end_step=11, periods=periods)
+                target_group_sparsity=0.6, keep_one_per_family=False, warmup_steps=2, end_step=11, periods=periods)
     gen = torch.Generator().manual_seed(1)
     out = []
     for _ in range(15):

@@ -62,7 +62,7 @@ def test_period_bounds_and_quota_split() -> None:
 @pytest.mark.parametrize("target", [0.3, 0.5, 7 / 9])
 def test_selected_groups_reach_zero_by_construction(target: float) -> None:
     space = tiny_space()
-    opt = DHSPG(space, lr=0.05, momentum=0.9, weight_decay=1e-3, target_group_sparsity=target, start_step=3,
+    opt = DHSPG(space, lr=0.05, momentum=0.9, weight_decay=1e-3, target_group_sparsity=target, warmup_steps=3,
                 end_step=13, periods=5)
     bounds = period_bounds(3, 13, 5)
     data = tiny_batch()
@@ -76,7 +76,7 @@ def test_selected_groups_reach_zero_by_construction(target: float) -> None:
             seen_zero = zero
             if t + 1 in bounds[1:]:  # the end of a period: its cumulative share is zero
                 p = bounds.index(t + 1) - 1
-                assert zero == sum(q * (p + 1) // 5 for q in opt._quota)
+                assert zero == sum(q * (p + 1) // 5 for q in opt.selector.quotas)
     m = opt.metrics()
     assert m["num_zero_groups"] == opt.target_zero_groups == math.floor(9 * target + 0.5)
     assert m["num_forced_groups"] == 0 and not m["forced_projection"]
@@ -92,7 +92,7 @@ def test_shrink_is_linear_within_a_period() -> None:
     """With lr = 0 the base step does nothing: a group selected in a period of L steps keeps
     (L − j)/L of its norm after j steps of it, and is exactly zero after L."""
     space = tiny_space()
-    opt = DHSPG(space, lr=0.0, momentum=0.0, target_group_sparsity=4 / 9, start_step=0, end_step=8, periods=2)
+    opt = DHSPG(space, lr=0.0, momentum=0.0, target_group_sparsity=4 / 9, warmup_steps=0, end_step=8, periods=2)
     g = random_grads(space.model, torch.Generator().manual_seed(0))
     set_grads(space.model, g)
     before = None
@@ -100,7 +100,7 @@ def test_shrink_is_linear_within_a_period() -> None:
         opt.step()
         if j == 0:
             chosen = torch.nonzero(opt._shrinking[:-1]).flatten().tolist()  # period 1's groups
-            assert len(chosen) == sum(q // 2 for q in opt._quota)
+            assert len(chosen) == sum(q // 2 for q in opt.selector.quotas)
             # norms before the first shrink: undo the factor 3/4 of this step
             before = group_norms(space, chosen) / (3 / 4)
         now = group_norms(space, chosen)
@@ -110,7 +110,7 @@ def test_shrink_is_linear_within_a_period() -> None:
 
 def test_zero_groups_keep_no_momentum() -> None:
     space = tiny_space()
-    opt = DHSPG(space, lr=0.1, momentum=0.9, weight_decay=0.1, target_group_sparsity=0.5, start_step=1, end_step=5,
+    opt = DHSPG(space, lr=0.1, momentum=0.9, weight_decay=0.1, target_group_sparsity=0.5, warmup_steps=1, end_step=5,
                 periods=2)
     data = tiny_batch()
     for _ in range(12):
@@ -126,7 +126,7 @@ def test_zero_groups_keep_no_momentum() -> None:
 
 
 def test_resume_mid_period_is_bit_exact() -> None:
-    kw = dict(lr=0.05, momentum=0.9, weight_decay=1e-3, target_group_sparsity=0.5, start_step=2, end_step=12,
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=1e-3, target_group_sparsity=0.5, warmup_steps=2, end_step=12,
               periods=3)
     data = tiny_batch()
     a = tiny_space()
@@ -151,13 +151,13 @@ def test_resume_mid_period_is_bit_exact() -> None:
 
 def test_budget_arguments_are_checked() -> None:
     with pytest.raises(OtonasError, match="exactly one budget"):
-        DHSPG(tiny_space(), lr=0.1, start_step=0)
+        DHSPG(tiny_space(), lr=0.1, warmup_steps=0)
     with pytest.raises(OtonasError, match="exactly one budget"):
-        DHSPG(tiny_space(), lr=0.1, target_group_sparsity=0.5, target_flops=0.5, start_step=0)
+        DHSPG(tiny_space(), lr=0.1, target_group_sparsity=0.5, target_flops=0.5, warmup_steps=0)
     with pytest.raises(OtonasError, match="schedule"):
-        DHSPG(tiny_space(), lr=0.1, target_group_sparsity=0.5, start_step=0, schedule="fast")
+        DHSPG(tiny_space(), lr=0.1, target_group_sparsity=0.5, warmup_steps=0, schedule="fast")
     with pytest.raises(OtonasError, match="cost model"):
-        DHSPG(tiny_space(), lr=0.1, target_flops=0.5, start_step=0)
+        DHSPG(tiny_space(), lr=0.1, target_flops=0.5, warmup_steps=0)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,7 @@ def resnet_space() -> otonas.SearchSpace:
 def test_cost_budget_is_met_within_one_percent(resnet_space: otonas.SearchSpace, metric: str, target: float) -> None:
     space = resnet_space
     dense = getattr(space.costs(), metric)
-    opt = DHSPG(space, lr=0.05, start_step=2, end_step=7, periods=5, **{f"target_{metric}": target})
+    opt = DHSPG(space, lr=0.05, warmup_steps=2, end_step=7, periods=5, **{f"target_{metric}": target})
     gen = torch.Generator().manual_seed(0)
     state = copy.deepcopy(space.model.state_dict())
     try:
@@ -201,7 +201,7 @@ def test_cost_budget_is_met_within_one_percent(resnet_space: otonas.SearchSpace,
 
 def test_unreachable_cost_budget_names_the_floor(resnet_space: otonas.SearchSpace) -> None:
     with pytest.raises(OtonasError, match="at least"):
-        DHSPG(resnet_space, lr=0.05, start_step=2, end_step=7, target_flops=1e-4)
+        DHSPG(resnet_space, lr=0.05, warmup_steps=2, end_step=7, target_flops=1e-4)
 
 
 def test_h2spg_progressive_erases_validly_without_forcing() -> None:
@@ -237,7 +237,7 @@ def test_round_to_keeps_multiples_and_meets_the_flops_target(schedule: str) -> N
     model = search_spaces.create("resnet20", in_chans=1, num_classes=10)  # widths 16/32/64
     space = otonas.analyze(model, (torch.randn(2, 1, 16, 16),))
     dense = space.costs().flops
-    opt = DHSPG(space, lr=0.05, start_step=2, end_step=7, periods=5, target_flops=0.5, round_to=8,
+    opt = DHSPG(space, lr=0.05, warmup_steps=2, end_step=7, periods=5, target_flops=0.5, round_to=8,
                 schedule=schedule, lmbda=10.0)
     assert opt.kept_fraction is not None and 0.49 <= opt.kept_fraction <= 0.5
     gen = torch.Generator().manual_seed(0)
@@ -266,7 +266,7 @@ def test_round_to_keeps_multiples_and_meets_the_flops_target(schedule: str) -> N
 
 def test_round_to_is_checked_and_skips_narrow_families() -> None:
     with pytest.raises(OtonasError, match="round_to"):
-        DHSPG(tiny_space(), lr=0.1, target_group_sparsity=0.5, start_step=1, round_to=0)
+        DHSPG(tiny_space(), lr=0.1, target_group_sparsity=0.5, warmup_steps=1, round_to=0)
     from otonas.optim._schedule import Alignment, align_quota
 
     al = Alignment(8, sizes=[30, 4, 12], pinned=[2, 0, 0], blocks=[False, False, True])

@@ -23,7 +23,7 @@ def test_per_stage_targets_are_exact():
     space = _space()
     stages = group_stages(space)
     targets = {"stem": 0.25, "stages.0": 0.0, "stages.1": 0.5, "*": 0.75}
-    opt = DHSPG(space, schedule="half_space", lr=0.05, target_group_sparsity=targets, start_step=3, end_step=8, lmbda=1.0)
+    opt = DHSPG(space, schedule="half_space", lr=0.05, target_group_sparsity=targets, warmup_steps=3, end_step=8, lmbda=1.0)
     model = space.model
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
     for _ in range(10):
@@ -45,9 +45,9 @@ def test_per_stage_targets_are_exact():
 def test_bad_stage_targets_name_the_culprit():
     space = _space()
     with pytest.raises(OtonasError, match="layer9.*stem"):
-        DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity={"layer9": 0.5}, start_step=1)
+        DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity={"layer9": 0.5}, warmup_steps=1)
     with pytest.raises(OtonasError, match="stem.*at most 0.750"):
-        DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity={"stem": 1.0}, start_step=1)
+        DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity={"stem": 1.0}, warmup_steps=1)
     with pytest.raises(OtonasError, match=r"\[0, 1\]"):
-        DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity={"stem": -0.1}, start_step=1)
-    assert np.isclose(DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity={"*": 0.5}, start_step=1).target_zero_groups, 56)
+        DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity={"stem": -0.1}, warmup_steps=1)
+    assert np.isclose(DHSPG(space, schedule="half_space", lr=0.1, target_group_sparsity={"*": 0.5}, warmup_steps=1).target_zero_groups, 56)
