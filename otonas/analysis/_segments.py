@@ -25,7 +25,7 @@ import numpy as np
 from torch import fx
 from torch.export.graph_signature import OutputKind
 
-from ..ops import FlowResult, OpRule, module_path, node_shape, rule_for
+from ..ops import FlowResult, OpRule, module_path, module_stack, node_shape, rule_for
 
 __all__ = ["ErasingGroup", "ErasureWalk", "Segments", "find_segments"]
 
@@ -225,7 +225,7 @@ class Segments:
         paths = [module_path(self.by_name[n]) for n in cone if self.by_name[n].op == "call_function"]
         common = _common_prefix(paths)
         outer = module_path(join)
-        for path, _ in (u.meta.get("nn_module_stack") or {}).values():
+        for path, _ in module_stack(u, all_entries=True):
             deeper = path != outer and (not outer or path.startswith(outer + "."))
             if deeper and (common == path or common.startswith(path + ".")):
                 return path

@@ -19,7 +19,7 @@ from torch.export.graph_signature import InputKind, OutputKind
 
 from ..errors import BuildError, UsageError
 from ..analysis import Plan, SearchSpace
-from ..ops import BuildContext, module_path, rule_for
+from ..ops import BuildContext, copy_meta, module_path, rule_for
 
 __all__ = ["build", "BuildContext"]
 
@@ -164,11 +164,7 @@ def _build_graph(space: SearchSpace, plan: Plan) -> fx.GraphModule:
                 if name is not None and space.has_channels(name):
                     target, args, kwargs = rule_for(target).rewrite(ctx, node, args, kwargs)
                 new = g.call_function(target, tuple(args), kwargs)
-                for key in ("nn_module_stack", "stack_trace", "source_fn_stack"):
-                    if key in node.meta:
-                        new.meta[key] = node.meta[key]
-                if name is not None:
-                    new.meta["otonas_source_node"] = name  # export reads the analysed node's facts
+                copy_meta(node, new, source=name)  # export reads the analysed node's facts
                 env[node] = new
             elif node.op == "output":
                 outs = node.args[0]

@@ -10,7 +10,7 @@ from torch import fx
 
 from ..ops import LayerCall, LayerSpec, rule_for, run_layer
 from ._codegen import Generated
-from ._graph import stack as module_stack
+from ..ops import module_stack
 
 __all__ = ["architecture", "node_flops", "original_layers", "record_shapes"]
 

@@ -23,7 +23,7 @@ from ..capture import shorter_inputs
 from ._arch import architecture as architecture_doc
 from ._arch import node_flops, original_layers, record_shapes
 from ._codegen import ExportError, Generated, ModelFacts, generate
-from ._graph import stack as module_stack
+from ..ops import module_stack, source_node
 from ._load import LOADER, load
 
 __all__ = ["ExportResult", "export"]
@@ -195,7 +195,7 @@ def export(
     original = {n.name: n for n in program.graph.nodes} if program is not None else {}
 
     def original_node(node: fx.Node) -> fx.Node | None:
-        return original.get(node.meta.get("otonas_source_node", ""))
+        return original.get(source_node(node) or "")
 
     def rank(node: fx.Node) -> int | None:
         src = original_node(node)

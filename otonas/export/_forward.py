@@ -14,7 +14,7 @@ from torch import fx, nn
 from ..ops import ADD, ATOM, MUL, UNARY, Call, Expr, fn, is_identifier, literal, method, op_key, rule_for
 from ..ops import torch_module_class
 from ._graph import BLOCK_TYPES, FRAME, PLAIN, TORCH_DIR, ExportError, arg_values, flat_args, source_names
-from ._graph import stack as module_stack
+from ..ops import module_stack
 from ._passes import is_random, mutated_arg
 from ._tree import LINE, ModuleTree
 

@@ -11,17 +11,12 @@ from torch import fx
 
 from ..errors import ExportError, OtonasError
 
-__all__ = ["ExportError", "BLOCK_TYPES", "PLAIN", "FRAME", "TORCH_DIR", "stack", "arg_values",
+__all__ = ["ExportError", "BLOCK_TYPES", "PLAIN", "FRAME", "TORCH_DIR", "arg_values",
            "source_names", "fetch", "supported", "flat_args"]
 
 BLOCK_TYPES = {"MultiheadAttention", "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder",
                "TransformerDecoder", "Transformer"}  # torch.nn modules whose insides are worth a comment
 PLAIN = {"Sequential", "ModuleList", "ModuleDict", "Module"}  # containers without a forward of their own
-
-
-def stack(node: fx.Node) -> list[tuple[str, str]]:
-    st = node.meta.get("nn_module_stack") or {}
-    return [v for v in st.values() if isinstance(v, tuple) and len(v) == 2 and not str(v[0]).startswith("_empty")]
 
 
 def arg_values(node: fx.Node, target: Any) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -14,7 +14,7 @@ from torch import fx, nn
 
 from ..ops import LayerCall, LayerSpec, is_identifier, rule_for, run_layer, torch_module_class
 from ._graph import ExportError, PLAIN, arg_values, fetch, supported
-from ._graph import stack as module_stack
+from ..ops import module_stack
 from ._passes import copy_graph, drop_identities, out_of_place
 
 __all__ = ["ModelFacts", "ModuleTree", "LINE"]

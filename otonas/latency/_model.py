@@ -32,6 +32,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import OtonasError
+from ..ops import module_path
 from ._measure import MEMORY_FORMATS, time_call, to_memory_format
 from ._table import LatencyTable, LayerShape, LayerTimes
 
@@ -185,8 +186,7 @@ class LatencyModel:
         seen: dict[str, int] = {}
         modules = dict(net.named_modules())
         for name in layer_nodes:
-            stack = nodes[name].meta.get("nn_module_stack") or {}
-            path = str(list(stack.values())[-1][0]) if stack else ""
+            path = str(module_path(nodes[name]))
             if path and path in modules and isinstance(modules[path], (nn.Conv2d, nn.Linear)):
                 where.append((path, seen.get(path, 0)))
                 seen[path] = seen.get(path, 0) + 1

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from torch import fx
 
 from ..errors import AnalysisError
 from ._ids import IdTable
+from ._meta import module_path, node_shape
 
 if TYPE_CHECKING:
     from ..analysis import SearchSpace
@@ -35,28 +35,6 @@ class PinEvent:
     node: str
     module: str
     reason: str
-
-
-def _hint(s: Any) -> int:
-    if isinstance(s, torch.SymInt):
-        hint = s.node.hint
-        if hint is None:
-            raise AnalysisError(f"symbolic size {s} has no example value")
-        return int(hint)
-    return int(s)
-
-
-def node_shape(val: Any) -> tuple[int, ...] | None:
-    if isinstance(val, torch.Tensor):
-        return tuple(_hint(s) for s in val.shape)
-    return None
-
-
-def module_path(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return ""
-    return list(stack.values())[-1][0]
 
 
 @dataclass

@@ -15,6 +15,7 @@ from ._code import ADD, BAND, BOR, BXOR, CMP, MUL, POWER, UNARY, Call, Expr, Lay
 from ._code import torch_module_class
 from ._common import arg, broadcast, mutated_arg, tensor_args, track_param, unknown
 from ._context import Dims, FlowContext
+from ._meta import module_path
 from ._rule import OpRule, op_key, register
 
 
@@ -381,7 +382,7 @@ class Dropout(Identity):
         packet = op_key(c.target).packet
         if cls not in _DROPOUTS.get(packet, ()) or bool(c["train"]):
             return None
-        path = c.node.meta["nn_module_stack"] and list(c.node.meta["nn_module_stack"].values())[-1][0]
+        path = module_path(c.node)
         if not path:
             return None
         return LayerSpec(path, cls, (c.t("p"),), (), (), "input", ())
