@@ -254,9 +254,9 @@ def check_h2spg(dev: torch.device, small: bool) -> None:
     erased_zero = space.zero_erasing_groups()
     all_zero = bool(erased_zero[accepted].all()) if accepted else False
     zero = opt.zero_groups().cpu().numpy()
-    selected = np.asarray(opt._pruned, dtype=np.int64)
+    selected = np.asarray(opt.pruned, dtype=np.int64)
     live = selected[~opt.moot_groups[selected]]  # not inside an operator accepted later
-    pruned, _ = opt._zero_counts()
+    pruned = int(m["num_zero_groups"])  # zero prunable groups outside the accepted operators
     ok = (all_zero and len(accepted) == opt.target_erased_groups and m["num_forced_groups"] == 0
           and bool(zero[selected].all()) and pruned == len(live))
     record(f"{name}: exact zeros", ok,

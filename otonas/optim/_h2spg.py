@@ -701,6 +701,12 @@ class H2SPG(DHSPG):
         return list(self._erasure.accepted)
 
     @property
+    def pruned(self) -> list[int]:
+        """The prunable groups the selection chose so far (ids in ``[0, N)``, in the order taken);
+        some may since lie inside an operator accepted later (``moot_groups``)."""
+        return list(self._erasure.pruned)
+
+    @property
     def pruning_scores(self) -> Tensor | None:
         """The averaged redundancy score of each prunable group ``[N]`` (None before the first step)."""
         ema = self._erasure.scores
