@@ -78,7 +78,8 @@ class SearchSpace:
         self.segments = Segments(cap.program, flow, self._roots, pinned_root)
         self._hierarchy: nx.DiGraph | None = None
         self._full_costs: Costs | None = None  # the costs of the whole network, which plan() reports
-        self._minted: dict[str, int] | None = None  # minting node -> its family, for plan()'s layer table
+        self._minted: dict[str, int] | None = None  # minting node -> its family (node_channels)
+        self._group_family = np.zeros(0, dtype=np.int64)  # group_family as an array, with _minted
 
     def _index(self) -> None:
         """Groups and families from the channel ids (again after the rewrite check pins some)."""
@@ -393,36 +394,49 @@ class SearchSpace:
         dim = int(np.argmax(counts))
         return dim, d[dim]
 
-    def _layer_table(self, dead: frozenset[str] | set[str], kept: Mapping[str, Sequence[int]]) -> list[LayerChannels]:
-        """One row per channel-making layer (an op that makes channels from a parameter), by
-        module path, in graph order: its output channels in the full and in the built network."""
+    def node_channels(self, name: str, *, dead: frozenset[str] | set[str],
+                      kept: Mapping[str, Sequence[int]]) -> tuple[int | None, tuple[int, int] | None, bool]:
+        """What graph node ``name``'s output channels are under a removal decision (``dead``
+        nodes and ``kept`` sizes, a :class:`Plan`'s): ``(family, (before, after), is_layer)``.
+        The family is the most common one of the channel dim's groups (a channel-making layer
+        without prunable channels: the family it mints); the counts are the channel dim's, or
+        for such a layer its shape's channel dim (0 after when erased); ``is_layer``: the node
+        makes channels from a parameter (a conv, a linear). None where a value is not known."""
         if self._minted is None:
             minted: dict[str, int] = {}
             for fam in self.families:
-                for name in fam.minting_nodes:
-                    minted.setdefault(name, fam.index)
+                for n in fam.minting_nodes:
+                    minted.setdefault(n, fam.index)
             self._minted = minted
-        group_family = np.asarray(self.group_family, dtype=np.int64)
+            self._group_family = np.asarray(self.group_family, dtype=np.int64)
+        data = self.graph.nodes[name]
+        is_layer = name in self._minted and bool(data.get("params"))
+        family: int | None = None
+        channels: tuple[int, int] | None = None
+        found = self.channel_dim(name)
+        if found is not None:
+            dim, g = found
+            family = Counter(self._group_family[g[g >= 0]].tolist()).most_common(1)[0][0]
+            channels = (len(g), 0 if name in dead else int(kept[name][dim]))
+        if family is None:
+            family = self._minted.get(name)
+        shape = data.get("shape")
+        if channels is None and is_layer and isinstance(shape, (tuple, list)) and shape:
+            c = int(shape[1] if "conv" in str(data.get("op", "")) and len(shape) > 1 else shape[-1])
+            channels = (c, 0 if name in dead else c)
+        return family, channels, is_layer
+
+    def _layer_table(self, dead: frozenset[str] | set[str], kept: Mapping[str, Sequence[int]]) -> list[LayerChannels]:
+        """One row per channel-making layer (an op that makes channels from a parameter), by
+        module path, in graph order: its output channels in the full and in the built network."""
         rows: dict[str, LayerChannels] = {}
         for name, data in self.graph.nodes(data=True):
-            if name not in self._minted or not data.get("params"):
-                continue
-            op = short_op(str(data.get("op", "")))
-            shape = data.get("shape")
-            found = self.channel_dim(name)
-            if found is not None:
-                dim, g = found
-                valid = g[g >= 0]
-                family: int | None = Counter(group_family[valid].tolist()).most_common(1)[0][0]
-                before = len(g)
-                after = 0 if name in dead else int(kept[name][dim])
-            elif isinstance(shape, (tuple, list)) and shape:
-                c = int(shape[1] if "conv" in op and len(shape) > 1 else shape[-1])
-                family, before, after = self._minted[name], c, 0 if name in dead else c
-            else:
+            family, channels, is_layer = self.node_channels(name, dead=dead, kept=kept)
+            if not is_layer or channels is None:
                 continue
             key = str(data.get("module") or "") or name
-            rows.setdefault(key, LayerChannels(key, name, op, before, after, name in dead, family))
+            rows.setdefault(key, LayerChannels(key, name, short_op(str(data.get("op", ""))), channels[0], channels[1],
+                                               name in dead, family))
         return list(rows.values())
 
     @staticmethod

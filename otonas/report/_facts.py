@@ -3,7 +3,6 @@ channels before and after, whether it is erased or pinned; per layer its channel
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,16 +82,11 @@ def graph_facts(space: Any, *, removed: Any = None, erased: Any = None, plan: Pl
     for ev in space.pins:
         if ev.node in graph and ev.reason not in pins.setdefault(ev.node, []):
             pins[ev.node].append(ev.reason)
-    minted: dict[str, int] = {}
-    for fam in space.families:
-        for n in fam.minting_nodes:
-            minted.setdefault(n, fam.index)
     groups_of: dict[str, list[int]] = {}
     for g in sorted(space.erasing_groups, key=lambda g: -g.depth):
         for n in g.nodes:
             if n in graph:
                 groups_of.setdefault(n, []).append(g.index)
-    group_family = np.asarray(space.group_family, dtype=np.int64)
 
     ops: dict[str, OpFacts] = {}
     for n in graph.nodes:
@@ -100,20 +94,7 @@ def graph_facts(space: Any, *, removed: Any = None, erased: Any = None, plan: Pl
         op = str(data.get("op", ""))
         shape = data.get("shape")
         shape = tuple(int(s) for s in shape) if isinstance(shape, (tuple, list)) else None
-        family: int | None = None
-        channels: tuple[int, int] | None = None
-        found = space.channel_dim(n)
-        if found is not None:
-            dim, g = found
-            valid = g[g >= 0]
-            family = Counter(group_family[valid].tolist()).most_common(1)[0][0]
-            channels = (len(g), 0 if n in dead else int(plan.kept[n][dim]))
-        is_layer = n in minted and bool(data.get("params"))
-        if family is None and n in minted:
-            family = minted[n]
-        if channels is None and is_layer and shape:
-            c = shape[1] if "conv" in op and len(shape) > 1 else shape[-1]
-            channels = (c, 0 if n in dead else c)
+        family, channels, is_layer = space.node_channels(n, dead=dead, kept=plan.kept)
         if family is None and op not in ("input", "output"):
             family = next((ops[p].family for p in graph.predecessors(n) if p in ops and ops[p].family is not None),
                           None)
