@@ -192,17 +192,17 @@ class DHSPG(torch.optim.Optimizer):
             target = None
         end_step = 2 * start_step + 1 if end_step is None else int(end_step)
         if schedule not in SCHEDULES:
-            raise OtonasError(f"DHSPG: schedule={schedule!r} is invalid; expected one of "
+            raise OtonasError(f"{name}: schedule={schedule!r} is invalid; expected one of "
                               + ", ".join(repr(v) for v in SCHEDULES))
         if not (isinstance(periods, int) and periods >= 1):
-            raise OtonasError(f"DHSPG: periods={periods!r} is invalid; expected an int >= 1")
+            raise OtonasError(f"{name}: periods={periods!r} is invalid; expected an int >= 1")
         if lambda_rule not in LAMBDA_RULES:
-            raise OtonasError(f"DHSPG: lambda_rule={lambda_rule!r} is invalid; expected one of "
+            raise OtonasError(f"{name}: lambda_rule={lambda_rule!r} is invalid; expected one of "
                               + ", ".join(repr(v) for v in LAMBDA_RULES))
         if not (isinstance(lambda_gain, (int, float)) and lambda_gain > 1):
-            raise OtonasError(f"DHSPG: lambda_gain={lambda_gain!r} is invalid; expected a float > 1 (at the last "
+            raise OtonasError(f"{name}: lambda_gain={lambda_gain!r} is invalid; expected a float > 1 (at the last "
                               "projection step the λ step must overshoot the half-space boundary)")
-        _validate(lr=lr, start=start_step, start_name=start_name, end=end_step, variant=variant,
+        _validate(owner=name, lr=lr, start=start_step, start_name=start_name, end=end_step, variant=variant,
                   momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
                   betas=betas, eps=eps, lmbda=lmbda, amplify=lmbda_amplify, coeff=hat_lmbda_coeff,
                   epsilon=epsilon)
@@ -1314,11 +1314,11 @@ def _fill_zero(t: Tensor, e: Entry, where: Tensor) -> None:
         t.mul_(where[:: e.post].view(e.view))
 
 
-def _validate(*, lr: float, start: int, start_name: str, end: int, variant: str, momentum: float, dampening: float,
+def _validate(*, owner: str, lr: float, start: int, start_name: str, end: int, variant: str, momentum: float, dampening: float,
               nesterov: bool, weight_decay: float, betas: tuple[float, float], eps: float, lmbda: float,
               amplify: float, coeff: float, epsilon: float) -> None:
     def bad(name: str, value: object, expected: str) -> OtonasError:
-        return OtonasError(f"DHSPG: {name}={value!r} is invalid; expected {expected}")
+        return OtonasError(f"{owner}: {name}={value!r} is invalid; expected {expected}")
 
     if variant not in _VARIANTS:
         raise bad("variant", variant, "one of " + ", ".join(repr(v) for v in _VARIANTS))

@@ -648,11 +648,6 @@ class H2SPG(DHSPG):
         selector = ErasureSelector(erase_budget=erase_budget, target_group_sparsity=target_group_sparsity,
                                    target_flops=target_flops, target_params=target_params, ema=ema,
                                    keep_one_per_family=keep_one_per_family, round_to=round_to)
-        if int(warmup_steps) < 0:
-            raise OtonasError(f"H2SPG: warmup_steps={warmup_steps!r} is invalid; expected a step count >= 0")
-        if end_step is not None and int(end_step) <= int(warmup_steps):
-            raise OtonasError(f"H2SPG: end_step={end_step!r} is invalid; expected a step after "
-                              f"warmup_steps={warmup_steps} (the projection phase needs at least one step)")
         self._erasure = selector
         super().__init__(space, lr=lr, warmup_steps=warmup_steps, end_step=end_step, variant=variant,
                          momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
