@@ -17,8 +17,9 @@ seed; SGD momentum 0.9, weight decay 5e-4, batch 64; one lr schedule for all, ov
 steps: one-cycle (linear warm-up over the first 15 % from 0.004 to 0.1, then cosine to 0):
 
 - ``dense``: the unpruned network.
-- ``otonas``: ``DHSPG(target_flops=t, schedule="progressive", periods=5, score=MagnitudeScore())``
-  with ``otonas search``'s defaults: warm-up 1/10 of the steps, projection to 3/10, the rest
+- ``otonas``: ``DHSPG(target_flops=t, schedule="progressive", periods=5, score=NormAffineScore())``
+  with ``otonas search``'s defaults (``--otonas-score magnitude|taylor|...`` swaps the score, for
+  an ablation into its own ``--out`` file): warm-up 1/10 of the steps, projection to 3/10, the rest
   trains the final structure; the built subnet
   (``otonas.build``) is evaluated; ``forced_groups`` is ``metrics()["num_forced_groups"]``.
 - ``random_train``: at initialisation, in every family ("cell") of otonas' search space, as many
@@ -62,13 +63,16 @@ printed, written into the Quality section of ``bench/README.md`` and drawn in
 ``bench/figures/quality.png``. Threads: 1 by default (``--threads``): on this 2-core machine,
 shared with other jobs, two intra-op threads made a training step 40× slower than one.
 
-Budget: the default grid is (dense + 4 methods × 2 targets) × (5 Fashion-MNIST seeds + 10 digits
-seeds) = 135 runs, plus 3 × 10 supernet runs (digits, ≈ 1 minute each at load ≈ 3). Timed at load
-average ≈ 3-5 (one thread): a Fashion-MNIST run took 31-56 s at 5,000 training images (≈ 35
-minutes), a digits run 7-16 s (≈ 12 minutes), a supernet run 43-60 s (≈ 25 minutes): ≈ 75 minutes
-in all. Digits gets ten seeds because its cells are noise-bound (see ``DEFAULT_SEEDS``).
+Budget: the default grid is (dense + 4 methods × 2 targets) × (10 Fashion-MNIST seeds + 10 digits
+seeds) = 180 runs, plus 3 × 10 supernet runs = 210 runs. Timed at load average ≈ 2-4 (one thread
+per run): a Fashion-MNIST run takes 20-50 s at 5,000 training images (≈ 55 minutes for its 90),
+a digits run 6-16 s (≈ 15 minutes), a supernet run 30-60 s (≈ 25 minutes): ≈ 95 minutes in one
+process, ≈ 50 minutes with ``--jobs 2`` (the default where there are two cores: two processes of
+one thread, one data set's and seed's runs in order in each; the results are the same as with
+``--jobs 1``, run for run). Ten seeds per data set because the cells are noise-bound (see
+``DEFAULT_SEEDS``).
 
-    python bench/bench_quality.py                      # the whole default grid: 165 runs, ≈ 75 min
+    python bench/bench_quality.py                      # the whole default grid: 210 runs, ≈ 50 min (2 jobs)
     python bench/bench_quality.py --quick              # smoke test: 1 seed, 1 epoch, small subset
     python bench/bench_quality.py --summary-only       # re-draw the summary from the JSON
     options: --data fashionmnist,digits --targets 0.5,0.25 --seeds 0,1,2 --epochs N
@@ -104,7 +108,7 @@ sys.path.insert(0, str(ROOT))
 import otonas  # noqa: E402
 import search_spaces  # noqa: E402
 from otonas.optim import DHSPG
-from otonas.optim import make_score  # noqa: E402
+from otonas.optim import SCORES, make_score  # noqa: E402
 
 MODEL = "resnet20-tiny"
 SUPERNET = "darts-tiny"  # the DARTS supernet of the main job, in erase mode
@@ -119,15 +123,16 @@ FIGURE = ROOT / "bench" / "figures" / "quality.png"
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 # Seeds per data set when --seeds is not given. Digits has 450 test images (one image is 0.22
 # points) and its cells sit at the dense network's accuracy, seed std 0.4-0.7: five seeds could
-# not tell a 0.5-point gap from noise (seeds 0-4 and 5-9 gave opposite signs), so it gets ten.
-DEFAULT_SEEDS = {"fashionmnist": 5, "digits": 10}
+# not tell a 0.5-point gap from noise (seeds 0-4 and 5-9 gave opposite signs), so it gets ten;
+# Fashion-MNIST's seed std is 0.4-1.4 points on 2,000 test images, and gets ten too.
+DEFAULT_SEEDS = {"fashionmnist": 10, "digits": 10}
 
 # Settings every run of one results file shares (the "config" of the JSON).
 FULL: dict[str, Any] = {
     "model": MODEL, "batch": 64, "lr_max": 0.1, "lr_warmup": 0.15, "momentum": 0.9, "weight_decay": 5e-4,
-    # otonas search's defaults: warm-up 1/10 of the steps, projection to 3/10; magnitude score for
-    # channels (DHSPG), Taylor for operators (H2SPG, the supernet runs)
-    "otonas": {"warmup": 0.1, "projection_end": 0.3, "periods": 5, "schedule": "progressive", "score": "magnitude",
+    # otonas search's defaults: warm-up 1/10 of the steps, projection to 3/10; the normalization's
+    # scale and shift for channels (DHSPG), Taylor for operators (H2SPG, the supernet runs)
+    "otonas": {"warmup": 0.1, "projection_end": 0.3, "periods": 5, "schedule": "progressive", "score": "norm_affine",
                "erase_score": "taylor"},
     # the supernet runs use otonas search's erase-mode fractions: warm-up 1/6, projection to 5/12
     "prune_at": "round(2/3 of the epochs)",
@@ -669,6 +674,66 @@ def write_readme(table: str, command: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- main
+@dataclass(frozen=True)
+class Unit:
+    """One data set's and one seed's runs of one model, in order (random_erase reads otonas' FLOPs)."""
+
+    data: str
+    model: str
+    seed: int
+    epochs: int
+    runs: tuple[tuple[str, float], ...]  # (method, FLOPs target or erase budget)
+
+    def has(self, r: dict[str, Any]) -> bool:
+        return (r["data"], r["model"], int(r["seed"]), int(r["epochs"])) == (self.data, self.model, self.seed,
+                                                                            self.epochs) and \
+            (r["method"], _target(r)) in self.runs
+
+
+_CONTEXTS: dict[tuple[str, str, int], Context] = {}
+
+
+def run_unit(u: Unit, cfg: dict[str, Any], threads: int, have: list[dict[str, Any]],
+             emit: Callable[[dict[str, Any]], None]) -> None:
+    """Run the unit's runs not in ``have``, in order, handing each result to ``emit``."""
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")
+    ck = (u.data, u.model, id(cfg))
+    if ck not in _CONTEXTS:
+        _CONTEXTS[ck] = Context(u.data, cfg, make=make_supernet if u.model == SUPERNET else None)
+    ctx = _CONTEXTS[ck]
+    runners = ERASE_RUNNERS if u.model == SUPERNET else RUNNERS
+    done = {(r["method"], _target(r)): r for r in have}
+    for m, t in u.runs:
+        if (m, t) in done:
+            ctx.flops_of[(u.model, m, u.seed)] = done[(m, t)]["flops_kept"]
+            continue
+        t0 = time.perf_counter()
+        net, forced = runners[m](ctx, t, u.epochs, u.seed)
+        secs = time.perf_counter() - t0
+        acc = accuracy(net, ctx.d)
+        fk, pk = ctx.costs(net)
+        budget = ({"flops_target": None, "erase_budget": t} if u.model == SUPERNET else {"flops_target": t})
+        ctx.flops_of[(u.model, m, u.seed)] = fk
+        emit({"data": u.data, "model": u.model, "method": m, **budget, "flops_kept": fk, "params_kept": pk,
+              "accuracy": acc, "seed": u.seed, "epochs": u.epochs, "forced_groups": forced,
+              "seconds": round(secs, 2)})
+
+
+def run_unit_collect(u: Unit, cfg: dict[str, Any], threads: int, have: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``run_unit`` in a worker process: the results as a list."""
+    out: list[dict[str, Any]] = []
+    run_unit(u, cfg, threads, have, out.append)
+    return out
+
+
+def line(r: dict[str, Any]) -> str:
+    forced = r["forced_groups"]
+    return (f"{r['data']:12s} {r['model']:14s} {r['method']:14s} target {_target(r):4.2f} seed {r['seed']}  "
+            f"FLOPs kept {r['flops_kept']:6.1%}  params kept {r['params_kept']:6.1%}  acc {r['accuracy']:6.2f}%  "
+            f"forced {forced if forced is not None else '-'}  {r['seconds']:6.1f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=",".join(DATASETS))
@@ -685,12 +750,20 @@ def main() -> None:
                                                 "with --quick /tmp/quality_quick.json)")
     ap.add_argument("--quick", action="store_true", help="smoke test: one seed, 1 epoch, a small Fashion-MNIST subset")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs in parallel, one process each with --threads "
+                    "threads (a data set's and seed's runs stay in order in one process; default: 2 where there are "
+                    "two cores)")
+    ap.add_argument("--otonas-score", default=None, help="otonas' channel score instead of "
+                    f"{FULL['otonas']['score']} (one of {', '.join(SCORES)}): an ablation, into its own --out")
     ap.add_argument("--summary-only", action="store_true", help="print / write the summary of --out, run nothing")
     ap.add_argument("--no-report", action="store_true", help="do not write bench/README.md and the figure")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")
     cfg = QUICK if args.quick else FULL
+    if args.otonas_score is not None:
+        make_score(args.otonas_score)  # an unknown name fails here, naming the choices
+        cfg = {**cfg, "otonas": {**cfg["otonas"], "score": args.otonas_score}}
     out = Path(args.out) if args.out else (Path("/tmp/quality_quick.json") if args.quick else DEFAULT_OUT)
 
     def seeds_of(data: str) -> list[int]:
@@ -704,48 +777,38 @@ def main() -> None:
     targets = [float(t) for t in args.targets.split(",")]
     res = load_results(out, cfg)
     if not args.summary_only:
-        done = {key(r) for r in res["runs"]}
-
-        def record(ctx: Context, model: str, m: str, runner: Callable[..., tuple[nn.Module, int | None]], t: float,
-                   epochs: int, seed: int, budget: dict[str, Any]) -> None:
-            k = (ctx.name, model, m, t, seed, epochs)
-            if k in done:
-                ctx.flops_of[(model, m, seed)] = next(r["flops_kept"] for r in res["runs"] if key(r) == k)
-                return
-            t0 = time.perf_counter()
-            net, forced = runner(ctx, t, epochs, seed)
-            secs = time.perf_counter() - t0
-            acc = accuracy(net, ctx.d)
-            fk, pk = ctx.costs(net)
-            r = {"data": ctx.name, "model": model, "method": m, **budget, "flops_kept": fk, "params_kept": pk,
-                 "accuracy": acc, "seed": seed, "epochs": epochs, "forced_groups": forced, "seconds": round(secs, 2)}
-            res["runs"].append(r)
-            ctx.flops_of[(model, m, seed)] = fk
-            done.add(k)
-            save(out, res)
-            print(f"{ctx.name:12s} {model:14s} {m:14s} target {t:4.2f} seed {seed}  FLOPs kept {fk:6.1%}  "
-                  f"params kept {pk:6.1%}  acc {acc:6.2f}%  forced {forced if forced is not None else '-'}  "
-                  f"{secs:6.1f} s", flush=True)
-
         models = args.models.split(",")
-        for data in args.data.split(","):
-            if MODEL not in models:
-                break
-            ctx = Context(data, cfg)
-            epochs = args.epochs if args.epochs is not None else cfg[data]["epochs"]
-            for seed in seeds_of(data):
-                for m in methods:
-                    for t in ([1.0] if m == "dense" else targets):
-                        record(ctx, MODEL, m, RUNNERS[m], t, epochs, seed, {"flops_target": t})
+        units: list[Unit] = []
+        if MODEL in models:
+            for data in args.data.split(","):
+                epochs = args.epochs if args.epochs is not None else cfg[data]["epochs"]
+                runs = [(m, t) for m in methods for t in ([1.0] if m == "dense" else targets)]
+                units += [Unit(data, MODEL, seed, epochs, tuple(runs)) for seed in seeds_of(data)]
         if SUPERNET in models:
             sc = cfg["darts"]
-            ctx = Context(sc["data"], cfg, make=make_supernet)
             epochs = args.epochs if args.epochs is not None else sc["epochs"]
-            for seed in seeds_of(sc["data"]):
-                for m in ERASE_METHODS:
-                    b = 0.0 if m == "dense" else sc["erase_budget"]
-                    record(ctx, SUPERNET, m, ERASE_RUNNERS[m], b, epochs, seed, {"flops_target": None,
-                                                                                 "erase_budget": b})
+            runs = [(m, 0.0 if m == "dense" else sc["erase_budget"]) for m in ERASE_METHODS]
+            units += [Unit(sc["data"], SUPERNET, seed, epochs, tuple(runs)) for seed in seeds_of(sc["data"])]
+
+        def record(r: dict[str, Any]) -> None:
+            res["runs"].append(r)
+            save(out, res)
+            print(line(r), flush=True)
+
+        todo = [(u, [r for r in res["runs"] if u.has(r)]) for u in units]
+        todo = [(u, have) for u, have in todo if len(have) < len(u.runs)]
+        if args.jobs <= 1:
+            for u, have in todo:
+                run_unit(u, cfg, args.threads, have, record)
+        else:  # one unit (a data set's and seed's runs, in order) per worker process, args.threads each
+            import concurrent.futures as cf
+            import multiprocessing as mp
+
+            with cf.ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+                futures = [pool.submit(run_unit_collect, u, cfg, args.threads, have) for u, have in todo]
+                for f in cf.as_completed(futures):
+                    for r in f.result():
+                        record(r)
     table = summary(res["runs"])
     print(table)
     if not args.quick and not args.no_report and out.resolve() == DEFAULT_OUT.resolve():

@@ -19,3 +19,29 @@ def test_gpu_check_cpu_smoke_passes_every_check() -> None:
     assert p.returncode == 0, out[-3000:]
     assert " 0 failed" in out and "| FAIL |" not in out, out[-3000:]
     assert " passed" in out
+
+
+def _quality(tmp: Path, jobs: int) -> list[dict[str, object]]:
+    out = tmp / f"q{jobs}.json"
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_quality.py"), "--quick", "--data", "digits",
+                        "--models", "resnet20-tiny", "--methods", "otonas,random_train", "--jobs", str(jobs),
+                        "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    import json
+
+    runs: list[dict[str, object]] = json.loads(out.read_text())["runs"]
+    return sorted(runs, key=lambda r: (str(r["method"]), float(r["flops_target"])))  # type: ignore[arg-type]
+
+
+def test_quality_bench_runs_alike_in_one_process_and_in_two(tmp_path: Path) -> None:
+    """bench_quality.py's quick grid: every run at its FLOPs target, otonas forcing nothing, and
+    ``--jobs 2`` (two worker processes) giving the same results, run for run, as ``--jobs 1``."""
+    one, two = _quality(tmp_path, 1), _quality(tmp_path, 2)
+    assert [(r["method"], r["flops_target"]) for r in one] == [
+        ("otonas", 0.25), ("otonas", 0.5), ("random_train", 0.25), ("random_train", 0.5)]
+    for r in one:
+        assert float(r["flops_kept"]) <= float(r["flops_target"]) + 0.01  # type: ignore[arg-type]
+        assert r["forced_groups"] == (0 if r["method"] == "otonas" else None)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in one]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in two]

@@ -96,10 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--round-to", type=int, metavar="N", help="every layer keeps a multiple of N channels (or all "
                    "of them; attention heads stay whole): counts that CPU/GPU kernels run fastest on, e.g. 8 "
                    "(default 1)")
-    s.add_argument("--score", choices=["magnitude", "taylor", "cosine_magnitude"],
-                   help="how redundant a group is: magnitude (default with --mode prune; smallest L2 norm within "
-                        "its family), taylor (default with erasure; -|<x, d>|, the first-order loss change of "
-                        "removing it, comparable across operators) or cosine_magnitude (OTOv2's cos(x, d) + 1/mean|x|)")
+    s.add_argument("--score", choices=["norm_affine", "magnitude", "taylor", "cosine_magnitude"],
+                   help="how redundant a group is: norm_affine (default with --mode prune; smallest scale and "
+                        "shift of its normalization layers within its family, Network Slimming's criterion; "
+                        "groups without one: smallest L2 norm), magnitude (smallest L2 norm within its family), "
+                        "taylor (default with erasure; -|<x, d>|, the first-order loss change of removing it, "
+                        "comparable across operators) or cosine_magnitude (OTOv2's cos(x, d) + 1/mean|x|)")
     s.add_argument("--epochs", type=int)
     s.add_argument("--batch-size", type=int)
     s.add_argument("--lr", type=float)

@@ -15,9 +15,10 @@ from ._h2spg import H2SPG, BudgetWarning, ErasureSelector, SkippedCandidate, sel
 from ._kernels import enabled as kernels_enabled
 from ._schedule import period_bounds
 from ._select import Selection, Selector, SelectorContext, TopKSelector
-from ._score import SCORES, CosineMagnitudeScore, GroupStats, RedundancyScore, make_score
+from ._score import (SCORES, CosineMagnitudeScore, GroupStats, MagnitudeScore, NormAffineScore, RedundancyScore,
+                     TaylorScore, make_score)
 
 __all__ = ["DHSPG", "H2SPG", "Selector", "TopKSelector", "ErasureSelector", "Selection", "SelectorContext",
            "ForcedProjectionWarning", "BudgetWarning", "SkippedCandidate", "select_erasure",
-           "RedundancyScore", "CosineMagnitudeScore", "GroupStats", "make_score", "SCORES", "period_bounds",
+           "RedundancyScore", "CosineMagnitudeScore", "TaylorScore", "MagnitudeScore", "NormAffineScore", "GroupStats", "make_score", "SCORES", "period_bounds",
            "kernels_enabled"]

@@ -830,8 +830,10 @@ class DHSPG(torch.optim.Optimizer):
         stats, _, _ = self._stats(self._layout.plans, self._layout.slice_index, params, d, with_abs=True,
                                   keep_xx=not packed)
         s = stats[:, : self.num_groups]
+        norm = self._score.needs_norm_sq
         return GroupStats(dot=s[0], x_sq=s[1], d_sq=s[2], x_abs=s[3], size=self._layout.group_size.to(s.dtype),
-                          family=None)
+                          family=None, norm_sq=self._layout.norm_sq(params, s.dtype) if norm else None,
+                          norm_size=self._layout.norm_size.to(s.dtype) if norm else None)
 
     def _partition(self, params: Sequence[Tensor], d: Sequence[Tensor | None]) -> None:
         """Choose G_r (the half-space schedule, once, at warmup_steps): the selector's choice."""

@@ -334,7 +334,9 @@ class ErasureSelector(Selector):
             if hi > lo:  # each level normalized on its own: an operator and a channel are not alike
                 scores.append(self.context.score(GroupStats(
                     dot=stats.dot[lo:hi], x_sq=stats.x_sq[lo:hi], d_sq=stats.d_sq[lo:hi], x_abs=stats.x_abs[lo:hi],
-                    size=stats.size[lo:hi], family=family)).to(torch.float64))
+                    size=stats.size[lo:hi], family=family,
+                    norm_sq=None if stats.norm_sq is None else stats.norm_sq[lo:hi],
+                    norm_size=None if stats.norm_size is None else stats.norm_size[lo:hi])).to(torch.float64))
         score = torch.cat(scores) if scores else torch.zeros(0, dtype=torch.float64, device=stats.dot.device)
         beta = self.ema
         if self._ema is None or beta == 0:

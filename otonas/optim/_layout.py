@@ -169,6 +169,24 @@ BLAS = (torch.float32, torch.float64)
 """The dtypes whose sums are taken by matrix-vector products."""
 
 
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
+          nn.InstanceNorm3d, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm, nn.LocalResponseNorm)
+
+
+_NOT_NORMS = ("Normaliz", "WeightNorm", "SpectralNorm")  # reparametrizations and parameter-free layers
+
+
+def _norm_parameter_ids(model: nn.Module) -> set[int]:
+    """The ids of the parameters that normalization layers own directly: torch's own, and the
+    classes of other libraries named like one (``LlamaRMSNorm``, ``LayerNorm2d``, ``BatchNormAct2d``)."""
+    out: set[int] = set()
+    for m in model.modules():
+        name = type(m).__name__
+        if isinstance(m, _NORMS) or ("Norm" in name and not any(w in name for w in _NOT_NORMS)):
+            out.update(id(p) for p in m.parameters(recurse=False))
+    return out
+
+
 def slice_index(plans: Sequence[ParamPlan]) -> Tensor:
     """The group id of every slice of ``plans``, in the order their per-slice values are concatenated."""
     return torch.cat([e.index for q in plans for e in q.entries])
@@ -238,6 +256,24 @@ class GroupLayout:
                 f"group_layout() although num_prunable_groups is {n}; the search space is inconsistent: "
                 "re-run otonas.analyze")
         self.group_size = sizes[:n].to(device)
+        # The normalization scales and shifts among the grouped parameters (1-D: one slice per
+        # element), for scores that read them (NormAffineScore): positions and their slices' groups.
+        norm_ids = _norm_parameter_ids(space.model)
+        norm: list[tuple[int, Tensor]] = [(q.position, e.index) for q in self.plans for e in q.entries
+                                          if id(params[q.position]) in norm_ids and params[q.position].dim() == 1]
+        self.norm_positions: tuple[int, ...] = tuple(i for i, _ in norm)
+        self.norm_index = (torch.cat([ix for _, ix in norm]) if norm
+                           else torch.zeros(0, dtype=torch.int64, device=device))
+        counts = torch.zeros(n + 1, dtype=torch.float64, device=device)
+        self.norm_size = counts.index_add_(0, self.norm_index, torch.ones_like(self.norm_index, dtype=torch.float64))[:n]
+
+    def norm_sq(self, params: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+        """``[N]``: Σ x² over each group's normalization scales and shifts (zero where it has none)."""
+        out = torch.zeros(self.num_groups + 1, dtype=dtype, device=self.device)
+        if self.norm_positions:
+            x = torch.cat([params[i].detach().reshape(-1) for i in self.norm_positions]).to(dtype)
+            out.index_add_(0, self.norm_index, x * x)
+        return out[: self.num_groups]
 
     @staticmethod
     def _check_entry(name: str, p: Tensor, dim: int, index: Tensor, n: int) -> Tensor:

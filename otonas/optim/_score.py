@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-__all__ = ["GroupStats", "RedundancyScore", "CosineMagnitudeScore", "TaylorScore", "MagnitudeScore", "make_score",
-           "SCORES"]
+__all__ = ["GroupStats", "RedundancyScore", "CosineMagnitudeScore", "TaylorScore", "MagnitudeScore",
+           "NormAffineScore", "make_score", "SCORES"]
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,10 @@ class GroupStats:
     """Per-group sums at the step where the redundant set is chosen; every field is ``[N]``.
 
     ``x`` is a group's parameter vector (all its slices), ``d`` the base optimizer's step
-    direction there (the step is ``x − lr·d``).
+    direction there (the step is ``x − lr·d``). ``norm_sq`` / ``norm_size``: ``‖·‖²`` and the
+    element count of the group's normalization scales and shifts (the γ and β of the BatchNorm,
+    LayerNorm, GroupNorm, RMSNorm … layers among its slices); the optimizer fills them only for a
+    score whose ``needs_norm_sq`` is true (``None`` otherwise).
     """
 
     dot: Tensor  # ⟨x_g, d_g⟩
@@ -26,6 +30,8 @@ class GroupStats:
     x_abs: Tensor  # Σ |x_g|
     size: Tensor  # number of elements in the group
     family: Tensor | None  # family id of each group, when the search space gives one
+    norm_sq: Tensor | None = None  # Σ γ² + β² over the group's normalization layers
+    norm_size: Tensor | None = None  # how many such elements the group has (0: none)
 
 
 class RedundancyScore(abc.ABC):
@@ -34,7 +40,10 @@ class RedundancyScore(abc.ABC):
     DHSPG calls it once, at ``start_step``, with the statistics of every prunable group.
     The scores must be computed from the statistics alone (they are identical on all
     ranks of a distributed run), higher meaning more redundant; ``+inf`` is allowed.
+    A score that reads ``GroupStats.norm_sq`` sets ``needs_norm_sq = True``.
     """
+
+    needs_norm_sq: ClassVar[bool] = False
 
     @abc.abstractmethod
     def __call__(self, stats: GroupStats) -> Tensor:
@@ -85,17 +94,39 @@ class TaylorScore(RedundancyScore):
 class MagnitudeScore(RedundancyScore):
     """``−‖x_g‖²``: the group of smallest L2 norm (over all its slices) first; an all-zero group
     scores ``+inf``. Only meaningful among groups of one kind — channels of one family — so use
-    it where selection stays within cells (the progressive schedule, cost budgets, ``round_to``):
-    there it is the default of ``otonas search --mode prune``. Measured beside Taylor on tiny
-    ResNet-20 (bench/bench_quality.py's grid, 5 seeds): Fashion-MNIST at 50 % FLOPs 80.99 ± 0.81 %
-    against 80.57 ± 0.84 %, at 25 % 79.13 ± 0.74 against 79.23 ± 0.44; digits at 25 % 98.04 ±
-    0.43 against 98.00 ± 0.22, at 50 % 97.82 ± 0.43 against 97.91 ± 0.71."""
+    it where selection stays within cells (the progressive schedule, cost budgets, ``round_to``).
+    Where a normalization follows the weights (BatchNorm after a convolution) it is no better than a
+    random choice (bench/README "Which score"): ``NormAffineScore``, the default of ``otonas search
+    --mode prune``, reads the normalization's scale and shift instead."""
 
     def __call__(self, stats: GroupStats) -> Tensor:
         return torch.where(stats.x_abs == 0, torch.inf, -stats.x_sq)
 
 
-SCORES = ("taylor", "magnitude", "cosine_magnitude")
+class NormAffineScore(RedundancyScore):
+    """``−Σ(γ² + β²)`` over the scales and shifts of the normalization layers in the group — the
+    size of the channel's output after the normalization. Network Slimming's criterion (Liu et al.,
+    ICCV 2017: ``|γ|``) with the shift counted too (a channel whose γ is 0 still passes its constant
+    β on). A convolution or linear layer followed by a BatchNorm or LayerNorm is scale
+    invariant (the normalization divides its weights' norm out), so the weights' own magnitude
+    says little about what the channel contributes; γ and β are what the next layer sees. A group
+    with no normalization slice falls back to ``−‖x_g‖²`` (``MagnitudeScore``); an all-zero group
+    scores ``+inf``. Like the magnitude, meaningful among groups of one kind (within cells).
+
+    Measured beside ``MagnitudeScore`` on bench/bench_quality.py's grid (tiny ResNet-20, its
+    ``otonas`` settings, 10 seeds each, paired): bench/README "Which score"."""
+
+    needs_norm_sq = True
+
+    def __call__(self, stats: GroupStats) -> Tensor:
+        if stats.norm_sq is None or stats.norm_size is None:
+            raise TypeError("NormAffineScore needs GroupStats.norm_sq and .norm_size; the optimizer fills them "
+                            "for a score with needs_norm_sq = True")
+        score = torch.where(stats.norm_size > 0, -stats.norm_sq.to(stats.x_sq.dtype), -stats.x_sq)
+        return torch.where(stats.x_abs == 0, torch.inf, score)
+
+
+SCORES = ("taylor", "magnitude", "cosine_magnitude", "norm_affine")
 
 
 def make_score(name: str) -> RedundancyScore:
@@ -106,4 +137,6 @@ def make_score(name: str) -> RedundancyScore:
         return MagnitudeScore()
     if name == "cosine_magnitude":
         return CosineMagnitudeScore()
+    if name == "norm_affine":
+        return NormAffineScore()
     raise ValueError(f"unknown score {name!r}; expected one of {', '.join(SCORES)}")

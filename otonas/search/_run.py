@@ -58,8 +58,9 @@ class SearchConfig:
     schedule: str = "progressive"  # progressive (groups shrunk to zero period by period) | half_space (OTOv2/v3)
     periods: int = 5  # periods of the progressive schedule
     round_to: int = 1  # every family keeps a multiple of round_to channels (or all of them); 8/16/32 suit kernels
-    # redundancy score: magnitude (-||x||², within families; default of DHSPG) | taylor (-|<x, d>|, default of
-    # H2SPG, where operators of different kinds are compared) | cosine_magnitude (OTOv2)
+    # redundancy score: norm_affine (-Σγ²+β² of the group's normalization layers, else -||x||²; within
+    # families; default of --mode prune) | magnitude (-||x||²) | taylor (-|<x, d>|, default with erasure,
+    # where operators of different kinds are compared) | cosine_magnitude (OTOv2)
     score: str | None = None
     epochs: int = 12
     batch_size: int = 64
@@ -264,13 +265,14 @@ def evaluate(model: nn.Module, ds: Any, cfg: SearchConfig, device: torch.device)
 
 
 def _score_name(cfg: SearchConfig) -> str:
-    """The redundancy score a run uses: ``cfg.score``, else magnitude for DHSPG (channels compared
-    within their family) and taylor for H2SPG (operators of different kinds compared)."""
+    """The redundancy score a run uses: ``cfg.score``, else norm_affine for DHSPG (channels compared
+    within their family by their normalization's scale and shift) and taylor for H2SPG (operators of
+    different kinds compared)."""
     if cfg.score is not None:
         return cfg.score
     within_cells = (cfg.schedule == "progressive" or cfg.round_to > 1 or cfg.target_flops is not None
                     or cfg.target_params is not None or cfg.target_latency is not None)
-    return "magnitude" if cfg.optimizer == "dhspg" and within_cells else "taylor"
+    return "norm_affine" if cfg.optimizer == "dhspg" and within_cells else "taylor"
 
 
 def _make_optimizer(cfg: SearchConfig, space: Any, steps_per_epoch: int) -> Any:

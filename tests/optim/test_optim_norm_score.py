@@ -1,0 +1,140 @@
+"""NormAffineScore: groups ranked by their normalization layers' scale and shift (Network Slimming),
+checked against sums written by hand over the model's BatchNorm parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from optim_helpers import StubSpace, tiny_batch, tiny_space
+from torch import Tensor, nn
+
+from otonas.optim import DHSPG, GroupStats, MagnitudeScore, NormAffineScore, make_score
+from otonas.optim._layout import GroupLayout
+
+
+def bn_reference(space: StubSpace) -> tuple[Tensor, Tensor]:
+    """Per group: Σ γ² + β² over bn1 / bn2, and how many such elements, from the layout by hand."""
+    n = space.num_prunable_groups
+    sq, size = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    params = dict(space.model.named_parameters())
+    for name in ("bn1.weight", "bn1.bias", "bn2.weight", "bn2.bias"):
+        (dim, index), = space.group_layout()[name]
+        for pos, g in enumerate(index.tolist()):
+            if g >= 0:
+                sq[g] += float(params[name][pos].detach()) ** 2
+                size[g] += 1
+    return sq, size
+
+
+def test_layout_sums_the_normalization_scales_and_shifts_of_each_group() -> None:
+    space = tiny_space()
+    params = list(space.model.parameters())
+    layout = GroupLayout(space, params)
+    sq, size = bn_reference(space)
+    # conv1.bias and conv2.bias are 1-D grouped parameters too, but not a normalization's: left out
+    assert torch.allclose(layout.norm_sq(params, torch.float64), sq, rtol=1e-12, atol=0)
+    assert torch.equal(layout.norm_size, size)
+    assert size.tolist() == [2.0] * 9
+
+
+def stats_of(space: StubSpace) -> GroupStats:
+    params = list(space.model.parameters())
+    layout = GroupLayout(space, params)
+    x_sq = torch.zeros(space.num_prunable_groups + 1, dtype=torch.float64)
+    named = dict(space.model.named_parameters())
+    for name, entries in space.group_layout().items():
+        p = named[name].detach()
+        for dim, index in entries:
+            idx = torch.where(index < 0, space.num_prunable_groups, index)
+            x_sq.index_add_(0, idx, p.movedim(dim, 0).reshape(p.shape[dim], -1).double().pow(2).sum(1))
+    one = torch.ones(space.num_prunable_groups, dtype=torch.float64)
+    return GroupStats(dot=one, x_sq=x_sq[:-1], d_sq=one, x_abs=one, size=one, family=None,
+                      norm_sq=layout.norm_sq(params, torch.float64), norm_size=layout.norm_size)
+
+
+def test_score_ignores_the_scale_of_the_weights_a_normalization_divides_out() -> None:
+    space = tiny_space()
+    before = NormAffineScore()(stats_of(space))
+    assert torch.equal(before, -bn_reference(space)[0])
+    mag_before = MagnitudeScore()(stats_of(space))
+    with torch.no_grad():  # BatchNorm makes conv1's output invariant to the scale of each channel's weights
+        space.model.conv1.weight.mul_(torch.tensor([50.0, 1e-3, 7.0, 1.0, 0.1, 20.0], dtype=torch.float64)
+                                      .view(-1, 1, 1, 1))
+    after = NormAffineScore()(stats_of(space))
+    assert torch.equal(after, before)
+    assert not torch.equal(MagnitudeScore()(stats_of(space)).argsort(), mag_before.argsort())
+
+
+class NoNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+class MyRMSNorm(nn.Module):  # another library's normalization, known by its name
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 2.0, n))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+
+
+def test_without_normalization_the_score_is_the_magnitude() -> None:
+    torch.manual_seed(0)
+    model = NoNorm().double()
+    ids = torch.arange(6)
+    space = StubSpace(model, {"a.weight": [(0, ids)], "a.bias": [(0, ids)], "b.weight": [(1, ids)]}, 6)
+    stats = stats_of(space)
+    assert stats.norm_size is not None and int(stats.norm_size.sum()) == 0
+    assert torch.equal(NormAffineScore()(stats), MagnitudeScore()(stats))
+
+
+def test_normalization_classes_of_other_libraries_count() -> None:
+    model = nn.Sequential(nn.Linear(4, 6), MyRMSNorm(6))
+    ids = torch.arange(6)
+    space = StubSpace(model, {"0.weight": [(0, ids)], "1.weight": [(0, ids)]}, 6)
+    params = list(model.parameters())
+    layout = GroupLayout(space, params)
+    assert torch.allclose(layout.norm_sq(params, torch.float64),
+                          torch.linspace(0.5, 2.0, 6, dtype=torch.float64) ** 2, rtol=1e-6)
+
+
+def test_zero_groups_first_and_missing_statistics_refused() -> None:
+    stats = stats_of(tiny_space())
+    x_abs = stats.x_abs.clone()
+    x_abs[4] = 0
+    assert NormAffineScore()(dataclasses.replace(stats, x_abs=x_abs))[4] == torch.inf
+    with pytest.raises(TypeError, match="norm_sq"):
+        NormAffineScore()(dataclasses.replace(stats, norm_sq=None))
+    assert isinstance(make_score("norm_affine"), NormAffineScore)
+
+
+def test_progressive_dhspg_removes_the_smallest_normalization_scales_per_family() -> None:
+    """One period, lr tiny: the groups the optimizer zeroes are, in each family, those of smallest
+    γ² + β² at the selection, whatever the convolution weights' norms."""
+    space = tiny_space(seed=3)
+    with torch.no_grad():  # the largest conv weights on the channels with the smallest BN affine
+        order = bn_reference(space)[0][:6].argsort()
+        space.model.conv1.weight.mul_(torch.linspace(10.0, 0.1, 6, dtype=torch.float64)[order.argsort()]
+                                      .view(-1, 1, 1, 1))
+    sq = bn_reference(space)[0]
+    opt = DHSPG(space, lr=1e-9, momentum=0.9, target_group_sparsity=1 / 3, warmup_steps=1, end_step=4,
+                schedule="progressive", periods=1, score=NormAffineScore())
+    batch = tiny_batch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no forced group
+        for _ in range(6):
+            F.cross_entropy(space.model(batch[0]), batch[1]).backward()
+            opt.step()
+            opt.zero_grad()
+    zero = set(torch.nonzero(opt.zero_groups()).flatten().tolist())
+    assert zero == set(sq[:6].argsort()[:2].tolist()) | {6 + int(sq[6:].argmin())}
+    assert opt.metrics()["num_forced_groups"] == 0
