@@ -267,6 +267,20 @@ class SearchSpace:
             self._layout = layout
         return self._layout
 
+    @property
+    def normalization_params(self) -> frozenset[str]:
+        """The parameters (FQNs) that a normalization op of the graph takes as its scale or shift
+        (γ, β: the ops' ``affine_args``), whatever module holds them; ``NormAffineScore`` ranks
+        channels by them."""
+        out = set()
+        for node in self.capture.graph.nodes:
+            if node.op == "call_function":
+                for a in rule_for(node.target).affine_operands(node):
+                    fqn = self._flow.param_nodes.get(a.name)
+                    if fqn is not None:
+                        out.add(fqn)
+        return frozenset(out)
+
     # --- zero patterns ------------------------------------------------------------------
     def zero_groups(self) -> np.ndarray:
         """Boolean mask over prunable groups: True where every parameter slice is exactly zero."""

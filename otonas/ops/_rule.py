@@ -109,6 +109,9 @@ class OpRule:
     runtime_check: ClassVar[bool] = False
     #: reads a size off a tensor (``x.size(0)``): the generated code names it ``batch`` / ``size``
     size_query: ClassVar[bool] = False
+    #: a normalization: the (position, name) of its scale and shift operands (γ, β), which the
+    #: ``NormAffineScore`` reads through :meth:`affine_operands`
+    affine_args: ClassVar[tuple[tuple[int, str], ...]] = ()
 
     def implements(self, facet: str) -> bool:
         """Whether this rule defines ``facet`` ("flow", "flops", "code", ...) itself."""
@@ -128,6 +131,15 @@ class OpRule:
         """Is the output exactly zero once the placeholders named in ``zero`` are (a layer
         whose weight and bias are)? Operator erasure asks it of the last op of a branch."""
         return False
+
+    def affine_operands(self, node: fx.Node) -> tuple[fx.Node, ...]:
+        """The nodes ``node`` takes as its normalization scale and shift (``affine_args``; none given: ())."""
+        out = []
+        for i, name in self.affine_args:
+            a = node.args[i] if len(node.args) > i else node.kwargs.get(name)
+            if isinstance(a, fx.Node):
+                out.append(a)
+        return tuple(out)
 
     def passes_input(self, node: fx.Node) -> fx.Node | None:
         """The argument this node returns unchanged (an alias, a full slice, dropout with

@@ -94,11 +94,13 @@ def _batch_norm_flow(ctx: FlowContext, node: fx.Node) -> Dims:
 
 @register("aten.batch_norm")
 class BatchNorm(OpRule):
+    affine_args = ((1, "weight"), (2, "bias"))
+
     def flow(self, ctx: FlowContext, node: fx.Node) -> Dims:
         return _batch_norm_flow(ctx, node)
 
     def zero_by_params(self, node: fx.Node, zero: set[str]) -> bool:
-        return _affine_zero(node, zero, 1, 2)
+        return _affine_zero(self, node, zero)
 
     def code(self, c: Call) -> Expr:
         training = "True" if c["training"] or c["running_mean"] is None else "self.training"
@@ -127,11 +129,13 @@ class BatchNorm(OpRule):
 
 @register("aten.instance_norm")
 class InstanceNorm(OpRule):
+    affine_args = ((1, "weight"), (2, "bias"))
+
     def flow(self, ctx: FlowContext, node: fx.Node) -> Dims:
         return _batch_norm_flow(ctx, node)
 
     def zero_by_params(self, node: fx.Node, zero: set[str]) -> bool:
-        return _affine_zero(node, zero, 1, 2)
+        return _affine_zero(self, node, zero)
 
     def code(self, c: Call) -> Expr:
         return fn("F.instance_norm", c.e("input"), c.e("running_mean"), c.e("running_var"), c.e("weight"),
@@ -157,15 +161,16 @@ class InstanceNorm(OpRule):
         return LayerSpec(path, cls, tuple(args), state, bound, "input", (("features", features),))
 
 
-def _affine_zero(node: fx.Node, zero: set[str], wi: int, bi: int) -> bool:
-    """A norm's output is zero once its affine weight and bias are."""
-    w = node.args[wi] if len(node.args) > wi else None
-    b = node.args[bi] if len(node.args) > bi else None
-    return isinstance(w, fx.Node) and w.name in zero and isinstance(b, fx.Node) and b.name in zero
+def _affine_zero(rule: OpRule, node: fx.Node, zero: set[str]) -> bool:
+    """A norm's output is zero once its affine weight and bias (``rule.affine_args``) are."""
+    ops = rule.affine_operands(node)
+    return len(ops) == 2 and all(o.name in zero for o in ops)
 
 
 @register("aten._native_batch_norm_legit_functional", "aten.native_batch_norm", "aten._native_batch_norm_legit")
 class NativeBatchNorm(OpRule):
+    affine_args = ((1, "weight"), (2, "bias"))
+
     def flow(self, ctx: FlowContext, node: fx.Node) -> Any:
         X = _batch_norm_flow(ctx, node)
         shapes = ctx.out_shapes(node)
@@ -179,11 +184,13 @@ class NativeBatchNorm(OpRule):
 @register("aten._native_batch_norm_legit_no_training")
 class NativeBatchNormEval(NativeBatchNorm):
     def zero_by_params(self, node: fx.Node, zero: set[str]) -> bool:
-        return _affine_zero(node, zero, 1, 2)
+        return _affine_zero(self, node, zero)
 
 
 @register("aten.group_norm")
 class GroupNorm(OpRule):
+    affine_args = ((2, "weight"), (3, "bias"))
+
     def flow(self, ctx: FlowContext, node: fx.Node) -> Dims:
         X = ctx.dims(node.args[0])
         assert X is not None
@@ -203,7 +210,7 @@ class GroupNorm(OpRule):
         return node.target, args, kwargs
 
     def zero_by_params(self, node: fx.Node, zero: set[str]) -> bool:
-        return _affine_zero(node, zero, 2, 3)
+        return _affine_zero(self, node, zero)
 
     def code(self, c: Call) -> Expr:
         return fn("F.group_norm", c.e("input"), c.e("num_groups"), c.e("weight"), c.e("bias"), c.e("eps"))
@@ -237,6 +244,8 @@ class _LastDimsNorm(OpRule):
 
 @register("aten.layer_norm")
 class LayerNorm(_LastDimsNorm):
+    affine_args = ((2, "weight"), (3, "bias"))
+
     def code(self, c: Call) -> Expr:
         return fn("F.layer_norm", c.e("input"), c.render(tuple(c["normalized_shape"])), c.e("weight"), c.e("bias"),
                   c.e("eps"))
@@ -259,4 +268,4 @@ class LayerNorm(_LastDimsNorm):
 
 @register("aten.rms_norm")
 class RmsNorm(_LastDimsNorm):
-    pass
+    affine_args = ((2, "weight"),)

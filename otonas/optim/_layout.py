@@ -178,7 +178,10 @@ _NOT_NORMS = ("Normaliz", "WeightNorm", "SpectralNorm")  # reparametrizations an
 
 def _norm_parameter_ids(model: nn.Module) -> set[int]:
     """The ids of the parameters that normalization layers own directly: torch's own, and the
-    classes of other libraries named like one (``LlamaRMSNorm``, ``LayerNorm2d``, ``BatchNormAct2d``)."""
+    classes of other libraries named like one (``LlamaRMSNorm``, ``LayerNorm2d``, ``BatchNormAct2d``:
+    an RMSNorm written out in pointwise ops has no normalization op in the graph). A search space's
+    ``normalization_params`` (those a normalization op of its graph reads, e.g. ``F.batch_norm`` on a
+    module's own parameters) are added to them."""
     out: set[int] = set()
     for m in model.modules():
         name = type(m).__name__
@@ -258,7 +261,8 @@ class GroupLayout:
         self.group_size = sizes[:n].to(device)
         # The normalization scales and shifts among the grouped parameters (1-D: one slice per
         # element), for scores that read them (NormAffineScore): positions and their slices' groups.
-        norm_ids = _norm_parameter_ids(space.model)
+        norm_ids = _norm_parameter_ids(space.model) | {
+            id(named[f]) for f in getattr(space, "normalization_params", ()) if f in named}
         norm: list[tuple[int, Tensor]] = [(q.position, e.index) for q in self.plans for e in q.entries
                                           if id(params[q.position]) in norm_ids and params[q.position].dim() == 1]
         self.norm_positions: tuple[int, ...] = tuple(i for i, _ in norm)

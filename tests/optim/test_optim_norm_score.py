@@ -138,3 +138,59 @@ def test_progressive_dhspg_removes_the_smallest_normalization_scales_per_family(
     zero = set(torch.nonzero(opt.zero_groups()).flatten().tolist())
     assert zero == set(sq[:6].argsort()[:2].tolist()) | {6 + int(sq[6:].argmin())}
     assert opt.metrics()["num_forced_groups"] == 0
+
+
+class FunctionalBN(nn.Module):
+    """A batch norm written with F.batch_norm on the block's own parameters: no *Norm module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.gain = nn.Parameter(torch.linspace(0.2, 1.6, 8))
+        self.shift = nn.Parameter(torch.zeros(8))
+        self.register_buffer("mean", torch.zeros(8))
+        self.register_buffer("var", torch.ones(8))
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.batch_norm(self.conv(x), self.mean, self.var, self.gain, self.shift, training=True)
+        return self.head(torch.relu(y).mean((2, 3)))
+
+
+def test_normalizations_found_in_the_graph_whatever_module_holds_them() -> None:
+    import otonas
+
+    torch.manual_seed(0)
+    model = FunctionalBN()
+    space = otonas.analyze(model, (torch.randn(2, 3, 6, 6),))
+    assert space.normalization_params == {"gain", "shift"}
+    params = list(model.parameters())
+    layout = GroupLayout(space, params)
+    assert space.num_prunable_groups == 8
+    (_, g), = space.group_layout()["gain"]
+    want = torch.zeros(8, dtype=torch.float64).index_add_(0, g, torch.linspace(0.2, 1.6, 8, dtype=torch.float64) ** 2)
+    assert torch.allclose(layout.norm_sq(params, torch.float64), want, rtol=1e-6)
+    assert torch.equal(layout.norm_size, torch.full((8,), 2.0, dtype=torch.float64))
+
+
+def test_resnet_every_group_has_its_batchnorms() -> None:
+    """On a real analysed ResNet every channel group holds the scale and shift of each BatchNorm
+    that normalizes it, by the graph and by the modules alike."""
+    import otonas
+    import search_spaces
+
+    model = search_spaces.create("resnet20", size="tiny", in_chans=1, num_classes=10)
+    space = otonas.analyze(model, (torch.randn(2, 1, 28, 28),))
+    bn = {f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, nn.BatchNorm2d) for p in ("weight", "bias")}
+    assert space.normalization_params == bn
+    params = list(model.parameters())
+    layout = GroupLayout(space, params)
+    named = dict(model.named_parameters())
+    ref = torch.zeros(space.num_prunable_groups, dtype=torch.float64)
+    for fqn, entries in space.group_layout().items():
+        if fqn in bn:
+            (_, g), = entries
+            ok = g >= 0
+            ref.index_add_(0, g[ok], named[fqn].detach().double()[ok] ** 2)
+    assert torch.allclose(layout.norm_sq(params, torch.float64), ref, rtol=1e-6)
+    assert bool((layout.norm_size > 0).all())
