@@ -16,7 +16,7 @@ from torch import fx, nn
 from ..errors import OtonasError, UsageError
 from ..capture import Capture, capture
 from ..graph import build_opgraph
-from ..ops import GQA, GQA_MODES, FlowResult, IdTable, PinEvent, module_path, rule_for, short_op
+from ..ops import GQA, GQA_MODES, FlowResult, IdTable, PinEvent, module_path, op_flops, rule_for, short_op
 from ._flow import run_flow
 from ._plan import LayerChannels, Plan
 from ._rewrites import unrewritable_families
@@ -46,11 +46,6 @@ class Family:
 class Costs:
     params: int
     flops: int
-
-
-def _tensor_list(a: Any) -> bool:
-    """A list argument of tensors (einsum's operands): its sizes go to the FLOP rule as a list."""
-    return isinstance(a, (list, tuple)) and bool(a) and all(isinstance(t, fx.Node) for t in a)
 
 
 class SearchSpace:
@@ -487,19 +482,10 @@ class SearchSpace:
                 params += math.prod(sizes(node_name))
         flops = 0
         batch = self._batch_size()
+        dims = self._flow.dims
         for node in self.capture.graph.nodes:
-            if node.op != "call_function" or node.name in dead:
-                continue
-            rule = rule_for(node.target)
-            if not rule.implements("flops") or node.name not in self._flow.dims:
-                continue
-            out = sizes(node.name)
-            if not isinstance(out, list) or (out and not isinstance(out[0], int)):
-                out = out[0]
-            ins = [[sizes(t.name) for t in a] if _tensor_list(a) else
-                   sizes(a.name) if isinstance(a, fx.Node) and a.name in self._flow.dims
-                   and isinstance(self._flow.dims[a.name], list) else None for a in node.args]
-            flops += int(rule.flops(node, out, ins) or 0)
+            if node.name not in dead and node.name in dims:
+                flops += op_flops(node, lambda n: sizes(n.name) if n.name in dims else None) or 0
         return Costs(params, flops // max(batch, 1))
 
     def kept_shapes(self, removed: np.ndarray | None = None, erased: np.ndarray | None = None, *,

@@ -10,7 +10,7 @@ from torch import fx
 
 from ..ops import LayerCall, LayerSpec, rule_for, run_layer
 from ._codegen import Generated
-from ..ops import module_stack
+from ..ops import module_stack, op_flops
 
 __all__ = ["architecture", "node_flops", "original_layers", "record_shapes"]
 
@@ -37,30 +37,16 @@ def record_shapes(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> tuple[Any, dic
     return out, rec.shapes
 
 
-def _tensor_list(a: Any) -> bool:
-    """A list argument of tensors (einsum's operands): its shapes go to the FLOP rule as a list."""
-    return isinstance(a, (list, tuple)) and bool(a) and all(isinstance(t, fx.Node) for t in a)
-
-
 def node_flops(graph: fx.Graph, shape_of: Callable[[fx.Node], Any], batch: int) -> dict[str, int]:
-    """Per-sample FLOPs (MACs) of every op, summed per module path, by otonas' FLOP rules."""
+    """Per-sample FLOPs (MACs) of every op, summed per module path, by otonas' FLOP rules
+    (``otonas.ops.op_flops``, the counter ``SearchSpace.costs`` uses too)."""
     out: dict[str, int] = {}
     for node in graph.nodes:
-        if node.op != "call_function":
-            continue
-        rule = rule_for(node.target)
-        if not rule.implements("flops"):
-            continue
-        shape = shape_of(node)
-        if shape is None:
-            continue
-        if shape and isinstance(shape[0], list):
-            shape = shape[0]
-        ins = [[shape_of(t) for t in a] if _tensor_list(a) else shape_of(a) if isinstance(a, fx.Node) else None
-               for a in node.args]
         try:
-            flops = int(rule.flops(node, shape, ins) or 0)
+            flops = op_flops(node, shape_of)
         except (TypeError, IndexError, ValueError):
+            continue
+        if flops is None:
             continue
         stack = module_stack(node)
         path = stack[-1][0] if stack else ""

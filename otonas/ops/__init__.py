@@ -14,6 +14,7 @@ from ._code import (ADD, ATOM, BAND, BOR, BXOR, CMP, LOWEST, MUL, POWER, SHIFT, 
 from ._common import mutated_arg
 from ._context import (GQA, GQA_MODES, BuildContext, Dims, FlowContext, FlowResult, PinEvent, module_path,
                        node_shape)
+from ._flops import op_flops
 from ._ids import IdTable
 from ._meta import SOURCE_NODE, copy_meta, module_stack, source_node
 from ._rule import OpKey, OpRule, functional_of, lookup, op_key, register, registered, rule_for, short_op
@@ -22,7 +23,7 @@ from . import attention, concat, conv, creation, index, linear, moe, norm, opera
 __all__ = [
     "OpRule", "OpKey", "op_key", "short_op", "functional_of", "register", "lookup", "rule_for", "registered",
     "FlowContext", "FlowResult", "PinEvent", "BuildContext", "Dims", "GQA", "GQA_MODES", "IdTable", "node_shape",
-    "module_path", "module_stack", "source_node", "copy_meta", "SOURCE_NODE",
+    "module_path", "module_stack", "source_node", "copy_meta", "SOURCE_NODE", "op_flops",
     "Call", "Expr", "LayerCall", "LayerSpec", "fn", "method", "binop", "literal", "squash", "as_tuple",
     "is_identifier", "torch_module_class", "run_layer", "mutated_arg",
     "ATOM", "POWER", "UNARY", "MUL", "ADD", "SHIFT", "BAND", "BXOR", "BOR", "CMP", "LOWEST",
