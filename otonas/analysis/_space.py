@@ -48,6 +48,21 @@ class Costs:
     flops: int
 
 
+def _same_tensors(mine: Mapping[str, torch.Tensor], theirs: dict[str, torch.Tensor],
+                  kind: str) -> dict[str, torch.Tensor]:
+    """``theirs`` when it has every tensor of ``mine`` with the same shape; else an error naming the first."""
+    for fqn, t in mine.items():
+        other = theirs.get(fqn)
+        if other is None:
+            raise UsageError(f"model= is not the analysed architecture: it has no {kind} '{fqn}'; pass a network "
+                             "of the same architecture (the same modules and sizes), or analyze this one")
+        if tuple(other.shape) != tuple(t.shape):
+            raise UsageError(f"model= is not the analysed architecture: {kind} '{fqn}' has shape "
+                             f"{tuple(other.shape)}, the analysed model's {tuple(t.shape)}; pass a network of the "
+                             "same architecture, or analyze this one")
+    return theirs
+
+
 class SearchSpace:
     """Groups, families and pins of one captured model. Built by :func:`analyze`."""
 
@@ -135,9 +150,28 @@ class SearchSpace:
     def is_valid(self, erased: Any) -> bool:
         return self.segments.check(erased) is None
 
-    def zero_erasing_groups(self) -> np.ndarray:
-        """Boolean mask over erasing groups: True where every parameter is exactly zero."""
-        params = dict(self.model.named_parameters(remove_duplicate=False))
+    def weights_of(self, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """The parameters a removal decision reads, by FQN: ``model``'s (a network of the analysed
+        architecture with other weights: a trained copy, one loaded from a checkpoint, the real model
+        when this space was analysed on the meta device), by default the analysed model's. A model
+        whose parameters are not the analysed one's (names and shapes) is refused, naming the first."""
+        mine: dict[str, torch.Tensor] = dict(self.model.named_parameters(remove_duplicate=False))
+        if model is None or model is self.model:
+            return mine
+        return _same_tensors(mine, dict(model.named_parameters(remove_duplicate=False)), "parameter")
+
+    def buffers_of(self, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """The buffers (running statistics, …) by FQN, of ``model`` or the analysed model, checked
+        as :meth:`weights_of` checks the parameters."""
+        mine: dict[str, torch.Tensor] = dict(self.model.named_buffers(remove_duplicate=False))
+        if model is None or model is self.model:
+            return mine
+        return _same_tensors(mine, dict(model.named_buffers(remove_duplicate=False)), "buffer")
+
+    def zero_erasing_groups(self, model: nn.Module | None = None) -> np.ndarray:
+        """Boolean mask over erasing groups: True where every parameter is exactly zero (in
+        ``model``'s weights, by default the analysed model's: see :meth:`weights_of`)."""
+        params = self.weights_of(model)
         zero_param = {fqn: not bool(params[fqn].detach().ne(0).any()) for g in self.erasing_groups for fqn in g.params}
         return np.array([all(zero_param[f] for f in g.params) for g in self.erasing_groups], dtype=bool)
 
@@ -277,10 +311,11 @@ class SearchSpace:
         return frozenset(out)
 
     # --- zero patterns ------------------------------------------------------------------
-    def zero_groups(self) -> np.ndarray:
-        """Boolean mask over prunable groups: True where every parameter slice is exactly zero."""
+    def zero_groups(self, model: nn.Module | None = None) -> np.ndarray:
+        """Boolean mask over prunable groups: True where every parameter slice is exactly zero (in
+        ``model``'s weights, by default the analysed model's: see :meth:`weights_of`)."""
         nonzero = np.zeros(self.num_prunable_groups, dtype=bool)
-        params = dict(self.model.named_parameters(remove_duplicate=False))
+        params = self.weights_of(model)
         for fqn, entries in self.group_layout().items():
             p = params[fqn].detach()
             if p.is_meta:
@@ -354,7 +389,7 @@ class SearchSpace:
         return dead, self._removed_root(removed, dead)
 
     def plan(self, removed: np.ndarray | None = None, erased: np.ndarray | None = None, *,
-             _unchecked: bool = False) -> Plan:
+             model: nn.Module | None = None, _unchecked: bool = False) -> Plan:
         """The removal decision for the current weights, once, for build, export and report.
 
         By default it is read from the model: the zero pruning groups that the builder can
@@ -362,6 +397,8 @@ class SearchSpace:
         erasing groups (:meth:`erasable` of :meth:`zero_erasing_groups`). ``removed`` (a boolean
         mask over prunable groups, passed through :meth:`removable`) and ``erased`` (a boolean mask
         over erasing groups, which must be a valid erasure) replace what is read from the weights.
+        ``model``: read the weights of this network of the analysed architecture instead of the
+        analysed model's (see :meth:`weights_of`); build it with ``otonas.build(space, plan, model=...)``.
         """
         n, e = self.num_prunable_groups, self.num_erasing_groups
         if not n:
@@ -369,13 +406,13 @@ class SearchSpace:
         elif removed is not None:
             removed = self.removable(self._mask(removed, n, "removed"))
         else:
-            removed = self.removable(self.zero_groups())
+            removed = self.removable(self.zero_groups(model))
         if not e:
             erased = None
         elif erased is not None:
             erased = self._mask(erased, e, "erased")
         else:
-            erased = self.erasable(self.zero_erasing_groups())
+            erased = self.erasable(self.zero_erasing_groups(model))
         dead, removed_root = self._removal(removed, erased, unchecked=_unchecked)
         sizes = self._sizes(removed_root)
         if self._full_costs is None:

@@ -46,16 +46,19 @@ def _slice_tensor(t: torch.Tensor, masks: list[np.ndarray]) -> torch.Tensor:
 
 @overload
 def build(space: SearchSpace, plan: Plan | None = ..., *, removed: np.ndarray | None = ...,
-          erased: np.ndarray | None = ..., inplace: Literal[False] = ..., _unchecked: bool = ...) -> fx.GraphModule: ...
+          erased: np.ndarray | None = ..., inplace: Literal[False] = ..., model: nn.Module | None = ...,
+          _unchecked: bool = ...) -> fx.GraphModule: ...
 
 
 @overload
 def build(space: SearchSpace, plan: Plan | None = ..., *, removed: np.ndarray | None = ...,
-          erased: np.ndarray | None = ..., inplace: Literal[True], _unchecked: bool = ...) -> nn.Module: ...
+          erased: np.ndarray | None = ..., inplace: Literal[True], model: nn.Module | None = ...,
+          _unchecked: bool = ...) -> nn.Module: ...
 
 
 def build(space: SearchSpace, plan: Plan | None = None, *, removed: np.ndarray | None = None,
-          erased: np.ndarray | None = None, inplace: bool = False, _unchecked: bool = False) -> fx.GraphModule | nn.Module:
+          erased: np.ndarray | None = None, inplace: bool = False, model: nn.Module | None = None,
+          _unchecked: bool = False) -> fx.GraphModule | nn.Module:
     """Return the network without the groups whose parameters are all exactly zero.
 
     What goes is ``plan`` (:meth:`SearchSpace.plan`), made here from the weights when it is not
@@ -73,6 +76,11 @@ def build(space: SearchSpace, plan: Plan | None = None, *, removed: np.ndarray |
     graph build on the example inputs; a module whose attributes cannot be made consistent is a
     :class:`BuildError` that names it, and the model is then left unchanged. Returns the model.
     Erasing operators in place is not supported yet (an error says which are all zero).
+
+    ``model``: the weights (and buffers) come from this network of the analysed architecture
+    instead of ``space.model`` — a trained copy, one loaded from a checkpoint, the real network of a
+    space analysed on the meta device — and, without ``plan``, so does the removal decision
+    (``space.plan(model=model)``); with ``inplace`` it is this model that is sliced.
     """
     if plan is None:
         if erased is not None and space.num_erasing_groups and not _unchecked:
@@ -80,7 +88,7 @@ def build(space: SearchSpace, plan: Plan | None = None, *, removed: np.ndarray |
             why = space.check_erasure(np.asarray(erased, dtype=bool))
             if why:
                 raise BuildError(f"the erasure set is not valid: {why}")
-        plan = space.plan(removed, erased, _unchecked=True)  # a given erasure is checked above
+        plan = space.plan(removed, erased, model=model, _unchecked=True)  # a given erasure is checked above
     elif removed is not None or erased is not None:
         raise UsageError("build takes a plan or removed=/erased=, not both: make the plan with "
                          "space.plan(removed=..., erased=...)")
@@ -88,21 +96,21 @@ def build(space: SearchSpace, plan: Plan | None = None, *, removed: np.ndarray |
         from ._inplace import build_inplace
 
         def reference(inputs: tuple[Any, ...]) -> Any:
-            gm = _build_graph(space, plan)
+            gm = _build_graph(space, plan, model)
             with torch.no_grad():
                 return gm(*inputs)
 
-        return build_inplace(space, plan, reference)
-    return _build_graph(space, plan)
+        return build_inplace(space, plan, reference, model=model)
+    return _build_graph(space, plan, model)
 
 
-def _build_graph(space: SearchSpace, plan: Plan) -> fx.GraphModule:
+def _build_graph(space: SearchSpace, plan: Plan, model: nn.Module | None = None) -> fx.GraphModule:
     copied = space.capture.build_program()
     program, source = copied.program, copied.source
     sig = program.graph_signature
     specs = {s.arg.name: s for s in sig.input_specs if hasattr(s.arg, "name")}
-    params = dict(space.model.named_parameters(remove_duplicate=False))
-    buffers = dict(space.model.named_buffers(remove_duplicate=False))
+    params = space.weights_of(model)
+    buffers = space.buffers_of(model)
     g = fx.Graph()
     dead = plan.dead
     ctx = BuildContext(space, plan.removed_root, g, source)
@@ -178,8 +186,8 @@ def _build_graph(space: SearchSpace, plan: Plan) -> fx.GraphModule:
             raise BuildError(f"building failed at node {node.name} ({node.target})"
                              + (f" in module '{path}'" if path else "") + f": {type(e).__name__}: {e}") from e
     g.eliminate_dead_code()
-    gm = fx.GraphModule(root, g, class_name=f"Built{type(space.model).__name__}")
-    _pytree_io(gm, program, space.model)
+    gm = fx.GraphModule(root, g, class_name=f"Built{type(model or space.model).__name__}")
+    _pytree_io(gm, program, model or space.model)
     gm.recompile()
     return gm
 

@@ -494,11 +494,16 @@ def _config_attrs(model: nn.Module, per_module: dict[str, dict[str, Any]],
     return out
 
 
-def build_inplace(space: SearchSpace, plan: Plan, reference: Callable[[tuple[Any, ...]], Any]) -> nn.Module:
+def build_inplace(space: SearchSpace, plan: Plan, reference: Callable[[tuple[Any, ...]], Any], *,
+                  model: nn.Module | None = None) -> nn.Module:
     """Slice ``space.model``'s own tensors by ``plan``, set its modules' size attributes, and check it against
     ``reference(inputs)`` (the graph build's outputs on the example inputs). On any error the model
-    is left as it was."""
-    model = space.model
+    is left as it was. ``model``: slice this network of the analysed architecture instead."""
+    if model is None:
+        model = space.model
+    else:
+        space.weights_of(model)
+        space.buffers_of(model)  # refused, naming the tensor, when it is not the analysed architecture
     if plan.erased_groups:
         groups = [space.erasing_groups[i] for i in plan.erased_groups]
         names = ", ".join(f"'{g.module or g.output}' (into {g.join_kind} {g.join})" for g in groups[:4])
