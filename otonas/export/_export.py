@@ -140,6 +140,7 @@ def export(
     check: bool = True,
     plan: Plan | None = None,
     subnet: fx.GraphModule | None = None,
+    model: nn.Module | None = None,
 ) -> ExportResult:
     """Write ``model.py``, ``model.safetensors`` and ``architecture.json`` to ``out_dir``.
 
@@ -152,7 +153,9 @@ def export(
     (``example_inputs`` or those the space was captured with) against the subnet. With a
     space, ``plan`` (:meth:`SearchSpace.plan`) is what was removed, read from the weights when it
     is not given, and ``subnet`` (what ``otonas.build(space, plan)`` returned) saves building it
-    again; pass both when you have them, as ``otonas search`` does.
+    again; pass both when you have them, as ``otonas search`` does. ``model``: with a space, the
+    weights of this network of the analysed architecture instead of the analysed model's (as in
+    ``otonas.build(space, plan, model=...)``).
     """
     from .. import __version__
 
@@ -172,16 +175,16 @@ def export(
                           f"not {type(subnet_or_space).__name__}")
     erased_ops: list[dict[str, Any]] = []
     if space is not None:
-        plan = plan if plan is not None else space.plan()
+        plan = plan if plan is not None else space.plan(model=model)
         if plan.erased is not None:
             graph_nodes = {n.name: n for n in space.capture.program.graph.nodes}
             erased_ops = [{"module": g.module, "join": g.join, "join_kind": g.join_kind,
                            "operators": [{"node": k, "op": str(graph_nodes[k].target)} for k in sorted(g.nodes)
                                          if k in graph_nodes and graph_nodes[k].op == "call_function"],
                            "params": list(g.params)} for g, e in zip(space.erasing_groups, plan.erased) if e]
-        gm = subnet if subnet is not None else build(space, plan)
-    elif subnet is not None or plan is not None:
-        raise ExportError("subnet= and plan= go with a SearchSpace: "
+        gm = subnet if subnet is not None else build(space, plan, model=model)
+    elif subnet is not None or plan is not None or model is not None:
+        raise ExportError("subnet=, plan= and model= go with a SearchSpace: "
                           "export(space, out_dir, plan=plan, subnet=otonas.build(space, plan))")
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
@@ -203,9 +206,10 @@ def export(
         val = node.meta.get("val") if val is None else val
         return val.dim() if isinstance(val, torch.Tensor) else None
 
-    modules = dict(space.model.named_modules()) if space is not None else {}
+    source = (model if model is not None else space.model) if space is not None else None  # whose weights
+    modules = dict(source.named_modules()) if source is not None else {}
     own_params = {k: p.numel() for k, p in gm.named_parameters(remove_duplicate=False)}
-    before_params = {k for k, _ in space.model.named_parameters(remove_duplicate=False)} if space is not None else set()
+    before_params = {k for k, _ in source.named_parameters(remove_duplicate=False)} if source is not None else set()
 
     # totals and per-layer costs
     totals: dict[str, Any] = {}
@@ -248,7 +252,7 @@ def export(
                            module=modules.get, rank=rank, original_node=original_node)
         gen = generate(gm, facts, loader=LOADER, aten_fallback=aten_fallback)
         tensors = _state(gen, gm, modules)
-        before_tensors = _tensor_map(space.model, program) if space is not None else None
+        before_tensors = _tensor_map(source, program) if source is not None else None
         before_layers = original_layers(program, before_tensors or {}) if program is not None else {}
         types = {p: t for n in gm.graph.nodes for p, t in module_stack(n)}
         arch = architecture_doc(gen, tensors, types=types, before_tensors=before_tensors, before_layers=before_layers,

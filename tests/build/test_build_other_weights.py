@@ -84,3 +84,21 @@ def test_another_architecture_is_refused_naming_the_tensor() -> None:
         otonas.build(space, model=wider)
     with pytest.raises(UsageError, match="has no parameter"):
         space.zero_groups(model=nn.Linear(2, 2))
+
+
+def test_export_writes_the_given_network(tmp_path: object) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = Path(str(tmp_path)) / "exp"
+    space = otonas.analyze(make(0, "meta"), (torch.randn(2, 1, 28, 28, device="meta"),))
+    other, _ = trained_copy(space, 3)
+    x = torch.randn(3, 1, 28, 28)
+    otonas.export(space, out, model=other, example_inputs=(x,))
+    torch.save({"x": x, "y": other(x).detach()}, out / "io.pt")
+    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); from model import load; "
+            "m = load().eval(); d = torch.load(sys.argv[1] + '/io.pt'); "
+            "torch.testing.assert_close(m(d['x']), d['y'], rtol=1e-5, atol=1e-5); print('ok')")
+    p = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "ok" in p.stdout, p.stderr[-2000:]
