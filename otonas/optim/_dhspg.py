@@ -655,12 +655,10 @@ class DHSPG(torch.optim.Optimizer):
             pack = self._packing(plans, index, params)
             if pack.positions:
                 both = self._flat.packed(pack.positions, d, self._step) if self._flat else None  # packed already
-                if both is not None:
-                    xp, dp = both
-                else:
-                    xp = torch.cat([params[i].reshape(-1) for i in pack.positions])
-                    dp = torch.cat([params[i].new_zeros(params[i].numel()) if (di := d[i]) is None else di.reshape(-1)
-                                    for i in pack.positions])
+                xq, dq = both if both is not None else (None, None)
+                xp = torch.cat([params[i].reshape(-1) for i in pack.positions]) if xq is None else xq
+                dp = torch.cat([params[i].new_zeros(params[i].numel()) if (di := d[i]) is None else di.reshape(-1)
+                                for i in pack.positions]) if dq is None else dq
                 prods = [xp * dp, xp * xp, dp * dp] + ([xp.abs()] if with_abs else [])
                 if pack.matrix is not None and pack.matrix.dtype == acc:
                     stats += torch.sparse.mm(pack.matrix, torch.stack(prods, dim=1).to(acc)).t()
