@@ -229,6 +229,8 @@ class DHSPG(torch.optim.Optimizer):
         self._static: _StaticEntries | None = None
         self._memberships: tuple[list[torch.dtype], dict[torch.dtype, Tensor], list[Tensor]] | None = None
         self._kernel_sized: frozenset[int] | None = None  # see _alive_masks
+        # per active entry: its plan number and itself, where its slices end and start (see _locate)
+        self._entry_owners: tuple[tuple[ParamPlan, ...], list[tuple[int, Entry]], Tensor, Tensor] | None = None
         self._rule = make_rule(variant)
         self._score = score or CosineMagnitudeScore()
         self._process_group = process_group
@@ -562,20 +564,23 @@ class DHSPG(torch.optim.Optimizer):
         """For every active entry with slices in ``groups``: (plan number, entry, where), where is
         the slices' positions when writing only them is cheap (leading dim, or few slices), else a
         0/1 vector repeated over each slice's contiguous block. One host read."""
-        entries = [(i, e) for i, q in enumerate(self._active) for e in q.entries]
+        if self._entry_owners is None or self._entry_owners[0] is not self._active:  # once per active set
+            owners = [(i, e) for i, q in enumerate(self._active) for e in q.entries]
+            sizes = self._table.entry_size[self._active_entries]
+            ends_np = np.cumsum(sizes)
+            self._entry_owners = (self._active, owners, torch.from_numpy(ends_np), torch.from_numpy(ends_np - sizes))
+        _, entries, ends, starts = self._entry_owners
         if not entries:
             return []
         # one nonzero over all active slices, split by entry (not a call per entry: a supernet has thousands)
         where = groups[self._active_index].cpu().nonzero().flatten()
-        sizes = torch.tensor([e.size for _, e in entries], dtype=torch.int64)
-        ends = sizes.cumsum(0)
         owner = torch.searchsorted(ends, where, right=True)
         counts = torch.bincount(owner, minlength=len(entries))
-        parts = (where - (ends - sizes)[owner]).split(counts.tolist())
+        hit = counts.nonzero().flatten()
+        parts = (where - starts[owner]).split(counts[hit].tolist())  # where is sorted: by entry
         out: list[tuple[int, Entry, Tensor]] = []
-        for k in counts.nonzero().flatten().tolist():
+        for k, zero in zip(hit.tolist(), parts):
             i, e = entries[k]
-            zero = parts[k]
             if e.pre == 1 or 8 * zero.numel() <= e.size:
                 out.append((i, e, zero.to(e.index.device)))
             else:
