@@ -42,6 +42,7 @@ from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -50,7 +51,7 @@ from ..errors import ForcedProjectionWarning, OtonasError
 from . import _kernels
 from ._base import SGDRule, make_rule
 from ._flat import FlatMomentum
-from ._layout import BLAS, BLOCK, Entry, GroupLayout, ParamPlan, SearchSpaceLike, block_sums, slice_index
+from ._layout import BLAS, BLOCK, Entry, GroupLayout, ParamPlan, SearchSpaceLike, SliceTable, block_sums, slice_index
 from ._schedule import SCHEDULES, period_bounds
 from ._score import CosineMagnitudeScore, GroupStats, RedundancyScore
 from ._select import Selection, Selector, SelectorContext, TopKSelector, _caller_level
@@ -222,6 +223,14 @@ class DHSPG(torch.optim.Optimizer):
         self._selector = selector
         self._num_prunable = int(space.num_prunable_groups)  # the space's groups; a selector's extra ones follow
         self._layout = GroupLayout(selector.layout(space), params)
+        # Index structures over the layout's entries and slices, built when first needed (_table,
+        # _static_entries), and the period's memberships (_membership_views).
+        self._slice_table: SliceTable | None = None
+        self._static: _StaticEntries | None = None
+        self._memberships: tuple[list[torch.dtype], dict[torch.dtype, Tensor], list[Tensor]] | None = None
+        self._kernel_sized: frozenset[int] | None = None  # see _alive_masks
+        # per active entry: its plan number and itself, where its slices end and start (see _locate)
+        self._entry_owners: tuple[tuple[ParamPlan, ...], list[tuple[int, Entry]], Tensor, Tensor] | None = None
         self._rule = make_rule(variant)
         self._score = score or CosineMagnitudeScore()
         self._process_group = process_group
@@ -479,8 +488,9 @@ class DHSPG(torch.optim.Optimizer):
         params = self.param_groups[0]["params"]
         out: dict[int, _SGDMasks] = {}
         shrinking = self._shrinking
-        for q in self._active:
-            alive = self._alive_masks().get(q.position)
+        masks = self._alive_masks()
+        for q in self._active if masks else ():
+            alive = masks.get(q.position)
             if alive is None:
                 continue
             x = params[q.position]
@@ -506,7 +516,13 @@ class DHSPG(torch.optim.Optimizer):
         out: dict[int, tuple[Tensor, Tensor]] = {}
         if isinstance(self._rule, SGDRule):
             zero = self._zero
+            if self._kernel_sized is None:  # the weights large enough for the loops (shapes do not change)
+                self._kernel_sized = frozenset(q.position for q in self._layout.plans
+                                               if params[q.position].dim() >= 2
+                                               and params[q.position].numel() >= _kernels.MIN_NUMEL)
             for q in self._active:
+                if q.position not in self._kernel_sized:
+                    continue
                 x = params[q.position]
                 if not _sgd_candidate(q, x):
                     continue
@@ -548,20 +564,23 @@ class DHSPG(torch.optim.Optimizer):
         """For every active entry with slices in ``groups``: (plan number, entry, where), where is
         the slices' positions when writing only them is cheap (leading dim, or few slices), else a
         0/1 vector repeated over each slice's contiguous block. One host read."""
-        entries = [(i, e) for i, q in enumerate(self._active) for e in q.entries]
+        if self._entry_owners is None or self._entry_owners[0] is not self._active:  # once per active set
+            owners = [(i, e) for i, q in enumerate(self._active) for e in q.entries]
+            sizes = self._table.entry_size[self._active_entries]
+            ends_np = np.cumsum(sizes)
+            self._entry_owners = (self._active, owners, torch.from_numpy(ends_np), torch.from_numpy(ends_np - sizes))
+        _, entries, ends, starts = self._entry_owners
         if not entries:
             return []
         # one nonzero over all active slices, split by entry (not a call per entry: a supernet has thousands)
         where = groups[self._active_index].cpu().nonzero().flatten()
-        sizes = torch.tensor([e.size for _, e in entries], dtype=torch.int64)
-        ends = sizes.cumsum(0)
         owner = torch.searchsorted(ends, where, right=True)
         counts = torch.bincount(owner, minlength=len(entries))
-        parts = (where - (ends - sizes)[owner]).split(counts.tolist())
+        hit = counts.nonzero().flatten()
+        parts = (where - starts[owner]).split(counts[hit].tolist())  # where is sorted: by entry
         out: list[tuple[int, Entry, Tensor]] = []
-        for k in counts.nonzero().flatten().tolist():
+        for k, zero in zip(hit.tolist(), parts):
             i, e = entries[k]
-            zero = parts[k]
             if e.pre == 1 or 8 * zero.numel() <= e.size:
                 out.append((i, e, zero.to(e.index.device)))
             else:
@@ -641,12 +660,10 @@ class DHSPG(torch.optim.Optimizer):
             pack = self._packing(plans, index, params)
             if pack.positions:
                 both = self._flat.packed(pack.positions, d, self._step) if self._flat else None  # packed already
-                if both is not None:
-                    xp, dp = both
-                else:
-                    xp = torch.cat([params[i].reshape(-1) for i in pack.positions])
-                    dp = torch.cat([params[i].new_zeros(params[i].numel()) if (di := d[i]) is None else di.reshape(-1)
-                                    for i in pack.positions])
+                xq, dq = both if both is not None else (None, None)
+                xp = torch.cat([params[i].reshape(-1) for i in pack.positions]) if xq is None else xq
+                dp = torch.cat([params[i].new_zeros(params[i].numel()) if (di := d[i]) is None else di.reshape(-1)
+                                for i in pack.positions]) if dq is None else dq
                 prods = [xp * dp, xp * xp, dp * dp] + ([xp.abs()] if with_abs else [])
                 if pack.matrix is not None and pack.matrix.dtype == acc:
                     stats += torch.sparse.mm(pack.matrix, torch.stack(prods, dim=1).to(acc)).t()
@@ -870,11 +887,49 @@ class DHSPG(torch.optim.Optimizer):
         """Record G_r and restrict the work of later steps to the slices it touches."""
         self._redundant = redundant
         # One host read, here only: which parameter slices G_r touches decides what later steps visit.
-        self._active = _touching(self._layout.plans, redundant, self._layout.slice_index)
-        self._active_index = (slice_index(self._active) if self._active
-                              else torch.zeros(0, dtype=torch.int64, device=redundant.device))
+        table = self._table
+        keep = table.touched(redundant)
+        self._active = table.restrict(keep)
+        self._active_entries = np.flatnonzero(keep)  # the active entries' numbers in the table
+        self._active_index = table.index[table.slice_mask(keep)]  # = slice_index(self._active)
         self._active_dims = None  # built when a half-space step needs them (_by_dim)
         self._zero_slices, self._sgd_plans = None, None
+
+    @property
+    def _table(self) -> SliceTable:
+        """Index structures over every entry and slice of the layout (:class:`SliceTable`), built once."""
+        if self._slice_table is None:
+            self._slice_table = SliceTable(self._layout.plans, self._layout.slice_index)
+        return self._slice_table
+
+    def _static_entries(self) -> _StaticEntries:
+        """What does not change about every entry of the layout: its parameter's position and whether
+        the progressive schedule scales it by rows (a large parameter's leading dim); built once."""
+        if self._static is None:
+            table, params = self._table, self.param_groups[0]["params"]
+            position = np.array([q.position for q in table.plans], dtype=np.int64)[table.entry_plan]
+            indexed = np.array([params[p].numel() >= _INDEXED_MIN and e.pre == 1
+                                for p, e in zip(position.tolist(), table.entries)], dtype=bool)
+            self._static = _StaticEntries(position, indexed.reshape(-1))
+        return self._static
+
+    def _membership_views(self, groups: Tensor) -> list[Tensor]:
+        """Per entry of the layout: the 0/1 membership in ``groups`` (bool ``[N + 1]``) of its slices, in its
+        parameter's dtype and shaped to broadcast against it (``Entry.view``): views of one buffer per
+        dtype over all slices, written here (one copy per dtype); valid until the next call."""
+        table, params = self._table, self.param_groups[0]["params"]
+        dtypes = [params[q.position].dtype for q in table.plans]
+        cached = self._memberships
+        if cached is None or cached[0] != dtypes:
+            bufs = {dt: torch.empty(table.index.numel(), dtype=dt, device=table.index.device) for dt in set(dtypes)}
+            starts = table.entry_start.tolist()
+            views = [bufs[dtypes[i]][starts[k]:starts[k + 1]].view(e.view)
+                     for k, (i, e) in enumerate(zip(table.entry_plan.tolist(), table.entries))]
+            cached = self._memberships = (dtypes, bufs, views)
+        hits = groups[table.index]
+        for buf in cached[1].values():
+            buf.copy_(hits)
+        return cached[2]
 
     @overload
     def _by_dim(self, index: Literal[False] = False) -> tuple[tuple[_Dim, ...], ...]: ...
@@ -1030,42 +1085,45 @@ class DHSPG(torch.optim.Optimizer):
         self._shrinking = shrinking
         self._sgd_plans = None
         fusable = self._sgd_masks()  # scaled in their own loop (or from its masks), not by the lists
-        plans = _touching(self._active, shrinking, self._active_index)
-        self._shrink_plans = plans
-        self._shrink_index = (slice_index(self._shrink_plans) if plans
-                              else torch.zeros(0, dtype=torch.int64, device=dev))
+        table = self._table
+        keep = table.touched(shrinking)  # the entries with a slice in the period's groups (⊆ the active ones)
+        self._shrink_plans = table.restrict(keep)
+        self._shrink_index = table.index[table.slice_mask(keep)]
         # How a step scales the period's slices. Along the leading dim of a large parameter: only the
         # selected rows, found once here (one host read, at the period start), by index_select /
         # index_copy_. Every other entry: a 0/1 membership s shaped to broadcast against the
         # parameter, x + (factor − 1)·x·s in place, one multi-tensor call per list (no factor
         # tensors to allocate; exactly 0 at factor 0); lists by entry rank, so that no call writes
-        # one parameter twice (CUDA's fused path would race).
+        # one parameter twice (CUDA's fused path would race). The memberships are views of one
+        # buffer per dtype over every slice of the layout, written here by one copy.
         params = self.param_groups[0]["params"]
-        flat = shrinking[self._shrink_index]
-        sizes = [e.size for q in plans for e in q.entries]
-        on = iter(flat.split(sizes))
-        hits = iter(flat.cpu().split(sizes))
-        lists: list[tuple[list[Tensor], list[Tensor]]] = []
+        static = self._static_entries()
+        listed = keep & ~static.indexed
+        if fusable:
+            listed &= ~np.isin(static.position, np.fromiter(fusable, dtype=np.int64))
         indexed: list[tuple[Tensor, int, Tensor]] = []
-        for q in plans:
-            if q.position in fusable:
-                for _ in q.entries:
-                    next(on), next(hits)
-                continue
-            x = params[q.position]
-            rank = 0  # this parameter's entries in the lists so far
-            for e in q.entries:
-                m, hit = next(on), next(hits)
-                if x.numel() >= _INDEXED_MIN and e.pre == 1:
-                    where = hit.nonzero().flatten()
-                    if where.numel():
-                        indexed.append((x, e.dim, where.to(x.device)))  # dim: 0 or a leading size-1 dim
+        big = np.flatnonzero(keep & static.indexed)
+        if big.size:
+            hits = shrinking[table.index].cpu()
+            for k in big.tolist():
+                pos = int(static.position[k])
+                if pos in fusable:
                     continue
-                if rank == len(lists):
-                    lists.append(([], []))
-                lists[rank][0].append(x)
-                lists[rank][1].append(m.to(x.dtype).view(e.view))
-                rank += 1
+                x, e = params[pos], table.entries[k]
+                where = hits[table.entry_start[k]:table.entry_start[k + 1]].nonzero().flatten()
+                if where.numel():
+                    indexed.append((x, e.dim, where.to(x.device)))  # dim: 0 or a leading size-1 dim
+        # each listed entry's rank among its parameter's listed entries
+        cs = np.cumsum(listed)
+        rank = cs - 1 - (cs - listed)[table.plan_first[table.entry_plan]]
+        ids = np.flatnonzero(listed)
+        lists: list[tuple[list[Tensor], list[Tensor]]] = []
+        if ids.size:
+            views = self._membership_views(shrinking)
+            ranks = rank[ids]
+            for r in range(int(ranks.max()) + 1):
+                mine = ids[ranks == r].tolist()
+                lists.append(([params[p] for p in static.position[mine].tolist()], [views[k] for k in mine]))
         self._shrink_lists = lists
         self._shrink_indexed = indexed
 
@@ -1222,25 +1280,12 @@ def _dims(plans: Sequence[ParamPlan], n: int, device: torch.device) -> tuple[tup
     return tuple(dims), index
 
 
-def _touching(plans: Sequence[ParamPlan], groups: Tensor, index: Tensor | None = None) -> tuple[ParamPlan, ...]:
-    """``plans`` restricted to the entries with a slice in ``groups`` (bool ``[N + 1]``); one host read.
-    ``index``: ``slice_index(plans)`` when the caller has it. One segment count over all slices,
-    not a call per entry (a supernet has thousands of them)."""
-    if not plans:
-        return ()
-    hit = groups[slice_index(plans) if index is None else index]
-    sizes = torch.tensor([e.size for q in plans for e in q.entries], dtype=torch.int64, device=hit.device)
-    ends = sizes.cumsum(0)
-    count = torch.cat([hit.new_zeros(1, dtype=torch.int64), hit.to(torch.int64).cumsum(0)])  # hits before each slice
-    touched = (count[ends] > count[ends - sizes]).tolist()
-    out: list[ParamPlan] = []
-    i = 0
-    for q in plans:
-        r = q.restricted(touched[i:i + len(q.entries)])
-        i += len(q.entries)
-        if r is not None:
-            out.append(r)
-    return tuple(out)
+@dataclass(frozen=True, eq=False)
+class _StaticEntries:
+    """Per entry of the layout (:class:`SliceTable` numbering): what a period start reads of it."""
+
+    position: np.ndarray  # int64: its parameter's position in the optimizer's list
+    indexed: np.ndarray  # bool: scaled by rows (index_select / index_copy_), see _INDEXED_MIN
 
 
 @dataclass(frozen=True, eq=False)

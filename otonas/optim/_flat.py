@@ -56,18 +56,26 @@ class FlatMomentum:
         self._groups = torch.cat(groups) if groups else torch.zeros(0, dtype=torch.int64, device=dev)
         self._dead: tuple[Tensor, Tensor] | None = None  # (the zero set it was made for, per element: in one)
         self._gather: tuple[tuple[int, ...], Tensor] | None = None  # see packed
+        self._where: dict[int, int] | None = None  # position -> member number, see packed
         self._x: tuple[int, Tensor] | None = None  # (step, the weights concatenated by directions then)
 
-    def packed(self, positions: tuple[int, ...], d: Sequence[Tensor | None], step: int) -> tuple[Tensor, Tensor] | None:
+    def packed(self, positions: tuple[int, ...], d: Sequence[Tensor | None],
+               step: int) -> tuple[Tensor | None, Tensor] | None:
         """The weights and the directions ``d`` of ``positions``, each concatenated, read off the
-        flat buffers of step ``step`` (one gather each instead of a concatenation of many small
-        tensors): when this step's :meth:`directions` concatenated the weights (weight decay) and
-        ``d`` holds its buffers for all of them; else None."""
-        if self._buf is None or self._x is None or self._x[0] != step or not self.members.issuperset(positions):
+        flat buffers of step ``step`` (one gather each, or the buffer itself when ``positions`` are
+        all the members in order, instead of a concatenation of many small tensors): when ``d`` holds
+        this step's buffers for all of them; else None. The weights are None unless this step's
+        :meth:`directions` concatenated them (weight decay)."""
+        if self._buf is None or not self.members.issuperset(positions):
             return None
-        where = {i: k for k, i in enumerate(self.positions)}
+        if self._where is None:
+            self._where = {i: k for k, i in enumerate(self.positions)}
+        where = self._where
         if any(d[i] is not self._views[where[i]] for i in positions):
             return None
+        x = self._x[1] if self._x is not None and self._x[0] == step else None
+        if positions == self.positions:  # the buffers themselves (a gather would copy them as they are)
+            return x, self._buf
         if self._gather is None or self._gather[0] != positions:
             offsets = [0]
             for v in self._views:
@@ -76,7 +84,7 @@ class FlatMomentum:
                       for i in positions]
             self._gather = (positions, torch.cat(ranges))
         idx = self._gather[1]
-        return self._x[1][idx], self._buf[idx]
+        return None if x is None else x[idx], self._buf[idx]
 
     def usable(self, params: Sequence[Tensor]) -> bool:
         """Whether this step can go through the flat buffer: every member has a dense gradient of its dtype."""

@@ -220,6 +220,14 @@ class _TwoLevelSpace:
         return self._layout
 
 
+class _EntryGroups(NamedTuple):
+    """Per entry of a space's ``group_layout()``: its parameter and its slices' prunable groups."""
+
+    params: list[int]  # the parameter's id, per entry
+    ids: np.ndarray  # the groups of every entry's slices (those in a group), concatenated
+    counts: np.ndarray  # how many of them each entry has
+
+
 class ErasureSelector(Selector):
     """H2SPG's selection, connected-hierarchical: whole operators first, then channels outside them.
 
@@ -298,7 +306,7 @@ class ErasureSelector(Selector):
             raise OtonasError("H2SPG: round_to needs schedule='progressive' (the half-space mode picks channels "
                               "across families)")
         self._space: ErasureSpaceLike = space
-        self._slices: tuple[dict[str, Tensor], list[tuple[int, np.ndarray]]] | None = None  # see _slice_groups
+        self._slices: tuple[dict[str, Tensor], _EntryGroups] | None = None  # see _slice_groups
         self.num_pruning_groups = n = int(space.num_prunable_groups)
         self.num_erasing_groups = e = len(space.erasing_groups)
         self.target_pruned_groups = _count(n, self.target_group_sparsity)
@@ -494,23 +502,28 @@ class ErasureSelector(Selector):
         named, slices = self._slice_groups()
         erased = {id(named[f]) for i in accepted for f in space.erasing_groups[i].params}
         outside = np.zeros(n, dtype=bool)
-        for pid, ids in slices:
-            if pid not in erased:
-                outside[ids] = True
+        # every entry's groups at once: those of the entries whose parameter is not erased
+        kept = np.fromiter((pid not in erased for pid in slices.params), dtype=bool, count=len(slices.params))
+        outside[slices.ids[np.repeat(kept, slices.counts)]] = True
         return moot | ~outside
 
-    def _slice_groups(self) -> tuple[dict[str, Tensor], list[tuple[int, np.ndarray]]]:
-        """The model's parameters by name, and per parameter of ``space.group_layout()`` (by id)
-        the prunable groups of its slices; read once (every period start asks)."""
+    def _slice_groups(self) -> tuple[dict[str, Tensor], _EntryGroups]:
+        """The model's parameters by name, and per entry of ``space.group_layout()`` its parameter
+        (by id) and the prunable groups of its slices (:class:`_EntryGroups`); read once (every period
+        start asks)."""
         if self._slices is None:
             space = self._space
             named: dict[str, Tensor] = dict(space.model.named_parameters(remove_duplicate=False))
-            slices = []
+            params: list[int] = []
+            ids: list[np.ndarray] = []
             for name, entries in space.group_layout().items():
                 for _, index in entries:
-                    ids = index.detach().cpu().numpy().reshape(-1)
-                    slices.append((id(named[name]), ids[ids >= 0]))
-            self._slices = (named, slices)
+                    got = index.detach().cpu().numpy().reshape(-1)
+                    params.append(id(named[name]))
+                    ids.append(got[got >= 0].astype(np.int64))
+            counts = np.array([len(i) for i in ids], dtype=np.int64)
+            cat = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+            self._slices = (named, _EntryGroups(params, cat, counts))
         assert self._slices is not None
         return self._slices
 

@@ -25,12 +25,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..errors import OtonasError
 
-__all__ = ["SearchSpaceLike", "GroupLayout", "Entry", "ParamPlan", "slice_index", "block_sums", "BLOCK", "BLAS"]
+__all__ = ["SearchSpaceLike", "GroupLayout", "Entry", "ParamPlan", "SliceTable", "slice_index", "block_sums", "BLOCK",
+           "BLAS"]
 
 
 class SearchSpaceLike(Protocol):
@@ -193,6 +195,92 @@ def _norm_parameter_ids(model: nn.Module) -> set[int]:
 def slice_index(plans: Sequence[ParamPlan]) -> Tensor:
     """The group id of every slice of ``plans``, in the order their per-slice values are concatenated."""
     return torch.cat([e.index for q in plans for e in q.entries])
+
+
+class SliceTable:
+    """Index structures over every entry and slice of a list of plans (the layout's), built once.
+
+    The optimizers restrict the plans again and again to the slices some groups touch (G_r at each
+    period start, the period's groups); a supernet has hundreds of plans and thousands of entries.
+    With these arrays a restriction is a segment count over all slices (one host read) and one
+    cache lookup per touched plan — the restricted plans are kept, keyed by which entries they keep
+    — and the restricted plans' slices are one boolean index of ``index``.
+
+    Entries are numbered in plan order (as ``slice_index`` concatenates them); ``index`` is
+    ``slice_index(plans)``.
+    """
+
+    def __init__(self, plans: Sequence[ParamPlan], index: Tensor) -> None:
+        self.plans = tuple(plans)
+        self.index = index
+        self.entries: tuple[Entry, ...] = tuple(e for q in self.plans for e in q.entries)
+        counts = np.array([len(q.entries) for q in self.plans], dtype=np.int64)
+        self.plan_first = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(counts)])  # [plans + 1]
+        self.entry_plan = np.repeat(np.arange(len(self.plans), dtype=np.int64), counts)  # [entries]
+        self.entry_local = np.arange(len(self.entries), dtype=np.int64) - self.plan_first[self.entry_plan]
+        sizes = [e.size for e in self.entries]
+        self.entry_size = np.array(sizes, dtype=np.int64)
+        self.entry_start = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(self.entry_size)])  # [entries + 1]
+        dev = index.device
+        self._ends = torch.as_tensor(self.entry_start[1:], device=dev)
+        self._starts = torch.as_tensor(self.entry_start[:-1], device=dev)
+        # the entry of every slice
+        self.slice_entry = torch.repeat_interleave(torch.arange(len(self.entries), device=dev),
+                                                   torch.as_tensor(self.entry_size, device=dev))
+        # a plan's kept entries as the bits of one code (uint64: sums of distinct powers of two; the
+        # differences of wrapped cumulative sums are exact); None when a plan has more than 64 entries
+        self._bits = (np.left_shift(np.uint64(1), self.entry_local.astype(np.uint64))
+                      if not len(counts) or int(counts.max()) <= 64 else None)
+        self._restricted: dict[tuple[int, int | bytes], ParamPlan] = {}
+
+    @property
+    def num_entries(self) -> int:
+        return len(self.entries)
+
+    def touched(self, groups: Tensor) -> np.ndarray:
+        """Per entry: whether one of its slices is in ``groups`` (bool ``[N + 1]``); one host read."""
+        if not self.entries:
+            return np.zeros(0, dtype=bool)
+        hit = groups[self.index].to(torch.int64)
+        count = torch.cat([hit.new_zeros(1), hit.cumsum(0)])  # hits before each slice
+        return (count[self._ends] > count[self._starts]).cpu().numpy()
+
+    def slice_mask(self, keep: np.ndarray) -> Tensor:
+        """Per slice (bool, on the index's device): whether its entry is kept (``keep``: bool ``[entries]``)."""
+        return torch.as_tensor(keep, device=self.index.device)[self.slice_entry]
+
+    def restrict(self, keep: np.ndarray) -> tuple[ParamPlan, ...]:
+        """The plans restricted to the entries where ``keep`` (bool ``[entries]``) holds, in order, those
+        with none left out — what ``ParamPlan.restricted`` gives plan by plan; a plan that keeps every
+        entry is itself."""
+        if not self.plans:
+            return ()
+        if self._bits is not None:
+            cs = np.concatenate([np.zeros(1, dtype=np.uint64), np.cumsum(np.where(keep, self._bits, np.uint64(0)))])
+            codes = cs[self.plan_first[1:]] - cs[self.plan_first[:-1]]
+            hit = np.flatnonzero(codes)
+            keys: list[int | bytes] = codes[hit].tolist()
+        else:
+            cs = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(keep)])
+            hit = np.flatnonzero(cs[self.plan_first[1:]] > cs[self.plan_first[:-1]])
+            keys = [keep[self.plan_first[i]:self.plan_first[i + 1]].tobytes() for i in hit.tolist()]
+        cache = self._restricted
+        out: list[ParamPlan] = []
+        for i, key in zip(hit.tolist(), keys):
+            q = cache.get((i, key))
+            if q is None:
+                q = cache[(i, key)] = self._restrict_one(i, keep)
+            out.append(q)
+        return tuple(out)
+
+    def _restrict_one(self, i: int, keep: np.ndarray) -> ParamPlan:
+        q = self.plans[i]
+        mask = keep[self.plan_first[i]:self.plan_first[i + 1]]
+        if bool(mask.all()):
+            return q
+        r = q.restricted(mask.tolist())
+        assert r is not None
+        return r
 
 
 class GroupLayout:
