@@ -11,6 +11,8 @@ Data (fixed, stratified):
   ``random_state=0``); 30 epochs (21 steps each: digits is cheap and needs the steps).
 
 Model: tiny ``search_spaces:resnet20`` (widths 4/8/16, 17,462 parameters, one input channel).
+``--models resnet18-tiny`` / ``densenet121-tiny`` run the same methods on other architectures (each
+into its own ``--out``: the summary does not tell networks apart).
 
 Methods, at the same total epochs E per data set; the same initialisation and batch order per
 seed; SGD momentum 0.9, weight decay 5e-4, batch 64; one lr schedule for all, over the E·steps
@@ -196,8 +198,14 @@ def load(name: str, cfg: dict[str, Any]) -> Data:
 
 
 # ---------------------------------------------------------------------------------- training
+# Channel-pruning networks (search_spaces entries at size "tiny", one input channel, 10 classes):
+# the grid's is MODEL; the others check a choice on other architectures, each into its own --out.
+CHANNEL_MODELS = (MODEL, "resnet18-tiny", "densenet121-tiny")
+_NET = [MODEL]  # the network the runs of this process make now (run_unit sets it per unit)
+
+
 def make_net() -> nn.Module:
-    return search_spaces.create("resnet20", size="tiny", in_chans=1, num_classes=10)
+    return search_spaces.create(_NET[0].removesuffix("-tiny"), size="tiny", in_chans=1, num_classes=10)
 
 
 def lr_at(step: int, total: int, cfg: dict[str, Any]) -> float:
@@ -698,6 +706,8 @@ def run_unit(u: Unit, cfg: dict[str, Any], threads: int, have: list[dict[str, An
     """Run the unit's runs not in ``have``, in order, handing each result to ``emit``."""
     torch.set_num_threads(threads)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")
+    if u.model != SUPERNET:
+        _NET[0] = u.model
     ck = (u.data, u.model, id(cfg))
     if ck not in _CONTEXTS:
         _CONTEXTS[ck] = Context(u.data, cfg, make=make_supernet if u.model == SUPERNET else None)
@@ -744,7 +754,8 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS), help="for the ResNet-20 runs (the supernet runs "
                     f"are always {', '.join(ERASE_METHODS)})")
     ap.add_argument("--models", default=f"{MODEL},{SUPERNET}",
-                    help=f"{MODEL}: channel pruning at --targets; {SUPERNET}: the DARTS supernet in erase mode "
+                    help=f"{MODEL}: channel pruning at --targets (also {', '.join(CHANNEL_MODELS[1:])}: other "
+                         f"architectures, each into its own --out); {SUPERNET}: the DARTS supernet in erase mode "
                          "on digits")
     ap.add_argument("--out", default=None, help=f"results JSON (default {DEFAULT_OUT.relative_to(ROOT)}; "
                                                 "with --quick /tmp/quality_quick.json)")
@@ -779,11 +790,15 @@ def main() -> None:
     if not args.summary_only:
         models = args.models.split(",")
         units: list[Unit] = []
-        if MODEL in models:
+        for net in models:
+            if net == SUPERNET:
+                continue
+            if net not in CHANNEL_MODELS:
+                raise SystemExit(f"unknown model {net!r}; expected some of {', '.join(CHANNEL_MODELS + (SUPERNET,))}")
             for data in args.data.split(","):
                 epochs = args.epochs if args.epochs is not None else cfg[data]["epochs"]
                 runs = [(m, t) for m in methods for t in ([1.0] if m == "dense" else targets)]
-                units += [Unit(data, MODEL, seed, epochs, tuple(runs)) for seed in seeds_of(data)]
+                units += [Unit(data, net, seed, epochs, tuple(runs)) for seed in seeds_of(data)]
         if SUPERNET in models:
             sc = cfg["darts"]
             epochs = args.epochs if args.epochs is not None else sc["epochs"]
