@@ -256,12 +256,15 @@ def test_verify_reports_its_stages_on_stderr_unless_quiet():
     assert p.stderr.startswith("otonas: verify [1/5] capture: torch.export of search_spaces:resnet20")
     assert "PASSED" in p.stdout
     q = run(*args, "--quiet")
-    assert q.returncode == 0 and q.stderr == "" and q.stdout == p.stdout.replace(
-        _line(p.stdout, "time"), _line(q.stdout, "time"))
+    assert q.returncode == 0 and q.stderr == ""
+    # --quiet changes stderr only; the measured lines (timings, and the float error of the
+    # comparison, which parallel CPU kernels do not make bit-reproducible) may differ
+    assert _unmeasured(q.stdout) == _unmeasured(p.stdout)
+    assert [line.split()[0] for line in q.stdout.splitlines()] == [line.split()[0] for line in p.stdout.splitlines()]
 
 
-def _line(text: str, start: str) -> str:
-    return next(line for line in text.splitlines() if line.startswith(start))
+def _unmeasured(text: str) -> list[str]:
+    return [line for line in text.splitlines() if not line.startswith(("time", "max abs diff", "max rel diff"))]
 
 
 def test_error_classes_are_exported():

@@ -7,6 +7,7 @@ optimizer broadcasts rank 0's choice. Writes the final parameters and zero group
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import warnings
@@ -36,6 +37,11 @@ def main(out: str, variants: list[str]) -> None:
     dist.init_process_group("gloo")
     for variant in variants:
         run(out, variant)
+        gc.collect()  # the variant's DDP reducer goes before the next one is made
+        dist.barrier()
+    # Tear down only once every rank is done with gloo: a rank that destroys the group while
+    # the other still has a DDP reducer or a collective in flight aborts in C++
+    # ("terminate called without an active exception").
     dist.destroy_process_group()
 
 
@@ -55,6 +61,7 @@ def run(out: str, variant: str) -> None:
     torch.save({"params": {n: p.detach() for n, p in space.model.named_parameters()},
                 "zero": opt.zero_groups(), "redundant": opt.redundant_groups, "metrics": opt.metrics()},
                f"{out}/{variant}-rank{rank}.pt")
+    del model, opt
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ only if the optimizer walks rank 0's scores on every rank. Writes what each rank
 
 from __future__ import annotations
 
+import gc
 import sys
 import warnings
 
@@ -52,6 +53,9 @@ def main(out: str) -> None:
                 "erasing_scores": opt.erasing_scores, "redundant": opt.redundant_groups,
                 "zero": opt.zero_groups(), "zero_erasing": opt.zero_erasing_groups(), "metrics": opt.metrics()},
                f"{out}/rank{rank}.pt")
+    del ddp, opt
+    gc.collect()
+    dist.barrier()  # tear down only once every rank is done with gloo (see ddp_worker.py)
     dist.destroy_process_group()
 
 

@@ -209,3 +209,29 @@ def params_of(model: nn.Module) -> dict[str, Tensor]:
 
 def random_grads(model: nn.Module, gen: torch.Generator, scale: float = 1.0) -> dict[str, Tensor]:
     return {n: scale * torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in model.named_parameters()}
+
+
+# gloo's teardown can abort a rank in C++ after its work is done and its files are written
+# ("terminate called without an active exception"); the workers tear down behind a barrier,
+# and a launch that still ends that way is run once more. Any other failure fails the test.
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def torchrun(cmd: list[str], env: dict[str, str], outputs: list[str], timeout: float) -> None:
+    """Run ``cmd`` (a torchrun launch); assert it succeeded and wrote every file in ``outputs``."""
+    import os
+    import subprocess
+
+    for attempt in range(2):
+        for path in outputs:
+            if os.path.exists(path):
+                os.remove(path)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode == 0:
+            break
+        teardown_only = TEARDOWN_ABORT in proc.stderr and all(os.path.exists(p) for p in outputs)
+        if attempt == 1 or not teardown_only:
+            raise AssertionError(f"torchrun failed (exit {proc.returncode}, attempt {attempt + 1}):\n"
+                                 + proc.stdout[-3000:] + proc.stderr[-3000:])
+    missing = [p for p in outputs if not os.path.exists(p)]
+    assert not missing, f"torchrun succeeded but did not write {missing}"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+from optim_helpers import torchrun
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -24,8 +24,7 @@ def test_ranks_agree_on_groups_and_parameters(tmp_path: Path, loops: bool) -> No
                OTONAS_TEST_LOOPS_FOR_SMALL="1" if loops else "0")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
            str(HERE / "ddp_worker.py"), str(tmp_path), *variants]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun(cmd, env, [str(tmp_path / f"{v}-rank{r}.pt") for v in variants for r in (0, 1)], timeout=180)
     for variant in variants:
         r0, r1 = (torch.load(tmp_path / f"{variant}-rank{r}.pt", weights_only=False) for r in (0, 1))
         for name, p in r0["params"].items():

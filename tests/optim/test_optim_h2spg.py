@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from h2spg_helpers import Supernet, batch, ref_erasure, ref_moot, ref_pruning, round_half_up, train_steps
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from optim_helpers import RefDHSPG, StubSpace, params_of, random_grads
+from optim_helpers import RefDHSPG, StubSpace, params_of, random_grads, torchrun
 
 import otonas
 from otonas._errors import OtonasError
@@ -455,7 +455,6 @@ def test_selection_is_valid_and_greedy_on_random_supernets_many(case) -> None:  
                     reason="torch.distributed with gloo")
 def test_ddp_ranks_take_rank0s_selection(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import os
-    import subprocess
     import sys
     from pathlib import Path
 
@@ -464,8 +463,7 @@ def test_ddp_ranks_take_rank0s_selection(tmp_path) -> None:  # type: ignore[no-u
                                                        os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
            str(here / "ddp_worker_h2spg.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun(cmd, env, [str(tmp_path / f"rank{r}.pt") for r in (0, 1)], timeout=300)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     for name, p in r0["params"].items():
         assert torch.equal(p, r1["params"][name]), name
