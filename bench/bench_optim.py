@@ -58,7 +58,8 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from otonas.optim import DHSPG, H2SPG, BudgetWarning, ForcedProjectionWarning, kernels_enabled, period_bounds  # noqa: E402
+from otonas.optim import (DHSPG, H2SPG, SCORES, BudgetWarning, ForcedProjectionWarning, kernels_enabled,  # noqa: E402
+                          make_score, period_bounds)
 
 HUGE = 10**9
 # The default `otonas search` job's schedule (digits, 12 epochs of 23 steps, warm-up 1/6 and
@@ -168,7 +169,7 @@ def _progressive_phase(start: int, end: int, periods: int) -> Callable[[int], st
 
 
 def build_arms(kind: str, model: nn.Module, space: Any, *, rounds: int, periods: int, lr: float, wd: float,
-               target: float, h2_target: float, budget: float, variant: str) -> list[Arm]:
+               target: float, h2_target: float, budget: float, variant: str, score: str | None = None) -> list[Arm]:
     """The baseline and the optimizer ``kind`` ("dhspg" or "h2spg") in each phase, each on a deep copy."""
 
     def fresh() -> tuple[nn.Module, list[Tensor]]:
@@ -176,6 +177,8 @@ def build_arms(kind: str, model: nn.Module, space: Any, *, rounds: int, periods:
         return m, [p for p in m.parameters() if p.requires_grad]
 
     base_kw: dict[str, Any] = dict(lr=lr, weight_decay=wd, variant=variant)
+    if score is not None:
+        base_kw["score"] = make_score(score)
     if variant == "sgd":
         base_kw["momentum"] = 0.9
 
@@ -262,11 +265,11 @@ class Result:
 
 def measure(model_name: str, kind: str, model: nn.Module, space: Any, grads: Sequence[Tensor], *, threads: int,
             wd: float, rounds: int, periods: int, lr: float, target: float, h2_target: float, budget: float,
-            variant: str) -> Result:
+            variant: str, score: str | None = None) -> Result:
     torch.set_num_threads(threads)
     before = load()
     arms = build_arms(kind, model, space, rounds=rounds, periods=periods, lr=lr, wd=wd, target=target,
-                      h2_target=h2_target, budget=budget, variant=variant)
+                      h2_target=h2_target, budget=budget, variant=variant, score=score)
     run_arms(arms, grads, rounds)
     after = load()
     base = arms[0].times["base"]
@@ -359,6 +362,9 @@ def main() -> None:
     ap.add_argument("--erase-budget", type=float, default=0.5)
     ap.add_argument("--variant", default="sgd", choices=("sgd", "adam", "adamw"),
                     help="the base rule, timed against torch's SGD (momentum 0.9), Adam or AdamW (foreach)")
+    ap.add_argument("--score", default=None, choices=SCORES,
+                    help="the redundancy score of every DHSPG / H2SPG (default: the optimizer's own, "
+                         "cosine_magnitude); norm_affine is otonas search --mode prune's")
     ap.add_argument("--h2spg", action="store_true", help="H2SPG only, on --supernets")
     ap.add_argument("--supernets", default="darts,superresnet")
     ap.add_argument("--quick", action="store_true",
@@ -388,7 +394,7 @@ def main() -> None:
     print(f"# torch {torch.__version__}, {os.cpu_count()} cores, otonas' fused loops "
           f"{'on' if kernels_enabled() else 'off'}; lr {args.lr}, {'momentum 0.9, ' if args.variant == 'sgd' else ''}"
           f"DHSPG target_group_sparsity {args.target}, H2SPG erase_budget {args.erase_budget} and "
-          f"target_group_sparsity {args.h2spg_target}, {args.periods} periods; median of {rounds} rounds "
+          f"target_group_sparsity {args.h2spg_target}, {args.periods} periods, score {args.score or 'cosine_magnitude'}; median of {rounds} rounds "
           f"(each optimizer on its own model copy, real batch-8 gradients cloned into .grad before every step); "
           f"load average {load()} at {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
     t_start = time.time()
@@ -409,7 +415,7 @@ def main() -> None:
                 for wd in wds:
                     r = measure(name, kind, model, space, grads, threads=th, wd=wd, rounds=rounds,
                                 periods=args.periods, lr=args.lr, target=args.target, h2_target=args.h2spg_target,
-                                budget=args.erase_budget, variant=args.variant)
+                                budget=args.erase_budget, variant=args.variant, score=args.score)
                     results.append(r)
                     print("\n".join(table([r], base)[2:]), flush=True)
                     if r.forced:

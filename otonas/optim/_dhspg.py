@@ -330,6 +330,12 @@ class DHSPG(torch.optim.Optimizer):
         t = self._step
         start, end = hp["start_step"], hp["end_step"]
         progressive = hp["schedule"] == "progressive"
+        if self._selects_now(hp, t) and not self._selector.needs_direction:
+            # A selection that reads only the weights is made before the step, on the same
+            # weights a selection after the directions would read; the step is then a plain
+            # step of the period (one fused pass where the loops take the weight).
+            self._fused = {}
+            self._select_period_now(params, hp, t, with_direction=False)
         # Weights whose masking, base step and shrink are one loop this step (and their factor).
         fused_sgd, factor = self._sgd_fusable(params, hp, t)
         # In the projection phase, the momentum of some weights is updated inside the loop that
@@ -641,8 +647,8 @@ class DHSPG(torch.optim.Optimizer):
         return buf
 
     def _stats(self, plans: Sequence[ParamPlan], index: Tensor, params: Sequence[Tensor],
-               d: Sequence[Tensor | None], *, with_abs: bool,
-               keep_xx: bool = True) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
+               d: Sequence[Tensor | None], *, with_abs: bool, keep_xx: bool = True,
+               with_direction: bool = True) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
         """Per-group sums ``[k, N + 1]`` of x·d, x², d² (and |x|) over the slices of ``plans``.
 
         Also returns the per-slice sums of x² and, for parameters whose groups run along several
@@ -650,7 +656,11 @@ class DHSPG(torch.optim.Optimizer):
         terms of :meth:`_cross`). With ``keep_xx=False`` the caller needs neither (the per-slice sums
         then cover only the weights not packed): no buffer beyond the shared scratch, and the many
         small weights of a supernet are summed together, packed into one flat tensor (:meth:`_packing`).
+        With ``with_direction=False`` ``d`` is not read: the sums of x·d and d² are zero (the
+        statistics of a score that reads only the weights, taken before the step).
         """
+        if not with_direction:
+            d = params  # a stand-in the products below read in place of d; their sums with it are zeroed
         acc = self._acc_dtype
         k = 4 if with_abs else 3
         xx_full: dict[int, Tensor] = {}
@@ -698,7 +708,8 @@ class DHSPG(torch.optim.Optimizer):
                         sgd = (x.grad, hp["momentum"], hp["dampening"], hp["weight_decay"])
                         if self._redundant is not None:  # its zero groups' gradient masked in the loop
                             alive = self._alive_masks().get(q.position)
-                    sums = dict(zip((0, 1), _kernels.stats(x, _like(dq, x), math.prod(x.shape[2:]),
+                    sums = dict(zip((0, 1), _kernels.stats(x, _like(dq, x) if with_direction else None,
+                                                           math.prod(x.shape[2:]),
                                                            with_abs=with_abs, sgd=sgd, alive=alive)))
                 else:
                     e1 = next(e for e in q.entries if e.dim == 1)
@@ -723,6 +734,9 @@ class DHSPG(torch.optim.Optimizer):
                 parts.append(dim_sums)
         values = (torch.cat(parts, dim=1).to(acc) if parts else torch.zeros(k, 0, dtype=acc, device=dev))
         stats.index_add_(1, index, values)
+        if not with_direction:
+            stats[0].zero_()
+            stats[2].zero_()
         return stats, values[1], xx_full
 
     def _packing(self, plans: Sequence[ParamPlan], index: Tensor, params: Sequence[Tensor]) -> _Packing:
@@ -841,11 +855,12 @@ class DHSPG(torch.optim.Optimizer):
                 cross[start:start + dim.entry.size] += extra
 
     # ------------------------------------------------------------------ the three phases
-    def _selection_stats(self, params: Sequence[Tensor], d: Sequence[Tensor | None], *, packed: bool) -> GroupStats:
+    def _selection_stats(self, params: Sequence[Tensor], d: Sequence[Tensor | None], *, packed: bool,
+                         with_direction: bool = True) -> GroupStats:
         """This step's statistics of every group, for the selector (``packed``: the small weights summed
-        together, see :meth:`_stats`)."""
+        together, see :meth:`_stats`; ``with_direction=False``: the weights' own sums only)."""
         stats, _, _ = self._stats(self._layout.plans, self._layout.slice_index, params, d, with_abs=True,
-                                  keep_xx=not packed)
+                                  keep_xx=not packed, with_direction=with_direction)
         s = stats[:, : self.num_groups]
         norm = self._score.needs_norm_sq
         return GroupStats(dot=s[0], x_sq=s[1], d_sq=s[2], x_abs=s[3], size=self._layout.group_size.to(s.dtype),
@@ -1018,8 +1033,7 @@ class DHSPG(torch.optim.Optimizer):
         r = bounds[p + 1] - t
         factor = (r - 1) / r
         if t == bounds[p] and self._period != p:
-            self._select_period(params, d, p, len(bounds) - 1)
-            self._period = p
+            self._select_period_now(params, hp, t, d=d)
             # The weights whose direction is their (updated) momentum buffer: step and shrink in one loop.
             fused = dict(fused)
             for pos, masks in (self._sgd_masks().items() if _sgd_rule_ok(self._rule, hp) else ()):
@@ -1064,9 +1078,19 @@ class DHSPG(torch.optim.Optimizer):
                     f = torch.pow(torch.tensor(factor, dtype=x2.dtype, device=x2.device), count.to(x2.dtype))
                     x2.mul_(f.view(-1, 1) if dim == 0 else f)
 
-    def _select_period(self, params: Sequence[Tensor], d: Sequence[Tensor | None], p: int, periods: int) -> None:
+    def _select_period_now(self, params: Sequence[Tensor], hp: dict[str, Any], t: int, *,
+                           d: Sequence[Tensor | None] | None = None, with_direction: bool = True) -> None:
+        """Step ``t`` starts a period: select its groups (from this step's directions ``d``, or from
+        the weights alone with ``with_direction=False``) and make it the current period."""
+        bounds = period_bounds(hp["start_step"], hp["end_step"], hp["periods"])
+        p = max(i for i in range(len(bounds) - 1) if bounds[i] <= t)
+        self._select_period(params, params if d is None else d, p, len(bounds) - 1, with_direction=with_direction)
+        self._period = p
+
+    def _select_period(self, params: Sequence[Tensor], d: Sequence[Tensor | None], p: int, periods: int, *,
+                       with_direction: bool = True) -> None:
         """At the start of period ``p``: the selector's choice among the groups not yet zero."""
-        stats = self._selection_stats(params, d, packed=True)
+        stats = self._selection_stats(params, d, packed=True, with_direction=with_direction)
         zero = self._zero[: self.num_groups].cpu().numpy()
         new = self._selector.select(Selection(stats=stats, zero=zero, period=p, periods=periods, progressive=True))
         self._begin_period(list(new))

@@ -81,10 +81,29 @@ def _define(cache: bool) -> tuple[Any, ...]:
 
     @jit
     def stats_rows(x: Any, d: Any, g: Any, momentum: Any, damp1: Any, wd: Any, update: bool, with_abs: bool,
-                   masked: bool, row_alive: Any, col_alive: Any, rows: Any, cols: Any, lo: int,
+                   masked: bool, with_d: bool, row_alive: Any, col_alive: Any, rows: Any, cols: Any, lo: int,
                    hi: int) -> None:  # pragma: no cover - compiled
-        """Rows lo..hi: their sums into ``rows``, their share of the column sums added to ``cols``."""
+        """Rows lo..hi: their sums into ``rows``, their share of the column sums added to ``cols``
+        (``with_d`` false: the sums of x² and |x| only, d unread, the others left at zero)."""
         m = x.shape[1]
+        if not with_d:
+            for o in range(lo, hi):
+                xo = x[o]
+                sxx, sab = rows[1, o], rows[1, o]  # zeros of x's dtype
+                for j in range(m):
+                    a = xo[j]
+                    sxx += a * a
+                rows[1, o] = sxx
+                for j in range(m):
+                    a = xo[j]
+                    cols[1, j] += a * a
+                if with_abs:
+                    for j in range(m):
+                        a = abs(xo[j])
+                        sab += a
+                        cols[3, j] += a
+                    rows[3, o] = sab
+            return
         nil = momentum - momentum  # 0 in x's dtype: a masked gradient entry
         for o in range(lo, hi):
             xo, do, go = x[o], d[o], g[o]
@@ -144,11 +163,12 @@ def _define(cache: bool) -> tuple[Any, ...]:
     # worker thread that another process holds the core of costs milliseconds.
     @numba.njit(fastmath=_FLAGS, nogil=True, cache=cache, parallel=True)
     def stats_blocks(x: Any, d: Any, g: Any, momentum: Any, damp1: Any, wd: Any, update: bool, with_abs: bool,
-                     masked: bool, row_alive: Any, col_alive: Any, rows: Any,
+                     masked: bool, with_d: bool, row_alive: Any, col_alive: Any, rows: Any,
                      cols: Any) -> None:  # pragma: no cover - compiled
         n, chunks = x.shape[0], cols.shape[0]
         for b in numba.prange(chunks):
-            stats_rows(x, d, g, momentum, damp1, wd, update, with_abs, masked, row_alive, col_alive, rows, cols[b],
+            stats_rows(x, d, g, momentum, damp1, wd, update, with_abs, masked, with_d, row_alive, col_alive, rows,
+                       cols[b],
                        b * n // chunks, (b + 1) * n // chunks)
 
     @numba.njit(fastmath=_FLAGS, nogil=True, cache=cache, parallel=True)
@@ -246,7 +266,7 @@ def _scalar(v: float, dtype: torch.dtype) -> Any:
     return np.float32(v) if dtype == torch.float32 else float(v)
 
 
-def stats(x: Tensor, d: Tensor, post: int, *, with_abs: bool,
+def stats(x: Tensor, d: Tensor | None, post: int, *, with_abs: bool,
           sgd: tuple[Tensor, float, float, float] | None = None,
           alive: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """Per-row and per-input-channel sums of x·d, x², d² (and |x|) of a weight: ``[k, O]`` and
@@ -257,19 +277,24 @@ def stats(x: Tensor, d: Tensor, post: int, *, with_abs: bool,
     updated in place to ``momentum·d + (1 − dampening)·(g + weight_decay·x)`` in the same loop
     (what ``_base.SGDRule`` does, in one pass instead of three). ``alive = (row_alive, col_alive)``
     (bool, per row and per column of the ``[O, M]`` view, as :func:`sgd_step` takes them): the
-    gradient's entries outside a live row and column are taken as zero, as if masked."""
-    x2, d2 = x.view(x.shape[0], -1), d.view(x.shape[0], -1)
+    gradient's entries outside a live row and column are taken as zero, as if masked.
+    ``d=None`` (no ``sgd`` then): the weight's own sums only, x² and |x|; the sums with d are zero."""
+    if d is None and sgd is not None:
+        raise ValueError("_kernels.stats: sgd needs the momentum buffer d")
+    x2 = x.view(x.shape[0], -1)
+    d2 = x2 if d is None else d.view(x.shape[0], -1)
     k = 4 if with_abs else 3
     rows = x2.new_zeros(k, x2.shape[0])
     cols = x2.new_zeros(_chunks(x2), k, x2.shape[1])
-    g, momentum, dampening, wd = sgd if sgd is not None else (d, 0.0, 0.0, 0.0)
+    g, momentum, dampening, wd = sgd if sgd is not None else (d2, 0.0, 0.0, 0.0)
     dt = x.dtype
     if alive is None:
         row_alive, col_alive = _NO_MASK, _NO_MASK
     else:
         row_alive, col_alive = _np(alive[0]), _np(alive[1])
     args = (_np(x2), _np(d2), _np(g.view(x2.shape)), _scalar(momentum, dt), _scalar(1 - dampening, dt),
-            _scalar(wd, dt), sgd is not None, with_abs, alive is not None, row_alive, col_alive, _np(rows))
+            _scalar(wd, dt), sgd is not None, with_abs, alive is not None, d is not None, row_alive, col_alive,
+            _np(rows))
     if cols.shape[0] == 1:
         _loops()[0](*args, _np(cols[0]), 0, x2.shape[0])
     else:

@@ -40,10 +40,15 @@ class RedundancyScore(abc.ABC):
     DHSPG calls it once, at ``start_step``, with the statistics of every prunable group.
     The scores must be computed from the statistics alone (they are identical on all
     ranks of a distributed run), higher meaning more redundant; ``+inf`` is allowed.
-    A score that reads ``GroupStats.norm_sq`` sets ``needs_norm_sq = True``.
+    A score that reads ``GroupStats.norm_sq`` sets ``needs_norm_sq = True``. A score that reads
+    only the weights (``x_sq``, ``x_abs``, ``norm_sq``, ``size``), never the step direction
+    (``dot``, ``d_sq``), sets ``needs_direction = False``: the progressive schedule then takes a
+    period start's statistics before the step (``dot`` and ``d_sq`` are zero there), and the step
+    itself takes the same one-pass form as the other steps of the period.
     """
 
     needs_norm_sq: ClassVar[bool] = False
+    needs_direction: ClassVar[bool] = True
 
     @abc.abstractmethod
     def __call__(self, stats: GroupStats) -> Tensor:
@@ -99,6 +104,8 @@ class MagnitudeScore(RedundancyScore):
     random choice (bench/README "Which score"): ``NormAffineScore``, the default of ``otonas search
     --mode prune``, reads the normalization's scale and shift instead."""
 
+    needs_direction = False
+
     def __call__(self, stats: GroupStats) -> Tensor:
         return torch.where(stats.x_abs == 0, torch.inf, -stats.x_sq)
 
@@ -118,6 +125,7 @@ class NormAffineScore(RedundancyScore):
     ResNet-18 and level on a tiny DenseNet-121 (5 seeds): not better everywhere."""
 
     needs_norm_sq = True
+    needs_direction = False
 
     def __call__(self, stats: GroupStats) -> Tensor:
         if stats.norm_sq is None or stats.norm_size is None:

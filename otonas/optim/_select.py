@@ -94,6 +94,14 @@ class Selector(abc.ABC):
 
     target_zero_groups: int = 0
 
+    @property
+    def needs_direction(self) -> bool:
+        """Whether :meth:`select` reads the step direction's statistics (``GroupStats.dot`` and
+        ``.d_sq``). False lets the progressive schedule select before a period start's step and
+        take that step in its one-pass form; a selector that reads only its score's inputs says
+        what the score needs (:attr:`RedundancyScore.needs_direction`)."""
+        return True
+
     def layout(self, space: SearchSpaceLike) -> SearchSpaceLike:
         """The groups the engine steps over: ``space`` itself unless a selector adds groups."""
         return space
@@ -337,6 +345,10 @@ class TopKSelector(Selector):
                 if align is not None:  # the fraction is then met only as closely as whole steps allow
                     self.quotas = [align_quota(align, i, q, caps[i]) for i, q in enumerate(self.quotas)]
             self.target_zero_groups = int(sum(self.quotas))
+
+    @property
+    def needs_direction(self) -> bool:  # the score is all it reads
+        return bool(getattr(self.context.score, "needs_direction", True))
 
     def select(self, selection: Selection) -> Sequence[int]:
         if selection.progressive:

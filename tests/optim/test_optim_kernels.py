@@ -6,12 +6,13 @@ import os
 import subprocess
 import sys
 import warnings
+from typing import Any
 
 import pytest
 import torch
 from optim_helpers import StubSpace
 
-from otonas.optim import DHSPG, ForcedProjectionWarning, _kernels
+from otonas.optim import DHSPG, ForcedProjectionWarning, MagnitudeScore, _kernels
 from otonas.optim._base import SGDRule
 
 pytestmark = pytest.mark.skipif(not _kernels.enabled(), reason=f"numba is not usable here: {_kernels._failed}")
@@ -46,6 +47,23 @@ def test_stats_are_the_row_and_channel_sums(shape: tuple[int, ...], dtype: torch
     want_cols = torch.stack([p.reshape(shape[0], shape[1], -1).sum((0, 2)) for p in prods])
     torch.testing.assert_close(rows, want_rows, **_tol(dtype))
     torch.testing.assert_close(cols, want_cols, **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_abs", [True, False])
+def test_stats_without_a_direction_are_the_weights_sums(dtype: torch.dtype, with_abs: bool, threads: int) -> None:
+    """``d=None``: the sums of x² (and |x|) as with a direction, the sums with d zero."""
+    g = torch.Generator().manual_seed(3)
+    x, d = (torch.randn(12, 6, 3, 3, generator=g, dtype=dtype) for _ in range(2))
+    rows, cols = _kernels.stats(x, None, 9, with_abs=with_abs)
+    want_rows, want_cols = _kernels.stats(x, d, 9, with_abs=with_abs)
+    weights = [1, 3] if with_abs else [1]
+    torch.testing.assert_close(rows[weights], want_rows[weights], **_tol(dtype))
+    torch.testing.assert_close(cols[weights], want_cols[weights], **_tol(dtype))
+    torch.testing.assert_close(rows[1], (x * x).sum((1, 2, 3)), **_tol(dtype))
+    assert (rows[[0, 2]] == 0).all() and (cols[[0, 2]] == 0).all()
+    with pytest.raises(ValueError, match="momentum buffer"):
+        _kernels.stats(x, None, 9, with_abs=False, sgd=(d, 0.9, 0.0, 0.0))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -277,7 +295,8 @@ def test_sgd_step_is_the_masked_momentum_step_and_the_shrink(dtype: torch.dtype,
 
 
 def _progressive_run(kernels: bool, monkeypatch: pytest.MonkeyPatch, dampening: float, periods: int,
-                     calls: list[int]) -> list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], set[int]]]:
+                     calls: list[int], score: Any = None,
+                     ) -> list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], set[int]]]:
     """Steps of a progressive DHSPG on ``_Lines`` (rows only, columns only, both, two entries on one
     dim): the parameters, momentum buffers and zero groups after each."""
     monkeypatch.setattr(_kernels, "enabled", lambda: kernels)
@@ -289,7 +308,8 @@ def _progressive_run(kernels: bool, monkeypatch: pytest.MonkeyPatch, dampening: 
     layout = {"up": [(0, h)], "down": [(1, h)],
               "both": [(0, h + 6), (1, h), (0, torch.tensor([12, 12, 13, 13, -1, 14]))]}
     opt = DHSPG(StubSpace(model, layout, 15), lr=0.2, momentum=0.9, dampening=dampening, weight_decay=1e-2,
-                target_group_sparsity=0.6, keep_one_per_family=False, warmup_steps=2, end_step=11, periods=periods)
+                target_group_sparsity=0.6, keep_one_per_family=False, warmup_steps=2, end_step=11, periods=periods,
+                **({} if score is None else {"score": score}))
     gen = torch.Generator().manual_seed(1)
     out = []
     for _ in range(15):
@@ -322,3 +342,42 @@ def test_progressive_steps_in_one_loop_match_the_pytorch_path(dampening: float, 
             torch.testing.assert_close(xf[n], xs[n], rtol=1e-10, atol=1e-12, msg=f"step {t}, {n}")
             torch.testing.assert_close(bf[n], bs[n], rtol=1e-10, atol=1e-12, msg=f"step {t}, momentum of {n}")
     assert len(fast[-1][2]) >= 9  # round(15 · 0.6) selected (a group whose slices others cover is zero too)
+
+
+class _MagnitudeAfterTheDirections(MagnitudeScore):
+    """The magnitude score, but claiming to read the directions: the period start's selection then
+    comes after the directions, as for any score that needs them (the reference path)."""
+
+    needs_direction = True
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["loops", "pytorch"])
+@pytest.mark.parametrize("periods", [3, 4])
+def test_a_weights_only_score_selects_before_the_step_with_the_same_result(
+        kernels: bool, periods: int, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A score that reads only the weights (``needs_direction = False``: magnitude, norm_affine)
+    has a period start's groups chosen before that step, from the weights alone, and the step
+    then taken like the period's other steps (one fused pass with the loops): the same zero
+    groups after every step, parameters and momentum buffers equal, as the selection made after
+    the directions (the path of a score that reads them)."""
+    seen: list[bool] = []
+    real = DHSPG._selection_stats
+
+    def spy(self: DHSPG, *a: Any, with_direction: bool = True, **k: Any) -> Any:
+        seen.append(with_direction)
+        return real(self, *a, with_direction=with_direction, **k)
+
+    monkeypatch.setattr(DHSPG, "_selection_stats", spy)
+    early = _progressive_run(kernels, monkeypatch, 0.0, periods, calls := [], score=MagnitudeScore())
+    assert seen == [False] * periods  # every period start selected from the weights alone
+    if kernels:
+        assert len(calls) > 0
+    seen.clear()
+    late = _progressive_run(kernels, monkeypatch, 0.0, periods, [], score=_MagnitudeAfterTheDirections())
+    assert seen == [True] * periods
+    for t, ((xe, be, ze), (xl, bl, zl)) in enumerate(zip(early, late)):
+        assert ze == zl, f"step {t}"
+        for n in xe:
+            torch.testing.assert_close(xe[n], xl[n], rtol=1e-10, atol=1e-12, msg=f"step {t}, {n}")
+            torch.testing.assert_close(be[n], bl[n], rtol=1e-10, atol=1e-12, msg=f"step {t}, momentum of {n}")
+    assert len(early[-1][2]) >= 9
