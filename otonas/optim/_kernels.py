@@ -80,6 +80,16 @@ def _define(cache: bool) -> tuple[Any, ...]:
     jit = numba.njit(fastmath=_FLAGS, nogil=True, cache=cache)
 
     @jit
+    def abs_sums(xo: Any, rows: Any, cols: Any, o: int, m: int) -> None:  # pragma: no cover - compiled
+        """Row ``o`` (``xo``): the sum of |x| into ``rows[3, o]``, its entries added to ``cols[3]``."""
+        sab = rows[3, o]  # zero of x's dtype
+        for j in range(m):
+            a = abs(xo[j])
+            sab += a
+            cols[3, j] += a
+        rows[3, o] = sab
+
+    @jit
     def stats_rows(x: Any, d: Any, g: Any, momentum: Any, damp1: Any, wd: Any, update: bool, with_abs: bool,
                    masked: bool, with_d: bool, row_alive: Any, col_alive: Any, rows: Any, cols: Any, lo: int,
                    hi: int) -> None:  # pragma: no cover - compiled
@@ -89,7 +99,7 @@ def _define(cache: bool) -> tuple[Any, ...]:
         if not with_d:
             for o in range(lo, hi):
                 xo = x[o]
-                sxx, sab = rows[1, o], rows[1, o]  # zeros of x's dtype
+                sxx = rows[1, o]  # zero of x's dtype
                 for j in range(m):
                     a = xo[j]
                     sxx += a * a
@@ -98,11 +108,7 @@ def _define(cache: bool) -> tuple[Any, ...]:
                     a = xo[j]
                     cols[1, j] += a * a
                 if with_abs:
-                    for j in range(m):
-                        a = abs(xo[j])
-                        sab += a
-                        cols[3, j] += a
-                    rows[3, o] = sab
+                    abs_sums(xo, rows, cols, o, m)
             return
         nil = momentum - momentum  # 0 in x's dtype: a masked gradient entry
         for o in range(lo, hi):
@@ -117,7 +123,7 @@ def _define(cache: bool) -> tuple[Any, ...]:
             elif update:  # d is SGD's momentum buffer: d ← momentum·d + (1 − dampening)·(g + wd·x)
                 for j in range(m):
                     do[j] = momentum * do[j] + damp1 * (go[j] + wd * xo[j])
-            sxd, sxx, sdd, sab = rows[0, o], rows[1, o], rows[2, o], rows[0, o]  # zeros of x's dtype
+            sxd, sxx, sdd = rows[0, o], rows[1, o], rows[2, o]  # zeros of x's dtype
             for j in range(m):
                 a, b = xo[j], do[j]
                 sxd += a * b
@@ -130,11 +136,7 @@ def _define(cache: bool) -> tuple[Any, ...]:
                 cols[1, j] += a * a
                 cols[2, j] += b * b
             if with_abs:
-                for j in range(m):
-                    a = abs(xo[j])
-                    sab += a
-                    cols[3, j] += a
-                rows[3, o] = sab
+                abs_sums(xo, rows, cols, o, m)
 
     @jit
     def step_rows(x: Any, d: Any, has_d: bool, u0: Any, v1: Any, c0: Any, c1: Any, lr: Any, rowc: Any,
