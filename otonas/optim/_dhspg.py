@@ -330,12 +330,14 @@ class DHSPG(torch.optim.Optimizer):
         t = self._step
         start, end = hp["start_step"], hp["end_step"]
         progressive = hp["schedule"] == "progressive"
-        if self._selects_now(hp, t) and not self._selector.needs_direction:
+        starting = self._period_starting(hp, t)
+        if starting is not None and not self._selector.needs_direction:
             # A selection that reads only the weights is made before the step, on the same
             # weights a selection after the directions would read; the step is then a plain
-            # step of the period (one fused pass where the loops take the weight).
+            # step of the period (one fused pass where the loops take the weight). No
+            # statistics loop updates a momentum here: last step's fused set does not apply.
             self._fused = {}
-            self._select_period_now(params, hp, t, with_direction=False)
+            self._select_period(params, params, *starting, with_direction=False)
         # Weights whose masking, base step and shrink are one loop this step (and their factor).
         fused_sgd, factor = self._sgd_fusable(params, hp, t)
         # In the projection phase, the momentum of some weights is updated inside the loop that
@@ -478,12 +480,16 @@ class DHSPG(torch.optim.Optimizer):
 
     def _selects_now(self, hp: dict[str, Any], t: int) -> bool:
         """Whether step ``t`` starts a period of the progressive schedule (and selects its groups)."""
+        return self._period_starting(hp, t) is not None
+
+    def _period_starting(self, hp: dict[str, Any], t: int) -> tuple[int, int] | None:
+        """The period step ``t`` starts and how many there are, if it starts one not selected yet."""
         start, end = hp["start_step"], hp["end_step"]
         if hp["schedule"] != "progressive" or not start <= t < end:
-            return False
+            return None
         bounds = period_bounds(start, end, hp["periods"])
         p = max(i for i in range(len(bounds) - 1) if bounds[i] <= t)
-        return t == bounds[p] and self._period != p
+        return (p, len(bounds) - 1) if t == bounds[p] and self._period != p else None
 
     def _sgd_masks(self) -> dict[int, _SGDMasks]:
         """For every active weight the fused loop can take (:func:`_sgd_candidate`): its live rows and
@@ -1033,7 +1039,7 @@ class DHSPG(torch.optim.Optimizer):
         r = bounds[p + 1] - t
         factor = (r - 1) / r
         if t == bounds[p] and self._period != p:
-            self._select_period_now(params, hp, t, d=d)
+            self._select_period(params, d, p, len(bounds) - 1)
             # The weights whose direction is their (updated) momentum buffer: step and shrink in one loop.
             fused = dict(fused)
             for pos, masks in (self._sgd_masks().items() if _sgd_rule_ok(self._rule, hp) else ()):
@@ -1078,22 +1084,16 @@ class DHSPG(torch.optim.Optimizer):
                     f = torch.pow(torch.tensor(factor, dtype=x2.dtype, device=x2.device), count.to(x2.dtype))
                     x2.mul_(f.view(-1, 1) if dim == 0 else f)
 
-    def _select_period_now(self, params: Sequence[Tensor], hp: dict[str, Any], t: int, *,
-                           d: Sequence[Tensor | None] | None = None, with_direction: bool = True) -> None:
-        """Step ``t`` starts a period: select its groups (from this step's directions ``d``, or from
-        the weights alone with ``with_direction=False``) and make it the current period."""
-        bounds = period_bounds(hp["start_step"], hp["end_step"], hp["periods"])
-        p = max(i for i in range(len(bounds) - 1) if bounds[i] <= t)
-        self._select_period(params, params if d is None else d, p, len(bounds) - 1, with_direction=with_direction)
-        self._period = p
-
     def _select_period(self, params: Sequence[Tensor], d: Sequence[Tensor | None], p: int, periods: int, *,
                        with_direction: bool = True) -> None:
-        """At the start of period ``p``: the selector's choice among the groups not yet zero."""
+        """At the start of period ``p``: the selector's choice among the groups not yet zero (from
+        this step's directions ``d``, or from the weights alone with ``with_direction=False``); ``p``
+        becomes the current period."""
         stats = self._selection_stats(params, d, packed=True, with_direction=with_direction)
         zero = self._zero[: self.num_groups].cpu().numpy()
         new = self._selector.select(Selection(stats=stats, zero=zero, period=p, periods=periods, progressive=True))
         self._begin_period(list(new))
+        self._period = p
 
     def _begin_period(self, new: Sequence[int]) -> None:
         """Make ``new`` the groups shrunk in this period (group ids in ``[0, num_groups)``)."""
