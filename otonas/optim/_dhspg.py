@@ -228,7 +228,7 @@ class DHSPG(torch.optim.Optimizer):
         self._slice_table: SliceTable | None = None
         self._static: _StaticEntries | None = None
         self._memberships: tuple[list[torch.dtype], dict[torch.dtype, Tensor], list[Tensor]] | None = None
-        self._kernel_sized: frozenset[int] | None = None  # see _alive_masks
+        self._masks: _MaskTable | None = None  # see _mask_table
         # per active entry: its plan number and itself, where its slices end and start (see _locate)
         self._entry_owners: tuple[tuple[ParamPlan, ...], list[tuple[int, Entry]], Tensor, Tensor] | None = None
         self._rule = make_rule(variant)
@@ -276,6 +276,9 @@ class DHSPG(torch.optim.Optimizer):
         self._packings: dict[int, tuple[Sequence[ParamPlan], _Packing]] = {}  # see _packing
         self._flat: FlatMomentum | Literal[False] | None = None  # see _flat_momentum (False: none to pack)
         self._blocked: dict[int, tuple[Sequence[ParamPlan], list[int]]] = {}  # see _fusable
+        # The weights' own sums, taken by the fused loop of the step before a weights-only score's
+        # period start: (the step they are for, {position: (version, data_ptr, (rows, cols))}).
+        self._presums: tuple[int, dict[int, tuple[int, int, tuple[Tensor, Tensor]]]] | None = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self.param_groups:
@@ -381,11 +384,20 @@ class DHSPG(torch.optim.Optimizer):
                 d[i] = di
         for i, buf in self._fused.items():
             d[i] = buf  # updated by _stats before anything reads it
+        # Before the period start of a score that reads only the weights, the fused loops also sum
+        # the weights they write (in cache): that selection then reads no weight of theirs again.
+        presum = bool(fused_sgd) and not self._selector.needs_direction and self._period_starting(hp, t + 1) is not None
+        presums: dict[int, tuple[int, int, tuple[Tensor, Tensor]]] = {}
         for i, masks in fused_sgd.items():
             x = params[i]
             assert x.grad is not None
-            _kernels.sgd_step(x, x.grad, self.state[x]["momentum_buffer"], *masks, factor, momentum=hp["momentum"],
-                              dampening=hp["dampening"], weight_decay=hp["weight_decay"], lr=hp["lr"])
+            sums = _kernels.sgd_step(x, x.grad, self.state[x]["momentum_buffer"], *masks, factor,
+                                     momentum=hp["momentum"], dampening=hp["dampening"],
+                                     weight_decay=hp["weight_decay"], lr=hp["lr"],
+                                     post=math.prod(x.shape[2:]) if presum else None)
+            if sums is not None:
+                presums[i] = (x._version, x.data_ptr(), sums)
+        self._presums = (t + 1, presums) if presums else None
         if t < start:
             if self._selector.observes_warmup:
                 self._selector.observe(self._selection_stats(params, d, packed=True))
@@ -497,22 +509,18 @@ class DHSPG(torch.optim.Optimizer):
         until G_r, the zero set or the period's groups change."""
         if self._sgd_plans is not None:
             return self._sgd_plans
-        params = self.param_groups[0]["params"]
-        out: dict[int, _SGDMasks] = {}
-        shrinking = self._shrinking
         masks = self._alive_masks()
-        for q in self._active if masks else ():
-            alive = masks.get(q.position)
-            if alive is None:
-                continue
-            x = params[q.position]
-            count = [torch.zeros(x.shape[0], dtype=torch.int64, device=x.device),
-                     torch.zeros(x[0].numel(), dtype=torch.int64, device=x.device)]
-            if shrinking is not None:
-                for e in q.entries:  # per column of the [O, M] view: its input channel's
-                    post = 1 if e.dim == 0 else e.post
-                    count[e.dim] += shrinking[e.index].to(torch.int64).repeat_interleave(post)
-            out[q.position] = (alive[0], count[0], alive[1], count[1])
+        out: dict[int, _SGDMasks] = {}
+        if masks:
+            table = self._mask_table()
+            if self._shrinking is not None:  # one gather over every row and column of the weights
+                counts = table.gather(self._shrinking.to(torch.int64), 0).sum(0).split(table.lengths)
+            else:
+                counts = torch.zeros(sum(table.lengths), dtype=torch.int64,
+                                     device=self._layout.device).split(table.lengths)
+            for pos, (row_alive, col_alive) in masks.items():
+                k = table.slot[pos]
+                out[pos] = (row_alive, counts[2 * k], col_alive, counts[2 * k + 1])
         self._sgd_plans = out
         return out
 
@@ -527,24 +535,46 @@ class DHSPG(torch.optim.Optimizer):
         params = self.param_groups[0]["params"]
         out: dict[int, tuple[Tensor, Tensor]] = {}
         if isinstance(self._rule, SGDRule):
-            zero = self._zero
-            if self._kernel_sized is None:  # the weights large enough for the loops (shapes do not change)
-                self._kernel_sized = frozenset(q.position for q in self._layout.plans
-                                               if params[q.position].dim() >= 2
-                                               and params[q.position].numel() >= _kernels.MIN_NUMEL)
-            for q in self._active:
-                if q.position not in self._kernel_sized:
-                    continue
-                x = params[q.position]
-                if not _sgd_candidate(q, x):
-                    continue
-                alive = [torch.ones(x.shape[0], dtype=torch.bool, device=x.device),
-                         torch.ones(x[0].numel(), dtype=torch.bool, device=x.device)]
-                for e in q.entries:  # per column of the [O, M] view: its input channel's
-                    alive[e.dim] &= (~zero[e.index]).repeat_interleave(1 if e.dim == 0 else e.post)
-                out[q.position] = (alive[0], alive[1])
+            table = self._mask_table()
+            take = [q.position for q in self._active
+                    if q.position in table.slot and _sgd_candidate(q, params[q.position])]
+            if take:
+                alive = (~table.gather(self._zero, False).any(0)).split(table.lengths)
+                for pos in take:
+                    k = table.slot[pos]
+                    out[pos] = (alive[2 * k], alive[2 * k + 1])
         self._alive = (key, out)
         return out
+
+    def _mask_table(self) -> _MaskTable:
+        """The groups of every row and column of the weights large enough for the fused loops, over
+        the layout's plans (:class:`_MaskTable`); built once (shapes and layout do not change). An
+        active plan keeps whole entries of its weight's plan, and the entries it leaves out touch
+        neither G_r nor the zero set, so the masks read from all of them are the active ones'."""
+        if self._masks is None:
+            params = self.param_groups[0]["params"]
+            cols: list[list[Tensor]] = []
+            lengths: list[int] = []
+            slot: dict[int, int] = {}
+            for q in self._layout.plans:
+                x = params[q.position]
+                if x.dim() < 2 or x.numel() < _kernels.MIN_NUMEL or q.position in slot:
+                    continue
+                slot[q.position] = len(slot)
+                for dim, n in ((0, x.shape[0]), (1, x[0].numel())):  # per column of the [O, M] view: its channel's
+                    cols.append([e.index if dim == 0 else e.index.repeat_interleave(e.post)
+                                 for e in q.entries if e.dim == dim])
+                    lengths.append(n)
+            depth = max([1] + [len(c) for c in cols])
+            pad = self.num_groups + 1  # read as "no group" whatever the mask says of the last bin
+            index = torch.full((depth, sum(lengths)), pad, dtype=torch.int64, device=self._layout.device)
+            at = 0
+            for c, n in zip(cols, lengths):
+                for r, t in enumerate(c):
+                    index[r, at:at + n] = t
+                at += n
+            self._masks = _MaskTable(index=index, lengths=lengths, slot=slot)
+        return self._masks
 
     def _zero_slices_of(self, groups: Tensor, tensors: Sequence[Sequence[Tensor | None]], *, host: bool,
                         cached: bool = False) -> None:
@@ -714,9 +744,13 @@ class DHSPG(torch.optim.Optimizer):
                         sgd = (x.grad, hp["momentum"], hp["dampening"], hp["weight_decay"])
                         if self._redundant is not None:  # its zero groups' gradient masked in the loop
                             alive = self._alive_masks().get(q.position)
-                    sums = dict(zip((0, 1), _kernels.stats(x, _like(dq, x) if with_direction else None,
-                                                           math.prod(x.shape[2:]),
-                                                           with_abs=with_abs, sgd=sgd, alive=alive)))
+                    pre = None if with_direction or sgd is not None else self._presum(q.position, x)
+                    if pre is not None:  # summed by the fused loop of the step before
+                        sums = {0: pre[0][:k], 1: pre[1][:k]}
+                    else:
+                        sums = dict(zip((0, 1), _kernels.stats(x, _like(dq, x) if with_direction else None,
+                                                               math.prod(x.shape[2:]),
+                                                               with_abs=with_abs, sgd=sgd, alive=alive)))
                 else:
                     e1 = next(e for e in q.entries if e.dim == 1)
                     block = self._scratch("block", x.dtype, (k * max(BLOCK, x[0].numel()),))
@@ -744,6 +778,18 @@ class DHSPG(torch.optim.Optimizer):
             stats[0].zero_()
             stats[2].zero_()
         return stats, values[1], xx_full
+
+    def _presum(self, position: int, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The sums of ``x`` (rows, input channels: x·d, x², d², |x|, the sums with d zero) that the
+        fused loop of the previous step took as it wrote ``x``, if they are for this step and ``x``
+        was not changed in place since (its version counter; a write through ``.data`` does not
+        count one: such sums would only steer the scores, never the exact zeros)."""
+        if self._presums is None or self._presums[0] != self._step:
+            return None
+        got = self._presums[1].get(position)
+        if got is None or got[0] != x._version or got[1] != x.data_ptr():
+            return None
+        return got[2]
 
     def _packing(self, plans: Sequence[ParamPlan], index: Tensor, params: Sequence[Tensor]) -> _Packing:
         """How :meth:`_stats` sums the small weights of ``plans`` (grouped along a dim, fewer than
@@ -1333,6 +1379,22 @@ thousands of them, whose per-weight calls would cost more than their arithmetic)
 
 
 _SGDMasks = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+@dataclass(frozen=True, eq=False)
+class _MaskTable:
+    """Every row and column (of the ``[O, M]`` view) of the weights the fused loops can take, side by
+    side: ``index[r, j]`` the group of the r-th entry on that column's dim (padded with
+    ``num_groups + 1``), two runs of ``lengths`` per weight (its rows, then its columns), the
+    weight at ``slot[position]``. A per-group mask read at all of them is one gather."""
+
+    index: Tensor
+    lengths: list[int]
+    slot: dict[int, int]
+
+    def gather(self, per_group: Tensor, pad: Any) -> Tensor:
+        """``per_group`` (``[N + 1]``) at every entry of ``index`` (``pad`` where no entry is)."""
+        return torch.cat([per_group, per_group.new_full((1,), pad)])[self.index]
 """A weight's live rows, the period's groups per row, live columns (of its ``[O, M]`` view), and the
 period's groups per column: what ``_kernels.sgd_step`` takes besides the tensors."""
 

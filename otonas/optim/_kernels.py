@@ -182,9 +182,11 @@ def _define(cache: bool) -> tuple[Any, ...]:
 
     @jit
     def sgd_rows(x: Any, g: Any, b: Any, row_alive: Any, row_count: Any, col_alive: Any, col_count: Any,
-                 factor: Any, momentum: Any, damp1: Any, wd: Any, lr: Any, update: bool, cs: Any, lo: int,
-                 hi: int) -> None:  # pragma: no cover - compiled
-        """Rows lo..hi: SGD's momentum step on the live elements, then the shrink factors."""
+                 factor: Any, momentum: Any, damp1: Any, wd: Any, lr: Any, update: bool, cs: Any, with_sums: bool,
+                 rows: Any, cols: Any, lo: int, hi: int) -> None:  # pragma: no cover - compiled
+        """Rows lo..hi: SGD's momentum step on the live elements, then the shrink factors
+        (``with_sums``: the new x's sums of x² and |x| per row into ``rows[1]`` / ``rows[3]``, its
+        entries added to ``cols[1]`` / ``cols[3]``, as ``stats_rows`` without d gives them)."""
         m = x.shape[1]
         one = factor - factor + 1  # in x's dtype
         for j in range(m):
@@ -194,7 +196,7 @@ def _define(cache: bool) -> tuple[Any, ...]:
             cs[j] = c if col_alive[j] else c - c  # a dead column: zero gradient, as if masked
         for o in range(lo, hi):
             if not row_alive[o]:
-                continue  # a zero group's row: x and its momentum are zero and stay so
+                continue  # a zero group's row: x and its momentum are zero and stay so (its sums too)
             rs = one
             for _ in range(row_count[o]):
                 rs *= factor
@@ -208,15 +210,23 @@ def _define(cache: bool) -> tuple[Any, ...]:
                 f = rs * cs[j]
                 xo[j] = (xo[j] - lr * v) * f
                 bo[j] = v if f != 0 else f  # shrunk to zero: its momentum goes with it
+            if with_sums:  # the row just written, still in cache
+                sxx = rows[1, o]
+                for j in range(m):
+                    a = xo[j]
+                    sxx += a * a
+                    cols[1, j] += a * a
+                rows[1, o] = sxx
+                abs_sums(xo, rows, cols, o, m)
 
     @numba.njit(fastmath=_FLAGS, nogil=True, cache=cache, parallel=True)
     def sgd_blocks(x: Any, g: Any, b: Any, row_alive: Any, row_count: Any, col_alive: Any, col_count: Any,
                    factor: Any, momentum: Any, damp1: Any, wd: Any, lr: Any, update: bool,
-                   cs: Any) -> None:  # pragma: no cover - compiled
+                   cs: Any, with_sums: bool, rows: Any, cols: Any) -> None:  # pragma: no cover - compiled
         n, chunks = x.shape[0], cs.shape[0]
         for c in numba.prange(chunks):
             sgd_rows(x, g, b, row_alive, row_count, col_alive, col_count, factor, momentum, damp1, wd, lr, update,
-                     cs[c], c * n // chunks, (c + 1) * n // chunks)
+                     cs[c], with_sums, rows, cols[c], c * n // chunks, (c + 1) * n // chunks)
 
     return stats_rows, step_rows, stats_blocks, step_blocks, sgd_rows, sgd_blocks
 
@@ -327,7 +337,7 @@ def step(x: Tensor, d: Tensor | None, u0: Tensor, v: Tensor, c0: Tensor, c: Tens
 
 def sgd_step(x: Tensor, g: Tensor | None, buf: Tensor, row_alive: Tensor, row_count: Tensor, col_alive: Tensor,
              col_count: Tensor, factor: float, *, momentum: float, dampening: float, weight_decay: float,
-             lr: float) -> None:
+             lr: float, post: int | None = None) -> tuple[Tensor, Tensor] | None:
     """SGD's momentum step (``_base.SGDRule``, no Nesterov) and the progressive shrink, in place and
     in one pass over the ``[O, M]`` view of a weight: on every element of a live row and column
     (``row_alive[O]``, ``col_alive[M]``, bool, one per column of the view)
@@ -336,16 +346,27 @@ def sgd_step(x: Tensor, g: Tensor | None, buf: Tensor, row_alive: Tensor, row_co
     period's groups hold the element's row and its column); where that factor is 0 (a period's
     last step) buf is zeroed too. Elements of a dead row or column (a zero group's) stay zero, as
     if their gradient had been masked: x and buf are zero there. With ``g=None`` buf is the
-    direction, already updated (by :func:`stats`, at a period start): the step and the shrink only."""
+    direction, already updated (by :func:`stats`, at a period start): the step and the shrink only.
+
+    ``post`` (the kernel elements per input channel): also return the new x's own sums, what
+    ``stats(x, None, post, with_abs=True)`` would return after the step, taken in the same pass
+    (the statistics of a weights-only score at the next step's period start); None otherwise."""
     x2 = x.view(x.shape[0], -1)
     dt = x.dtype
     chunks = _chunks(x2)
     cs = x2.new_empty(chunks, x2.shape[1])
     b2 = buf.view(x2.shape)
+    with_sums = post is not None
+    rows = x2.new_zeros(4, x2.shape[0]) if with_sums else x2.new_zeros(4, 1)
+    cols = x2.new_zeros(chunks, 4, x2.shape[1]) if with_sums else x2.new_zeros(chunks, 4, 1)
     args = (_np(x2), _np(b2 if g is None else g.view(x2.shape)), _np(b2), _np(row_alive), _np(row_count),
             _np(col_alive), _np(col_count), _scalar(factor, dt), _scalar(momentum, dt), _scalar(1 - dampening, dt),
             _scalar(weight_decay, dt), _scalar(lr, dt), g is not None)
     if chunks == 1:
-        _loops()[4](*args, _np(cs[0]), 0, x2.shape[0])
+        _loops()[4](*args, _np(cs[0]), with_sums, _np(rows), _np(cols[0]), 0, x2.shape[0])
     else:
-        _run(_loops()[5], *args, _np(cs))
+        _run(_loops()[5], *args, _np(cs), with_sums, _np(rows), _np(cols))
+    if post is None:
+        return None
+    c = cols.sum(0) if chunks > 1 else cols[0]
+    return rows, c if post == 1 else c.view(4, -1, post).sum(2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -294,6 +295,39 @@ def test_sgd_step_is_the_masked_momentum_step_and_the_shrink(dtype: torch.dtype,
     assert (x[~row_alive] == 0).all() and (x.view(o, -1)[:, ~col_alive] == 0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(7, 5, 3, 3), (16, 40)])
+@pytest.mark.parametrize("factor", [0.75, 0.0])
+def test_sgd_step_sums_are_the_stats_of_the_new_weights(dtype: torch.dtype, shape: tuple[int, ...], factor: float,
+                                                        threads: int) -> None:
+    """``sgd_step(post=)``: the same step, and the new weight's sums (x², |x|; those with d zero)
+    as ``stats(x, None)`` reads them from the written weight."""
+    g = torch.Generator().manual_seed(5)
+    x, grad, buf = (torch.randn(shape, generator=g, dtype=dtype) for _ in range(3))
+    o, i = shape[:2]
+    post = x[0, 0].numel()
+    row_alive = torch.rand(o, generator=g) > 0.3
+    col_alive = (torch.rand(i, generator=g) > 0.3).repeat_interleave(post)
+    row_count = torch.randint(0, 3, (o,), generator=g)
+    col_count = torch.randint(0, 2, (i,), generator=g).repeat_interleave(post)
+    for t in (x, buf):
+        t[~row_alive] = 0
+        t.view(o, -1)[:, ~col_alive] = 0
+    x2, buf2 = x.clone(), buf.clone()
+    args = (row_alive, row_count, col_alive, col_count, factor)
+    opts = dict(momentum=0.9, dampening=0.0, weight_decay=1e-3, lr=0.1)
+    assert _kernels.sgd_step(x, grad, buf, *args, **opts) is None
+    got = _kernels.sgd_step(x2, grad, buf2, *args, **opts, post=post)
+    assert got is not None
+    torch.testing.assert_close(x2, x, rtol=0, atol=0)  # the step itself is the same
+    torch.testing.assert_close(buf2, buf, rtol=0, atol=0)
+    want = _kernels.stats(x, None, post, with_abs=True)
+    for have, ref in zip(got, want):
+        assert have.shape == ref.shape
+        torch.testing.assert_close(have, ref, **_tol(dtype))
+    assert (got[0][[0, 2]] == 0).all() and (got[1][[0, 2]] == 0).all()
+
+
 def _progressive_run(kernels: bool, monkeypatch: pytest.MonkeyPatch, dampening: float, periods: int,
                      calls: list[int], score: Any = None,
                      ) -> list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], set[int]]]:
@@ -381,3 +415,64 @@ def test_a_weights_only_score_selects_before_the_step_with_the_same_result(
             torch.testing.assert_close(xe[n], xl[n], rtol=1e-10, atol=1e-12, msg=f"step {t}, {n}")
             torch.testing.assert_close(be[n], bl[n], rtol=1e-10, atol=1e-12, msg=f"step {t}, momentum of {n}")
     assert len(early[-1][2]) >= 9
+
+
+@pytest.mark.parametrize("periods", [3, 4])
+def test_period_start_sums_from_the_step_before_are_those_read_afresh(
+        periods: int, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A weights-only score's period start reads the sums the fused loop of the step before took of
+    the weights it wrote (no statistics pass over those weights): the same zero groups after every
+    step, parameters equal, as reading them again; a weight changed in place since is read again."""
+    used: list[int] = []
+    real = DHSPG._presum
+
+    def spy(self: DHSPG, position: int, x: torch.Tensor) -> Any:
+        got = real(self, position, x)
+        used.append(got is not None)
+        return got
+
+    monkeypatch.setattr(DHSPG, "_presum", spy)
+    reused = _progressive_run(True, monkeypatch, 0.0, periods, [], score=MagnitudeScore())
+    assert sum(used) > 0 and not all(used)  # later period starts reuse; the first has no step before it
+    monkeypatch.setattr(DHSPG, "_presum", lambda self, position, x: None)
+    fresh = _progressive_run(True, monkeypatch, 0.0, periods, [], score=MagnitudeScore())
+    for t, ((xr, br, zr), (xf, bf, zf)) in enumerate(zip(reused, fresh)):
+        assert zr == zf, f"step {t}"
+        for n in xr:
+            torch.testing.assert_close(xr[n], xf[n], rtol=1e-10, atol=1e-12, msg=f"step {t}, {n}")
+
+
+def test_period_start_sums_are_dropped_when_the_weight_changed(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sums kept for a period start are not used for a weight written in place after the step
+    that took them (a new version), nor for another step than the one they were taken for."""
+    monkeypatch.setattr(_kernels, "enabled", lambda: True)
+    torch.manual_seed(0)
+    model = _Lines()
+    h = torch.arange(6)
+    layout = {"up": [(0, h)], "down": [(1, h)], "both": [(0, h + 6), (1, h)]}
+    opt = DHSPG(StubSpace(model, layout, 12), lr=0.2, momentum=0.9, weight_decay=1e-2, target_group_sparsity=0.5,
+                keep_one_per_family=False, warmup_steps=2, end_step=8, periods=3, score=MagnitudeScore())
+    params = opt.param_groups[0]["params"]
+    gen = torch.Generator().manual_seed(1)
+    kept = None
+    for _ in range(8):
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.05
+        opt.step()
+        if opt._presums is not None:
+            kept = opt._presums
+            break
+    assert kept is not None, "no step kept sums for a period start"
+    pos = next(iter(kept[1]))
+    x = params[pos]
+    rows, cols = opt._presum(pos, x)
+    want = _kernels.stats(x, None, math.prod(x.shape[2:]), with_abs=True)
+    torch.testing.assert_close(rows, want[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cols, want[1], rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        x.mul_(2.0)
+    assert opt._presum(pos, x) is None
+    opt._presums = (kept[0] + 1, kept[1])
+    with torch.no_grad():
+        x.div_(2.0)
+    assert opt._presum(pos, x) is None
