@@ -20,6 +20,7 @@ go to ``bench/results/half_space.json``; the summary (mean ± std over the seeds
 
     python bench/bench_half_space.py                   # 3 methods × 5 seeds, ≈ 4 min at one thread
     python bench/bench_half_space.py --target 0.25 --out bench/results/half_space_0.25.json
+    python bench/bench_half_space.py --supernet --out bench/results/half_space_supernet.json
     options: --seeds 0,1,2,3,4 --methods progressive,half_space_fixed,half_space_schedule --epochs N
 """
 
@@ -48,6 +49,17 @@ METHODS: dict[str, dict[str, Any]] = {
     "progressive": dict(schedule="progressive", periods=5),
     "half_space_fixed": dict(schedule="half_space", lambda_rule="fixed", lmbda=2.0),
     "half_space_schedule": dict(schedule="half_space", lambda_rule="schedule", lmbda=2.0),
+    # the same rule at other base λ: how much the one default matters once the schedule sets the pace
+    "half_space_schedule_lmbda_1e-3": dict(schedule="half_space", lambda_rule="schedule", lmbda=1e-3),
+    "half_space_schedule_lmbda_10": dict(schedule="half_space", lambda_rule="schedule", lmbda=10.0),
+}
+# --supernet: H2SPG erasing half of the tiny DARTS supernet's operators (bench_quality's erase runs),
+# in the half-space schedule at three base λ (and the progressive schedule beside them)
+SUPERNET_METHODS: dict[str, dict[str, Any]] = {
+    "progressive": dict(schedule="progressive", periods=5, lmbda=2.0),
+    "half_space_schedule_lmbda_1e-3": dict(schedule="half_space", lambda_rule="schedule", lmbda=1e-3),
+    "half_space_schedule_lmbda_2": dict(schedule="half_space", lambda_rule="schedule", lmbda=2.0),
+    "half_space_schedule_lmbda_10": dict(schedule="half_space", lambda_rule="schedule", lmbda=10.0),
 }
 OUT = ROOT / "bench" / "results" / "half_space.json"
 
@@ -87,6 +99,32 @@ def run(ctx: Context, method: str, target: float, epochs: int, seed: int) -> dic
             "accuracy": accuracy(sub, ctx.d), "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def run_supernet(ctx: Context, method: str, epochs: int, seed: int) -> dict[str, Any]:
+    from bench_quality import make_supernet
+    from otonas.optim import H2SPG
+
+    torch.manual_seed(seed)
+    net = make_supernet()
+    tr = Trainer(ctx.d, ctx.cfg, epochs, seed)
+    space = otonas.analyze(net, (ctx.example,))
+    o, sc = ctx.cfg["otonas"], ctx.cfg["darts"]
+    opt = H2SPG(space, lr=ctx.cfg["lr_max"], momentum=ctx.cfg["momentum"], weight_decay=ctx.cfg["weight_decay"],
+                target_group_sparsity=0.0, erase_budget=sc["erase_budget"], warmup_steps=round(sc["warmup"] * tr.total),
+                end_step=round(sc["projection_end"] * tr.total), score=make_score(o["erase_score"]),
+                **SUPERNET_METHODS[method])
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ForcedProjectionWarning)
+        tr.run(net, opt, epochs)
+    m = opt.metrics()
+    sub = otonas.build(space)
+    fk, _ = ctx.costs(sub)
+    return {"method": method, "seed": seed, "epochs": epochs, "flops_target": None, "flops_kept": fk,
+            "selected_groups": m["num_accepted_erasing_groups"], "forced_groups": m["num_forced_groups"],
+            "zero_before_last_step": None, "norm_left_at_last_step": None,
+            "accuracy": accuracy(sub, ctx.d), "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def _mean(rs: list[dict[str, Any]], k: str, fmt: str) -> str:
     vs = [r[k] for r in rs if r.get(k) is not None and r[k] == r[k]]  # progressive runs have no λ norm (nan)
     return format(statistics.mean(vs), fmt) if vs else "–"
@@ -97,7 +135,7 @@ def summary(runs: list[dict[str, Any]]) -> str:
              "| G_r norm left at the last step | accuracy % (mean ± std) | paired − half_space_fixed | FLOPs kept |",
              "|---|---|---|---|---|---|---|---|---|"]
     fixed = {r["seed"]: r["accuracy"] for r in runs if r["method"] == "half_space_fixed"}
-    for method in METHODS:
+    for method in dict.fromkeys(r["method"] for r in runs):
         rs = [r for r in runs if r["method"] == method]
         if not rs:
             continue
@@ -123,22 +161,37 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--summary-only", action="store_true", help="print the summary of --out, run nothing")
+    ap.add_argument("--supernet", action="store_true",
+                    help="H2SPG erasing half of the tiny DARTS supernet's operators instead (methods: "
+                         + ", ".join(SUPERNET_METHODS) + "; --epochs defaults to bench_quality's 12)")
     args = ap.parse_args()
     if args.summary_only:
         print(summary(json.loads(Path(args.out).read_text())["runs"]))
         return
     torch.set_num_threads(args.threads)
-    ctx = Context("digits", FULL)
+    if args.supernet:
+        from bench_quality import make_supernet
+        ctx = Context("digits", FULL, make=make_supernet)
+        methods = args.methods.split(",") if args.methods != ",".join(METHODS) else list(SUPERNET_METHODS)
+        epochs = args.epochs if args.epochs != FULL["digits"]["epochs"] else FULL["darts"]["epochs"]
+    else:
+        ctx = Context("digits", FULL)
+        methods, epochs = args.methods.split(","), args.epochs
+    table = SUPERNET_METHODS if args.supernet else METHODS
+    bad = [m for m in methods if m not in table]
+    if bad:
+        ap.error(f"unknown method {bad[0]!r}; expected one of {', '.join(table)}")
     runs: list[dict[str, Any]] = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        for method in args.methods.split(","):
-            r = run(ctx, method, args.target, args.epochs, seed)
+        for method in methods:
+            r = (run_supernet(ctx, method, epochs, seed) if args.supernet
+                 else run(ctx, method, args.target, epochs, seed))
             runs.append(r)
             print(f"{method:20s} seed {seed}  forced {r['forced_groups']:3d} of {r['selected_groups']}  "
                   f"acc {r['accuracy']:6.2f}%  FLOPs kept {r['flops_kept']:6.1%}  {r['seconds']:5.1f} s", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": {**FULL, "methods": METHODS}, "runs": runs}, indent=1, default=str) + "\n")
+    out.write_text(json.dumps({"config": {**FULL, "methods": table}, "runs": runs}, indent=1, default=str) + "\n")
     print(summary(runs))
 
 
