@@ -115,7 +115,7 @@ class DHSPG(torch.optim.Optimizer):
     ``space`` is the ``SearchSpace`` from ``otonas.analyze``; the optimizer updates every
     parameter of ``space.model`` that requires grad. Use it like any optimizer::
 
-        opt = DHSPG(space, lr=0.1, target_group_sparsity=0.5, start_step=1000, end_step=3000)
+        opt = DHSPG(space, lr=0.1, target_group_sparsity=0.5, warmup_steps=1000, end_step=3000)
         for x, y in loader:
             loss = F.cross_entropy(model(x), y)
             loss.backward()
