@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import otonas  # noqa: E402
-from bench_quality import FULL, Context, Trainer, accuracy, make_net  # noqa: E402
+from bench_quality import FULL, Context, Trainer, accuracy, make_net, supernet_h2spg  # noqa: E402
 from otonas.optim import DHSPG, ForcedProjectionWarning, make_score  # noqa: E402
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -100,22 +100,10 @@ def run(ctx: Context, method: str, target: float, epochs: int, seed: int) -> dic
 
 
 def run_supernet(ctx: Context, method: str, epochs: int, seed: int) -> dict[str, Any]:
-    from bench_quality import make_supernet
-    from otonas.optim import H2SPG
-
-    torch.manual_seed(seed)
-    net = make_supernet()
-    tr = Trainer(ctx.d, ctx.cfg, epochs, seed)
-    space = otonas.analyze(net, (ctx.example,))
-    o, sc = ctx.cfg["otonas"], ctx.cfg["darts"]
-    opt = H2SPG(space, lr=ctx.cfg["lr_max"], momentum=ctx.cfg["momentum"], weight_decay=ctx.cfg["weight_decay"],
-                target_group_sparsity=0.0, erase_budget=sc["erase_budget"], warmup_steps=round(sc["warmup"] * tr.total),
-                end_step=round(sc["projection_end"] * tr.total), score=make_score(o["erase_score"]),
-                **SUPERNET_METHODS[method])
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ForcedProjectionWarning)
-        tr.run(net, opt, epochs)
+        _, space, opt = supernet_h2spg(ctx, ctx.cfg["darts"]["erase_budget"], epochs, seed, **SUPERNET_METHODS[method])
     m = opt.metrics()
     sub = otonas.build(space)
     fk, _ = ctx.costs(sub)

@@ -447,8 +447,10 @@ def make_supernet() -> nn.Module:
     return search_spaces.create("darts", size="tiny", in_chans=1, num_classes=10)
 
 
-def run_supernet_otonas(ctx: Context, budget: float, epochs: int, seed: int) -> tuple[nn.Module, int | None]:
-    """H2SPG with otonas search's erase-mode settings: ``budget`` of the erasing groups, no channel pruning."""
+def supernet_h2spg(ctx: Context, budget: float, epochs: int, seed: int, **options: Any) -> tuple[nn.Module, Any, Any]:
+    """The supernet trained by H2SPG with otonas search's erase-mode settings (``budget`` of the
+    erasing groups, no channel pruning; ``options`` override the schedule, score or λ): the
+    network, its space and the optimizer."""
     from otonas.optim import H2SPG
 
     torch.manual_seed(seed)
@@ -456,11 +458,17 @@ def run_supernet_otonas(ctx: Context, budget: float, epochs: int, seed: int) -> 
     tr = Trainer(ctx.d, ctx.cfg, epochs, seed)
     space = otonas.analyze(net, (ctx.example,))
     o, sc = ctx.cfg["otonas"], ctx.cfg["darts"]
+    kw = dict(schedule=o["schedule"], periods=o["periods"], score=make_score(o["erase_score"]), lmbda=2.0)
     opt = H2SPG(space, lr=ctx.cfg["lr_max"], momentum=ctx.cfg["momentum"], weight_decay=ctx.cfg["weight_decay"],
                 target_group_sparsity=0.0, erase_budget=budget, warmup_steps=round(sc["warmup"] * tr.total),
-                end_step=round(sc["projection_end"] * tr.total), schedule=o["schedule"], periods=o["periods"],
-                score=make_score(o["erase_score"]), lmbda=2.0)
+                end_step=round(sc["projection_end"] * tr.total), **{**kw, **options})
     tr.run(net, opt, epochs)
+    return net, space, opt
+
+
+def run_supernet_otonas(ctx: Context, budget: float, epochs: int, seed: int) -> tuple[nn.Module, int | None]:
+    """H2SPG with otonas search's erase-mode settings: ``budget`` of the erasing groups, no channel pruning."""
+    _, space, opt = supernet_h2spg(ctx, budget, epochs, seed)
     return otonas.build(space), int(opt.metrics()["num_forced_groups"])
 
 
