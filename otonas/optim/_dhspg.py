@@ -1380,6 +1380,9 @@ thousands of them, whose per-weight calls would cost more than their arithmetic)
 
 _SGDMasks = tuple[Tensor, Tensor, Tensor, Tensor]
 
+"""A weight's live rows, the period's groups per row, live columns (of its ``[O, M]`` view), and the
+period's groups per column: what ``_kernels.sgd_step`` takes besides the tensors."""
+
 
 @dataclass(frozen=True, eq=False)
 class _MaskTable:
@@ -1395,8 +1398,6 @@ class _MaskTable:
     def gather(self, per_group: Tensor, pad: Any) -> Tensor:
         """``per_group`` (``[N + 1]``) at every entry of ``index`` (``pad`` where no entry is)."""
         return torch.cat([per_group, per_group.new_full((1,), pad)])[self.index]
-"""A weight's live rows, the period's groups per row, live columns (of its ``[O, M]`` view), and the
-period's groups per column: what ``_kernels.sgd_step`` takes besides the tensors."""
 
 
 def _sgd_rule_ok(rule: Any, hp: dict[str, Any]) -> bool:

@@ -226,7 +226,7 @@ def _define(cache: bool) -> tuple[Any, ...]:
         n, chunks = x.shape[0], cs.shape[0]
         for c in numba.prange(chunks):
             sgd_rows(x, g, b, row_alive, row_count, col_alive, col_count, factor, momentum, damp1, wd, lr, update,
-                     cs[c], with_sums, rows, cols[c], c * n // chunks, (c + 1) * n // chunks)
+                     cs[c], with_sums, rows, cols[c] if with_sums else cols[0], c * n // chunks, (c + 1) * n // chunks)
 
     return stats_rows, step_rows, stats_blocks, step_blocks, sgd_rows, sgd_blocks
 
@@ -271,6 +271,8 @@ def _numba_threads(threads: int) -> None:
 
 _PARALLEL_MIN = 1 << 16
 _NO_MASK = np.ones(1, dtype=np.bool_)  # the masks' place when there are none (never read)
+_NO_SUMS = {dt: (np.zeros((4, 1), dtype=npt), np.zeros((1, 4, 1), dtype=npt))  # sgd_step's without post=
+            for dt, npt in ((torch.float32, np.float32), (torch.float64, np.float64))}
 
 
 def _scalar(v: float, dtype: torch.dtype) -> Any:
@@ -357,15 +359,18 @@ def sgd_step(x: Tensor, g: Tensor | None, buf: Tensor, row_alive: Tensor, row_co
     cs = x2.new_empty(chunks, x2.shape[1])
     b2 = buf.view(x2.shape)
     with_sums = post is not None
-    rows = x2.new_zeros(4, x2.shape[0]) if with_sums else x2.new_zeros(4, 1)
-    cols = x2.new_zeros(chunks, 4, x2.shape[1]) if with_sums else x2.new_zeros(chunks, 4, 1)
+    if with_sums:
+        rows, cols = x2.new_zeros(4, x2.shape[0]), x2.new_zeros(chunks, 4, x2.shape[1])
+        rows_np, cols_np = _np(rows), _np(cols)
+    else:  # never read: the loops' place for them, allocated once per dtype
+        rows_np, cols_np = _NO_SUMS[dt]
     args = (_np(x2), _np(b2 if g is None else g.view(x2.shape)), _np(b2), _np(row_alive), _np(row_count),
             _np(col_alive), _np(col_count), _scalar(factor, dt), _scalar(momentum, dt), _scalar(1 - dampening, dt),
             _scalar(weight_decay, dt), _scalar(lr, dt), g is not None)
     if chunks == 1:
-        _loops()[4](*args, _np(cs[0]), with_sums, _np(rows), _np(cols[0]), 0, x2.shape[0])
+        _loops()[4](*args, _np(cs[0]), with_sums, rows_np, cols_np[0], 0, x2.shape[0])
     else:
-        _run(_loops()[5], *args, _np(cs), with_sums, _np(rows), _np(cols))
+        _run(_loops()[5], *args, _np(cs), with_sums, rows_np, cols_np)
     if post is None:
         return None
     c = cols.sum(0) if chunks > 1 else cols[0]
