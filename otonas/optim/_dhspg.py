@@ -272,6 +272,7 @@ class DHSPG(torch.optim.Optimizer):
         # The weights whose whole step is one fused loop (``_kernels.sgd_step``), by position: their
         # live rows and columns and how many of the period's groups hold each (see ``_sgd_masks``).
         self._sgd_plans: dict[int, _SGDMasks] | None = None
+        self._sgd_calls: dict[int, _kernels.SGDCall] = {}  # by position: see _sgd_call
         self._alive: tuple[tuple[Tensor, tuple[ParamPlan, ...]], dict[int, tuple[Tensor, Tensor]]] | None = None
         self._packings: dict[int, tuple[Sequence[ParamPlan], _Packing]] = {}  # see _packing
         self._flat: FlatMomentum | Literal[False] | None = None  # see _flat_momentum (False: none to pack)
@@ -391,10 +392,9 @@ class DHSPG(torch.optim.Optimizer):
         for i, masks in fused_sgd.items():
             x = params[i]
             assert x.grad is not None
-            sums = _kernels.sgd_step(x, x.grad, self.state[x]["momentum_buffer"], *masks, factor,
-                                     momentum=hp["momentum"], dampening=hp["dampening"],
-                                     weight_decay=hp["weight_decay"], lr=hp["lr"],
-                                     post=math.prod(x.shape[2:]) if presum else None)
+            sums = self._sgd_call(i, x, self.state[x]["momentum_buffer"], masks)(
+                x.grad, factor, momentum=hp["momentum"], dampening=hp["dampening"],
+                weight_decay=hp["weight_decay"], lr=hp["lr"], post=math.prod(x.shape[2:]) if presum else None)
             if sums is not None:
                 presums[i] = (x._version, x.data_ptr(), sums)
         self._presums = (t + 1, presums) if presums else None
@@ -502,6 +502,14 @@ class DHSPG(torch.optim.Optimizer):
         bounds = period_bounds(start, end, hp["periods"])
         p = max(i for i in range(len(bounds) - 1) if bounds[i] <= t)
         return (p, len(bounds) - 1) if t == bounds[p] and self._period != p else None
+
+    def _sgd_call(self, pos: int, x: Tensor, buf: Tensor, masks: _SGDMasks) -> _kernels.SGDCall:
+        """The prepared fused step of weight ``pos`` (:class:`_kernels.SGDCall`), kept while its
+        masks, its weight's and buffer's storage and the thread count are."""
+        call = self._sgd_calls.get(pos)
+        if call is None or any(a is not b for a, b in zip(call.masks, masks)) or not call.fits(x, buf):
+            call = self._sgd_calls[pos] = _kernels.SGDCall(x, buf, *masks)
+        return call
 
     def _sgd_masks(self) -> dict[int, _SGDMasks]:
         """For every active weight the fused loop can take (:func:`_sgd_candidate`): its live rows and
@@ -1091,9 +1099,9 @@ class DHSPG(torch.optim.Optimizer):
             for pos, masks in (self._sgd_masks().items() if _sgd_rule_ok(self._rule, hp) else ()):
                 x, dx = params[pos], d[pos]
                 if dx is not None and dx is self.state[x].get("momentum_buffer") and _kernels.usable(x, dx):
-                    _kernels.sgd_step(x, None, dx, *masks, factor if self._shrinking is not None else 1.0,
-                                      momentum=hp["momentum"], dampening=hp["dampening"],
-                                      weight_decay=hp["weight_decay"], lr=hp["lr"])
+                    self._sgd_call(pos, x, dx, masks)(
+                        None, factor if self._shrinking is not None else 1.0, momentum=hp["momentum"],
+                        dampening=hp["dampening"], weight_decay=hp["weight_decay"], lr=hp["lr"])
                     fused[pos] = masks
         self._plain_step(params, d, hp["lr"], skip=frozenset(fused))
         if self._shrinking is None:

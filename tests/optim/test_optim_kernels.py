@@ -334,8 +334,8 @@ def _progressive_run(kernels: bool, monkeypatch: pytest.MonkeyPatch, dampening: 
     """Steps of a progressive DHSPG on ``_Lines`` (rows only, columns only, both, two entries on one
     dim): the parameters, momentum buffers and zero groups after each."""
     monkeypatch.setattr(_kernels, "enabled", lambda: kernels)
-    real = _kernels.sgd_step
-    monkeypatch.setattr(_kernels, "sgd_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = _kernels.SGDCall.__call__
+    monkeypatch.setattr(_kernels.SGDCall, "__call__", lambda *a, **k: calls.append(1) or real(*a, **k))
     torch.manual_seed(0)
     model = _Lines()
     h = torch.arange(6)
@@ -361,7 +361,7 @@ def _progressive_run(kernels: bool, monkeypatch: pytest.MonkeyPatch, dampening: 
 @pytest.mark.parametrize("dampening,periods", [(0.0, 3), (0.3, 4)])
 def test_progressive_steps_in_one_loop_match_the_pytorch_path(dampening: float, periods: int, threads: int,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """The progressive schedule with its steps in ``_kernels.sgd_step`` (masking, momentum step and
+    """The progressive schedule with its steps in ``_kernels.sgd_step`` (``SGDCall``: masking, momentum step and
     shrink in one pass; at period starts after the statistics loop) against the PyTorch calls
     (masked gradients, SGDRule, the base step, the shrink lists): the same parameters, momentum
     buffers and zero groups after every step, through the window and after it."""
@@ -376,6 +376,41 @@ def test_progressive_steps_in_one_loop_match_the_pytorch_path(dampening: float, 
             torch.testing.assert_close(xf[n], xs[n], rtol=1e-10, atol=1e-12, msg=f"step {t}, {n}")
             torch.testing.assert_close(bf[n], bs[n], rtol=1e-10, atol=1e-12, msg=f"step {t}, momentum of {n}")
     assert len(fast[-1][2]) >= 9  # round(15 · 0.6) selected (a group whose slices others cover is zero too)
+
+
+def test_prepared_fused_steps_follow_new_storage_of_weights_and_buffers(threads: int) -> None:
+    """DHSPG keeps each fused weight's prepared call (``_kernels.SGDCall``: numpy views of the weight
+    and its momentum). When a weight gets new storage (``p.data = ...``) or its buffer is replaced
+    (a loaded state), the next step must use the new tensors: the run equals one whose tensors
+    were never swapped, step by step."""
+    runs = []
+    for swap in (False, True):
+        torch.manual_seed(0)
+        model = _Lines()
+        h = torch.arange(6)
+        layout = {"up": [(0, h)], "down": [(1, h)],
+                  "both": [(0, h + 6), (1, h), (0, torch.tensor([12, 12, 13, 13, -1, 14]))]}
+        opt = DHSPG(StubSpace(model, layout, 15), lr=0.2, momentum=0.9, weight_decay=1e-2, target_group_sparsity=0.6,
+                    keep_one_per_family=False, warmup_steps=2, end_step=11, periods=3)
+        gen = torch.Generator().manual_seed(1)
+        out = []
+        for t in range(15):
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.05
+            if swap and t in (5, 9, 12):  # mid-period, the period after, after the window
+                for p in model.parameters():
+                    p.data = p.data.clone()
+                    opt.state[p]["momentum_buffer"] = opt.state[p]["momentum_buffer"].clone()
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", ForcedProjectionWarning)
+                opt.step()
+            out.append([p.detach().clone() for p in model.parameters()]
+                       + [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()])
+        assert opt._sgd_calls  # the prepared calls were used
+        runs.append(out)
+    for t, (a, b) in enumerate(zip(*runs)):
+        for u, v in zip(a, b):
+            assert torch.equal(u, v), f"step {t}"
 
 
 class _MagnitudeAfterTheDirections(MagnitudeScore):
