@@ -408,7 +408,7 @@ class SGDCall:
             _loops()[4](*args, self._cs[0], with_sums, rows_np, cols_np[0], 0, self.shape[0])
         else:
             _run(_loops()[5], *args, self._cs, with_sums, rows_np, cols_np)
-        if not with_sums:
+        if post is None:
             return None
         c = cols.sum(0) if chunks > 1 else cols[0]
         return rows, c if post == 1 else c.view(4, -1, post).sum(2)
