@@ -273,6 +273,7 @@ class DHSPG(torch.optim.Optimizer):
         # live rows and columns and how many of the period's groups hold each (see ``_sgd_masks``).
         self._sgd_plans: dict[int, _SGDMasks] | None = None
         self._sgd_calls: dict[int, _kernels.SGDCall] = {}  # by position: see _sgd_call
+        self._norm_plans: tuple[Sequence[ParamPlan], Tensor, frozenset[int]] | None = None  # _weights_only_plans
         self._alive: tuple[tuple[Tensor, tuple[ParamPlan, ...]], dict[int, tuple[Tensor, Tensor]]] | None = None
         self._packings: dict[int, tuple[Sequence[ParamPlan], _Packing]] = {}  # see _packing
         self._flat: FlatMomentum | Literal[False] | None = None  # see _flat_momentum (False: none to pack)
@@ -388,13 +389,17 @@ class DHSPG(torch.optim.Optimizer):
         # Before the period start of a score that reads only the weights, the fused loops also sum
         # the weights they write (in cache): that selection then reads no weight of theirs again.
         presum = bool(fused_sgd) and not self._selector.needs_direction and self._period_starting(hp, t + 1) is not None
+        # (only the weights that selection reads: not those of normalized groups, for a score that reads their γ, β)
+        summed = (self._weights_only_plans()[2] if presum and self._score.needs_norm_sq
+                  and not self._selector.reads_normalized_weights else None)
         presums: dict[int, tuple[int, int, tuple[Tensor, Tensor]]] = {}
         for i, masks in fused_sgd.items():
             x = params[i]
             assert x.grad is not None
             sums = self._sgd_call(i, x, self.state[x]["momentum_buffer"], masks)(
                 x.grad, factor, momentum=hp["momentum"], dampening=hp["dampening"],
-                weight_decay=hp["weight_decay"], lr=hp["lr"], post=math.prod(x.shape[2:]) if presum else None)
+                weight_decay=hp["weight_decay"], lr=hp["lr"],
+                post=math.prod(x.shape[2:]) if presum and (summed is None or i in summed) else None)
             if sums is not None:
                 presums[i] = (x._version, x.data_ptr(), sums)
         self._presums = (t + 1, presums) if presums else None
@@ -507,8 +512,10 @@ class DHSPG(torch.optim.Optimizer):
         """The prepared fused step of weight ``pos`` (:class:`_kernels.SGDCall`), kept while its
         masks, its weight's and buffer's storage and the thread count are."""
         call = self._sgd_calls.get(pos)
-        if call is None or any(a is not b for a, b in zip(call.masks, masks)) or not call.fits(x, buf):
+        if call is None or not call.fits(x, buf):
             call = self._sgd_calls[pos] = _kernels.SGDCall(x, buf, *masks)
+        elif any(a is not b for a, b in zip(call.masks, masks)):
+            call = self._sgd_calls[pos] = call.with_masks(*masks)
         return call
 
     def _sgd_masks(self) -> dict[int, _SGDMasks]:
@@ -919,13 +926,34 @@ class DHSPG(torch.optim.Optimizer):
                          with_direction: bool = True) -> GroupStats:
         """This step's statistics of every group, for the selector (``packed``: the small weights summed
         together, see :meth:`_stats`; ``with_direction=False``: the weights' own sums only)."""
-        stats, _, _ = self._stats(self._layout.plans, self._layout.slice_index, params, d, with_abs=True,
-                                  keep_xx=not packed, with_direction=with_direction)
-        s = stats[:, : self.num_groups]
         norm = self._score.needs_norm_sq
+        plans: Sequence[ParamPlan] = self._layout.plans
+        index = self._layout.slice_index
+        if not with_direction and norm and packed and not self._selector.reads_normalized_weights:
+            plans, index, _ = self._weights_only_plans()
+        stats, _, _ = self._stats(plans, index, params, d, with_abs=True, keep_xx=not packed,
+                                  with_direction=with_direction)
+        s = stats[:, : self.num_groups]
         return GroupStats(dot=s[0], x_sq=s[1], d_sq=s[2], x_abs=s[3], size=self._layout.group_size.to(s.dtype),
                           family=None, norm_sq=self._layout.norm_sq(params, s.dtype) if norm else None,
                           norm_size=self._layout.norm_size.to(s.dtype) if norm else None)
+
+    def _weights_only_plans(self) -> tuple[Sequence[ParamPlan], Tensor, frozenset[int]]:
+        """The layout's plans restricted to what a period start's score reads when it reads a
+        normalized group's γ and β only (``reads_normalized_weights = False``): the entries that hold
+        a group without normalization slices, and the normalization slices themselves; their slice
+        index and their parameters' positions. Built once. On ResNet-50 (every group has its
+        BatchNorm) that leaves out every convolution: the period start reads none of them, and the
+        step before it sums none."""
+        if self._norm_plans is None:
+            table, layout = self._table, self._layout
+            unnormed = torch.zeros(self.num_groups + 1, dtype=torch.bool, device=layout.device)
+            unnormed[: self.num_groups] = layout.norm_size == 0
+            position = np.array([q.position for q in table.plans], dtype=np.int64)[table.entry_plan]
+            keep = table.touched(unnormed) | np.isin(position, np.array(layout.norm_positions, dtype=np.int64))
+            plans = table.restrict(keep)
+            self._norm_plans = (plans, table.index[table.slice_mask(keep)], frozenset(q.position for q in plans))
+        return self._norm_plans
 
     def _partition(self, params: Sequence[Tensor], d: Sequence[Tensor | None]) -> None:
         """Choose G_r (the half-space schedule, once, at warmup_steps): the selector's choice."""

@@ -20,6 +20,7 @@ Only contiguous float32 / float64 tensors on the CPU come here; elsewhere the Py
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from typing import Any
@@ -383,6 +384,13 @@ class SGDCall:
         self._x, self._b = _np(x2), _np(buf.view(x2.shape))
         self._masks = tuple(_np(t) for t in self.masks)
         self._cs = np.empty((self.chunks, x2.shape[1]), dtype=_NP[x.dtype])  # per thread: the column factors
+
+    def with_masks(self, row_alive: Tensor, row_count: Tensor, col_alive: Tensor, col_count: Tensor) -> SGDCall:
+        """The same call with other masks (a new period, a new zero set): only their views are made."""
+        out = copy.copy(self)
+        out.masks = (row_alive, row_count, col_alive, col_count)
+        out._masks = tuple(_np(t) for t in out.masks)
+        return out
 
     def fits(self, x: Tensor, buf: Tensor) -> bool:
         """Whether this call steps ``x`` and ``buf`` as they are now."""

@@ -45,10 +45,15 @@ class RedundancyScore(abc.ABC):
     (``dot``, ``d_sq``), sets ``needs_direction = False``: the progressive schedule then takes a
     period start's statistics before the step (``dot`` and ``d_sq`` are zero there), and the step
     itself takes the same one-pass form as the other steps of the period.
+    A score that reads, for a group with normalization slices, only ``norm_sq`` and whether
+    ``x_abs`` is zero sets ``reads_normalized_weights = False``: at such a period start the optimizer
+    then sums only the weights that hold a group without one, and the normalization slices
+    themselves (``x_sq`` and ``x_abs`` of the other groups cover those entries only).
     """
 
     needs_norm_sq: ClassVar[bool] = False
     needs_direction: ClassVar[bool] = True
+    reads_normalized_weights: ClassVar[bool] = True
 
     @abc.abstractmethod
     def __call__(self, stats: GroupStats) -> Tensor:
@@ -118,7 +123,8 @@ class NormAffineScore(RedundancyScore):
     invariant (the normalization divides its weights' norm out), so the weights' own magnitude
     says little about what the channel contributes; γ and β are what the next layer sees. A group
     with no normalization slice falls back to ``−‖x_g‖²`` (``MagnitudeScore``); an all-zero group
-    scores ``+inf``. Like the magnitude, meaningful among groups of one kind (within cells).
+    scores ``+inf`` (at a progressive period start, where the optimizer sums a normalized group's
+    γ and β only — ``reads_normalized_weights = False`` —, one whose γ and β are all zero). Like the magnitude, meaningful among groups of one kind (within cells).
 
     Measured beside ``MagnitudeScore`` (bench/README "Which score"): ahead on bench_quality's tiny
     ResNet-20 on Fashion-MNIST (10 seeds), level on digits, about 0.3 points behind on a tiny
@@ -126,6 +132,7 @@ class NormAffineScore(RedundancyScore):
 
     needs_norm_sq = True
     needs_direction = False
+    reads_normalized_weights = False  # a normalized group: its γ and β (x_abs zero: they are all zero)
 
     def __call__(self, stats: GroupStats) -> Tensor:
         if stats.norm_sq is None or stats.norm_size is None:

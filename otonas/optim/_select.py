@@ -102,6 +102,13 @@ class Selector(abc.ABC):
         what the score needs (:attr:`RedundancyScore.needs_direction`)."""
         return True
 
+    @property
+    def reads_normalized_weights(self) -> bool:
+        """Whether :meth:`select`, at a progressive period start without directions, reads the weights
+        of groups that have normalization slices (:attr:`RedundancyScore.reads_normalized_weights`);
+        False lets the optimizer sum only the other groups' weights and the normalization slices."""
+        return True
+
     def layout(self, space: SearchSpaceLike) -> SearchSpaceLike:
         """The groups the engine steps over: ``space`` itself unless a selector adds groups."""
         return space
@@ -349,6 +356,10 @@ class TopKSelector(Selector):
     @property
     def needs_direction(self) -> bool:  # the score is all it reads
         return bool(getattr(self.context.score, "needs_direction", True))
+
+    @property
+    def reads_normalized_weights(self) -> bool:
+        return bool(getattr(self.context.score, "reads_normalized_weights", True))
 
     def select(self, selection: Selection) -> Sequence[int]:
         if selection.progressive:

@@ -194,3 +194,74 @@ def test_resnet_every_group_has_its_batchnorms() -> None:
             ref.index_add_(0, g[ok], named[fqn].detach().double()[ok] ** 2)
     assert torch.allclose(layout.norm_sq(params, torch.float64), ref, rtol=1e-6)
     assert bool((layout.norm_size > 0).all())
+
+
+class HalfNormed(nn.Module):
+    """Channel groups with a BatchNorm (conv1's) and without (conv2's, fc1's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc1 = nn.Linear(16, 24)
+        self.fc2 = nn.Linear(24, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.relu(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return self.fc2(torch.relu(self.fc1(y.mean((2, 3)))))
+
+
+class _NormAffineReadingAll(NormAffineScore):
+    """The same score, but claiming to read the weights of normalized groups: the optimizer then sums
+    every weight at a period start (the reference path)."""
+
+    reads_normalized_weights = True
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["loops", "pytorch"])
+def test_period_starts_read_only_the_weights_the_norm_score_needs(kernels: bool, monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    """NormAffineScore reads a normalized group's γ and β only: at a progressive period start the
+    optimizer sums only the weights holding a group without a normalization (and the γ, β), and
+    the step before it sums no other. The run is the one that sums everything: the same zero
+    groups at every step, the same parameters."""
+    import otonas
+    from otonas.optim import _kernels
+
+    if kernels and not _kernels.enabled():
+        pytest.skip(f"numba is not usable here: {_kernels._failed}")
+    monkeypatch.setattr(_kernels, "enabled", lambda: kernels)
+    monkeypatch.setattr(_kernels, "MIN_NUMEL", 0)
+    runs = []
+    for score in (NormAffineScore(), _NormAffineReadingAll()):
+        torch.manual_seed(0)
+        model = HalfNormed()
+        space = otonas.analyze(model, (torch.randn(2, 1, 6, 6),))
+        opt = DHSPG(space, lr=0.05, momentum=0.9, target_group_sparsity=0.5, warmup_steps=2, end_step=14, periods=4,
+                    score=score)
+        gen = torch.Generator().manual_seed(1)
+        out = []
+        for _ in range(18):
+            x = torch.randn(8, 1, 6, 6, generator=gen)
+            y = torch.randint(0, 10, (8,), generator=gen)
+            F.cross_entropy(model(x), y).backward()
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # no forced group
+                opt.step()
+            opt.zero_grad()
+            out.append((set(torch.nonzero(opt.zero_groups()).flatten().tolist()),
+                        {n: p.detach().clone() for n, p in model.named_parameters()}))
+        runs.append((out, opt))
+    (got, opt), (want, ref) = runs
+    names = [n for n, _ in HalfNormed().named_parameters()]
+    position = {n: i for i, n in enumerate(names)}
+    read = opt._norm_plans[2] if opt._norm_plans is not None else None
+    assert read is not None and ref._norm_plans is None  # the restricted sums were used, and only there
+    assert position["conv1.weight"] not in read  # its groups all have bn1: never summed at a period start
+    assert {position[n] for n in ("conv2.weight", "fc1.weight", "bn1.weight", "bn1.bias")} <= read
+    for t, ((zg, pg), (zw, pw)) in enumerate(zip(got, want)):
+        assert zg == zw, f"step {t}"
+        for n in pg:
+            torch.testing.assert_close(pg[n], pw[n], rtol=1e-10, atol=1e-12, msg=f"step {t}, {n}")
+    assert len(got[-1][0]) > 0
