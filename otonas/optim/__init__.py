@@ -10,7 +10,7 @@ Both are one engine (phases, step, projection) with two strategies injected as o
 
 from __future__ import annotations
 
-from ._dhspg import DHSPG, ForcedProjectionWarning
+from ._dhspg import DEFAULT_LMBDA, DHSPG, ForcedProjectionWarning
 from ._h2spg import H2SPG, BudgetWarning, ErasureSelector, SkippedCandidate, select_erasure
 from ._kernels import enabled as kernels_enabled
 from ._schedule import period_bounds
@@ -18,7 +18,7 @@ from ._select import Selection, Selector, SelectorContext, TopKSelector
 from ._score import (SCORES, CosineMagnitudeScore, GroupStats, MagnitudeScore, NormAffineScore, RedundancyScore,
                      TaylorScore, make_score)
 
-__all__ = ["DHSPG", "H2SPG", "Selector", "TopKSelector", "ErasureSelector", "Selection", "SelectorContext",
+__all__ = ["DHSPG", "H2SPG", "DEFAULT_LMBDA", "Selector", "TopKSelector", "ErasureSelector", "Selection", "SelectorContext",
            "ForcedProjectionWarning", "BudgetWarning", "SkippedCandidate", "select_erasure",
            "RedundancyScore", "CosineMagnitudeScore", "TaylorScore", "MagnitudeScore", "NormAffineScore", "GroupStats", "make_score", "SCORES", "period_bounds",
            "kernels_enabled"]

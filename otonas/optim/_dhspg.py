@@ -109,6 +109,14 @@ def schedule_lambdas(lam: Tensor, dot: Tensor, x_norm: Tensor, *, lr: float, ste
     return torch.where(live, torch.maximum(lam, need), lam)
 
 
+DEFAULT_LMBDA = 2.0
+"""The base λ of both optimizers (``DHSPG``, ``H2SPG``) and of ``otonas search`` / ``tune``: the
+smallest λ_g of the half-space schedule. It matters little under the default scheduled λ rule
+(λ_g is lifted to the pace that reaches the boundary by ``end_step``): at 1e-3, 2 and 10 no group
+was forced and accuracy was level, in both optimizers (bench/README "One default λ?"); with
+``lambda_rule="fixed"`` it sets the pace alone. The progressive schedule does not use it."""
+
+
 class DHSPG(torch.optim.Optimizer):
     """Dual Half-Space Projected Gradient: trains and drives exactly K prunable groups to zero.
 
@@ -143,7 +151,7 @@ class DHSPG(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        lmbda: float = 1e-3,
+        lmbda: float = DEFAULT_LMBDA,
         lmbda_amplify: float = 1.1,
         hat_lmbda_coeff: float = 10.0,
         epsilon: float = 0.0,

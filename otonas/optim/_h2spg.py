@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from ..errors import BudgetWarning, OtonasError
 from ..logging import get_logger
-from ._dhspg import DHSPG
+from ._dhspg import DEFAULT_LMBDA, DHSPG
 from ._layout import SearchSpaceLike
 from ._schedule import Alignment, align_quota, align_up, cell_alignment, select_in_cells, split_quota
 from ._score import GroupStats, RedundancyScore
@@ -644,7 +644,7 @@ class H2SPG(DHSPG):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        lmbda: float = 10.0,
+        lmbda: float = DEFAULT_LMBDA,
         lmbda_amplify: float = 1.1,
         hat_lmbda_coeff: float = 10.0,
         epsilon: float = 0.0,

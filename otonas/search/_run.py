@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import OtonasError, UsageError
+from ..optim import DEFAULT_LMBDA
 from ..logging import get_logger
 from ._data import DataSpec, load_data
 from ._state import atomic_write_text, folder_lock, load_state, save_state
@@ -68,7 +69,7 @@ class SearchConfig:
     lr_schedule: str = "cosine"  # cosine (to 0 at the last step) | constant
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    lmbda: float = 2.0  # the optimizers' group-shrinking strength; 2.0 lets groups reach zero in short runs
+    lmbda: float = DEFAULT_LMBDA  # the optimizers' base λ (half_space schedule only), as their own default
     warmup_epochs: float | None = None  # default: 1/10 of the epochs (DHSPG), 1/6 (H2SPG)
     projection_epochs: float | None = None  # default: 1/5 (DHSPG), 1/4 (H2SPG); the rest trains the final structure
     device: str = "auto"

@@ -134,7 +134,7 @@ class RefDHSPG:
     end_step: int
     momentum: float = 0.0
     weight_decay: float = 0.0
-    lmbda: float = 1e-3
+    lmbda: float = 2.0  # DHSPG's default (otonas.optim.DEFAULT_LMBDA)
     amplify: float = 1.1
     coeff: float = 10.0
     epsilon: float = 0.0
