@@ -523,7 +523,7 @@ class DHSPG(torch.optim.Optimizer):
         if call is None or not call.fits(x, buf):
             call = self._sgd_calls[pos] = _kernels.SGDCall(x, buf, *masks)
         elif any(a is not b for a, b in zip(call.masks, masks)):
-            call = self._sgd_calls[pos] = call.with_masks(*masks)
+            call.set_masks(*masks)
         return call
 
     def _sgd_masks(self) -> dict[int, _SGDMasks]:

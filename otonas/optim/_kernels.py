@@ -20,7 +20,6 @@ Only contiguous float32 / float64 tensors on the CPU come here; elsewhere the Py
 
 from __future__ import annotations
 
-import copy
 import os
 import sys
 from typing import Any
@@ -385,12 +384,10 @@ class SGDCall:
         self._masks = tuple(_np(t) for t in self.masks)
         self._cs = np.empty((self.chunks, x2.shape[1]), dtype=_NP[x.dtype])  # per thread: the column factors
 
-    def with_masks(self, row_alive: Tensor, row_count: Tensor, col_alive: Tensor, col_count: Tensor) -> SGDCall:
-        """The same call with other masks (a new period, a new zero set): only their views are made."""
-        out = copy.copy(self)
-        out.masks = (row_alive, row_count, col_alive, col_count)
-        out._masks = tuple(_np(t) for t in out.masks)
-        return out
+    def set_masks(self, row_alive: Tensor, row_count: Tensor, col_alive: Tensor, col_count: Tensor) -> None:
+        """Take other masks (a new period, a new zero set): only their views are made."""
+        self.masks = (row_alive, row_count, col_alive, col_count)
+        self._masks = (row_alive.numpy(), row_count.numpy(), col_alive.numpy(), col_count.numpy())
 
     def fits(self, x: Tensor, buf: Tensor) -> bool:
         """Whether this call steps ``x`` and ``buf`` as they are now."""
