@@ -117,16 +117,6 @@ def real_grads(model: nn.Module, example: tuple[Tensor, ...], batch: int = 8) ->
     return grads
 
 
-class _OnCopy:
-    """``space`` seen over a copy of its model (layouts name parameters, so they carry over)."""
-
-    def __init__(self, space: Any, model: nn.Module) -> None:
-        self.__dict__.update(_space=space, model=model)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._space, name)
-
-
 # ---------------------------------------------------------------------------- the timed optimizers
 @dataclass
 class Arm:
@@ -184,12 +174,11 @@ def build_arms(kind: str, model: nn.Module, space: Any, *, rounds: int, periods:
 
     def make(start: int, end: int, schedule: str) -> tuple[torch.optim.Optimizer, list[Tensor]]:
         m, params = fresh()
-        s = _OnCopy(space, m)
-        if kind == "dhspg":
-            opt: torch.optim.Optimizer = DHSPG(s, target_group_sparsity=target, warmup_steps=start, end_step=end,
+        if kind == "dhspg":  # each on its own copy of the model (model=): layouts name parameters
+            opt: torch.optim.Optimizer = DHSPG(space, model=m, target_group_sparsity=target, warmup_steps=start, end_step=end,
                                                schedule=schedule, periods=periods, **base_kw)
         else:
-            opt = H2SPG(s, target_group_sparsity=h2_target, erase_budget=budget, warmup_steps=start, end_step=end,
+            opt = H2SPG(space, model=m, target_group_sparsity=h2_target, erase_budget=budget, warmup_steps=start, end_step=end,
                         schedule=schedule, periods=periods, **base_kw)
         return opt, params
 

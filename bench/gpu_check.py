@@ -347,9 +347,8 @@ def time_epochs(dev: torch.device, tiny: bool, steps_per_epoch: int, batch: int)
     total = sum(epochs.values())
     start, end = steps_per_epoch, 3 * steps_per_epoch
     m_sgd, m_h2 = copy.deepcopy(model), copy.deepcopy(model)
-    s_h2 = _OnCopy(space, m_h2)
     sgd = torch.optim.SGD(m_sgd.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=True)
-    h2 = H2SPG(s_h2, lr=0.1, momentum=0.9, weight_decay=1e-4, erase_budget=0.5, target_group_sparsity=0.0,
+    h2 = H2SPG(space, model=m_h2, lr=0.1, momentum=0.9, weight_decay=1e-4, erase_budget=0.5, target_group_sparsity=0.0,
                warmup_steps=start, end_step=end, periods=5)
     data = _batches(shape, classes, steps_per_epoch, batch, dev, seed=1)
 
@@ -385,14 +384,6 @@ def time_epochs(dev: torch.device, tiny: bool, steps_per_epoch: int, batch: int)
            f"{steps_per_epoch} steps of batch {batch}; SGD epoch {base:.2f} s (median of {len(t_sgd)}); H2SPG "
            + ", ".join(parts) + f"; whole run ({total} epochs) {run:.2f}x SGD's; {erased} of "
            f"{h2.target_erased_groups} operators zero at the end")
-
-
-class _OnCopy:
-    def __init__(self, space: Any, model: nn.Module) -> None:
-        self.__dict__.update(_space=space, model=model)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._space, name)
 
 
 # ---------------------------------------------------------------------------- main

@@ -45,9 +45,9 @@ from typing import Any, Literal, overload
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
-from ..errors import ForcedProjectionWarning, OtonasError
+from ..errors import ForcedProjectionWarning, OtonasError, UsageError
 from . import _kernels
 from ._base import SGDRule, make_rule
 from ._flat import FlatMomentum
@@ -107,6 +107,40 @@ def schedule_lambdas(lam: Tensor, dot: Tensor, x_norm: Tensor, *, lr: float, ste
     safe = torch.where(live, x_norm, torch.ones_like(x_norm))
     need = gain * (1.0 - epsilon) * x_norm / (lr * max(int(steps_left), 1)) - dot / safe
     return torch.where(live, torch.maximum(lam, need), lam)
+
+
+def space_over(space: Any, model: nn.Module, *, owner: str) -> Any:
+    """``space`` seen over ``model``, a network of the analysed architecture with parameters of its
+    own (a deep copy, one rebuilt from a checkpoint, the real model of a space analysed on the meta
+    device): everything is the space's but ``.model``. A model whose parameters are not the
+    analysed one's (names and shapes) is refused, naming the first difference."""
+    if model is getattr(space, "model", None):
+        return space
+    check = getattr(space, "weights_of", None)
+    try:
+        if check is not None:
+            check(model)
+        else:
+            mine = {n: tuple(p.shape) for n, p in space.model.named_parameters(remove_duplicate=False)}
+            theirs = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
+            if mine != theirs:
+                diff = sorted(set(mine) ^ set(theirs)) or [n for n in mine if mine[n] != theirs[n]]
+                raise UsageError(f"model= is not the analysed architecture: its parameters differ from the "
+                                 f"analysed model's (first: {diff[0]!r}); pass a network of the same "
+                                 "architecture, or analyze this one")
+    except OtonasError as e:
+        raise type(e)(f"{owner}: {e}") from None
+    return _SpaceOver(space, model)
+
+
+class _SpaceOver:
+    """A search space whose ``.model`` is another network of the same architecture (see space_over)."""
+
+    def __init__(self, space: Any, model: nn.Module) -> None:
+        self.__dict__.update(_space=space, model=model)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_space"], name)
 
 
 DEFAULT_LMBDA = 2.0
@@ -169,8 +203,11 @@ class DHSPG(torch.optim.Optimizer):
         target_latency: float | None = None,
         latency_model: Any = None,
         start_step: int | None = None,
+        model: nn.Module | None = None,
     ) -> None:
         name = type(self).__name__
+        if model is not None:
+            space = space_over(space, model, owner=name)
         if start_step is not None:
             if warmup_steps is not None:
                 raise OtonasError(f"{name}: give warmup_steps only; start_step is its deprecated name, and both "
@@ -217,7 +254,8 @@ class DHSPG(torch.optim.Optimizer):
                   epsilon=epsilon)
         params = [p for p in space.model.parameters() if p.requires_grad]
         if not params:
-            raise OtonasError("space.model has no parameter with requires_grad=True; there is nothing to optimize")
+            raise OtonasError(f"{name}: the model has no parameter with requires_grad=True; there is nothing to "
+                              "optimize")
         # "start_step" stays the key of param_groups (and so of saved state dicts) for warmup_steps.
         defaults = dict(lr=lr, variant=variant, momentum=momentum, dampening=dampening, nesterov=nesterov,
                         weight_decay=weight_decay, betas=tuple(betas), eps=eps, lmbda=lmbda,

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from ..errors import BudgetWarning, OtonasError
 from ..logging import get_logger
-from ._dhspg import DEFAULT_LMBDA, DHSPG
+from ._dhspg import DEFAULT_LMBDA, DHSPG, space_over
 from ._layout import SearchSpaceLike
 from ._schedule import Alignment, align_quota, align_up, cell_alignment, select_in_cells, split_quota
 from ._score import GroupStats, RedundancyScore
@@ -659,7 +659,10 @@ class H2SPG(DHSPG):
         round_to: int = 1,
         target_flops: float | None = None,
         target_params: float | None = None,
+        model: nn.Module | None = None,
     ) -> None:
+        if model is not None:
+            space = space_over(space, model, owner=type(self).__name__)
         selector = ErasureSelector(erase_budget=erase_budget, target_group_sparsity=target_group_sparsity,
                                    target_flops=target_flops, target_params=target_params, ema=ema,
                                    keep_one_per_family=keep_one_per_family, round_to=round_to)
