@@ -155,7 +155,8 @@ class DHSPG(torch.optim.Optimizer):
     """Dual Half-Space Projected Gradient: trains and drives exactly K prunable groups to zero.
 
     ``space`` is the ``SearchSpace`` from ``otonas.analyze``; the optimizer updates every
-    parameter of ``space.model`` that requires grad. Use it like any optimizer::
+    parameter of ``space.model`` that requires grad (of ``model``, when given: another network of
+    the analysed architecture, such as a deep copy). Use it like any optimizer::
 
         opt = DHSPG(space, lr=0.1, target_group_sparsity=0.5, warmup_steps=1000, end_step=3000)
         for x, y in loader:
