@@ -363,10 +363,10 @@ def step(x: Tensor, d: Tensor | None, u0: Tensor, v: Tensor, c0: Tensor, c: Tens
 class SGDCall:
     """:func:`sgd_step` on one weight, prepared once: the numpy views of the weight, its momentum
     buffer and the masks, the scratch for the column factors and the thread split. A step then
-    costs one view of the gradient and one call of the loop (about 6 µs of Python, against ~30 µs
-    for :func:`sgd_step` preparing everything anew: ResNet-50's 54 fused weights take ~1.3 ms a
-    step less). Kept by the optimizer while the masks are; :meth:`fits` says whether it still
-    serves these tensors (the same storage, the same thread count)."""
+    costs one view of the gradient and one call of the loop, where :func:`sgd_step` makes every
+    view and scratch anew (a few tens of µs of Python per weight). Kept by the optimizer per
+    weight; :meth:`fits` says whether it still serves these tensors (the same storage, the same
+    thread count), :meth:`set_masks` takes a new period's masks."""
 
     __slots__ = ("x", "buf", "masks", "shape", "dtype", "threads", "chunks", "_ptrs", "_x", "_b", "_masks", "_cs")
 
