@@ -169,6 +169,14 @@ def test_lambda_rule_matches_reference_and_keeps_descent(x: list[float], d: list
         assert float(step @ dv) > 0 and float(step @ xv) > 0
 
 
+def test_lambda_rule_keeps_descent_where_a_product_underflows() -> None:
+    """Weights and directions of very different magnitudes (found by hypothesis): ‖d‖²·‖x‖ underflows
+    to 0, but hi = −‖d‖²‖x‖/⟨x, d⟩ is not small; λ_g must still shrink the group."""
+    test_lambda_rule_matches_reference_and_keeps_descent.hypothesis.inner_test(  # type: ignore[attr-defined]
+        x=[0.0, 2.259583931562012e-156, -2.8924532691202265e-204], d=[0.0, 0.0, 1.2212844806026373e-103],
+        lmbda=1.0, amplify=1.0, coeff=1.0)
+
+
 # ---------------------------------------------------------------------------- the projection step
 @pytest.mark.parametrize("momentum,wd,lmbda,epsilon", [(0.0, 0.0, 0.5, 0.2), (0.9, 1e-2, 2.0, 0.0),
                                                        (0.5, 0.0, 5.0, 0.5), (0.9, 1e-3, 1e-3, 0.0)])
