@@ -79,7 +79,7 @@ def group_lambdas(dot: Tensor, x_norm: Tensor, d_sq: Tensor, *, lmbda: float, am
     safe_dot = torch.where(opposed, dot, -torch.ones_like(dot))
     safe_norm = torch.where(opposed, x_norm, torch.ones_like(x_norm))
     lo = -safe_dot / safe_norm
-    hi = -(d_sq / safe_dot) * safe_norm  # this order: ‖d‖²·‖x‖ can underflow to 0 where hi is not small
+    hi = d_sq / lo  # = ‖d‖²‖x‖/(−⟨x, d⟩), one division: ‖d‖²·‖x‖ can underflow to 0 where hi is not small
     lam = (amplify * lo).clamp(lmbda, coeff * lmbda)
     lam = torch.where(lam >= hi, (lo + hi) / 2, lam)
     return torch.where(opposed, lam, torch.full_like(lam, lmbda))

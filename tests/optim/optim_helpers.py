@@ -88,7 +88,7 @@ def ref_lambda(dot: float, xn: float, dsq: float, *, lmbda: float, amplify: floa
     if dot >= 0 or xn == 0:
         return lmbda
     lo = -dot / xn
-    hi = -(dsq / dot) * xn  # (the order that does not underflow where hi is not small)
+    hi = dsq / lo  # = −dsq·xn/dot, in one division (no underflow where hi is not small)
     lam = min(max(amplify * lo, lmbda), coeff * lmbda)
     if lam >= hi:
         lam = (lo + hi) / 2

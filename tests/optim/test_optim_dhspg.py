@@ -156,7 +156,7 @@ def test_lambda_rule_matches_reference_and_keeps_descent(x: list[float], d: list
     assert lam == pytest.approx(ref_lambda(dot, xn, dsq, lmbda=lmbda, amplify=amplify, coeff=coeff), rel=1e-12)
     if xn == 0:
         return
-    lo, hi = (-dot / xn, -dsq * xn / dot) if dot < 0 else (None, None)
+    lo, hi = (-dot / xn, dsq / (-dot / xn)) if dot < 0 else (None, None)
     in_clip = lmbda * (1 - 1e-12) <= lam <= coeff * lmbda * (1 + 1e-12)
     midpoint = lo is not None and lam == pytest.approx((lo + hi) / 2, rel=1e-12)
     assert in_clip or midpoint
