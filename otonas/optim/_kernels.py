@@ -182,7 +182,7 @@ def _define(cache: bool) -> tuple[Any, ...]:
 
     @jit
     def sgd_rows(x: Any, g: Any, b: Any, row_alive: Any, row_count: Any, col_alive: Any, col_count: Any,
-                 factor: Any, momentum: Any, damp1: Any, wd: Any, lr: Any, update: bool, cs: Any,
+                 factor: Any, momentum: Any, damp1: Any, wd: Any, lr: Any, update: bool, cs: Any, zc: Any,
                  with_sums: bool, rows: Any, cols: Any, lo: int, hi: int) -> None:  # pragma: no cover - compiled
         """Rows lo..hi: SGD's momentum step on the live elements, then the shrink factors
         (``with_sums``: the new x's sums of x² and |x| per row into ``rows[1]`` / ``rows[3]``, its
@@ -191,6 +191,7 @@ def _define(cache: bool) -> tuple[Any, ...]:
         one = factor - factor + 1  # in x's dtype
         zero = one - one
         odd = False  # some column dead or shrunk (else the row's factor alone: the plainer loop)
+        nz = 0  # the columns whose factor is 0 (dead, or shrunk to zero now): zc[:nz]
         for j in range(m):
             c = one
             for _ in range(col_count[j]):
@@ -198,6 +199,9 @@ def _define(cache: bool) -> tuple[Any, ...]:
             c = c if col_alive[j] else zero  # a dead column: zero gradient, as if masked
             cs[j] = c
             odd = odd or c != one
+            if c == zero:
+                zc[nz] = j
+                nz += 1
         for o in range(lo, hi):
             if not row_alive[o]:
                 continue  # a zero group's row: x and its momentum are zero and stay so (its sums too)
@@ -219,13 +223,18 @@ def _define(cache: bool) -> tuple[Any, ...]:
                 else:
                     for j in range(m):
                         xo[j] = (xo[j] - lr * bo[j]) * rs
-            elif update:  # where the factor is 0 (a dead column, or shrunk to zero) g is not read
+            elif update:
+                # The step times each column's factor, with no select (a loop with selects stays
+                # scalar, 2.4x slower); then the columns whose factor is 0 are set to exactly zero,
+                # x and its momentum, whatever the step wrote there: a dead column's gradient (NaN
+                # even) never reaches them, as if masked.
                 for j in range(m):
-                    f = rs * cs[j]
-                    gj = go[j] if f != 0 else zero
-                    v = momentum * bo[j] + damp1 * (gj + wd * xo[j])
-                    xo[j] = (xo[j] - lr * v) * f
-                    bo[j] = v if f != 0 else zero  # shrunk to zero: its momentum goes with it
+                    v = momentum * bo[j] + damp1 * (go[j] + wd * xo[j])
+                    xo[j] = (xo[j] - lr * v) * (rs * cs[j])
+                    bo[j] = v
+                for k in range(nz):
+                    xo[zc[k]] = zero
+                    bo[zc[k]] = zero
             else:
                 for j in range(m):
                     f = rs * cs[j]
@@ -244,11 +253,11 @@ def _define(cache: bool) -> tuple[Any, ...]:
     @numba.njit(fastmath=_FLAGS, nogil=True, cache=cache, parallel=True)
     def sgd_blocks(x: Any, g: Any, b: Any, row_alive: Any, row_count: Any, col_alive: Any, col_count: Any,
                    factor: Any, momentum: Any, damp1: Any, wd: Any, lr: Any, update: bool,
-                   cs: Any, with_sums: bool, rows: Any, cols: Any) -> None:  # pragma: no cover - compiled
+                   cs: Any, zc: Any, with_sums: bool, rows: Any, cols: Any) -> None:  # pragma: no cover - compiled
         n, chunks = x.shape[0], cs.shape[0]
         for c in numba.prange(chunks):
             sgd_rows(x, g, b, row_alive, row_count, col_alive, col_count, factor, momentum, damp1, wd, lr, update,
-                     cs[c], with_sums, rows, cols[c] if with_sums else cols[0], c * n // chunks, (c + 1) * n // chunks)
+                     cs[c], zc[c], with_sums, rows, cols[c] if with_sums else cols[0], c * n // chunks, (c + 1) * n // chunks)
 
     return stats_rows, step_rows, stats_blocks, step_blocks, sgd_rows, sgd_blocks
 
@@ -368,7 +377,8 @@ class SGDCall:
     weight; :meth:`fits` says whether it still serves these tensors (the same storage, the same
     thread count), :meth:`set_masks` takes a new period's masks."""
 
-    __slots__ = ("x", "buf", "masks", "shape", "dtype", "threads", "chunks", "_ptrs", "_x", "_b", "_masks", "_cs")
+    __slots__ = ("x", "buf", "masks", "shape", "dtype", "threads", "chunks", "_ptrs", "_x", "_b", "_masks", "_cs",
+                 "_zc")
 
     def __init__(self, x: Tensor, buf: Tensor, row_alive: Tensor, row_count: Tensor, col_alive: Tensor,
                  col_count: Tensor) -> None:
@@ -383,6 +393,7 @@ class SGDCall:
         self._x, self._b = _np(x2), _np(buf.view(x2.shape))
         self._masks = tuple(_np(t) for t in self.masks)
         self._cs = np.empty((self.chunks, x2.shape[1]), dtype=_NP[x.dtype])  # per thread: the column factors
+        self._zc = np.empty((self.chunks, x2.shape[1]), dtype=np.int64)  # per thread: the columns of factor 0
 
     def set_masks(self, row_alive: Tensor, row_count: Tensor, col_alive: Tensor, col_count: Tensor) -> None:
         """Take other masks (a new period, a new zero set): only their views are made."""
@@ -410,9 +421,9 @@ class SGDCall:
         args = (self._x, gn, self._b, *self._masks, _scalar(factor, dt), _scalar(momentum, dt),
                 _scalar(1 - dampening, dt), _scalar(weight_decay, dt), _scalar(lr, dt), g is not None)
         if chunks == 1:
-            _loops()[4](*args, self._cs[0], with_sums, rows_np, cols_np[0], 0, self.shape[0])
+            _loops()[4](*args, self._cs[0], self._zc[0], with_sums, rows_np, cols_np[0], 0, self.shape[0])
         else:
-            _run(_loops()[5], *args, self._cs, with_sums, rows_np, cols_np)
+            _run(_loops()[5], *args, self._cs, self._zc, with_sums, rows_np, cols_np)
         if post is None:
             return None
         c = cols.sum(0) if chunks > 1 else cols[0]

@@ -232,6 +232,9 @@ class SliceTable:
         self._bits = (np.left_shift(np.uint64(1), self.entry_local.astype(np.uint64))
                       if not len(counts) or int(counts.max()) <= 64 else None)
         self._restricted: dict[tuple[int, int | bytes], ParamPlan] = {}
+        # On the CPU the index is read through numpy: a period start asks these questions a few times,
+        # and numpy's gathers and scans over ~10⁵ slices cost a fraction of PyTorch's per-op overhead.
+        self._index_np: np.ndarray | None = index.numpy() if dev.type == "cpu" else None
 
     @property
     def num_entries(self) -> int:
@@ -241,6 +244,9 @@ class SliceTable:
         """Per entry: whether one of its slices is in ``groups`` (bool ``[N + 1]``); one host read."""
         if not self.entries:
             return np.zeros(0, dtype=bool)
+        if self._index_np is not None and groups.device.type == "cpu":
+            hits = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(groups.numpy()[self._index_np])])
+            return hits[self.entry_start[1:]] > hits[self.entry_start[:-1]]
         hit = groups[self.index].to(torch.int64)
         count = torch.cat([hit.new_zeros(1), hit.cumsum(0)])  # hits before each slice
         return (count[self._ends] > count[self._starts]).cpu().numpy()
@@ -248,6 +254,13 @@ class SliceTable:
     def slice_mask(self, keep: np.ndarray) -> Tensor:
         """Per slice (bool, on the index's device): whether its entry is kept (``keep``: bool ``[entries]``)."""
         return torch.as_tensor(keep, device=self.index.device)[self.slice_entry]
+
+    def kept_index(self, keep: np.ndarray) -> Tensor:
+        """The groups of the slices of the kept entries (``keep``: bool ``[entries]``), in order:
+        ``index[slice_mask(keep)]``, i.e. ``slice_index`` of ``restrict(keep)``."""
+        if self._index_np is not None:
+            return torch.from_numpy(self._index_np[np.repeat(keep, self.entry_size)])
+        return self.index[self.slice_mask(keep)]
 
     def restrict(self, keep: np.ndarray) -> tuple[ParamPlan, ...]:
         """The plans restricted to the entries where ``keep`` (bool ``[entries]``) holds, in order, those

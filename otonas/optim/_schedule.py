@@ -238,17 +238,25 @@ def cost_quotas(space: Any, cells: Sequence[Any], caps: Sequence[int], *, target
 
 
 def select_in_cells(score: np.ndarray, eligible: np.ndarray, cells: Sequence[Any],
-                    want: Sequence[int], have: Sequence[int]) -> list[int]:
+                    want: Sequence[int] | np.ndarray, have: Sequence[int] | np.ndarray) -> list[int]:
     """The groups to add so that cell c holds ``want[c]`` selected groups (it holds ``have[c]``):
     its most redundant eligible groups (higher ``score`` first, ties by index; NaN last)."""
-    score = np.where(np.isnan(score), -np.inf, score)
-    out: list[int] = []
-    for members, w, h in zip(cells, want, have):
-        k = int(w) - int(h)
-        if k <= 0:
-            continue
-        m = np.asarray(members, dtype=np.int64)
-        m = m[eligible[m]]
-        order = m[np.argsort(-score[m], kind="stable")]
-        out.extend(int(g) for g in order[:k])
-    return sorted(out)
+    need = np.asarray(want, dtype=np.int64) - np.asarray(have, dtype=np.int64)
+    take = np.flatnonzero(need > 0)
+    if not take.size:
+        return []
+    # One sort for every cell that needs groups: by cell, then score (higher first; NaN last), then
+    # the member's place in its cell (ties by index); the first need[c] of each cell.
+    members = [np.asarray(cells[c], dtype=np.int64) for c in take.tolist()]
+    lens = np.array([m.size for m in members], dtype=np.int64)
+    mem = np.concatenate(members)
+    cell = np.repeat(np.arange(take.size), lens)
+    place = np.arange(mem.size) - np.repeat(np.cumsum(lens) - lens, lens)
+    ok = eligible[mem]
+    mem, cell, place = mem[ok], cell[ok], place[ok]
+    neg = -np.where(np.isnan(score), -np.inf, score)[mem]
+    order = np.lexsort((place, neg, cell))
+    mem, cell = mem[order], cell[order]
+    first = np.searchsorted(cell, np.arange(take.size))
+    rank = np.arange(mem.size) - first[cell]
+    return sorted(mem[rank < need[take][cell]].tolist())

@@ -274,6 +274,10 @@ def test_sgd_step_is_the_masked_momentum_step_and_the_shrink(dtype: torch.dtype,
     for t in (x, buf):  # a zero group's slices are zero in x and in its momentum
         t[~row_alive] = 0
         t.view(o, -1)[:, ~col_alive] = 0
+    # A zero group's gradient may be anything, NaN and inf too: the loop must never let it reach x or
+    # its momentum (as masking it would not).
+    grad[~row_alive] = math.nan
+    grad.view(o, -1)[:, ~col_alive] = math.inf
     want_x, want_b = x.clone(), buf.clone()
     if update:  # the reference: mask the gradient, SGDRule, the base step, the factors one dim at a time
         masked = grad.clone()

@@ -306,3 +306,39 @@ def test_h2spg_round_to_keeps_multiples_outside_the_erased_operators() -> None:
     x = batch(7)[0]
     model.eval()
     torch.testing.assert_close(subnet(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def _select_cell_by_cell(score: np.ndarray, eligible: np.ndarray, cells: list[np.ndarray], want: list[int],
+                         have: list[int]) -> list[int]:
+    """The reference: each cell's eligible members sorted by score (higher first, NaN last, ties in the
+    cell's own order), the first want − have of them."""
+    out: list[int] = []
+    for members, w, h in zip(cells, want, have):
+        order = [int(g) for g in members]
+        ranked = sorted((g for g in order if eligible[g]),
+                        key=lambda g: (math.inf if math.isnan(score[g]) else -score[g], order.index(g)))
+        out.extend(ranked[:max(0, w - h)])
+    return sorted(out)
+
+
+def test_select_in_cells_and_cell_counts_match_the_cell_by_cell_choice() -> None:
+    """The one-sort selection of every cell's most redundant groups and the one-count tally of the
+    groups a cell already holds: what a loop over the cells gives, ties and NaN scores included."""
+    from otonas.optim._schedule import select_in_cells
+    from otonas.optim._select import _count_in_cells
+
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        n = int(rng.integers(1, 40))
+        perm = rng.permutation(n)
+        cuts = np.sort(rng.choice(np.arange(1, n), size=min(int(rng.integers(0, 5)), n - 1), replace=False))
+        cells = [c if rng.random() < 0.5 else np.sort(c) for c in np.split(perm, cuts)]
+        score = rng.integers(0, 4, n).astype(float)  # ties
+        score[rng.random(n) < 0.2] = np.nan
+        eligible = rng.random(n) < 0.7
+        want = [int(rng.integers(0, len(c) + 2)) for c in cells]
+        have = [int(rng.integers(0, 3)) for c in cells]
+        assert select_in_cells(score, eligible, cells, want, have) == \
+            _select_cell_by_cell(score, eligible, cells, want, have)
+        zero = rng.random(n) < 0.4
+        assert _count_in_cells(cells, zero).tolist() == [int(zero[c].sum()) for c in cells]

@@ -63,6 +63,7 @@ def test_restrict_matches_the_entry_by_entry_restriction(which: int) -> None:
         index = table.index[table.slice_mask(keep)]
         want = slice_index(ref) if ref else torch.zeros(0, dtype=torch.int64)
         assert torch.equal(index, want)
+        assert torch.equal(table.kept_index(keep), want)  # the numpy path on the CPU
         again = table.restrict(keep)  # the cached plans: the same objects
         assert all(p is q for p, q in zip(got, again))
         for q in got:  # a plan that keeps every entry is itself
