@@ -438,8 +438,7 @@ class DHSPG(torch.optim.Optimizer):
         # the weights they write (in cache): that selection then reads no weight of theirs again.
         presum = bool(fused_sgd) and not self._selector.needs_direction and self._period_starting(hp, t + 1) is not None
         # (only the weights that selection reads: not those of normalized groups, for a score that reads their γ, β)
-        summed = (self._weights_only_plans()[2] if presum and self._score.needs_norm_sq
-                  and not self._selector.reads_normalized_weights else None)
+        summed = self._weights_only_plans()[2] if presum and self._reads_norm_slices_only else None
         presums: dict[int, tuple[int, int, tuple[Tensor, Tensor]]] = {}
         for i, masks in fused_sgd.items():
             x = params[i]
@@ -989,7 +988,7 @@ class DHSPG(torch.optim.Optimizer):
         norm = self._score.needs_norm_sq
         plans: Sequence[ParamPlan] = self._layout.plans
         index = self._layout.slice_index
-        if not with_direction and norm and packed and not self._selector.reads_normalized_weights:
+        if not with_direction and packed and self._reads_norm_slices_only:
             plans, index, _ = self._weights_only_plans()
         stats, _, _ = self._stats(plans, index, params, d, with_abs=True, keep_xx=not packed,
                                   with_direction=with_direction)
@@ -997,6 +996,13 @@ class DHSPG(torch.optim.Optimizer):
         return GroupStats(dot=s[0], x_sq=s[1], d_sq=s[2], x_abs=s[3], size=self._layout.group_size.to(s.dtype),
                           family=None, norm_sq=self._layout.norm_sq(params, s.dtype) if norm else None,
                           norm_size=self._layout.norm_size.to(s.dtype) if norm else None)
+
+    @property
+    def _reads_norm_slices_only(self) -> bool:
+        """Whether a weights-only selection reads a normalized group's γ and β alone (a score that
+        needs the normalization sums and does not read normalized groups' weights): the plans it
+        sums are then :meth:`_weights_only_plans`, at the period start and in the step before it."""
+        return bool(self._score.needs_norm_sq) and not self._selector.reads_normalized_weights
 
     def _weights_only_plans(self) -> tuple[Sequence[ParamPlan], Tensor, frozenset[int]]:
         """The layout's plans restricted to what a period start's score reads when it reads a
