@@ -43,7 +43,7 @@ from ..errors import BudgetWarning, OtonasError
 from ..logging import get_logger
 from ._dhspg import DEFAULT_LMBDA, DHSPG, space_over
 from ._layout import SearchSpaceLike
-from ._schedule import Alignment, align_quota, align_up, cell_alignment, select_in_cells, split_quota
+from ._schedule import Alignment, align_quota, align_up, cell_alignment, count_in_cells, select_in_cells, split_quota
 from ._score import GroupStats, RedundancyScore
 from ._select import Selection, Selector, SelectorContext, _caller_level, _cells, _count, family_ids
 
@@ -410,7 +410,7 @@ class ErasureSelector(Selector):
         self.moot = self._moot_groups(accepted)
         zero = zero_all[:n]
         live = ~self.moot
-        sizes = [int(live[c].sum()) for c in self._pcells]
+        sizes = count_in_cells(self._pcells, live).tolist()
         caps = [max(0, k - 1) if self._keep_one else k for k in sizes]
         quota = split_quota(self.target_pruned_groups, sizes, caps)
         if last and sum(quota) < self.target_pruned_groups:
@@ -422,7 +422,7 @@ class ErasureSelector(Selector):
         if self._palign is not None:  # kept channels in steps of round_to, on the live groups
             al = Alignment(self.round_to, sizes, self._palign.pinned, self._palign.blocks)
             quota = [align_quota(al, i, q, caps[i]) for i, q in enumerate(quota)]
-        have = [int((zero & live)[c].sum()) for c in self._pcells]
+        have = count_in_cells(self._pcells, zero & live).tolist()  # (one mask, one count over the cells)
         if self._palign is not None and last:  # an earlier period took more than the final aligned quota
             quota = [q if q >= h else align_up(al, i, h, caps[i]) for i, (q, h) in enumerate(zip(quota, have))]
         want = [q * (p + 1) // periods for q in quota]

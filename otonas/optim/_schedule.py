@@ -237,6 +237,15 @@ def cost_quotas(space: Any, cells: Sequence[Any], caps: Sequence[int], *, target
     return q, now
 
 
+def count_in_cells(cells: Sequence[np.ndarray], mask: np.ndarray) -> np.ndarray:
+    """How many groups of each cell ``mask`` (bool, per group) holds: one count over all the cells."""
+    if not len(cells):
+        return np.zeros(0, dtype=np.int64)
+    sizes = np.array([len(c) for c in cells], dtype=np.int64)
+    members = np.concatenate([np.asarray(c, dtype=np.int64) for c in cells])
+    return np.bincount(np.repeat(np.arange(len(cells)), sizes)[mask[members]], minlength=len(cells))
+
+
 def select_in_cells(score: np.ndarray, eligible: np.ndarray, cells: Sequence[Any],
                     want: Sequence[int] | np.ndarray, have: Sequence[int] | np.ndarray) -> list[int]:
     """The groups to add so that cell c holds ``want[c]`` selected groups (it holds ``have[c]``):

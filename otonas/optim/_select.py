@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ..errors import BudgetWarning, OtonasError
 from ._layout import SearchSpaceLike
-from ._schedule import align_quota, cell_alignment, cost_quotas, select_in_cells, split_quota
+from ._schedule import align_quota, cell_alignment, cost_quotas, count_in_cells, select_in_cells, split_quota
 from ._score import GroupStats, RedundancyScore
 
 __all__ = ["Selector", "SelectorContext", "Selection", "TopKSelector"]
@@ -245,15 +245,6 @@ def _scores(score: RedundancyScore, stats: GroupStats, family: Tensor | None) ->
     return score(dataclasses.replace(stats, family=family)).to(torch.float64)
 
 
-def _count_in_cells(cells: Sequence[np.ndarray], mask: np.ndarray) -> np.ndarray:
-    """How many groups of each cell ``mask`` (bool, per group) holds: one count over all the cells."""
-    if not len(cells):
-        return np.zeros(0, dtype=np.int64)
-    sizes = np.array([len(c) for c in cells], dtype=np.int64)
-    members = np.concatenate([np.asarray(c, dtype=np.int64) for c in cells])
-    return np.bincount(np.repeat(np.arange(len(cells)), sizes)[mask[members]], minlength=len(cells))
-
-
 class TopKSelector(Selector):
     """DHSPG's selection: the most redundant groups, within families, up to a budget.
 
@@ -381,7 +372,7 @@ class TopKSelector(Selector):
         assert self.cells is not None
         score = self.context.broadcast(_scores(self.context.score, sel.stats, self._family)).cpu().numpy()
         zero = sel.zero
-        have = _count_in_cells(self.cells, zero)
+        have = count_in_cells(self.cells, zero)
         want = [q * (sel.period + 1) // sel.periods for q in self.quotas]
         return select_in_cells(score, ~zero, self.cells, want, have)
 

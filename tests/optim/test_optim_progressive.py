@@ -325,7 +325,7 @@ def test_select_in_cells_and_cell_counts_match_the_cell_by_cell_choice() -> None
     """The one-sort selection of every cell's most redundant groups and the one-count tally of the
     groups a cell already holds: what a loop over the cells gives, ties and NaN scores included."""
     from otonas.optim._schedule import select_in_cells
-    from otonas.optim._select import _count_in_cells
+    from otonas.optim._schedule import count_in_cells
 
     rng = np.random.default_rng(0)
     for _ in range(400):
@@ -341,4 +341,4 @@ def test_select_in_cells_and_cell_counts_match_the_cell_by_cell_choice() -> None
         assert select_in_cells(score, eligible, cells, want, have) == \
             _select_cell_by_cell(score, eligible, cells, want, have)
         zero = rng.random(n) < 0.4
-        assert _count_in_cells(cells, zero).tolist() == [int(zero[c].sum()) for c in cells]
+        assert count_in_cells(cells, zero).tolist() == [int(zero[c].sum()) for c in cells]
