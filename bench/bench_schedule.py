@@ -15,7 +15,8 @@ steps): by default today's ``otonas search`` default ``w10-e30-p5`` beside longe
 windows and more periods. Every configuration runs DHSPG at ``target_flops`` with the
 ``NormAffineScore`` (``--mode prune``'s default); ``random_train`` is bench_quality's baseline.
 
-    python bench/bench_schedule.py                    # default grid, 6 seeds, ≈ 15 min with 2 jobs
+    python bench/bench_schedule.py                    # default grid, 6 seeds, ≈ 27 min with 2 jobs
+    python bench/bench_schedule.py --quick            # smoke test: 1 seed, 1 epoch, a small subset, into /tmp
     python bench/bench_schedule.py --configs w10-e30-p5=0.1:0.3:5,w20-e50-p10=0.2:0.5:10 --seeds 0,1,2
 
 Results: ``bench/results/schedule.json`` (written after every run; a rerun resumes); the summary
@@ -45,9 +46,10 @@ DEFAULT_CONFIGS = ("w10-e30-p5=0.1:0.3:5,w10-e30-p10=0.1:0.3:10,w10-e50-p5=0.1:0
                    "w05-e20-p5=0.05:0.2:5,w20-e40-p5=0.2:0.4:5")
 DEFAULT_OUT = Q.ROOT / "bench" / "results" / "schedule.json"
 VAL = 2000
+QUICK_VAL = 500
 
 
-def load_val(cfg: dict[str, Any]) -> Q.Data:
+def load_val(cfg: dict[str, Any], n_val: int = VAL) -> Q.Data:
     """bench_quality's Fashion-MNIST training subset, with a validation split in place of the test split."""
     c = cfg["fashionmnist"]
     rng = np.random.default_rng(c["subset_seed"])
@@ -55,7 +57,7 @@ def load_val(cfg: dict[str, Any]) -> Q.Data:
     ys = Q._idx(Q.FASHION_DIR / "train-labels-idx1-ubyte.gz")
     tr = Q._stratified(ys, c["train"], rng)  # the same draw as bench_quality.load (its first use of rng)
     rest = np.setdiff1d(np.arange(len(ys)), tr)
-    va = rest[Q._stratified(ys[rest], VAL, np.random.default_rng(1))]
+    va = rest[Q._stratified(ys[rest], n_val, np.random.default_rng(1))]
     assert not np.intersect1d(tr, va).size
     x_train = torch.tensor(xs[tr], dtype=torch.float32).unsqueeze(1) / 255.0
     x_val = torch.tensor(xs[va], dtype=torch.float32).unsqueeze(1) / 255.0
@@ -67,9 +69,9 @@ def load_val(cfg: dict[str, Any]) -> Q.Data:
 class ValContext(Q.Context):
     """bench_quality's per-data-set context over the validation split."""
 
-    def __init__(self, cfg: dict[str, Any]) -> None:  # noqa: D107 - Context's, with load_val
+    def __init__(self, cfg: dict[str, Any], n_val: int = VAL) -> None:  # noqa: D107 - Context's, with load_val
         self.name, self.cfg = "fashionmnist", cfg
-        self.d = load_val(cfg)
+        self.d = load_val(cfg, n_val)
         self.example = self.d.x_train[:2]
         dense = otonas.analyze(Q.make_net(), (self.example,)).costs()
         self.dense_flops, self.dense_params = dense.flops, dense.params
@@ -95,12 +97,12 @@ def run_schedule(ctx: Q.Context, target: float, seed: int, warmup: float, end: f
 _CTX: list[Q.Context] = []
 
 
-def job(args: tuple[str, str, float, int]) -> dict[str, Any]:
-    """One run, in a worker process of one thread."""
-    name, spec, target, seed = args
+def job(args: tuple[str, str, float, int, bool]) -> dict[str, Any]:
+    """One run, in a worker process of one thread (``quick``: bench_quality's quick data and epochs)."""
+    name, spec, target, seed, quick = args
     torch.set_num_threads(1)
     if not _CTX:
-        _CTX.append(ValContext(Q.FULL))
+        _CTX.append(ValContext(Q.QUICK, QUICK_VAL) if quick else ValContext(Q.FULL))
     ctx = _CTX[0]
     t0 = time.perf_counter()
     if name == "random_train":
@@ -151,23 +153,32 @@ def main() -> None:
     ap.add_argument("--targets", default="0.5,0.25")
     ap.add_argument("--seeds", default="0,1,2,3,4,5")
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--out", type=Path, default=None, help=f"results JSON (default {DEFAULT_OUT.relative_to(Q.ROOT)}; "
+                    "with --quick /tmp/schedule_quick.json)")
+    ap.add_argument("--quick", action="store_true", help="smoke test: 1,000 training and 500 validation images, "
+                    "1 epoch; by default seed 0 and the default window only")
     ap.add_argument("--summary-only", action="store_true")
     a = ap.parse_args()
+    if a.quick and a.configs == DEFAULT_CONFIGS:
+        a.configs = DEFAULT_CONFIGS.split(",")[0]
+    if a.quick and a.seeds == ap.get_default("seeds"):
+        a.seeds = "0"
+    if a.out is None:
+        a.out = Path("/tmp/schedule_quick.json") if a.quick else DEFAULT_OUT
     if not Q.FASHION_DIR.is_dir():
         raise SystemExit(f"Fashion-MNIST is not in {Q.FASHION_DIR}: apt-get install dataset-fashion-mnist")
     runs: list[dict[str, Any]] = json.loads(a.out.read_text())["runs"] if a.out.exists() else []
     if not a.summary_only:
         configs = [("random_train", "-")] + [tuple(c.split("=")) for c in a.configs.split(",")]
         done = {(r["config"], r["spec"], r["target"], r["seed"]) for r in runs}
-        todo = [(n, s, float(t), int(seed)) for seed in a.seeds.split(",") for t in a.targets.split(",")
+        todo = [(n, s, float(t), int(seed), bool(a.quick)) for seed in a.seeds.split(",") for t in a.targets.split(",")
                 for n, s in configs if (n, s, float(t), int(seed)) not in done]
         print(f"{len(todo)} runs, {a.jobs} jobs", flush=True)
         with mp.get_context("spawn").Pool(a.jobs) as pool:
             for r in pool.imap_unordered(job, todo):
                 runs.append(r)
                 a.out.parent.mkdir(parents=True, exist_ok=True)
-                a.out.write_text(json.dumps({"val": VAL, "runs": runs}, indent=1))
+                a.out.write_text(json.dumps({"val": QUICK_VAL if a.quick else VAL, "runs": runs}, indent=1))
                 print(f"{r['config']:14s} target {r['target']:.2f} seed {r['seed']}  val {r['val_accuracy']:6.2f}%  "
                       f"FLOPs kept {r['flops_kept']:6.1%}  forced {r['forced_groups']}  {r['seconds']:.1f} s", flush=True)
     print(summary(runs))

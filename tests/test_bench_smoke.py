@@ -45,3 +45,24 @@ def test_quality_bench_runs_alike_in_one_process_and_in_two(tmp_path: Path) -> N
         assert r["forced_groups"] == (0 if r["method"] == "otonas" else None)
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in one]
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in two]
+
+
+def test_schedule_bench_quick_runs_the_window_and_the_baseline(tmp_path: Path) -> None:
+    """bench_schedule.py --quick: the default window and random_train at both FLOPs targets, scored on
+    the validation split (drawn outside the training images: the script asserts it), otonas forcing
+    nothing and keeping its FLOPs target."""
+    out = tmp_path / "s.json"
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_schedule.py"), "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    import json
+
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted((r["config"], r["target"]) for r in runs) == [
+        ("random_train", 0.25), ("random_train", 0.5), ("w10-e30-p5", 0.25), ("w10-e30-p5", 0.5)]
+    for r in runs:
+        assert r["flops_kept"] <= r["target"] + 0.01
+        assert 0.0 <= r["val_accuracy"] <= 100.0
+        if r["config"] != "random_train":
+            assert r["forced_groups"] == 0
+    assert "| 0.5 | w10-e30-p5 (0.1:0.3:5) |" in p.stdout
