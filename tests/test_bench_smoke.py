@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -47,6 +49,11 @@ def test_quality_bench_runs_alike_in_one_process_and_in_two(tmp_path: Path) -> N
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in two]
 
 
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
+                    reason=f"Fashion-MNIST not in {FASHION}: `apt-get install dataset-fashion-mnist` (.ci/run does)")
 def test_schedule_bench_quick_runs_the_window_and_the_baseline(tmp_path: Path) -> None:
     """bench_schedule.py --quick: the default window and random_train at both FLOPs targets, scored on
     the validation split (drawn outside the training images: the script asserts it), otonas forcing
