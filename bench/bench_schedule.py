@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -127,7 +126,7 @@ def summary(runs: list[dict[str, Any]]) -> str:
             return "—"
         s = sorted(set(a) & set(b))
         d = [a[k] - b[k] for k in s]
-        return f"{statistics.mean(d):+.2f} ± {statistics.stdev(d) if len(d) > 1 else 0:.2f}" if d else "—"
+        return Q._ms(d, "+.2f") if d else "—"
 
     specs = {r["config"]: r["spec"] for r in runs}
     forced = {}
@@ -139,8 +138,7 @@ def summary(runs: list[dict[str, Any]]) -> str:
             if tt != t:
                 continue
             v = list(accs.values())
-            sd = statistics.stdev(v) if len(v) > 1 else 0.0
-            lines.append(f"| {t} | {c} ({specs[c]}) | {statistics.mean(v):.2f} ± {sd:.2f} | "
+            lines.append(f"| {t} | {c} ({specs[c]}) | {Q._ms(v)} | "
                          f"{paired(accs, rt) if c != 'random_train' else '—'} | "
                          f"{paired(accs, base) if c not in ('w10-e30-p5', 'random_train') else '—'} | {len(v)} | "
                          f"{forced[(t, c)]} |")

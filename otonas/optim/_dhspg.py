@@ -766,30 +766,24 @@ class DHSPG(torch.optim.Optimizer):
         stats = torch.zeros(k, self.num_groups + 1, dtype=acc, device=dev)
         if not keep_xx:
             pack = self._packing(plans, index, params)
-            if pack.positions and not with_direction:  # x², |x| only: the sums with d are zero
-                xp = torch.cat([params[i].reshape(-1) for i in pack.positions])
-                own = [xp * xp] + ([xp.abs()] if with_abs else [])
-                rows = [1, 3][:len(own)]
+            if pack.positions:
+                rows = slice(None)  # the rows of stats (a view) the products are summed into
+                if with_direction:
+                    both = self._flat.packed(pack.positions, d, self._step) if self._flat else None  # packed already
+                    xq, dq = both if both is not None else (None, None)
+                    xp = torch.cat([params[i].reshape(-1) for i in pack.positions]) if xq is None else xq
+                    dp = torch.cat([params[i].new_zeros(params[i].numel()) if (di := d[i]) is None else di.reshape(-1)
+                                    for i in pack.positions]) if dq is None else dq
+                    prods = [xp * dp, xp * xp, dp * dp] + ([xp.abs()] if with_abs else [])
+                else:  # x², |x| only: the sums with d are zero
+                    xp = torch.cat([params[i].reshape(-1) for i in pack.positions])
+                    prods = [xp * xp] + ([xp.abs()] if with_abs else [])
+                    rows = slice(1, 4, 2) if with_abs else slice(1, 2)  # x², |x|
                 if pack.matrix is not None and pack.matrix.dtype == acc:
-                    stats[rows] += torch.sparse.mm(pack.matrix, torch.stack(own, dim=1).to(acc)).t()
-                else:
-                    flat = torch.stack(own).to(acc)
-                    part = torch.zeros(len(own), self.num_groups + 1, dtype=acc, device=dev)
-                    part.index_add_(1, pack.groups, flat if pack.elements is None else flat[:, pack.elements])
-                    stats[rows] += part
-                plans, index = pack.rest, pack.rest_index
-            elif pack.positions:
-                both = self._flat.packed(pack.positions, d, self._step) if self._flat else None  # packed already
-                xq, dq = both if both is not None else (None, None)
-                xp = torch.cat([params[i].reshape(-1) for i in pack.positions]) if xq is None else xq
-                dp = torch.cat([params[i].new_zeros(params[i].numel()) if (di := d[i]) is None else di.reshape(-1)
-                                for i in pack.positions]) if dq is None else dq
-                prods = [xp * dp, xp * xp, dp * dp] + ([xp.abs()] if with_abs else [])
-                if pack.matrix is not None and pack.matrix.dtype == acc:
-                    stats += torch.sparse.mm(pack.matrix, torch.stack(prods, dim=1).to(acc)).t()
+                    stats[rows] += torch.sparse.mm(pack.matrix, torch.stack(prods, dim=1).to(acc)).t()
                 else:
                     flat = torch.stack(prods).to(acc)
-                    stats.index_add_(1, pack.groups, flat if pack.elements is None else flat[:, pack.elements])
+                    stats[rows].index_add_(1, pack.groups, flat if pack.elements is None else flat[:, pack.elements])
                 plans, index = pack.rest, pack.rest_index
         ds = [torch.zeros_like(params[q.position]) if (dq := d[q.position]) is None else dq for q in plans]
         # Parameters whose every element is a slice of its own (biases, norm weights): many and
